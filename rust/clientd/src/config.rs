@@ -1,0 +1,265 @@
+//! The daemon's configuration: JSON data that mirrors what `server` builds from it.
+//!
+//! Every field has a default, so `{}` (or no file at all) is a complete configuration: a local
+//! cache under `$XDG_CACHE_HOME/clientd` with its socket at `$XDG_CACHE_HOME/clientd/grpc`.
+//! Unknown fields are refused, and errors name the file and the field's path.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Where defaults come from: the environment, passed in so tests need not change the process's.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    pub home: Option<PathBuf>,
+    pub xdg_cache_home: Option<PathBuf>,
+    pub xdg_config_home: Option<PathBuf>,
+}
+
+impl Env {
+    pub fn from_process() -> Self {
+        let var = |name| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        Env {
+            home: var("HOME"),
+            xdg_cache_home: var("XDG_CACHE_HOME"),
+            xdg_config_home: var("XDG_CONFIG_HOME"),
+        }
+    }
+
+    fn home(&self) -> PathBuf {
+        self.home.clone().unwrap_or_else(|| PathBuf::from("/"))
+    }
+
+    /// `$XDG_CACHE_HOME/clientd`, or `~/.cache/clientd`.
+    pub fn default_cache_dir(&self) -> PathBuf {
+        self.xdg_cache_home
+            .clone()
+            .unwrap_or_else(|| self.home().join(".cache"))
+            .join("clientd")
+    }
+
+    /// `$XDG_CONFIG_HOME/clientd/config.json`, or `~/.config/clientd/config.json`.
+    pub fn user_config_file(&self) -> PathBuf {
+        self.xdg_config_home
+            .clone()
+            .unwrap_or_else(|| self.home().join(".config"))
+            .join("clientd")
+            .join("config.json")
+    }
+}
+
+/// The whole configuration. Example: `{"cas": {"max_size_bytes": 53687091200}}`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory of the local CAS (`cas/`), action cache (`ac/`) and, by default, the socket.
+    /// Default: `$XDG_CACHE_HOME/clientd`. Example: `"/var/cache/clientd"`.
+    pub cache_dir: Option<PathBuf>,
+    /// The gRPC listeners.
+    pub grpc: GrpcConfig,
+    /// The local CAS. Default bound: 20 GiB.
+    pub cas: StoreConfig,
+    /// The local action cache (one namespace per `local/...` instance name). Default bound: 1 GiB.
+    pub action_cache: StoreConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// The UNIX socket (mode 0600). Default: `<cache_dir>/grpc`. Example: `"/run/user/1000/clientd.sock"`.
+    pub unix_socket: Option<PathBuf>,
+    /// Loopback TCP listeners, for clients that cannot use a UNIX socket (Bazel 4.x).
+    /// Example: `["127.0.0.1:8980"]`.
+    pub tcp_listen: Vec<SocketAddr>,
+    /// Seconds an interrupted ByteStream upload is kept for resumption. Example: `600`.
+    pub unfinished_upload_expiry_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Bound on the bytes stored; least recently used entries are evicted beyond it.
+    /// Default: 20 GiB for the CAS, 1 GiB for the action cache. Example: `53687091200`.
+    pub max_size_bytes: Option<u64>,
+    /// fsync every entry before it becomes visible, so it survives power loss as well as crashes.
+    /// Example: `true`.
+    pub sync_writes: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            max_size_bytes: None,
+            sync_writes: true,
+        }
+    }
+}
+
+impl StoreConfig {
+    pub fn max_size_bytes(&self) -> u64 {
+        self.max_size_bytes.expect("resolved by load")
+    }
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            unix_socket: None,
+            tcp_listen: Vec::new(),
+            unfinished_upload_expiry_seconds: 600,
+        }
+    }
+}
+
+impl Config {
+    /// Loads `explicit` if given, else the user's config file if it exists, else the defaults;
+    /// then fills in paths that default from the environment.
+    pub fn load(explicit: Option<&Path>, env: &Env) -> Result<Config, String> {
+        let user_file = env.user_config_file();
+        let file = match explicit {
+            Some(path) => Some(path.to_path_buf()),
+            None => user_file.exists().then_some(user_file),
+        };
+        let mut config = match &file {
+            Some(path) => Config::parse_file(path)?,
+            None => Config::default(),
+        };
+        config.resolve(env);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn parse_file(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        Config::parse(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+
+    /// Parses JSON text; errors name the field's path (e.g. `cas.max_size_bytes: invalid type`).
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let deserializer = &mut serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." || path.is_empty() {
+                inner.to_string()
+            } else {
+                format!("field {path}: {inner}")
+            }
+        })
+    }
+
+    /// Replaces unset paths by their environment-derived defaults.
+    fn resolve(&mut self, env: &Env) {
+        let cache_dir = self
+            .cache_dir
+            .get_or_insert_with(|| env.default_cache_dir())
+            .clone();
+        self.grpc
+            .unix_socket
+            .get_or_insert_with(|| cache_dir.join("grpc"));
+        self.cas.max_size_bytes.get_or_insert(20 << 30);
+        self.action_cache.max_size_bytes.get_or_insert(1 << 30);
+    }
+
+    /// Checks what types alone cannot: listeners must be loopback.
+    pub fn validate(&self) -> Result<(), String> {
+        for addr in &self.grpc.tcp_listen {
+            if !addr.ip().is_loopback() {
+                return Err(format!(
+                    "grpc.tcp_listen: {addr} is not a loopback address; clientd has no authentication, \
+                     so it listens on 127.0.0.1 or [::1] only"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn cache_dir(&self) -> &Path {
+        self.cache_dir.as_deref().expect("resolved by load")
+    }
+
+    pub fn unix_socket(&self) -> &Path {
+        self.grpc.unix_socket.as_deref().expect("resolved by load")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(dir: &Path) -> Env {
+        Env {
+            home: Some(dir.join("home")),
+            xdg_cache_home: None,
+            xdg_config_home: Some(dir.join("config")),
+        }
+    }
+
+    #[test]
+    fn empty_object_is_the_default() {
+        assert_eq!(Config::parse("{}").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn defaults_follow_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::load(None, &env(dir.path())).unwrap();
+        assert_eq!(config.cache_dir(), dir.path().join("home/.cache/clientd"));
+        assert_eq!(
+            config.unix_socket(),
+            dir.path().join("home/.cache/clientd/grpc")
+        );
+        let xdg = Env {
+            xdg_cache_home: Some("/x".into()),
+            ..env(dir.path())
+        };
+        assert_eq!(
+            Config::load(None, &xdg).unwrap().unix_socket(),
+            Path::new("/x/clientd/grpc")
+        );
+    }
+
+    #[test]
+    fn user_file_is_read_when_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env(dir.path());
+        std::fs::create_dir_all(env.user_config_file().parent().unwrap()).unwrap();
+        std::fs::write(env.user_config_file(), r#"{"cas": {"max_size_bytes": 5}}"#).unwrap();
+        let config = Config::load(None, &env).unwrap();
+        assert_eq!(config.cas.max_size_bytes(), 5);
+        assert_eq!(config.action_cache.max_size_bytes(), 1 << 30);
+        assert!(config.cas.sync_writes);
+    }
+
+    #[test]
+    fn unknown_and_ill_typed_fields_name_the_field_and_file() {
+        let err = Config::parse(r#"{"cas": {"max_size_bytes": 1, "colour": 1}}"#).unwrap_err();
+        assert!(err.contains("cas") && err.contains("colour"), "{err}");
+        let err = Config::parse(r#"{"grpc": {"tcp_listen": ["nonsense"]}}"#).unwrap_err();
+        assert!(err.contains("grpc.tcp_listen"), "{err}");
+        let err = Config::parse(r#"{"cas": {"max_size_bytes": "big"}}"#).unwrap_err();
+        assert!(err.contains("cas.max_size_bytes"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.json");
+        std::fs::write(&file, r#"{"cache_dri": "/x"}"#).unwrap();
+        let err = Config::load(Some(&file), &Env::default()).unwrap_err();
+        assert!(
+            err.contains(&file.display().to_string()) && err.contains("cache_dri"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tcp_listeners_must_be_loopback() {
+        let err = Config::parse(r#"{"grpc": {"tcp_listen": ["0.0.0.0:1"]}}"#)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.contains("loopback"), "{err}");
+    }
+}

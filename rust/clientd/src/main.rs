@@ -1,0 +1,86 @@
+//! `clientd`: a local companion daemon for Bazel remote caching and execution.
+
+mod config;
+mod server;
+
+use clap::{Args, Parser, Subcommand};
+use config::{Config, Env};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the default when no command is given).
+    Serve(ServeArgs),
+    /// Print the effective configuration as JSON, with every default filled in.
+    Config(ConfigArgs),
+}
+
+#[derive(Args, Default)]
+struct ConfigArgs {
+    /// JSON configuration file. Default: $XDG_CONFIG_HOME/clientd/config.json if it exists,
+    /// else the built-in defaults.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args, Default)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Also listen on this loopback TCP address, e.g. 127.0.0.1:8980 (repeatable).
+    #[arg(long = "tcp-listen", value_name = "ADDR")]
+    tcp_listen: Vec<SocketAddr>,
+}
+
+fn load(args: &ConfigArgs) -> Result<Config, String> {
+    Config::load(args.config.as_deref(), &Env::from_process())
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let mut config = load(&args.config)?;
+    config.grpc.tcp_listen.extend(args.tcp_listen);
+    config.validate()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?
+        .block_on(server::serve(config))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => serve(cli.serve),
+        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Config(args)) => load(&args).map(|config| {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&config).expect("serializable")
+            );
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("clientd: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

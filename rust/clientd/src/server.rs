@@ -1,0 +1,196 @@
+//! Turns a [`Config`] into running stores and gRPC listeners. The composition below is the
+//! daemon's architecture at a glance.
+
+use crate::config::Config;
+use clientd_grpc::{
+    ActionCacheService, ByteStreamService, CapabilitiesService, CasService, MAX_MESSAGE_BYTES,
+};
+use clientd_proto::build::bazel::remote::execution::v2 as re;
+use clientd_proto::google::bytestream::byte_stream_server::ByteStreamServer;
+use clientd_store::{
+    ActionCache, Backend, BlobStore, Clock, CompletenessChecking, Demultiplexing, DiskLruOptions,
+    LocalActionCache, LocalCas, SystemClock,
+};
+use re::action_cache_server::ActionCacheServer;
+use re::capabilities_server::CapabilitiesServer;
+use re::content_addressable_storage_server::ContentAddressableStorageServer;
+use std::fs::{self, File};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::service::Routes;
+use tonic::transport::Server;
+
+/// How long in-flight calls get to finish after SIGINT/SIGTERM before the daemon exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The stores, composed: `local` and `local/...` go to the local CAS and action cache.
+pub fn build_routes(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<Demultiplexing>, String> {
+    let cache_dir = config.cache_dir();
+    let open_error = |what: &str, e: std::io::Error| {
+        format!("cannot open the {what} under {}: {e}", cache_dir.display())
+    };
+    let cas: Arc<dyn BlobStore> = Arc::new(
+        LocalCas::open(&cache_dir.join("cas"), options(&config.cas), clock.clone())
+            .map_err(|e| open_error("local CAS", e))?,
+    );
+    let action_cache: Arc<dyn ActionCache> = Arc::new(CompletenessChecking::new(
+        Arc::new(
+            LocalActionCache::open(&cache_dir.join("ac"), options(&config.action_cache), clock)
+                .map_err(|e| open_error("local action cache", e))?,
+        ),
+        cas.clone(),
+    ));
+    Ok(Arc::new(Demultiplexing::new([(
+        "local".to_string(),
+        Backend { cas, action_cache },
+    )])))
+}
+
+fn options(store: &crate::config::StoreConfig) -> DiskLruOptions {
+    DiskLruOptions {
+        max_bytes: store.max_size_bytes(),
+        sync_writes: store.sync_writes,
+    }
+}
+
+fn grpc_routes(config: &Config, routes: Arc<Demultiplexing>, clock: Arc<dyn Clock>) -> Routes {
+    let expiry = Duration::from_secs(config.grpc.unfinished_upload_expiry_seconds);
+    let cas = ContentAddressableStorageServer::new(CasService::new(routes.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let bytestream = ByteStreamServer::new(ByteStreamService::new(routes.clone(), clock, expiry))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let action_cache = ActionCacheServer::new(ActionCacheService::new(routes.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    Routes::new(CapabilitiesServer::new(CapabilitiesService::new(routes)))
+        .add_service(cas)
+        .add_service(bytestream)
+        .add_service(action_cache)
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> Result<(), String> {
+    let cache_dir = config.cache_dir();
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(cache_dir)
+        .map_err(|e| format!("cannot create {}: {e}", cache_dir.display()))?;
+    let _lock = lock(&cache_dir.join("lock"))?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let routes = build_routes(&config, clock.clone())?;
+    let grpc = grpc_routes(&config, routes, clock);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let socket = config.unix_socket().to_path_buf();
+    let unix = bind_unix(&socket)?;
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(
+        Server::builder()
+            .add_routes(grpc.clone())
+            .serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(stop_rx.clone())),
+    );
+    tracing::info!("serving on unix:{}", socket.display());
+    for addr in &config.grpc.tcp_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        tracing::info!(
+            "serving on grpc://{}",
+            listener.local_addr().map_err(|e| e.to_string())?
+        );
+        servers.spawn(
+            Server::builder()
+                .add_routes(grpc.clone())
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(listener),
+                    stopped(stop_rx.clone()),
+                ),
+        );
+    }
+
+    let signal = wait_for_signal().await;
+    tracing::info!("{signal}: shutting down");
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while let Some(result) = servers.join_next().await {
+            if let Ok(Err(e)) = result {
+                tracing::warn!("listener stopped with an error: {e}");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("calls still running after {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
+    let _ = fs::remove_file(&socket);
+    Ok(())
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+/// One daemon per cache directory: an exclusive lock, held for the process's life.
+fn lock(path: &Path) -> Result<File, String> {
+    let file = File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    // SAFETY: flock on a valid open descriptor.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!(
+            "another clientd is already using {} ({})",
+            path.parent().unwrap_or(path).display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(file)
+}
+
+/// Binds the UNIX socket with mode 0600, replacing a stale socket left by a crash.
+fn bind_unix(path: &PathBuf) -> Result<UnixListener, String> {
+    if let Some(parent) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(format!(
+            "a server is already listening on {}",
+            path.display()
+        ));
+    }
+    match fs::remove_file(path) {
+        Ok(()) => tracing::info!("removed stale socket {}", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(format!(
+                "cannot remove stale socket {}: {e}",
+                path.display()
+            ))
+        }
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
+    Ok(listener)
+}

@@ -1,0 +1,19 @@
+//! Digests as the Remote Execution API names them.
+//!
+//! Everything that crosses a boundary (a gRPC request, a ByteStream resource name, a file name in the
+//! cache or the mount) is parsed here, once, into a [`Digest`]; code past that point never re-checks
+//! hex strings or sizes. Hostile input gets a [`DigestError`] that says what is wrong.
+
+mod digest;
+mod error;
+mod function;
+mod hasher;
+mod instance;
+mod resource;
+
+pub use digest::{Digest, HashBytes};
+pub use error::DigestError;
+pub use function::DigestFunction;
+pub use hasher::Hasher;
+pub use instance::{validate_instance_name, RESERVED_SEGMENTS};
+pub use resource::{Compressor, ReadResource, WriteResource};

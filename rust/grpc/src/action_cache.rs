@@ -1,0 +1,58 @@
+use crate::request;
+use clientd_proto::build::bazel::remote::execution::v2 as re;
+use clientd_store::ActionCache;
+use re::action_cache_server::ActionCache as ActionCacheRpc;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct ActionCacheService {
+    cache: Arc<dyn ActionCache>,
+}
+
+impl ActionCacheService {
+    pub fn new(cache: Arc<dyn ActionCache>) -> Self {
+        ActionCacheService { cache }
+    }
+}
+
+#[tonic::async_trait]
+impl ActionCacheRpc for ActionCacheService {
+    async fn get_action_result(
+        &self,
+        request: Request<re::GetActionResultRequest>,
+    ) -> Result<Response<re::ActionResult>, Status> {
+        let request = request.get_ref();
+        let instance_name = request::instance_name(&request.instance_name)?;
+        let function = request::digest_function(request.digest_function)?;
+        let action = request::digest(function, request.action_digest.as_ref(), "action_digest")?;
+        match self.cache.get(instance_name, &action).await? {
+            Some(result) => Ok(Response::new(result)),
+            None => Err(Status::not_found(format!(
+                "no action result for {action} in instance {instance_name:?}"
+            ))),
+        }
+    }
+
+    async fn update_action_result(
+        &self,
+        request: Request<re::UpdateActionResultRequest>,
+    ) -> Result<Response<re::ActionResult>, Status> {
+        let request = request.into_inner();
+        let instance_name = request::instance_name(&request.instance_name)?;
+        let function = request::digest_function(request.digest_function)?;
+        let action = request::digest(function, request.action_digest.as_ref(), "action_digest")?;
+        let result = request
+            .action_result
+            .ok_or_else(|| Status::invalid_argument("action_result is missing"))?;
+        let function = Some(action.function());
+        for file in &result.output_files {
+            request::digest(
+                function,
+                file.digest.as_ref(),
+                &format!("output file {:?}", file.path),
+            )?;
+        }
+        self.cache.put(instance_name, &action, &result).await?;
+        Ok(Response::new(result))
+    }
+}

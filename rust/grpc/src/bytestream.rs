@@ -1,0 +1,251 @@
+//! ByteStream Read, Write (resumable) and QueryWriteStatus over the CAS.
+
+use crate::request;
+use bs::byte_stream_server::ByteStream;
+use clientd_digest::{Compressor, DigestError, ReadResource, WriteResource};
+use clientd_proto::google::bytestream as bs;
+use clientd_store::{BlobSink, BlobStore, Clock};
+use futures::stream::{BoxStream, StreamExt};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tonic::{Request, Response, Status, Streaming};
+
+/// An upload that has not finished yet, kept so that a client whose stream broke can resume it
+/// (QueryWriteStatus, then Write from `committed_size`). Its bytes are in a temporary file that
+/// never becomes visible unless the whole blob arrives and verifies.
+struct PartialUpload {
+    sink: Box<dyn BlobSink>,
+    last_active: SystemTime,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<PartialUpload>>>;
+
+pub struct ByteStreamService {
+    cas: Arc<dyn BlobStore>,
+    clock: Arc<dyn Clock>,
+    /// Unfinished uploads by resource name. A Write holds its slot's lock while it runs, so the
+    /// state survives even when the client's cancellation drops the handler mid-stream.
+    uploads: Mutex<HashMap<String, Slot>>,
+    /// Unfinished uploads idle for longer than this are discarded.
+    upload_expiry: Duration,
+}
+
+impl ByteStreamService {
+    pub fn new(cas: Arc<dyn BlobStore>, clock: Arc<dyn Clock>, upload_expiry: Duration) -> Self {
+        ByteStreamService {
+            cas,
+            clock,
+            uploads: Mutex::new(HashMap::new()),
+            upload_expiry,
+        }
+    }
+
+    /// The slot for `name`, created if absent; expired idle uploads are dropped on the way.
+    fn slot(&self, name: &str) -> Slot {
+        let now = self.clock.now();
+        let mut uploads = self.uploads.lock().unwrap();
+        uploads.retain(|_, slot| match slot.try_lock() {
+            Ok(guard) => guard.as_ref().is_some_and(|u| {
+                now.duration_since(u.last_active).unwrap_or_default() < self.upload_expiry
+            }),
+            Err(_) => true, // in use
+        });
+        uploads.entry(name.to_string()).or_default().clone()
+    }
+
+    fn forget(&self, name: &str) {
+        self.uploads.lock().unwrap().remove(name);
+    }
+
+    async fn write_stream(
+        &self,
+        first: bs::WriteRequest,
+        stream: &mut Streaming<bs::WriteRequest>,
+    ) -> Result<bs::WriteResponse, Status> {
+        let name = first.resource_name.clone();
+        let resource = WriteResource::parse(&name).map_err(invalid)?;
+        identity_only(resource.compressor)?;
+        let digest = resource.digest;
+        let size = digest.size() as i64;
+        let done = bs::WriteResponse {
+            committed_size: size,
+        };
+        let slot = self.slot(&name);
+        let mut guard = slot
+            .try_lock()
+            .map_err(|_| Status::aborted(format!("another Write to {name} is in progress")))?;
+        let resumable = guard.as_ref().map_or(0, |u| u.sink.committed());
+        if first.write_offset != 0 && first.write_offset as u64 != resumable {
+            return Err(Status::invalid_argument(format!(
+                "write_offset {} does not match the committed size {resumable} of {name}",
+                first.write_offset
+            )));
+        }
+        if first.write_offset == 0 {
+            *guard = None;
+            // Another client already uploaded it: finish at once, as REAPI allows.
+            if self.cas.contains(&resource.instance_name, &digest).await? {
+                drop(guard);
+                self.forget(&name);
+                return Ok(done);
+            }
+            let sink = self
+                .cas
+                .begin_write(&resource.instance_name, &digest)
+                .await?;
+            *guard = Some(PartialUpload {
+                sink,
+                last_active: self.clock.now(),
+            });
+        }
+        let mut message = first;
+        loop {
+            let upload = guard.as_mut().expect("set above");
+            if !message.resource_name.is_empty() && message.resource_name != name {
+                return Err(Status::invalid_argument(format!(
+                    "resource_name changed within one Write from {name:?} to {:?}",
+                    message.resource_name
+                )));
+            }
+            if message.write_offset as u64 != upload.sink.committed() {
+                return Err(Status::invalid_argument(format!(
+                    "write_offset {} does not match the {} bytes received",
+                    message.write_offset,
+                    upload.sink.committed()
+                )));
+            }
+            if !message.data.is_empty() {
+                let written = upload.sink.write(message.data).await;
+                if let Err(e) = written {
+                    *guard = None;
+                    return Err(e.into());
+                }
+                upload.last_active = self.clock.now();
+            }
+            if message.finish_write {
+                let upload = guard.take().expect("set above");
+                drop(guard);
+                self.forget(&name);
+                upload.sink.commit().await?;
+                return Ok(done);
+            }
+            message = match stream.message().await? {
+                Some(next) => next,
+                None => {
+                    return Err(Status::invalid_argument(format!(
+                        "Write stream for {name} ended without finish_write; resume from committed_size"
+                    )))
+                }
+            };
+        }
+    }
+}
+
+fn invalid(e: DigestError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn identity_only(compressor: Option<Compressor>) -> Result<(), Status> {
+    match compressor {
+        None | Some(Compressor::Identity) => Ok(()),
+        Some(c) => Err(Status::invalid_argument(format!(
+            "compressor {} is not supported; Capabilities advertises none",
+            c.name()
+        ))),
+    }
+}
+
+#[tonic::async_trait]
+impl ByteStream for ByteStreamService {
+    type ReadStream = BoxStream<'static, Result<bs::ReadResponse, Status>>;
+
+    async fn read(
+        &self,
+        request: Request<bs::ReadRequest>,
+    ) -> Result<Response<Self::ReadStream>, Status> {
+        let request = request.into_inner();
+        let resource = ReadResource::parse(&request.resource_name).map_err(invalid)?;
+        identity_only(resource.compressor)?;
+        request::instance_name(&resource.instance_name)?;
+        if request.read_offset < 0 {
+            return Err(Status::out_of_range(format!(
+                "read_offset {} is negative",
+                request.read_offset
+            )));
+        }
+        let limit = match request.read_limit {
+            n if n < 0 => {
+                return Err(Status::invalid_argument(format!(
+                    "read_limit {n} is negative"
+                )))
+            }
+            0 => None,
+            n => Some(n as u64),
+        };
+        let chunks = self
+            .cas
+            .read(
+                &resource.instance_name,
+                &resource.digest,
+                request.read_offset as u64,
+                limit,
+            )
+            .await?;
+        let responses = chunks.map(|chunk| match chunk {
+            Ok(data) => Ok(bs::ReadResponse { data }),
+            Err(e) => Err(e.into()),
+        });
+        Ok(Response::new(responses.boxed()))
+    }
+
+    async fn write(
+        &self,
+        request: Request<Streaming<bs::WriteRequest>>,
+    ) -> Result<Response<bs::WriteResponse>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("Write stream carried no request"))?;
+        if first.resource_name.is_empty() {
+            return Err(Status::invalid_argument(
+                "the first WriteRequest must name the resource",
+            ));
+        }
+        self.write_stream(first, &mut stream)
+            .await
+            .map(Response::new)
+    }
+
+    async fn query_write_status(
+        &self,
+        request: Request<bs::QueryWriteStatusRequest>,
+    ) -> Result<Response<bs::QueryWriteStatusResponse>, Status> {
+        let name = &request.get_ref().resource_name;
+        let resource = WriteResource::parse(name).map_err(invalid)?;
+        let slot = self.uploads.lock().unwrap().get(name).cloned();
+        if let Some(slot) = slot {
+            let guard = slot.lock().await;
+            if let Some(upload) = guard.as_ref() {
+                return Ok(Response::new(bs::QueryWriteStatusResponse {
+                    committed_size: upload.sink.committed() as i64,
+                    complete: false,
+                }));
+            }
+        }
+        if self
+            .cas
+            .contains(&resource.instance_name, &resource.digest)
+            .await?
+        {
+            return Ok(Response::new(bs::QueryWriteStatusResponse {
+                committed_size: resource.digest.size() as i64,
+                complete: true,
+            }));
+        }
+        Err(Status::not_found(format!(
+            "no upload in progress for {name}"
+        )))
+    }
+}

@@ -1,0 +1,243 @@
+use crate::capabilities::MAX_BATCH_TOTAL_SIZE_BYTES;
+use crate::request;
+use clientd_digest::{Digest, DigestFunction};
+use clientd_proto::build::bazel::remote::execution::v2 as re;
+use clientd_store::{BlobStore, StoreError};
+use futures::stream::{self, BoxStream, StreamExt};
+use prost::Message;
+use re::content_addressable_storage_server::ContentAddressableStorage;
+use std::collections::HashSet;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// How many blobs of one batch are read or written at once.
+const BATCH_CONCURRENCY: usize = 16;
+/// Directories per GetTree response when the client asks for no page size.
+const DEFAULT_TREE_PAGE: usize = 1000;
+
+pub struct CasService {
+    cas: Arc<dyn BlobStore>,
+}
+
+impl CasService {
+    pub fn new(cas: Arc<dyn BlobStore>) -> Self {
+        CasService { cas }
+    }
+}
+
+fn parse_digests(
+    function: Option<DigestFunction>,
+    digests: &[re::Digest],
+) -> Result<Vec<Digest>, Status> {
+    digests
+        .iter()
+        .map(|d| {
+            Digest::from_proto(function, d).map_err(|e| Status::invalid_argument(e.to_string()))
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl ContentAddressableStorage for CasService {
+    async fn find_missing_blobs(
+        &self,
+        request: Request<re::FindMissingBlobsRequest>,
+    ) -> Result<Response<re::FindMissingBlobsResponse>, Status> {
+        let request = request.get_ref();
+        let instance_name = request::instance_name(&request.instance_name)?;
+        let function = request::digest_function(request.digest_function)?;
+        let digests = parse_digests(function, &request.blob_digests)?;
+        let missing = self.cas.find_missing(instance_name, &digests).await?;
+        Ok(Response::new(re::FindMissingBlobsResponse {
+            missing_blob_digests: missing.iter().map(Digest::to_proto).collect(),
+        }))
+    }
+
+    async fn batch_update_blobs(
+        &self,
+        request: Request<re::BatchUpdateBlobsRequest>,
+    ) -> Result<Response<re::BatchUpdateBlobsResponse>, Status> {
+        let request = request.into_inner();
+        let instance_name = request::instance_name(&request.instance_name)?;
+        let function = request::digest_function(request.digest_function)?;
+        let cas = &self.cas;
+        let responses = stream::iter(request.requests)
+            .map(|entry| async move {
+                let status = async {
+                    let digest = request::digest(function, entry.digest.as_ref(), "digest")?;
+                    if entry.compressor != re::compressor::Value::Identity as i32 {
+                        return Err(Status::invalid_argument(
+                            "compressed batch uploads are not supported; Capabilities advertises none",
+                        ));
+                    }
+                    cas.write_bytes(instance_name, &digest, entry.data).await?;
+                    Ok(())
+                }
+                .await;
+                re::batch_update_blobs_response::Response {
+                    digest: entry.digest,
+                    status: Some(status.map_or_else(|s| request::rpc_status(&s), |()| request::ok_status())),
+                }
+            })
+            .buffered(BATCH_CONCURRENCY)
+            .collect()
+            .await;
+        Ok(Response::new(re::BatchUpdateBlobsResponse { responses }))
+    }
+
+    async fn batch_read_blobs(
+        &self,
+        request: Request<re::BatchReadBlobsRequest>,
+    ) -> Result<Response<re::BatchReadBlobsResponse>, Status> {
+        let request = request.get_ref();
+        let instance_name = request::instance_name(&request.instance_name)?;
+        let function = request::digest_function(request.digest_function)?;
+        let digests = parse_digests(function, &request.digests)?;
+        let total: u64 = digests.iter().map(Digest::size).sum();
+        if total > MAX_BATCH_TOTAL_SIZE_BYTES as u64 {
+            return Err(Status::invalid_argument(format!(
+                "batch of {total} bytes exceeds max_batch_total_size_bytes {MAX_BATCH_TOTAL_SIZE_BYTES}; use ByteStream"
+            )));
+        }
+        let cas = &self.cas;
+        let responses = stream::iter(digests)
+            .map(|digest| async move {
+                let (data, status) = match cas.read_bytes(instance_name, &digest).await {
+                    Ok(data) => (data, request::ok_status()),
+                    Err(e) => (Default::default(), request::rpc_status(&e.into())),
+                };
+                re::batch_read_blobs_response::Response {
+                    digest: Some(digest.to_proto()),
+                    data,
+                    status: Some(status),
+                    ..Default::default()
+                }
+            })
+            .buffered(BATCH_CONCURRENCY)
+            .collect()
+            .await;
+        Ok(Response::new(re::BatchReadBlobsResponse { responses }))
+    }
+
+    type GetTreeStream = BoxStream<'static, Result<re::GetTreeResponse, Status>>;
+
+    /// Streams the tree breadth first, each distinct directory once. Page tokens are offsets into
+    /// that order, so a client can resume from any `next_page_token`.
+    async fn get_tree(
+        &self,
+        request: Request<re::GetTreeRequest>,
+    ) -> Result<Response<Self::GetTreeStream>, Status> {
+        let request = request.into_inner();
+        let instance_name = request::instance_name(&request.instance_name)?.to_string();
+        let function = request::digest_function(request.digest_function)?;
+        let root = request::digest(function, request.root_digest.as_ref(), "root_digest")?;
+        let skip: usize = match request.page_token.as_str() {
+            "" => 0,
+            token => token.parse().map_err(|_| {
+                Status::invalid_argument(format!(
+                    "page_token {token:?} was not issued by this server"
+                ))
+            })?,
+        };
+        let page_size = match request.page_size {
+            n if n < 0 => return Err(Status::invalid_argument("page_size is negative")),
+            0 => DEFAULT_TREE_PAGE,
+            n => n as usize,
+        };
+        let walk = TreeWalk {
+            cas: self.cas.clone(),
+            instance_name,
+            queue: std::collections::VecDeque::from([root]),
+            seen: HashSet::from([root]),
+            position: 0,
+        };
+        // The root must exist; everything below it that is missing is omitted, as REAPI says.
+        if !self.cas.contains(&walk.instance_name, &root).await? {
+            return Err(StoreError::blob_not_found(&root).into());
+        }
+        let pages = stream::unfold(Some(walk), move |walk| async move {
+            let mut walk = walk?;
+            let mut directories = Vec::new();
+            let mut bytes = 0;
+            while directories.len() < page_size && bytes < crate::MAX_MESSAGE_BYTES / 2 {
+                match walk.next().await {
+                    Ok(Some(directory)) if walk.position > skip => {
+                        bytes += directory.encoded_len();
+                        directories.push(directory);
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        let last = re::GetTreeResponse {
+                            directories,
+                            next_page_token: String::new(),
+                        };
+                        return Some((Ok(last), None));
+                    }
+                    Err(e) => return Some((Err(e), None)),
+                }
+            }
+            let page = re::GetTreeResponse {
+                directories,
+                next_page_token: walk.position.to_string(),
+            };
+            Some((Ok(page), Some(walk)))
+        });
+        Ok(Response::new(pages.boxed()))
+    }
+
+    async fn split_blob(
+        &self,
+        _request: Request<re::SplitBlobRequest>,
+    ) -> Result<Response<re::SplitBlobResponse>, Status> {
+        Err(Status::unimplemented(
+            "SplitBlob is not supported (split_blob_support is false)",
+        ))
+    }
+
+    async fn splice_blob(
+        &self,
+        _request: Request<re::SpliceBlobRequest>,
+    ) -> Result<Response<re::SpliceBlobResponse>, Status> {
+        Err(Status::unimplemented(
+            "SpliceBlob is not supported (splice_blob_support is false)",
+        ))
+    }
+}
+
+/// Breadth-first walk over Directory messages in the CAS.
+struct TreeWalk {
+    cas: Arc<dyn BlobStore>,
+    instance_name: String,
+    queue: std::collections::VecDeque<Digest>,
+    seen: HashSet<Digest>,
+    /// How many directories have been produced.
+    position: usize,
+}
+
+impl TreeWalk {
+    async fn next(&mut self) -> Result<Option<re::Directory>, Status> {
+        while let Some(digest) = self.queue.pop_front() {
+            let data = match self.cas.read_bytes(&self.instance_name, &digest).await {
+                Ok(data) => data,
+                Err(StoreError::NotFound(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let directory = re::Directory::decode(data).map_err(|e| {
+                Status::invalid_argument(format!("blob {digest} is not a Directory: {e}"))
+            })?;
+            for child in &directory.directories {
+                let child = request::digest(
+                    Some(digest.function()),
+                    child.digest.as_ref(),
+                    "directory digest",
+                )?;
+                if self.seen.insert(child) {
+                    self.queue.push_back(child);
+                }
+            }
+            self.position += 1;
+            return Ok(Some(directory));
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,40 @@
+//! Request validation shared by the services.
+
+use clientd_digest::{validate_instance_name, Digest, DigestFunction};
+use clientd_proto::build::bazel::remote::execution::v2 as re;
+use tonic::Status;
+
+/// The instance name, refused with INVALID_ARGUMENT if malformed.
+pub fn instance_name(name: &str) -> Result<&str, Status> {
+    validate_instance_name(name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(name)
+}
+
+/// The request's `digest_function` field: None (infer from hash length) for UNKNOWN.
+pub fn digest_function(value: i32) -> Result<Option<DigestFunction>, Status> {
+    DigestFunction::from_proto(value).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// A required digest field.
+pub fn digest(
+    function: Option<DigestFunction>,
+    digest: Option<&re::Digest>,
+    field: &str,
+) -> Result<Digest, Status> {
+    let digest = digest.ok_or_else(|| Status::invalid_argument(format!("{field} is missing")))?;
+    Digest::from_proto(function, digest)
+        .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+}
+
+/// A `google.rpc.Status` for per-entry results of batch calls.
+pub fn rpc_status(status: &Status) -> clientd_proto::google::rpc::Status {
+    clientd_proto::google::rpc::Status {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        details: vec![],
+    }
+}
+
+pub fn ok_status() -> clientd_proto::google::rpc::Status {
+    clientd_proto::google::rpc::Status::default()
+}

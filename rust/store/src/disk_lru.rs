@@ -1,0 +1,397 @@
+//! A bounded directory of immutable files with an in-memory LRU index.
+//!
+//! Both the local CAS and the local action cache are one of these. The rules that keep it safe:
+//! - A file appears under its final name only by `rename(2)` of a fully written (and, if
+//!   configured, fsynced) temporary file, so no reader ever sees a partial entry, and a crash leaves
+//!   at worst a stray temporary file, removed at the next start.
+//! - Renames into place and unlinks on eviction happen under the index lock, so the index and the
+//!   directory agree even when a blob is evicted and written again concurrently.
+//! - Readers open files and read outside the lock. Eviction unlinks, and an open file stays
+//!   readable until closed: a blob being read is never deleted under its reader.
+//! - At start the directory is scanned (names and sizes, no hashing) and ordered by mtime, which
+//!   reads refresh at most every [`TOUCH_INTERVAL`], so LRU order survives restarts.
+
+use crate::clock::Clock;
+use crate::error::{StoreError, StoreResult};
+use lru::LruCache;
+use std::fs::{self, File};
+use std::hash::Hash;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tempfile::NamedTempFile;
+
+/// How stale a file's mtime may get before a read refreshes it.
+pub const TOUCH_INTERVAL: Duration = Duration::from_secs(600);
+
+/// A key that names an entry's file under the store's root, and back.
+pub trait DiskKey: Clone + Eq + Hash + Send + Sync + 'static {
+    /// Relative path of the entry's file, e.g. `sha256/e3/e3b0...-0`.
+    fn rel_path(&self) -> PathBuf;
+    /// Inverse of [`DiskKey::rel_path`]; None for a file that is not an entry.
+    fn from_rel_path(path: &Path) -> Option<Self>;
+    /// The file length the key implies, if it implies one (CAS blobs do); a file of another length
+    /// found at start (a torn write after power loss) is dropped.
+    fn expected_len(&self) -> Option<u64> {
+        None
+    }
+    /// Whether equal keys always mean equal content (CAS), so a second insert is discarded; when
+    /// false (action cache) a second insert replaces the entry.
+    const IMMUTABLE: bool = true;
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct DiskLruOptions {
+    /// Bound on the bytes of all entries together; the least recently used go first.
+    pub max_bytes: u64,
+    /// fsync each file before renaming it into place, so entries survive power loss, not only crashes.
+    pub sync_writes: bool,
+}
+
+struct Entry {
+    len: u64,
+    /// Seconds since the epoch when the file's mtime was last set.
+    touched: u64,
+}
+
+struct Index<K: DiskKey> {
+    lru: LruCache<K, Entry>,
+    bytes: u64,
+}
+
+pub struct DiskLru<K: DiskKey> {
+    root: PathBuf,
+    tmp: PathBuf,
+    options: DiskLruOptions,
+    clock: Arc<dyn Clock>,
+    index: Mutex<Index<K>>,
+}
+
+impl<K: DiskKey> DiskLru<K> {
+    /// Opens (creating if needed) the store at `root`: removes leftover temporary files, and
+    /// rebuilds the index from the files present.
+    pub fn open(root: &Path, options: DiskLruOptions, clock: Arc<dyn Clock>) -> io::Result<Self> {
+        let tmp = root.join("tmp");
+        let entries = root.join("entries");
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp)?;
+        }
+        fs::create_dir_all(&tmp)?;
+        fs::create_dir_all(&entries)?;
+        let mut found = Vec::new();
+        scan(&entries, &mut found)?;
+        found.sort_by_key(|(_, _, mtime)| *mtime);
+        let mut index = Index {
+            lru: LruCache::unbounded(),
+            bytes: 0,
+        };
+        let mut dropped = 0usize;
+        for (path, len, mtime) in found {
+            let rel = path.strip_prefix(&entries).expect("scanned below root");
+            match K::from_rel_path(rel) {
+                Some(key) if key.expected_len().is_none_or(|want| want == len) => {
+                    index.bytes += len;
+                    let touched = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                    index.lru.put(key, Entry { len, touched });
+                }
+                _ => {
+                    dropped += 1;
+                    fs::remove_file(&path)?;
+                }
+            }
+        }
+        if dropped > 0 {
+            tracing::warn!(root = %root.display(), dropped, "removed files that are not valid entries");
+        }
+        let store = DiskLru {
+            root: entries,
+            tmp,
+            options,
+            clock,
+            index: Mutex::new(index),
+        };
+        store.evict(&mut store.index.lock().unwrap())?;
+        Ok(store)
+    }
+
+    /// A temporary file in the store's own directory (same file system, so rename works).
+    pub fn temp_file(&self) -> StoreResult<NamedTempFile> {
+        NamedTempFile::new_in(&self.tmp).map_err(|e| StoreError::io("creating a temporary file", e))
+    }
+
+    /// Makes `file` the entry for `key`. If the key is already present, an immutable key's new file
+    /// is discarded (equal keys mean equal content); a mutable key's entry is replaced atomically.
+    pub fn insert(&self, key: &K, file: NamedTempFile) -> StoreResult<()> {
+        let what = || format!("storing {}", key.rel_path().display());
+        let len = file
+            .as_file()
+            .metadata()
+            .map_err(|e| StoreError::io(what(), e))?
+            .len();
+        if len > self.options.max_bytes {
+            return Err(StoreError::ResourceExhausted(format!(
+                "{} is {len} bytes, more than the store's bound of {} bytes",
+                key.rel_path().display(),
+                self.options.max_bytes
+            )));
+        }
+        if self.options.sync_writes {
+            file.as_file()
+                .sync_data()
+                .map_err(|e| StoreError::io(what(), e))?;
+        }
+        let path = self.root.join(key.rel_path());
+        let mut index = self.index.lock().unwrap();
+        if let Some(old) = index.lru.get(key) {
+            if K::IMMUTABLE {
+                return Ok(());
+            }
+            let old_len = old.len;
+            index.bytes -= old_len;
+            index.lru.pop(key);
+        }
+        let file = match file.persist(&path) {
+            Ok(_) => None,
+            Err(e) if e.error.kind() == io::ErrorKind::NotFound => Some(e.file),
+            Err(e) => return Err(StoreError::io(what(), e.error)),
+        };
+        if let Some(file) = file {
+            let parent = path.parent().expect("entries have a parent");
+            fs::create_dir_all(parent).map_err(|e| StoreError::io(what(), e))?;
+            file.persist(&path)
+                .map_err(|e| StoreError::io(what(), e.error))?;
+        }
+        let touched = self.now_secs();
+        index.bytes += len;
+        index.lru.put(key.clone(), Entry { len, touched });
+        self.evict(&mut index)
+            .map_err(|e| StoreError::io("evicting", e))
+    }
+
+    /// Opens the entry for reading, marking it recently used. None if absent.
+    pub fn open_file(&self, key: &K) -> StoreResult<Option<File>> {
+        let now = self.now_secs();
+        let touch = {
+            let mut index = self.index.lock().unwrap();
+            match index.lru.get_mut(key) {
+                None => return Ok(None),
+                Some(entry) if now.saturating_sub(entry.touched) >= TOUCH_INTERVAL.as_secs() => {
+                    entry.touched = now;
+                    true
+                }
+                Some(_) => false,
+            }
+        };
+        let path = self.root.join(key.rel_path());
+        match File::open(&path) {
+            Ok(file) => {
+                if touch {
+                    // Best effort: a failed refresh only makes the order after a restart less exact.
+                    let _ = file.set_modified(self.clock.now());
+                }
+                Ok(Some(file))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Removed behind our back (by hand, or evicted between lookup and open): forget it.
+                self.forget(key);
+                Ok(None)
+            }
+            Err(e) => Err(StoreError::io(format!("opening {}", path.display()), e)),
+        }
+    }
+
+    /// For each key, whether it is present; present ones count as recently used.
+    pub fn contains(&self, keys: &[K]) -> Vec<bool> {
+        let mut index = self.index.lock().unwrap();
+        keys.iter().map(|k| index.lru.get(k).is_some()).collect()
+    }
+
+    /// Removes an entry from the index only (its file is already gone).
+    fn forget(&self, key: &K) {
+        let mut index = self.index.lock().unwrap();
+        if let Some(entry) = index.lru.pop(key) {
+            index.bytes -= entry.len;
+        }
+    }
+
+    /// Number of entries and their total bytes.
+    pub fn usage(&self) -> (usize, u64) {
+        let index = self.index.lock().unwrap();
+        (index.lru.len(), index.bytes)
+    }
+
+    fn evict(&self, index: &mut Index<K>) -> io::Result<()> {
+        while index.bytes > self.options.max_bytes {
+            let Some((key, entry)) = index.lru.pop_lru() else {
+                break;
+            };
+            index.bytes -= entry.len;
+            match fs::remove_file(self.root.join(key.rel_path())) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn now_secs(&self) -> u64 {
+        self.clock
+            .now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+}
+
+fn scan(dir: &Path, found: &mut Vec<(PathBuf, u64, SystemTime)>) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            scan(&entry.path(), found)?;
+        } else {
+            found.push((entry.path(), meta.len(), meta.modified()?));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use std::io::{Read, Write};
+
+    #[derive(Clone, PartialEq, Eq, Hash, Debug)]
+    struct Name(String);
+
+    impl DiskKey for Name {
+        fn rel_path(&self) -> PathBuf {
+            PathBuf::from("d").join(&self.0)
+        }
+        fn from_rel_path(path: &Path) -> Option<Self> {
+            let rest = path.strip_prefix("d").ok()?;
+            Some(Name(rest.to_str()?.to_string()))
+        }
+    }
+
+    fn options(max_bytes: u64) -> DiskLruOptions {
+        DiskLruOptions {
+            max_bytes,
+            sync_writes: false,
+        }
+    }
+
+    fn put(store: &DiskLru<Name>, name: &str, data: &[u8]) -> StoreResult<()> {
+        let mut file = store.temp_file()?;
+        file.write_all(data).unwrap();
+        store.insert(&Name(name.into()), file)
+    }
+
+    fn read(store: &DiskLru<Name>, name: &str) -> Option<Vec<u8>> {
+        let mut file = store.open_file(&Name(name.into())).unwrap()?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data).unwrap();
+        Some(data)
+    }
+
+    fn clock() -> Arc<ManualClock> {
+        Arc::new(ManualClock::new(
+            UNIX_EPOCH + Duration::from_secs(1_000_000_000),
+        ))
+    }
+
+    #[test]
+    fn evicts_least_recently_used_at_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskLru::<Name>::open(dir.path(), options(30), clock()).unwrap();
+        put(&store, "a", &[1; 10]).unwrap();
+        put(&store, "b", &[2; 10]).unwrap();
+        put(&store, "c", &[3; 10]).unwrap();
+        assert!(read(&store, "a").is_some()); // a is now the most recent
+        put(&store, "d", &[4; 10]).unwrap(); // evicts b
+        assert_eq!(
+            store.contains(&[Name("a".into()), Name("b".into())]),
+            vec![true, false]
+        );
+        assert_eq!(store.usage(), (3, 30));
+        assert!(!dir.path().join("entries/d/b").exists());
+    }
+
+    #[test]
+    fn refuses_entries_larger_than_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskLru::<Name>::open(dir.path(), options(5), clock()).unwrap();
+        let err = put(&store, "big", &[0; 6]).unwrap_err();
+        assert!(matches!(err, StoreError::ResourceExhausted(_)), "{err:?}");
+        assert_eq!(store.usage(), (0, 0));
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn open_reader_survives_eviction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskLru::<Name>::open(dir.path(), options(10), clock()).unwrap();
+        put(&store, "a", b"0123456789").unwrap();
+        let mut reader = store.open_file(&Name("a".into())).unwrap().unwrap();
+        put(&store, "b", b"abcdefghij").unwrap(); // evicts a while it is open
+        assert!(read(&store, "a").is_none());
+        let mut data = Vec::new();
+        reader.read_to_end(&mut data).unwrap();
+        assert_eq!(data, b"0123456789");
+    }
+
+    #[test]
+    fn restart_keeps_entries_and_order_and_drops_junk() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = clock();
+        {
+            let store = DiskLru::<Name>::open(dir.path(), options(100), clock.clone()).unwrap();
+            put(&store, "old", &[1; 10]).unwrap();
+            clock.advance(Duration::from_secs(60));
+            put(&store, "new", &[2; 10]).unwrap();
+            // mtimes are real file times; make the order explicit.
+            let old = File::open(dir.path().join("entries/d/old")).unwrap();
+            old.set_modified(UNIX_EPOCH + Duration::from_secs(100))
+                .unwrap();
+            fs::write(dir.path().join("tmp/partial"), b"half a blob").unwrap();
+            fs::write(dir.path().join("entries/stray"), b"not an entry").unwrap();
+        }
+        // Reopen with room for one entry: the older one goes.
+        let store = DiskLru::<Name>::open(dir.path(), options(10), clock).unwrap();
+        assert_eq!(store.usage(), (1, 10));
+        assert_eq!(read(&store, "new").unwrap(), vec![2; 10]);
+        assert!(read(&store, "old").is_none());
+        assert!(!dir.path().join("tmp/partial").exists());
+        assert!(!dir.path().join("entries/stray").exists());
+    }
+
+    #[test]
+    fn reads_refresh_mtime_at_most_every_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = clock();
+        let store = DiskLru::<Name>::open(dir.path(), options(100), clock.clone()).unwrap();
+        put(&store, "a", b"x").unwrap();
+        let path = dir.path().join("entries/d/a");
+        let before = fs::metadata(&path).unwrap().modified().unwrap();
+        read(&store, "a");
+        assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), before);
+        clock.advance(TOUCH_INTERVAL + Duration::from_secs(5_000_000));
+        read(&store, "a");
+        assert_eq!(
+            fs::metadata(&path).unwrap().modified().unwrap(),
+            clock.now()
+        );
+    }
+
+    #[test]
+    fn file_removed_by_hand_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskLru::<Name>::open(dir.path(), options(100), clock()).unwrap();
+        put(&store, "a", b"x").unwrap();
+        fs::remove_file(dir.path().join("entries/d/a")).unwrap();
+        assert!(read(&store, "a").is_none());
+        assert_eq!(store.usage(), (0, 0));
+    }
+}

@@ -1,0 +1,79 @@
+use clientd_digest::{Digest, DigestError};
+use std::io;
+
+/// A store failure, with the gRPC code it maps to. Messages name the blob or file involved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    NotFound(String),
+    InvalidArgument(String),
+    /// Disk full, or a blob larger than the store's bound.
+    ResourceExhausted(String),
+    FailedPrecondition(String),
+    OutOfRange(String),
+    Unavailable(String),
+    Internal(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+impl StoreError {
+    pub fn blob_not_found(digest: &Digest) -> Self {
+        StoreError::NotFound(format!("blob {digest} not found"))
+    }
+
+    /// Maps an I/O error during `what` (e.g. "writing blob X") to the right kind: ENOSPC and EDQUOT
+    /// become RESOURCE_EXHAUSTED so clients see "disk full", not a generic internal error.
+    pub fn io(what: impl std::fmt::Display, err: io::Error) -> Self {
+        match err.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
+                StoreError::ResourceExhausted(format!("disk full while {what}: {err}"))
+            }
+            _ if err.kind() == io::ErrorKind::NotFound => {
+                StoreError::NotFound(format!("{what}: {err}"))
+            }
+            _ => StoreError::Internal(format!("{what}: {err}")),
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            StoreError::NotFound(m)
+            | StoreError::InvalidArgument(m)
+            | StoreError::ResourceExhausted(m)
+            | StoreError::FailedPrecondition(m)
+            | StoreError::OutOfRange(m)
+            | StoreError::Unavailable(m)
+            | StoreError::Internal(m) => m,
+        }
+    }
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<DigestError> for StoreError {
+    fn from(err: DigestError) -> Self {
+        StoreError::InvalidArgument(err.to_string())
+    }
+}
+
+impl From<StoreError> for tonic::Status {
+    fn from(err: StoreError) -> Self {
+        use tonic::Code;
+        let code = match &err {
+            StoreError::NotFound(_) => Code::NotFound,
+            StoreError::InvalidArgument(_) => Code::InvalidArgument,
+            StoreError::ResourceExhausted(_) => Code::ResourceExhausted,
+            StoreError::FailedPrecondition(_) => Code::FailedPrecondition,
+            StoreError::OutOfRange(_) => Code::OutOfRange,
+            StoreError::Unavailable(_) => Code::Unavailable,
+            StoreError::Internal(_) => Code::Internal,
+        };
+        tonic::Status::new(code, err.message())
+    }
+}

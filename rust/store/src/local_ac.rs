@@ -1,0 +1,149 @@
+//! The local action cache: ActionResult messages in a [`DiskLru`], one namespace per instance name.
+
+use crate::clock::Clock;
+use crate::disk_lru::{DiskKey, DiskLru, DiskLruOptions};
+use crate::error::{StoreError, StoreResult};
+use crate::local_cas::join_error;
+use crate::traits::ActionCache;
+use async_trait::async_trait;
+use clientd_digest::{Digest, DigestFunction};
+use clientd_proto::build::bazel::remote::execution::v2::ActionResult;
+use prost::Message;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// An action digest within one instance name's namespace. Instance names can be long and contain
+/// slashes, so the namespace directory is named by a hash of the name.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct AcKey {
+    namespace: [u8; 16],
+    action: Digest,
+}
+
+impl AcKey {
+    fn new(instance_name: &str, action: &Digest) -> Self {
+        let hash = DigestFunction::Sha256.digest_of(instance_name.as_bytes());
+        let mut namespace = [0u8; 16];
+        namespace.copy_from_slice(&hash.hash()[..16]);
+        AcKey {
+            namespace,
+            action: *action,
+        }
+    }
+}
+
+/// Entries live at `<namespace hex>/<the CAS layout of the action digest>`.
+impl DiskKey for AcKey {
+    fn rel_path(&self) -> PathBuf {
+        PathBuf::from(hex::encode(self.namespace)).join(self.action.rel_path())
+    }
+
+    fn from_rel_path(path: &Path) -> Option<Self> {
+        let mut parts = path.iter();
+        let mut namespace = [0u8; 16];
+        hex::decode_to_slice(parts.next()?.to_str()?, &mut namespace).ok()?;
+        let action = Digest::from_rel_path(parts.as_path())?;
+        Some(AcKey { namespace, action })
+    }
+
+    const IMMUTABLE: bool = false;
+}
+
+pub struct LocalActionCache {
+    entries: Arc<DiskLru<AcKey>>,
+}
+
+impl LocalActionCache {
+    pub fn open(
+        root: &Path,
+        options: DiskLruOptions,
+        clock: Arc<dyn Clock>,
+    ) -> std::io::Result<Self> {
+        Ok(LocalActionCache {
+            entries: Arc::new(DiskLru::open(root, options, clock)?),
+        })
+    }
+}
+
+#[async_trait]
+impl ActionCache for LocalActionCache {
+    async fn get(&self, instance_name: &str, action: &Digest) -> StoreResult<Option<ActionResult>> {
+        let key = AcKey::new(instance_name, action);
+        let entries = self.entries.clone();
+        let action = *action;
+        tokio::task::spawn_blocking(move || {
+            let Some(mut file) = entries.open_file(&key)? else {
+                return Ok(None);
+            };
+            let mut data = Vec::new();
+            file.read_to_end(&mut data)
+                .map_err(|e| StoreError::io(format!("reading action result {action}"), e))?;
+            match ActionResult::decode(data.as_slice()) {
+                Ok(result) => Ok(Some(result)),
+                Err(e) => {
+                    tracing::warn!(%action, "ignoring undecodable action cache entry: {e}");
+                    Ok(None)
+                }
+            }
+        })
+        .await
+        .map_err(join_error)?
+    }
+
+    async fn put(
+        &self,
+        instance_name: &str,
+        action: &Digest,
+        result: &ActionResult,
+    ) -> StoreResult<()> {
+        let key = AcKey::new(instance_name, action);
+        let entries = self.entries.clone();
+        let data = result.encode_to_vec();
+        let action = *action;
+        tokio::task::spawn_blocking(move || {
+            let mut file = entries.temp_file()?;
+            file.write_all(&data)
+                .map_err(|e| StoreError::io(format!("writing action result {action}"), e))?;
+            entries.insert(&key, file)
+        })
+        .await
+        .map_err(join_error)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+
+    fn options() -> DiskLruOptions {
+        DiskLruOptions {
+            max_bytes: 1 << 20,
+            sync_writes: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn namespaces_are_separate_and_updates_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        let ac = LocalActionCache::open(dir.path(), options(), Arc::new(SystemClock)).unwrap();
+        let action = DigestFunction::Sha256.digest_of(b"action");
+        let one = ActionResult {
+            exit_code: 1,
+            ..Default::default()
+        };
+        let two = ActionResult {
+            exit_code: 2,
+            ..Default::default()
+        };
+        ac.put("local/a", &action, &one).await.unwrap();
+        assert_eq!(ac.get("local/a", &action).await.unwrap(), Some(one));
+        assert_eq!(ac.get("local/b", &action).await.unwrap(), None);
+        ac.put("local/a", &action, &two).await.unwrap();
+        assert_eq!(ac.get("local/a", &action).await.unwrap(), Some(two.clone()));
+        drop(ac);
+        let ac = LocalActionCache::open(dir.path(), options(), Arc::new(SystemClock)).unwrap();
+        assert_eq!(ac.get("local/a", &action).await.unwrap(), Some(two));
+    }
+}

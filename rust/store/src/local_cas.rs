@@ -1,0 +1,267 @@
+//! The local content-addressable storage: a [`DiskLru`] of blobs, verified on the way in.
+
+use crate::clock::Clock;
+use crate::disk_lru::{DiskKey, DiskLru, DiskLruOptions};
+use crate::error::{StoreError, StoreResult};
+use crate::traits::{mismatch, BlobSink, BlobStore, ByteStream};
+use async_trait::async_trait;
+use bytes::Bytes;
+use clientd_digest::{Digest, DigestFunction};
+use futures::StreamExt;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tempfile::NamedTempFile;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// Size of the chunks reads are streamed in: large enough for throughput, well below gRPC's 4 MiB
+/// default message limit.
+const READ_CHUNK: usize = 1 << 20;
+
+/// Blob files live at `<function>/<first two hex digits>/<hash>-<size>`.
+impl DiskKey for Digest {
+    fn rel_path(&self) -> PathBuf {
+        let hash = self.hash_hex();
+        PathBuf::from(self.function().name())
+            .join(&hash[..2])
+            .join(self.file_name())
+    }
+
+    fn from_rel_path(path: &Path) -> Option<Self> {
+        let mut parts = path.iter().map(|p| p.to_str());
+        let function = DigestFunction::from_name(parts.next()??)?;
+        let shard = parts.next()??;
+        let digest = Digest::parse_joined(Some(function), parts.next()??, '-').ok()?;
+        (parts.next().is_none() && digest.hash_hex().starts_with(shard)).then_some(digest)
+    }
+
+    fn expected_len(&self) -> Option<u64> {
+        Some(self.size())
+    }
+}
+
+/// The local CAS, shared by every instance name (content addressing needs no namespaces).
+pub struct LocalCas {
+    blobs: Arc<DiskLru<Digest>>,
+}
+
+impl LocalCas {
+    pub fn open(
+        root: &Path,
+        options: DiskLruOptions,
+        clock: Arc<dyn Clock>,
+    ) -> std::io::Result<Self> {
+        Ok(LocalCas {
+            blobs: Arc::new(DiskLru::open(root, options, clock)?),
+        })
+    }
+
+    /// Opens a blob's file for direct reads (the file system serves ranges from it). None if absent.
+    pub fn open_file(&self, digest: &Digest) -> StoreResult<Option<File>> {
+        self.blobs.open_file(digest)
+    }
+
+    /// Number of blobs and their total bytes.
+    pub fn usage(&self) -> (usize, u64) {
+        self.blobs.usage()
+    }
+}
+
+#[async_trait]
+impl BlobStore for LocalCas {
+    async fn find_missing(
+        &self,
+        _instance_name: &str,
+        digests: &[Digest],
+    ) -> StoreResult<Vec<Digest>> {
+        let present = self.blobs.contains(digests);
+        Ok(digests
+            .iter()
+            .zip(present)
+            .filter(|(d, present)| !present && !d.is_empty_blob())
+            .map(|(d, _)| *d)
+            .collect())
+    }
+
+    async fn read(
+        &self,
+        _instance_name: &str,
+        digest: &Digest,
+        offset: u64,
+        limit: Option<u64>,
+    ) -> StoreResult<ByteStream> {
+        if offset > digest.size() {
+            return Err(StoreError::OutOfRange(format!(
+                "read offset {offset} is past the end of blob {digest}"
+            )));
+        }
+        let len = limit.unwrap_or(u64::MAX).min(digest.size() - offset);
+        if len == 0 {
+            if digest.is_empty_blob() || self.blobs.contains(&[*digest])[0] {
+                return Ok(futures::stream::empty().boxed());
+            }
+            return Err(StoreError::blob_not_found(digest));
+        }
+        let blobs = self.blobs.clone();
+        let digest = *digest;
+        let file = tokio::task::spawn_blocking(move || blobs.open_file(&digest))
+            .await
+            .map_err(join_error)??
+            .ok_or_else(|| StoreError::blob_not_found(&digest))?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = stream_file(file, offset, len, &tx) {
+                let _ = tx.blocking_send(Err(StoreError::io(format!("reading blob {digest}"), e)));
+            }
+        });
+        Ok(ReceiverStream::new(rx).boxed())
+    }
+
+    async fn begin_write(
+        &self,
+        _instance_name: &str,
+        digest: &Digest,
+    ) -> StoreResult<Box<dyn BlobSink>> {
+        let file = self.blobs.temp_file()?;
+        let (tx, rx) = mpsc::channel::<Bytes>(4);
+        let function = digest.function();
+        let what = format!("writing blob {digest}");
+        // Writing and hashing run on a blocking thread, pipelined with receiving the next chunk.
+        let writer = tokio::task::spawn_blocking(move || write_and_hash(file, function, rx, &what));
+        Ok(Box::new(LocalSink {
+            blobs: self.blobs.clone(),
+            digest: *digest,
+            tx: Some(tx),
+            writer,
+            committed: 0,
+        }))
+    }
+
+    async fn write_bytes(
+        &self,
+        _instance_name: &str,
+        digest: &Digest,
+        data: Bytes,
+    ) -> StoreResult<()> {
+        let actual = digest.function().digest_of(&data);
+        if actual != *digest {
+            return Err(mismatch(digest, &actual));
+        }
+        if digest.is_empty_blob() {
+            return Ok(());
+        }
+        let blobs = self.blobs.clone();
+        let digest = *digest;
+        tokio::task::spawn_blocking(move || {
+            let mut file = blobs.temp_file()?;
+            file.write_all(&data)
+                .map_err(|e| StoreError::io(format!("writing blob {digest}"), e))?;
+            blobs.insert(&digest, file)
+        })
+        .await
+        .map_err(join_error)?
+    }
+}
+
+struct LocalSink {
+    blobs: Arc<DiskLru<Digest>>,
+    digest: Digest,
+    tx: Option<mpsc::Sender<Bytes>>,
+    writer: JoinHandle<StoreResult<(NamedTempFile, Digest)>>,
+    committed: u64,
+}
+
+impl LocalSink {
+    /// The writer's error, once it has stopped taking chunks.
+    async fn writer_error(&mut self) -> StoreError {
+        self.tx = None;
+        match (&mut self.writer).await {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) => StoreError::Internal("blob writer stopped early".into()),
+            Err(e) => join_error(e),
+        }
+    }
+}
+
+#[async_trait]
+impl BlobSink for LocalSink {
+    async fn write(&mut self, data: Bytes) -> StoreResult<()> {
+        let end = self.committed + data.len() as u64;
+        if end > self.digest.size() {
+            return Err(StoreError::InvalidArgument(format!(
+                "blob {}: received at least {end} bytes, digest says {}",
+                self.digest,
+                self.digest.size()
+            )));
+        }
+        let tx = self.tx.as_ref().expect("not committed");
+        if tx.send(data).await.is_err() {
+            return Err(self.writer_error().await);
+        }
+        self.committed = end;
+        Ok(())
+    }
+
+    fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    async fn commit(mut self: Box<Self>) -> StoreResult<()> {
+        self.tx = None;
+        let (file, actual) = (&mut self.writer).await.map_err(join_error)??;
+        if actual != self.digest {
+            return Err(mismatch(&self.digest, &actual));
+        }
+        if self.digest.is_empty_blob() {
+            return Ok(());
+        }
+        let blobs = self.blobs.clone();
+        let digest = self.digest;
+        tokio::task::spawn_blocking(move || blobs.insert(&digest, file))
+            .await
+            .map_err(join_error)?
+    }
+}
+
+fn write_and_hash(
+    mut file: NamedTempFile,
+    function: DigestFunction,
+    mut chunks: mpsc::Receiver<Bytes>,
+    what: &str,
+) -> StoreResult<(NamedTempFile, Digest)> {
+    let mut hasher = function.hasher();
+    let mut size = 0u64;
+    while let Some(chunk) = chunks.blocking_recv() {
+        hasher.update(&chunk);
+        file.write_all(&chunk)
+            .map_err(|e| StoreError::io(what, e))?;
+        size += chunk.len() as u64;
+    }
+    Ok((file, hasher.finish(size)))
+}
+
+fn stream_file(
+    mut file: File,
+    offset: u64,
+    mut len: u64,
+    tx: &mpsc::Sender<StoreResult<Bytes>>,
+) -> std::io::Result<()> {
+    file.seek(SeekFrom::Start(offset))?;
+    while len > 0 {
+        let n = (len as usize).min(READ_CHUNK);
+        let mut buf = vec![0u8; n];
+        file.read_exact(&mut buf)?;
+        len -= n as u64;
+        if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+            break; // the reader went away
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn join_error(e: tokio::task::JoinError) -> StoreError {
+    StoreError::Internal(format!("blocking task failed: {e}"))
+}

@@ -1,0 +1,113 @@
+use crate::error::{StoreError, StoreResult};
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use clientd_digest::Digest;
+use clientd_proto::build::bazel::remote::execution::v2::ActionResult;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+
+/// A blob's bytes as chunks, in order.
+pub type ByteStream = BoxStream<'static, StoreResult<Bytes>>;
+
+/// The content-addressable storage, as every layer of clientd sees it.
+///
+/// Instance names travel with every call so that decorators can route by them; stores that are
+/// shared by all instances (the local CAS) ignore them.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// The subset of `digests` this store does not hold, in request order. Found blobs count as
+    /// used, so they are not evicted before the client that asked gets to them.
+    async fn find_missing(
+        &self,
+        instance_name: &str,
+        digests: &[Digest],
+    ) -> StoreResult<Vec<Digest>>;
+
+    /// Streams `limit` bytes (all if None) of the blob starting at `offset`.
+    /// NOT_FOUND if the blob is absent, OUT_OF_RANGE if `offset` is past its end.
+    async fn read(
+        &self,
+        instance_name: &str,
+        digest: &Digest,
+        offset: u64,
+        limit: Option<u64>,
+    ) -> StoreResult<ByteStream>;
+
+    /// Starts a write of `digest`. Nothing becomes visible until [`BlobSink::commit`] verifies
+    /// the hash and size; dropping the sink discards what was written.
+    async fn begin_write(
+        &self,
+        instance_name: &str,
+        digest: &Digest,
+    ) -> StoreResult<Box<dyn BlobSink>>;
+
+    /// Reads a whole blob into memory; for small blobs such as Directory messages.
+    async fn read_bytes(&self, instance_name: &str, digest: &Digest) -> StoreResult<Bytes> {
+        let mut stream = self.read(instance_name, digest, 0, None).await?;
+        let mut data = BytesMut::with_capacity(digest.size() as usize);
+        while let Some(chunk) = stream.next().await {
+            data.extend_from_slice(&chunk?);
+        }
+        Ok(data.freeze())
+    }
+
+    /// Writes a whole in-memory blob.
+    async fn write_bytes(
+        &self,
+        instance_name: &str,
+        digest: &Digest,
+        data: Bytes,
+    ) -> StoreResult<()> {
+        let mut sink = self.begin_write(instance_name, digest).await?;
+        sink.write(data).await?;
+        sink.commit().await
+    }
+
+    /// Whether one blob is present.
+    async fn contains(&self, instance_name: &str, digest: &Digest) -> StoreResult<bool> {
+        Ok(self
+            .find_missing(instance_name, std::slice::from_ref(digest))
+            .await?
+            .is_empty())
+    }
+}
+
+/// An unfinished blob write. Bytes are appended in order; `committed` counts them.
+#[async_trait]
+pub trait BlobSink: Send {
+    async fn write(&mut self, data: Bytes) -> StoreResult<()>;
+
+    /// Bytes written so far.
+    fn committed(&self) -> u64;
+
+    /// Verifies size and hash, then makes the blob visible atomically.
+    async fn commit(self: Box<Self>) -> StoreResult<()>;
+}
+
+/// The action cache, one namespace per instance name.
+#[async_trait]
+pub trait ActionCache: Send + Sync + 'static {
+    async fn get(&self, instance_name: &str, action: &Digest) -> StoreResult<Option<ActionResult>>;
+    async fn put(
+        &self,
+        instance_name: &str,
+        action: &Digest,
+        result: &ActionResult,
+    ) -> StoreResult<()>;
+}
+
+/// The error of a write whose bytes do not match its digest.
+pub(crate) fn mismatch(expected: &Digest, got: &Digest) -> StoreError {
+    if expected.size() != got.size() {
+        StoreError::InvalidArgument(format!(
+            "blob {expected}: received {} bytes, digest says {}",
+            got.size(),
+            expected.size()
+        ))
+    } else {
+        StoreError::InvalidArgument(format!(
+            "blob {expected}: data hashes to {}, not to the digest's hash",
+            got.hash_hex()
+        ))
+    }
+}
