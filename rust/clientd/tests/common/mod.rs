@@ -1,0 +1,251 @@
+//! Starts the real `clientd` binary in a temporary home and talks to it over its UNIX socket.
+#![allow(dead_code)] // each test file uses a different part of this module
+
+use clientd_digest::{Digest, DigestFunction};
+use clientd_proto::build::bazel::remote::execution::v2 as re;
+use clientd_proto::google::bytestream as bs;
+use hyper_util::rt::TokioIo;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub const MAX_MESSAGE: usize = 64 << 20;
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub home: PathBuf,
+    pub socket: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl Daemon {
+    /// Starts a daemon whose HOME and XDG directories are under `home`, with an optional config
+    /// file text and extra arguments.
+    pub fn start(home: &Path, config: Option<&str>, args: &[&str]) -> Daemon {
+        let child = spawn(home, config, args);
+        let socket = home.join("cache/clientd/grpc");
+        let daemon = Daemon { child: Some(child), home: home.to_path_buf(), socket, stderr: home.join("stderr") };
+        daemon.wait_until_serving();
+        daemon
+    }
+
+    fn wait_until_serving(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("daemon did not start: {}", std::fs::read_to_string(&self.stderr).unwrap_or_default());
+    }
+
+    pub async fn channel(&self) -> Channel {
+        let socket = self.socket.clone();
+        Endpoint::try_from("http://[::]:50051")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let socket = socket.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
+            }))
+            .await
+            .expect("connecting to the daemon's socket")
+    }
+
+    pub async fn clients(&self) -> Clients {
+        Clients::new(self.channel().await)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// SIGTERM, and waits for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        signal(child.id() as i32, libc::SIGTERM);
+        child.wait().unwrap()
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill9(mut self) {
+        let mut child = self.child.take().unwrap();
+        signal(child.id() as i32, libc::SIGKILL);
+        child.wait().unwrap();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(pid, sig) };
+}
+
+pub fn command(home: &Path, config: Option<&str>, args: &[&str]) -> Command {
+    std::fs::create_dir_all(home).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clientd"));
+    cmd.env("HOME", home)
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("RUST_LOG", "info");
+    if let Some(text) = config {
+        let file = home.join("config.json");
+        std::fs::write(&file, text).unwrap();
+        cmd.arg("serve").arg("--config").arg(file);
+    } else if !args.is_empty() {
+        cmd.arg("serve");
+    }
+    cmd.args(args);
+    cmd
+}
+
+fn spawn(home: &Path, config: Option<&str>, args: &[&str]) -> Child {
+    let stderr = std::fs::File::create(home.join("stderr")).unwrap();
+    command(home, config, args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).spawn().unwrap()
+}
+
+/// The first line of `child`'s stderr containing `needle` (for TCP listener addresses).
+pub fn wait_for_line(path: &Path, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(file) = std::fs::File::open(path) {
+            if let Some(line) = BufReader::new(file).lines().map_while(Result::ok).find(|l| l.contains(needle)) {
+                return line;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("no line with {needle:?} in {}", path.display());
+}
+
+pub struct Clients {
+    pub cas: re::content_addressable_storage_client::ContentAddressableStorageClient<Channel>,
+    pub ac: re::action_cache_client::ActionCacheClient<Channel>,
+    pub caps: re::capabilities_client::CapabilitiesClient<Channel>,
+    pub bytestream: bs::byte_stream_client::ByteStreamClient<Channel>,
+}
+
+impl Clients {
+    pub fn new(channel: Channel) -> Self {
+        Clients {
+            cas: re::content_addressable_storage_client::ContentAddressableStorageClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+            ac: re::action_cache_client::ActionCacheClient::new(channel.clone()),
+            caps: re::capabilities_client::CapabilitiesClient::new(channel.clone()),
+            bytestream: bs::byte_stream_client::ByteStreamClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        }
+    }
+
+    /// Uploads `data` by ByteStream in `chunk`-byte messages.
+    pub async fn write(&mut self, instance: &str, data: &[u8], chunk: usize) -> Result<i64, tonic::Status> {
+        let digest = sha256(data);
+        let name = write_name(instance, &digest);
+        let requests = write_requests(&name, data, 0, chunk, true);
+        Ok(self.bytestream.write(futures::stream::iter(requests)).await?.into_inner().committed_size)
+    }
+
+    /// Reads a blob by ByteStream.
+    pub async fn read(&mut self, instance: &str, digest: &Digest, offset: i64, limit: i64) -> Result<Vec<u8>, tonic::Status> {
+        let request = bs::ReadRequest {
+            resource_name: format!("{instance}/blobs/{}", digest.resource_tail()),
+            read_offset: offset,
+            read_limit: limit,
+        };
+        let mut stream = self.bytestream.read(request).await?.into_inner();
+        let mut data = Vec::new();
+        while let Some(message) = stream.message().await? {
+            data.extend_from_slice(&message.data);
+        }
+        Ok(data)
+    }
+
+    pub async fn find_missing(&mut self, instance: &str, digests: &[Digest]) -> Vec<Digest> {
+        let request = re::FindMissingBlobsRequest {
+            instance_name: instance.into(),
+            blob_digests: digests.iter().map(Digest::to_proto).collect(),
+            ..Default::default()
+        };
+        let response = self.cas.find_missing_blobs(request).await.unwrap().into_inner();
+        response.missing_blob_digests.iter().map(|d| Digest::from_proto(None, d).unwrap()).collect()
+    }
+
+    pub async fn batch_update(&mut self, instance: &str, blobs: &[(Digest, Vec<u8>)]) -> Vec<i32> {
+        let request = re::BatchUpdateBlobsRequest {
+            instance_name: instance.into(),
+            requests: blobs
+                .iter()
+                .map(|(d, data)| re::batch_update_blobs_request::Request {
+                    digest: Some(d.to_proto()),
+                    data: data.clone().into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let response = self.cas.batch_update_blobs(request).await.unwrap().into_inner();
+        response.responses.iter().map(|r| r.status.as_ref().unwrap().code).collect()
+    }
+}
+
+pub fn write_name(instance: &str, digest: &Digest) -> String {
+    format!("{instance}/uploads/{}/blobs/{}", uuid::Uuid::new_v4(), digest.resource_tail())
+}
+
+pub fn write_requests(name: &str, data: &[u8], start: usize, chunk: usize, finish: bool) -> Vec<bs::WriteRequest> {
+    let mut requests: Vec<bs::WriteRequest> = data[start..]
+        .chunks(chunk.max(1))
+        .scan(start, |offset, piece| {
+            let request = bs::WriteRequest {
+                resource_name: name.to_string(),
+                write_offset: *offset as i64,
+                finish_write: false,
+                data: piece.to_vec().into(),
+            };
+            *offset += piece.len();
+            Some(request)
+        })
+        .collect();
+    if requests.is_empty() {
+        requests.push(bs::WriteRequest {
+            resource_name: name.to_string(),
+            write_offset: start as i64,
+            ..Default::default()
+        });
+    }
+    requests.last_mut().unwrap().finish_write = finish;
+    requests
+}
+
+pub fn sha256(data: &[u8]) -> Digest {
+    DigestFunction::Sha256.digest_of(data)
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
