@@ -24,14 +24,15 @@ impl StoreError {
     /// Maps an I/O error during `what` (e.g. "writing blob X") to the right kind: ENOSPC and EDQUOT
     /// become RESOURCE_EXHAUSTED so clients see "disk full", not a generic internal error.
     pub fn io(what: impl std::fmt::Display, err: io::Error) -> Self {
-        match err.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
-                StoreError::ResourceExhausted(format!("disk full while {what}: {err}"))
-            }
-            _ if err.kind() == io::ErrorKind::NotFound => {
-                StoreError::NotFound(format!("{what}: {err}"))
-            }
-            _ => StoreError::Internal(format!("{what}: {err}")),
+        // Wrappers such as tempfile's keep the kind but not always the raw errno.
+        let full = matches!(err.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+            || matches!(err.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded);
+        if full {
+            StoreError::ResourceExhausted(format!("disk full while {what}: {err}"))
+        } else if err.kind() == io::ErrorKind::NotFound {
+            StoreError::NotFound(format!("{what}: {err}"))
+        } else {
+            StoreError::Internal(format!("{what}: {err}"))
         }
     }
 

@@ -1,0 +1,118 @@
+//! What survives crashes and full disks: kill -9 during uploads, and ENOSPC mid-write.
+
+mod common;
+
+use clientd_digest::Digest;
+use common::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+use tonic::Code;
+
+/// Hashes every blob file in the cache directory and checks it against its name.
+fn verify_every_file(cas_entries: &Path) -> usize {
+    let mut count = 0;
+    for function in std::fs::read_dir(cas_entries).unwrap() {
+        for shard in std::fs::read_dir(function.unwrap().path()).unwrap() {
+            for file in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+                let path = file.unwrap().path();
+                let name = path.file_name().unwrap().to_str().unwrap();
+                let expected = Digest::parse_joined(None, name, '-').unwrap();
+                assert_eq!(sha256(&std::fs::read(&path).unwrap()), expected, "{}", path.display());
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_during_concurrent_uploads_leaves_only_whole_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), None, &[]);
+    let mut tasks = Vec::new();
+    for worker in 0..8u64 {
+        let channel = daemon.channel().await;
+        tasks.push(tokio::spawn(async move {
+            let mut c = Clients::new(channel);
+            let mut attempted = Vec::new();
+            for i in 0..1000u64 {
+                let seed = worker * 1_000_000 + i;
+                let data = pseudo_random(seed, 1024 + (seed as usize * 7919) % (2 << 20));
+                attempted.push(sha256(&data));
+                if c.write("local", &data, 256 << 10).await.is_err() {
+                    break; // the daemon died
+                }
+            }
+            attempted
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    daemon.kill9();
+    let mut attempted = Vec::new();
+    for task in tasks {
+        attempted.extend(task.await.unwrap());
+    }
+
+    let daemon = Daemon::start(dir.path(), None, &[]);
+    let mut c = daemon.clients().await;
+    let missing = c.find_missing("local", &attempted).await;
+    let present: Vec<&Digest> = attempted.iter().filter(|d| !missing.contains(d)).collect();
+    assert!(!present.is_empty(), "no upload finished before the kill; the test proves nothing");
+    for digest in &present {
+        let data = c.read("local", digest, 0, 0).await.unwrap();
+        assert_eq!(sha256(&data), **digest);
+    }
+    let cache = dir.path().join("cache/clientd/cas");
+    assert_eq!(verify_every_file(&cache.join("entries")), present.len());
+    assert_eq!(std::fs::read_dir(cache.join("tmp")).unwrap().count(), 0);
+    eprintln!("{} of {} attempted blobs survived the crash, all verified", present.len(), attempted.len());
+}
+
+/// A small tmpfs, unmounted when dropped.
+struct Tmpfs<'a>(&'a Path);
+
+impl Drop for Tmpfs<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn full_disk_gives_resource_exhausted_and_keeps_what_was_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(&cache)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let _unmount = Tmpfs(&cache);
+    let daemon = Daemon::start(dir.path(), None, &[]);
+    let mut c = daemon.clients().await;
+    let kept = pseudo_random(1, 1 << 20);
+    c.write("local", &kept, 1 << 16).await.unwrap();
+
+    let err = c.write("local", &pseudo_random(2, 12 << 20), 1 << 20).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    assert!(err.message().contains("disk full"), "{}", err.message());
+    let blobs: Vec<(Digest, Vec<u8>)> = (0..12)
+        .map(|i| pseudo_random(100 + i, 1 << 20))
+        .map(|data| (sha256(&data), data))
+        .collect();
+    let mut codes = Vec::new();
+    for chunk in blobs.chunks(3) {
+        codes.extend(c.batch_update("local", chunk).await);
+    }
+    assert!(codes.contains(&(Code::ResourceExhausted as i32)), "{codes:?}");
+
+    assert_eq!(c.read("local", &sha256(&kept), 0, 0).await.unwrap(), kept);
+    drop(c);
+    drop(daemon);
+    verify_every_file(&cache.join("clientd/cas/entries"));
+}

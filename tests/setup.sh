@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs what the end-to-end tests need on a fresh Debian machine (run as root).
+# Idempotent and quiet on success: each step checks first and does nothing when
+# its tools are already there.
+#
+# Adding an installer: write one `step_NAME` function below and add NAME to STEPS.
+set -euo pipefail
+
+STEPS=(apt)
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+# Run a command quietly; on failure print what it said and fail.
+quiet() {
+    local out
+    if ! out=$("$@" 2>&1); then
+        printf '%s\n' "$out" >&2
+        log "failed: $*"
+        return 1
+    fi
+}
+
+APT_UPDATED=0
+apt_install() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        quiet apt-get update
+        APT_UPDATED=1
+    fi
+    quiet env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+}
+
+# fuse3: fusermount3 for FUSE tests; bazel-bootstrap: Bazel 4.2.3 (and a JDK) as a real REAPI client.
+step_apt() {
+    apt_install fuse3 bazel-bootstrap
+}
+
+main() {
+    local step
+    if [ "$#" -gt 0 ]; then STEPS=("$@"); fi
+    for step in "${STEPS[@]}"; do
+        "step_$step"
+    done
+}
+
+main "$@"
