@@ -18,7 +18,12 @@ fn verify_every_file(cas_entries: &Path) -> usize {
                 let path = file.unwrap().path();
                 let name = path.file_name().unwrap().to_str().unwrap();
                 let expected = Digest::parse_joined(None, name, '-').unwrap();
-                assert_eq!(sha256(&std::fs::read(&path).unwrap()), expected, "{}", path.display());
+                assert_eq!(
+                    sha256(&std::fs::read(&path).unwrap()),
+                    expected,
+                    "{}",
+                    path.display()
+                );
                 count += 1;
             }
         }
@@ -58,7 +63,10 @@ async fn kill_9_during_concurrent_uploads_leaves_only_whole_blobs() {
     let mut c = daemon.clients().await;
     let missing = c.find_missing("local", &attempted).await;
     let present: Vec<&Digest> = attempted.iter().filter(|d| !missing.contains(d)).collect();
-    assert!(!present.is_empty(), "no upload finished before the kill; the test proves nothing");
+    assert!(
+        !present.is_empty(),
+        "no upload finished before the kill; the test proves nothing"
+    );
     for digest in &present {
         let data = c.read("local", digest, 0, 0).await.unwrap();
         assert_eq!(sha256(&data), **digest);
@@ -66,7 +74,11 @@ async fn kill_9_during_concurrent_uploads_leaves_only_whole_blobs() {
     let cache = dir.path().join("cache/clientd/cas");
     assert_eq!(verify_every_file(&cache.join("entries")), present.len());
     assert_eq!(std::fs::read_dir(cache.join("tmp")).unwrap().count(), 0);
-    eprintln!("{} of {} attempted blobs survived the crash, all verified", present.len(), attempted.len());
+    eprintln!(
+        "{} of {} attempted blobs survived the crash, all verified",
+        present.len(),
+        attempted.len()
+    );
 }
 
 /// A small tmpfs, unmounted when dropped.
@@ -98,7 +110,10 @@ async fn full_disk_gives_resource_exhausted_and_keeps_what_was_stored() {
     let kept = pseudo_random(1, 1 << 20);
     c.write("local", &kept, 1 << 16).await.unwrap();
 
-    let err = c.write("local", &pseudo_random(2, 12 << 20), 1 << 20).await.unwrap_err();
+    let err = c
+        .write("local", &pseudo_random(2, 12 << 20), 1 << 20)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
     assert!(err.message().contains("disk full"), "{}", err.message());
     let blobs: Vec<(Digest, Vec<u8>)> = (0..12)
@@ -109,7 +124,10 @@ async fn full_disk_gives_resource_exhausted_and_keeps_what_was_stored() {
     for chunk in blobs.chunks(3) {
         codes.extend(c.batch_update("local", chunk).await);
     }
-    assert!(codes.contains(&(Code::ResourceExhausted as i32)), "{codes:?}");
+    assert!(
+        codes.contains(&(Code::ResourceExhausted as i32)),
+        "{codes:?}"
+    );
 
     assert_eq!(c.read("local", &sha256(&kept), 0, 0).await.unwrap(), kept);
     drop(c);

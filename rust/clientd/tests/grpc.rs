@@ -15,17 +15,26 @@ async fn capabilities_tell_the_truth_and_unknown_instances_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path(), None, &[]);
     let mut c = daemon.clients().await;
-    let request = re::GetCapabilitiesRequest { instance_name: "local/p".into() };
+    let request = re::GetCapabilitiesRequest {
+        instance_name: "local/p".into(),
+    };
     let caps = c.caps.get_capabilities(request).await.unwrap().into_inner();
     let cache = caps.cache_capabilities.unwrap();
     for f in DigestFunction::ALL {
         assert!(cache.digest_functions.contains(&f.to_proto()), "{f}");
     }
-    assert!(cache.action_cache_update_capabilities.unwrap().update_enabled);
+    assert!(
+        cache
+            .action_cache_update_capabilities
+            .unwrap()
+            .update_enabled
+    );
     assert_eq!(cache.max_batch_total_size_bytes, 4 << 20);
     assert!(!caps.execution_capabilities.unwrap().exec_enabled);
 
-    let request = re::GetCapabilitiesRequest { instance_name: "cluster.example.com/x".into() };
+    let request = re::GetCapabilitiesRequest {
+        instance_name: "cluster.example.com/x".into(),
+    };
     let err = c.caps.get_capabilities(request).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("\"local\""), "{}", err.message());
@@ -57,8 +66,17 @@ async fn batch_update_stores_good_entries_and_refuses_bad_ones() {
         digests: digests.iter().map(Digest::to_proto).collect(),
         ..Default::default()
     };
-    let responses = c.cas.batch_read_blobs(request).await.unwrap().into_inner().responses;
-    let codes: Vec<i32> = responses.iter().map(|r| r.status.as_ref().unwrap().code).collect();
+    let responses = c
+        .cas
+        .batch_read_blobs(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .responses;
+    let codes: Vec<i32> = responses
+        .iter()
+        .map(|r| r.status.as_ref().unwrap().code)
+        .collect();
     assert_eq!(codes, vec![0, Code::NotFound as i32, 0]);
     assert_eq!(responses[0].data.as_ref(), good.as_slice());
     assert_eq!(responses[2].data.as_ref(), other.as_slice());
@@ -83,11 +101,21 @@ async fn other_digest_functions_are_verified_with_their_own_hash() {
         }],
         digest_function: DigestFunction::Blake3.to_proto(),
     };
-    let response = c.cas.batch_update_blobs(request).await.unwrap().into_inner();
+    let response = c
+        .cas
+        .batch_update_blobs(request)
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(response.responses[0].status.as_ref().unwrap().code, 0);
     assert_eq!(c.read("local", &digest, 0, 0).await.unwrap(), data);
     // The same hex under SHA-256 is a different (absent) blob.
-    let as_sha256 = Digest::parse(Some(DigestFunction::Sha256), &digest.hash_hex(), digest.size()).unwrap();
+    let as_sha256 = Digest::parse(
+        Some(DigestFunction::Sha256),
+        &digest.hash_hex(),
+        digest.size(),
+    )
+    .unwrap();
     assert_eq!(c.find_missing("local", &[as_sha256]).await.len(), 1);
 }
 
@@ -98,16 +126,36 @@ async fn bytestream_round_trip_with_offsets_and_limits() {
     let mut c = daemon.clients().await;
     let data = pseudo_random(1, 10 << 20);
     let digest = sha256(&data);
-    assert_eq!(c.write("local/p", &data, 64 << 10).await.unwrap(), data.len() as i64);
+    assert_eq!(
+        c.write("local/p", &data, 64 << 10).await.unwrap(),
+        data.len() as i64
+    );
     assert_eq!(c.read("local/p", &digest, 0, 0).await.unwrap(), data);
-    assert_eq!(c.read("local/p", &digest, 1000, 10).await.unwrap(), data[1000..1010]);
-    assert_eq!(c.read("local/p", &digest, data.len() as i64, 0).await.unwrap(), b"");
-    let err = c.read("local/p", &digest, data.len() as i64 + 1, 0).await.unwrap_err();
+    assert_eq!(
+        c.read("local/p", &digest, 1000, 10).await.unwrap(),
+        data[1000..1010]
+    );
+    assert_eq!(
+        c.read("local/p", &digest, data.len() as i64, 0)
+            .await
+            .unwrap(),
+        b""
+    );
+    let err = c
+        .read("local/p", &digest, data.len() as i64 + 1, 0)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange);
-    let err = c.read("local/p", &sha256(b"absent"), 0, 0).await.unwrap_err();
+    let err = c
+        .read("local/p", &sha256(b"absent"), 0, 0)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     // Writing a blob that exists finishes at once with the full size.
-    assert_eq!(c.write("local/p", &data, 1 << 20).await.unwrap(), data.len() as i64);
+    assert_eq!(
+        c.write("local/p", &data, 1 << 20).await.unwrap(),
+        data.len() as i64
+    );
 }
 
 #[tokio::test]
@@ -122,21 +170,39 @@ async fn malformed_resource_names_say_what_is_wrong() {
         (format!("local/actions/blobs/{hash}/0"), "reserved"),
         ("local/blobs/ABC/3".to_string(), "cannot infer"),
         (format!("local//blobs/{hash}/0"), "empty path segment"),
-        (format!("local/compressed-blobs/zstd/{hash}/0"), "not supported"),
-        (format!("nowhere/blobs/{hash}/0"), "matches no configured prefix"),
+        (
+            format!("local/compressed-blobs/zstd/{hash}/0"),
+            "not supported",
+        ),
+        (
+            format!("nowhere/blobs/{hash}/0"),
+            "matches no configured prefix",
+        ),
     ];
     for (name, why) in cases {
-        let request = bs::ReadRequest { resource_name: name.clone(), ..Default::default() };
+        let request = bs::ReadRequest {
+            resource_name: name.clone(),
+            ..Default::default()
+        };
         let err = match c.bytestream.read(request).await {
             Err(e) => e,
             Ok(stream) => stream.into_inner().message().await.unwrap_err(),
         };
-        assert_eq!(err.code(), Code::InvalidArgument, "{name}: {}", err.message());
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{name}: {}",
+            err.message()
+        );
         assert!(err.message().contains(why), "{name}: {}", err.message());
     }
     let name = format!("local/uploads/x/blobs/{hash}/1");
     let requests = write_requests(&name, b"", 0, 1, true);
-    let err = c.bytestream.write(futures::stream::iter(requests)).await.unwrap_err();
+    let err = c
+        .bytestream
+        .write(futures::stream::iter(requests))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
@@ -151,7 +217,16 @@ async fn bad_writes_fail_and_leave_nothing_behind() {
     let mut tampered = data.clone();
     tampered[12345] ^= 1;
     let name = write_name("local", &digest);
-    let err = c.bytestream.write(futures::stream::iter(write_requests(&name, &tampered, 0, 1 << 20, true))).await;
+    let err = c
+        .bytestream
+        .write(futures::stream::iter(write_requests(
+            &name,
+            &tampered,
+            0,
+            1 << 20,
+            true,
+        )))
+        .await;
     let err = err.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("hashes to"), "{}", err.message());
@@ -159,11 +234,29 @@ async fn bad_writes_fail_and_leave_nothing_behind() {
     let mut longer = data.clone();
     longer.push(0);
     let name = write_name("local", &digest);
-    let err = c.bytestream.write(futures::stream::iter(write_requests(&name, &longer, 0, 1 << 20, true))).await;
+    let err = c
+        .bytestream
+        .write(futures::stream::iter(write_requests(
+            &name,
+            &longer,
+            0,
+            1 << 20,
+            true,
+        )))
+        .await;
     assert_eq!(err.unwrap_err().code(), Code::InvalidArgument);
     let name = write_name("local", &digest);
     let short = &data[..data.len() - 1];
-    let err = c.bytestream.write(futures::stream::iter(write_requests(&name, short, 0, 1 << 20, true))).await;
+    let err = c
+        .bytestream
+        .write(futures::stream::iter(write_requests(
+            &name,
+            short,
+            0,
+            1 << 20,
+            true,
+        )))
+        .await;
     assert_eq!(err.unwrap_err().code(), Code::InvalidArgument);
     assert_eq!(c.find_missing("local", &[digest]).await, vec![digest]);
     // An aborted write's temporary file is removed when its writer thread winds down.
@@ -172,7 +265,11 @@ async fn bad_writes_fail_and_leave_nothing_behind() {
     while std::fs::read_dir(&tmp).unwrap().count() > 0 && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert_eq!(std::fs::read_dir(tmp).unwrap().count(), 0, "temporary files left behind");
+    assert_eq!(
+        std::fs::read_dir(tmp).unwrap().count(),
+        0,
+        "temporary files left behind"
+    );
 }
 
 #[tokio::test]
@@ -185,27 +282,46 @@ async fn interrupted_writes_resume_from_the_committed_size() {
     let name = write_name("local/p", &digest);
     let half = data.len() / 2;
     let first = write_requests(&name, &data[..half], 0, 1 << 20, false);
-    let err = c.bytestream.write(futures::stream::iter(first)).await.unwrap_err();
+    let err = c
+        .bytestream
+        .write(futures::stream::iter(first))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
     let status = c
         .bytestream
-        .query_write_status(bs::QueryWriteStatusRequest { resource_name: name.clone() })
+        .query_write_status(bs::QueryWriteStatusRequest {
+            resource_name: name.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((status.committed_size, status.complete), (half as i64, false));
+    assert_eq!(
+        (status.committed_size, status.complete),
+        (half as i64, false)
+    );
     assert_eq!(c.find_missing("local/p", &[digest]).await, vec![digest]);
     let rest = write_requests(&name, &data, half, 1 << 20, true);
-    let done = c.bytestream.write(futures::stream::iter(rest)).await.unwrap().into_inner();
+    let done = c
+        .bytestream
+        .write(futures::stream::iter(rest))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(done.committed_size, data.len() as i64);
     assert_eq!(c.read("local/p", &digest, 0, 0).await.unwrap(), data);
     let status = c
         .bytestream
-        .query_write_status(bs::QueryWriteStatusRequest { resource_name: name })
+        .query_write_status(bs::QueryWriteStatusRequest {
+            resource_name: name,
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((status.committed_size, status.complete), (data.len() as i64, true));
+    assert_eq!(
+        (status.committed_size, status.complete),
+        (data.len() as i64, true)
+    );
 }
 
 fn action_result_with(file: &Digest) -> re::ActionResult {
@@ -242,9 +358,16 @@ async fn action_cache_namespaces_and_completeness() {
         action_digest: Some(action.to_proto()),
         ..Default::default()
     };
-    let got = c.ac.get_action_result(get("local/a", &action)).await.unwrap().into_inner();
+    let got =
+        c.ac.get_action_result(get("local/a", &action))
+            .await
+            .unwrap()
+            .into_inner();
     assert_eq!(got, result);
-    let err = c.ac.get_action_result(get("local/b", &action)).await.unwrap_err();
+    let err =
+        c.ac.get_action_result(get("local/b", &action))
+            .await
+            .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
     // A result whose output is not in the CAS is a miss, so Bazel runs the action again.
@@ -256,7 +379,10 @@ async fn action_cache_namespaces_and_completeness() {
         ..Default::default()
     };
     c.ac.update_action_result(update).await.unwrap();
-    let err = c.ac.get_action_result(get("local/a", &incomplete)).await.unwrap_err();
+    let err =
+        c.ac.get_action_result(get("local/a", &incomplete))
+            .await
+            .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 }
 
@@ -266,8 +392,14 @@ async fn get_tree_walks_the_tree_in_pages() {
     let daemon = Daemon::start(dir.path(), None, &[]);
     let mut c = daemon.clients().await;
     let leaf = re::Directory::default().encode_to_vec();
-    let node = |name: &str, d: &Digest| re::DirectoryNode { name: name.into(), digest: Some(d.to_proto()) };
-    let middle = re::Directory { directories: vec![node("leaf", &sha256(&leaf))], ..Default::default() };
+    let node = |name: &str, d: &Digest| re::DirectoryNode {
+        name: name.into(),
+        digest: Some(d.to_proto()),
+    };
+    let middle = re::Directory {
+        directories: vec![node("leaf", &sha256(&leaf))],
+        ..Default::default()
+    };
     let middle = middle.encode_to_vec();
     // The root names the leaf twice (directly and via middle); it is sent once.
     let root = re::Directory {
@@ -275,7 +407,10 @@ async fn get_tree_walks_the_tree_in_pages() {
         ..Default::default()
     }
     .encode_to_vec();
-    let blobs: Vec<(Digest, Vec<u8>)> = [&root, &middle, &leaf].iter().map(|b| (sha256(b), b.to_vec())).collect();
+    let blobs: Vec<(Digest, Vec<u8>)> = [&root, &middle, &leaf]
+        .iter()
+        .map(|b| (sha256(b), b.to_vec()))
+        .collect();
     c.batch_update("local", &blobs).await;
     let request = |page_size, page_token: &str| re::GetTreeRequest {
         instance_name: "local".into(),
@@ -295,9 +430,18 @@ async fn get_tree_walks_the_tree_in_pages() {
     assert_eq!(first.directories.len(), 1);
     assert_eq!(first.next_page_token, "1");
     let mut stream = c.cas.get_tree(request(5, "1")).await.unwrap().into_inner();
-    assert_eq!(stream.message().await.unwrap().unwrap().directories.len(), 2);
-    let missing = re::GetTreeRequest { root_digest: Some(sha256(b"nope").to_proto()), ..request(0, "") };
-    assert_eq!(c.cas.get_tree(missing).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        stream.message().await.unwrap().unwrap().directories.len(),
+        2
+    );
+    let missing = re::GetTreeRequest {
+        root_digest: Some(sha256(b"nope").to_proto()),
+        ..request(0, "")
+    };
+    assert_eq!(
+        c.cas.get_tree(missing).await.unwrap_err().code(),
+        Code::NotFound
+    );
 }
 
 #[tokio::test]
@@ -312,7 +456,10 @@ async fn eviction_at_the_configured_bound() {
     }
     let digests: Vec<Digest> = blobs.iter().map(|b| sha256(b)).collect();
     assert_eq!(c.find_missing("local", &digests).await, vec![digests[0]]);
-    let err = c.write("local", &pseudo_random(20, 1_000_001), 1 << 16).await.unwrap_err();
+    let err = c
+        .write("local", &pseudo_random(20, 1_000_001), 1 << 16)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
 }
 
@@ -320,12 +467,22 @@ async fn eviction_at_the_configured_bound() {
 async fn socket_is_private_restart_keeps_blobs_and_sigterm_cleans_up() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path(), None, &[]);
-    let mode = std::fs::metadata(&daemon.socket).unwrap().permissions().mode();
+    let mode = std::fs::metadata(&daemon.socket)
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let data = pseudo_random(4, 100_000);
-    daemon.clients().await.write("local", &data, 1 << 16).await.unwrap();
+    daemon
+        .clients()
+        .await
+        .write("local", &data, 1 << 16)
+        .await
+        .unwrap();
     // A second daemon on the same cache directory refuses to start.
-    let second = common::command(dir.path(), None, &["--tcp-listen", "127.0.0.1:0"]).output().unwrap();
+    let second = common::command(dir.path(), None, &["--tcp-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
     assert!(!second.status.success());
     assert!(String::from_utf8_lossy(&second.stderr).contains("already using"));
     let socket = daemon.socket.clone();
@@ -343,8 +500,16 @@ async fn tcp_listener_serves_the_same_store() {
     let line = wait_for_line(&daemon.stderr, "serving on grpc://");
     let url = line.split("grpc://").nth(1).unwrap().trim().to_string();
     let data = b"over tcp".to_vec();
-    daemon.clients().await.batch_update("local", &[(sha256(&data), data.clone())]).await;
-    let channel = tonic::transport::Endpoint::try_from(format!("http://{url}")).unwrap().connect().await.unwrap();
+    daemon
+        .clients()
+        .await
+        .batch_update("local", &[(sha256(&data), data.clone())])
+        .await;
+    let channel = tonic::transport::Endpoint::try_from(format!("http://{url}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut tcp = Clients::new(channel);
     assert_eq!(tcp.read("local", &sha256(&data), 0, 0).await.unwrap(), data);
 }
@@ -352,10 +517,17 @@ async fn tcp_listener_serves_the_same_store() {
 #[test]
 fn bad_config_names_the_file_and_field() {
     let dir = tempfile::tempdir().unwrap();
-    let out = common::command(dir.path(), Some(r#"{"cas": {"max_size_bytse": 1}}"#), &[]).output().unwrap();
+    let out = common::command(dir.path(), Some(r#"{"cas": {"max_size_bytse": 1}}"#), &[])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("config.json") && stderr.contains("max_size_bytse"), "{stderr}");
-    let out = common::command(dir.path(), None, &["--tcp-listen", "0.0.0.0:8980"]).output().unwrap();
+    assert!(
+        stderr.contains("config.json") && stderr.contains("max_size_bytse"),
+        "{stderr}"
+    );
+    let out = common::command(dir.path(), None, &["--tcp-listen", "0.0.0.0:8980"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
 }

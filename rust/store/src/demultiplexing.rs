@@ -111,3 +111,53 @@ impl ActionCache for Demultiplexing {
         backend.action_cache.put(rest, action, result).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::disk_lru::DiskLruOptions;
+    use crate::local_ac::LocalActionCache;
+    use crate::local_cas::LocalCas;
+
+    fn backend(dir: &std::path::Path) -> Backend {
+        let options = DiskLruOptions {
+            max_bytes: 1 << 20,
+            sync_writes: false,
+        };
+        Backend {
+            cas: Arc::new(
+                LocalCas::open(&dir.join("cas"), options, Arc::new(SystemClock)).unwrap(),
+            ),
+            action_cache: Arc::new(
+                LocalActionCache::open(&dir.join("ac"), options, Arc::new(SystemClock)).unwrap(),
+            ),
+        }
+    }
+
+    #[test]
+    fn longest_whole_component_prefix_wins_and_is_stripped() {
+        let dir = tempfile::tempdir().unwrap();
+        let demux = Demultiplexing::new([
+            ("a.example.com".to_string(), backend(&dir.path().join("1"))),
+            (
+                "a.example.com/deep".to_string(),
+                backend(&dir.path().join("2")),
+            ),
+            ("local".to_string(), backend(&dir.path().join("3"))),
+        ]);
+        let (_, rest) = demux.route("a.example.com/hello").unwrap();
+        assert_eq!(rest, "hello");
+        let (_, rest) = demux.route("a.example.com").unwrap();
+        assert_eq!(rest, "");
+        let (deep, rest) = demux.route("a.example.com/deep/x").unwrap();
+        assert_eq!(rest, "x");
+        let (shallow, _) = demux.route("a.example.com/deeper").unwrap();
+        assert!(!Arc::ptr_eq(&deep.cas, &shallow.cas));
+        let err = demux.route("localhost/x").err().unwrap().to_string();
+        assert!(
+            err.contains("\"local\"") && err.contains("\"a.example.com\""),
+            "{err}"
+        );
+    }
+}

@@ -26,7 +26,10 @@ impl StoreError {
     pub fn io(what: impl std::fmt::Display, err: io::Error) -> Self {
         // Wrappers such as tempfile's keep the kind but not always the raw errno.
         let full = matches!(err.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
-            || matches!(err.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded);
+            || matches!(
+                err.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            );
         if full {
             StoreError::ResourceExhausted(format!("disk full while {what}: {err}"))
         } else if err.kind() == io::ErrorKind::NotFound {

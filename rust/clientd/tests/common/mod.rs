@@ -26,7 +26,12 @@ impl Daemon {
     pub fn start(home: &Path, config: Option<&str>, args: &[&str]) -> Daemon {
         let child = spawn(home, config, args);
         let socket = home.join("cache/clientd/grpc");
-        let daemon = Daemon { child: Some(child), home: home.to_path_buf(), socket, stderr: home.join("stderr") };
+        let daemon = Daemon {
+            child: Some(child),
+            home: home.to_path_buf(),
+            socket,
+            stderr: home.join("stderr"),
+        };
         daemon.wait_until_serving();
         daemon
     }
@@ -39,7 +44,10 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!("daemon did not start: {}", std::fs::read_to_string(&self.stderr).unwrap_or_default());
+        panic!(
+            "daemon did not start: {}",
+            std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        );
     }
 
     pub async fn channel(&self) -> Channel {
@@ -48,7 +56,11 @@ impl Daemon {
             .unwrap()
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let socket = socket.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(socket).await?,
+                    ))
+                }
             }))
             .await
             .expect("connecting to the daemon's socket")
@@ -115,7 +127,12 @@ pub fn command(home: &Path, config: Option<&str>, args: &[&str]) -> Command {
 
 fn spawn(home: &Path, config: Option<&str>, args: &[&str]) -> Child {
     let stderr = std::fs::File::create(home.join("stderr")).unwrap();
-    command(home, config, args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).spawn().unwrap()
+    command(home, config, args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
 }
 
 /// The first line of `child`'s stderr containing `needle` (for TCP listener addresses).
@@ -123,7 +140,11 @@ pub fn wait_for_line(path: &Path, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if let Ok(file) = std::fs::File::open(path) {
-            if let Some(line) = BufReader::new(file).lines().map_while(Result::ok).find(|l| l.contains(needle)) {
+            if let Some(line) = BufReader::new(file)
+                .lines()
+                .map_while(Result::ok)
+                .find(|l| l.contains(needle))
+            {
                 return line;
             }
         }
@@ -142,9 +163,11 @@ pub struct Clients {
 impl Clients {
     pub fn new(channel: Channel) -> Self {
         Clients {
-            cas: re::content_addressable_storage_client::ContentAddressableStorageClient::new(channel.clone())
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
+            cas: re::content_addressable_storage_client::ContentAddressableStorageClient::new(
+                channel.clone(),
+            )
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
             ac: re::action_cache_client::ActionCacheClient::new(channel.clone()),
             caps: re::capabilities_client::CapabilitiesClient::new(channel.clone()),
             bytestream: bs::byte_stream_client::ByteStreamClient::new(channel)
@@ -154,15 +177,31 @@ impl Clients {
     }
 
     /// Uploads `data` by ByteStream in `chunk`-byte messages.
-    pub async fn write(&mut self, instance: &str, data: &[u8], chunk: usize) -> Result<i64, tonic::Status> {
+    pub async fn write(
+        &mut self,
+        instance: &str,
+        data: &[u8],
+        chunk: usize,
+    ) -> Result<i64, tonic::Status> {
         let digest = sha256(data);
         let name = write_name(instance, &digest);
         let requests = write_requests(&name, data, 0, chunk, true);
-        Ok(self.bytestream.write(futures::stream::iter(requests)).await?.into_inner().committed_size)
+        Ok(self
+            .bytestream
+            .write(futures::stream::iter(requests))
+            .await?
+            .into_inner()
+            .committed_size)
     }
 
     /// Reads a blob by ByteStream.
-    pub async fn read(&mut self, instance: &str, digest: &Digest, offset: i64, limit: i64) -> Result<Vec<u8>, tonic::Status> {
+    pub async fn read(
+        &mut self,
+        instance: &str,
+        digest: &Digest,
+        offset: i64,
+        limit: i64,
+    ) -> Result<Vec<u8>, tonic::Status> {
         let request = bs::ReadRequest {
             resource_name: format!("{instance}/blobs/{}", digest.resource_tail()),
             read_offset: offset,
@@ -182,8 +221,17 @@ impl Clients {
             blob_digests: digests.iter().map(Digest::to_proto).collect(),
             ..Default::default()
         };
-        let response = self.cas.find_missing_blobs(request).await.unwrap().into_inner();
-        response.missing_blob_digests.iter().map(|d| Digest::from_proto(None, d).unwrap()).collect()
+        let response = self
+            .cas
+            .find_missing_blobs(request)
+            .await
+            .unwrap()
+            .into_inner();
+        response
+            .missing_blob_digests
+            .iter()
+            .map(|d| Digest::from_proto(None, d).unwrap())
+            .collect()
     }
 
     pub async fn batch_update(&mut self, instance: &str, blobs: &[(Digest, Vec<u8>)]) -> Vec<i32> {
@@ -199,16 +247,35 @@ impl Clients {
                 .collect(),
             ..Default::default()
         };
-        let response = self.cas.batch_update_blobs(request).await.unwrap().into_inner();
-        response.responses.iter().map(|r| r.status.as_ref().unwrap().code).collect()
+        let response = self
+            .cas
+            .batch_update_blobs(request)
+            .await
+            .unwrap()
+            .into_inner();
+        response
+            .responses
+            .iter()
+            .map(|r| r.status.as_ref().unwrap().code)
+            .collect()
     }
 }
 
 pub fn write_name(instance: &str, digest: &Digest) -> String {
-    format!("{instance}/uploads/{}/blobs/{}", uuid::Uuid::new_v4(), digest.resource_tail())
+    format!(
+        "{instance}/uploads/{}/blobs/{}",
+        uuid::Uuid::new_v4(),
+        digest.resource_tail()
+    )
 }
 
-pub fn write_requests(name: &str, data: &[u8], start: usize, chunk: usize, finish: bool) -> Vec<bs::WriteRequest> {
+pub fn write_requests(
+    name: &str,
+    data: &[u8],
+    start: usize,
+    chunk: usize,
+    finish: bool,
+) -> Vec<bs::WriteRequest> {
     let mut requests: Vec<bs::WriteRequest> = data[start..]
         .chunks(chunk.max(1))
         .scan(start, |offset, piece| {

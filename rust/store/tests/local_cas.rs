@@ -1,0 +1,107 @@
+//! The local CAS under concurrency: many writers and readers of overlapping digests, with
+//! eviction running, never expose a partial or wrong blob.
+
+use bytes::Bytes;
+use clientd_digest::{Digest, DigestFunction};
+use clientd_store::{BlobStore, DiskLruOptions, LocalCas, StoreError, SystemClock};
+use futures::StreamExt;
+use std::sync::Arc;
+
+fn blob(i: u64) -> Vec<u8> {
+    let len = 1000 + (i as usize * 7919) % 200_000;
+    (0..len).map(|j| (i as usize * 31 + j * 17) as u8).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_and_readers_with_eviction() {
+    let dir = tempfile::tempdir().unwrap();
+    // Room for about a quarter of the blobs, so eviction runs all the time.
+    let options = DiskLruOptions {
+        max_bytes: 2_500_000,
+        sync_writes: false,
+    };
+    let cas = Arc::new(LocalCas::open(dir.path(), options, Arc::new(SystemClock)).unwrap());
+    let digests: Vec<(Digest, Vec<u8>)> = (0..100)
+        .map(|i| (DigestFunction::Sha256.digest_of(&blob(i)), blob(i)))
+        .collect();
+    let digests = Arc::new(digests);
+    let mut tasks = Vec::new();
+    for worker in 0..16usize {
+        let cas = cas.clone();
+        let digests = digests.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut reads = 0;
+            for round in 0..200usize {
+                let (digest, data) = &digests[(worker * 7 + round * 13) % digests.len()];
+                if (worker + round) % 3 == 0 {
+                    // Streamed write in uneven chunks.
+                    let mut sink = cas.begin_write("", digest).await.unwrap();
+                    for piece in data.chunks(4096 + worker) {
+                        sink.write(Bytes::copy_from_slice(piece)).await.unwrap();
+                    }
+                    sink.commit().await.unwrap();
+                } else if round % 5 == 0 {
+                    cas.write_bytes("", digest, Bytes::from(data.clone()))
+                        .await
+                        .unwrap();
+                } else {
+                    match cas.read("", digest, 0, None).await {
+                        Ok(mut stream) => {
+                            let mut got = Vec::new();
+                            while let Some(chunk) = stream.next().await {
+                                got.extend_from_slice(&chunk.unwrap());
+                            }
+                            assert_eq!(&got, data, "read returned the wrong bytes for {digest}");
+                            reads += 1;
+                        }
+                        Err(StoreError::NotFound(_)) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+            reads
+        }));
+    }
+    let mut reads = 0;
+    for task in tasks {
+        reads += task.await.unwrap();
+    }
+    assert!(reads > 0);
+    let (_, bytes) = cas.usage();
+    assert!(bytes <= 2_500_000, "bound exceeded: {bytes}");
+    // Every blob the index lists is on disk, whole.
+    let all: Vec<Digest> = digests.iter().map(|(d, _)| *d).collect();
+    let missing = cas.find_missing("", &all).await.unwrap();
+    for (digest, data) in digests.iter().filter(|(d, _)| !missing.contains(d)) {
+        assert_eq!(&cas.read_bytes("", digest).await.unwrap()[..], &data[..]);
+    }
+}
+
+#[tokio::test]
+async fn offsets_limits_and_the_empty_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = DiskLruOptions {
+        max_bytes: 1 << 30,
+        sync_writes: true,
+    };
+    let cas = LocalCas::open(dir.path(), options, Arc::new(SystemClock)).unwrap();
+    let data = blob(1);
+    let digest = DigestFunction::Sha256.digest_of(&data);
+    cas.write_bytes("", &digest, Bytes::from(data.clone()))
+        .await
+        .unwrap();
+    let mut stream = cas.read("", &digest, 10, Some(5)).await.unwrap();
+    assert_eq!(&stream.next().await.unwrap().unwrap()[..], &data[10..15]);
+    assert!(stream.next().await.is_none());
+    let past = cas.read("", &digest, data.len() as u64 + 1, None).await;
+    assert!(matches!(past, Err(StoreError::OutOfRange(_))));
+    let empty = Digest::empty(DigestFunction::Sha256);
+    assert!(cas.find_missing("", &[empty]).await.unwrap().is_empty());
+    assert!(cas.read_bytes("", &empty).await.unwrap().is_empty());
+    let wrong = DigestFunction::Sha256.digest_of(b"expected");
+    let err = cas
+        .write_bytes("", &wrong, Bytes::from_static(b"actual!!"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidArgument(_)), "{err:?}");
+}
