@@ -43,6 +43,7 @@ main() {
     local step
     if [ "$#" -gt 0 ]; then STEPS=("$@"); fi
     for step in "${STEPS[@]}"; do
+        declare -F "step_$step" >/dev/null || { log "unknown step: $step"; return 2; }
         "step_$step"
     done
 }

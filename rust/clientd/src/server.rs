@@ -26,6 +26,11 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::service::Routes;
 use tonic::transport::Server;
 
+/// HTTP/2 flow-control windows. The 64 KiB protocol default costs a round trip per 64 KiB, which
+/// halves large transfers and slows a 10,000-digest FindMissingBlobs (about 700 KB) several-fold.
+const STREAM_WINDOW: u32 = 16 << 20;
+const CONNECTION_WINDOW: u32 = 64 << 20;
+
 /// How long in-flight calls get to finish after SIGINT/SIGTERM before the daemon exits anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -94,7 +99,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let unix = bind_unix(&socket)?;
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(
-        Server::builder()
+        server()
             .add_routes(grpc.clone())
             .serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(stop_rx.clone())),
     );
@@ -108,7 +113,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
             listener.local_addr().map_err(|e| e.to_string())?
         );
         servers.spawn(
-            Server::builder()
+            server()
                 .add_routes(grpc.clone())
                 .serve_with_incoming_shutdown(
                     TcpListenerStream::new(listener),
@@ -133,6 +138,12 @@ pub async fn serve(config: Config) -> Result<(), String> {
     }
     let _ = fs::remove_file(&socket);
     Ok(())
+}
+
+fn server() -> Server {
+    Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
 }
 
 async fn stopped(mut stop: watch::Receiver<bool>) {

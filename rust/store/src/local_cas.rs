@@ -252,8 +252,15 @@ fn stream_file(
     file.seek(SeekFrom::Start(offset))?;
     while len > 0 {
         let n = (len as usize).min(READ_CHUNK);
-        let mut buf = vec![0u8; n];
-        file.read_exact(&mut buf)?;
+        // Read into spare capacity: zero-filling the buffer first would cost a pass over the data.
+        let mut buf = Vec::with_capacity(n);
+        (&mut file).take(n as u64).read_to_end(&mut buf)?;
+        if buf.len() < n {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "blob file is shorter than its size",
+            ));
+        }
         len -= n as u64;
         if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
             break; // the reader went away

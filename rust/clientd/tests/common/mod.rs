@@ -52,8 +52,11 @@ impl Daemon {
 
     pub async fn channel(&self) -> Channel {
         let socket = self.socket.clone();
+        // Windows like grpc-java's (Bazel's) tuned ones, not HTTP/2's 64 KiB default.
         Endpoint::try_from("http://[::]:50051")
             .unwrap()
+            .initial_stream_window_size(16 << 20)
+            .initial_connection_window_size(64 << 20)
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let socket = socket.clone();
                 async move {
@@ -126,6 +129,7 @@ pub fn command(home: &Path, config: Option<&str>, args: &[&str]) -> Command {
 }
 
 fn spawn(home: &Path, config: Option<&str>, args: &[&str]) -> Child {
+    std::fs::create_dir_all(home).unwrap();
     let stderr = std::fs::File::create(home.join("stderr")).unwrap();
     command(home, config, args)
         .stdin(Stdio::null())
@@ -208,7 +212,7 @@ impl Clients {
             read_limit: limit,
         };
         let mut stream = self.bytestream.read(request).await?.into_inner();
-        let mut data = Vec::new();
+        let mut data = Vec::with_capacity(digest.size() as usize);
         while let Some(message) = stream.message().await? {
             data.extend_from_slice(&message.data);
         }

@@ -1,0 +1,978 @@
+#!/usr/bin/env python3
+"""Fails when the Bazel build and the Cargo workspace disagree.
+
+Cargo (Cargo.toml / Cargo.lock) is the source of truth; Bazel builds the same
+crates through rules_rust and crate_universe (MODULE.bazel: crate.from_cargo).
+For every workspace member (the root Cargo.toml's `members` globs) this checks:
+
+  a. the member has a BUILD.bazel;
+  b. a lib crate has a rust_library whose crate name is the Cargo lib name and
+     whose srcs (+ compile_data) cover every .rs file under src/, with the same
+     crate root and edition; a bin crate has a rust_binary per Cargo binary;
+  c. internal path dependencies appear as labels (//rust/<dir>:<lib target>) in
+     deps, and no internal label is in deps that Cargo does not list;
+  d. external crates come from all_crate_deps(normal = True) in deps and
+     all_crate_deps(proc_macro = True) in proc_macro_deps (or explicit
+     @crates//:name labels equal to Cargo's external dependencies), and no
+     dev-only crates leak into a library or binary;
+  e. every Cargo integration test (tests/*.rs, tests/*/main.rs, [[test]]) has a
+     rust_test with that crate root, and the crate has a unit-test rust_test
+     (crate = ":<lib>", or crate_root = the binary's root); tests take
+     [dev-dependencies] (all_crate_deps(normal_dev = True), dev path deps) and
+     tests that use CARGO_BIN_EXE_<bin> get it through rustc_env + data;
+  f. MODULE.bazel's crate.from_cargo lists exactly //:Cargo.toml and every
+     member's Cargo.toml, with cargo_lockfile = "//:Cargo.lock"; the manifests
+     and lockfile are exported by their packages;
+  g. Cargo.lock exists and names every member.
+
+BUILD files are Starlark, which parses as Python: they are read with `ast` and
+evaluated by a small interpreter that understands what these files use (rule
+calls, lists, +, glob(), all_crate_deps(), select(), list comprehensions,
+module-level constants and a few string methods). Anything it cannot evaluate
+is itself reported, never silently skipped.
+
+Usage:
+  tests/check_bazel_sync.py [--root DIR]   check the tree (default: the repo)
+  tests/check_bazel_sync.py --self-test    prove the check catches drift, on
+                                            temporary copies of the tree
+
+Prints one line per problem ("path: what differs"), then a summary line; exits
+1 when there is any problem. Standard library only (Python >= 3.11).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import fnmatch
+import shutil
+import sys
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BUILD_NAMES = ("BUILD.bazel", "BUILD")
+CRATES_REPO = "crates"  # crate.from_cargo(name = ...) / load("@crates//:defs.bzl", ...)
+SKIP_DIRS = {"target", "node_modules", ".git", ".tools"}
+
+
+class EvalError(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------
+# A small Starlark evaluator for BUILD files
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CrateDeps:
+    """What all_crate_deps(...) returns: a marker with the kinds asked for."""
+
+    kinds: frozenset[str]
+
+    def __repr__(self) -> str:
+        return "all_crate_deps(%s)" % ", ".join("%s = True" % k for k in sorted(self.kinds))
+
+
+@dataclass
+class Target:
+    kind: str  # rust_library, rust_test, ...
+    attrs: dict
+    line: int
+
+    @property
+    def name(self) -> str:
+        return self.attrs.get("name", "")
+
+
+@dataclass
+class BuildFile:
+    path: Path  # absolute
+    package: str  # "rust/digest"
+    targets: list[Target] = field(default_factory=list)
+    exported: set[str] = field(default_factory=set)
+
+    def by_kind(self, *kinds: str) -> list[Target]:
+        return [t for t in self.targets if t.kind in kinds]
+
+
+def package_files(pkg_dir: Path) -> list[str]:
+    """Files of a Bazel package, relative to it, not descending into subpackages."""
+    out = []
+
+    def walk(d: Path, rel: str) -> None:
+        for entry in sorted(d.iterdir()):
+            r = f"{rel}{entry.name}"
+            if entry.is_dir():
+                if entry.name in SKIP_DIRS or any((entry / b).is_file() for b in BUILD_NAMES):
+                    continue
+                walk(entry, r + "/")
+            elif entry.is_file():
+                out.append(r)
+
+    if pkg_dir.is_dir():
+        walk(pkg_dir, "")
+    return out
+
+
+def glob_match(pattern: str, path: str) -> bool:
+    """Bazel glob semantics: '**' is zero or more whole segments, '*' stays in one."""
+
+    def m(ps: list[str], xs: list[str]) -> bool:
+        if not ps:
+            return not xs
+        if ps[0] == "**":
+            return any(m(ps[1:], xs[i:]) for i in range(len(xs) + 1))
+        return bool(xs) and fnmatch.fnmatchcase(xs[0], ps[0]) and m(ps[1:], xs[1:])
+
+    return m(pattern.split("/"), path.split("/"))
+
+
+class Evaluator:
+    def __init__(self, pkg_dir: Path, package: str):
+        self.pkg_dir = pkg_dir
+        self.package = package
+        self.env: dict = {}
+        self.build = BuildFile(pkg_dir / "BUILD.bazel", package)
+        self._files: list[str] | None = None
+
+    # -- statements --
+    def run(self, source: str, filename: str) -> BuildFile:
+        try:
+            tree = ast.parse(source, filename=filename)
+        except SyntaxError as e:
+            raise EvalError(f"does not parse: {e.msg} (line {e.lineno})") from None
+        for stmt in tree.body:
+            if isinstance(stmt, ast.Expr):
+                v = stmt.value
+                if isinstance(v, ast.Constant) and isinstance(v.value, str):
+                    continue  # docstring
+                if isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id == "load":
+                    for kw in v.keywords:
+                        self.env[kw.arg] = ("loaded", kw.arg)
+                    for a in v.args[1:]:
+                        name = self.ev(a)
+                        self.env[name] = ("loaded", name)
+                    continue
+                if isinstance(v, ast.Call):
+                    self.rule_call(v, {})
+                    continue
+                if isinstance(v, ast.ListComp):
+                    self.eval_comp(v, {}, top_level=True)
+                    continue
+                raise EvalError(f"line {stmt.lineno}: unsupported statement {ast.dump(v)[:60]}")
+            elif isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+                self.env[stmt.targets[0].id] = self.ev(stmt.value)
+            else:
+                raise EvalError(f"line {stmt.lineno}: unsupported statement {type(stmt).__name__}")
+        return self.build
+
+    def rule_call(self, call: ast.Call, local: dict) -> None:
+        if not isinstance(call.func, ast.Name):
+            raise EvalError(f"line {call.lineno}: unsupported call")
+        kind = call.func.id
+        if call.args and kind != "exports_files":
+            raise EvalError(f"line {call.lineno}: {kind}() with positional arguments")
+        if kind == "exports_files":
+            files = self.ev(call.args[0], local) if call.args else []
+            self.build.exported.update(files)
+            return
+        if kind == "package":
+            return
+        attrs = {kw.arg: self.ev(kw.value, local) for kw in call.keywords}
+        self.build.targets.append(Target(kind, attrs, call.lineno))
+
+    def eval_comp(self, comp: ast.ListComp, local: dict, top_level: bool = False) -> list:
+        if len(comp.generators) != 1:
+            raise EvalError(f"line {comp.lineno}: nested comprehension")
+        gen = comp.generators[0]
+        if not isinstance(gen.target, ast.Name):
+            raise EvalError(f"line {comp.lineno}: comprehension target must be a name")
+        out = []
+        for item in self.ev(gen.iter, local):
+            scope = dict(local)
+            scope[gen.target.id] = item
+            if not all(self.ev(c, scope) for c in gen.ifs):
+                continue
+            if top_level:
+                if not isinstance(comp.elt, ast.Call):
+                    raise EvalError(f"line {comp.lineno}: top-level comprehension must call a rule")
+                self.rule_call(comp.elt, scope)
+            else:
+                out.append(self.ev(comp.elt, scope))
+        return out
+
+    # -- expressions --
+    def files(self) -> list[str]:
+        if self._files is None:
+            self._files = package_files(self.pkg_dir)
+        return self._files
+
+    def glob(self, include, exclude=(), allow_empty=True, exclude_directories=1):
+        found = [f for f in self.files() if any(glob_match(p, f) for p in include)]
+        return sorted(f for f in found if not any(glob_match(p, f) for p in exclude))
+
+    def ev(self, node, local: dict | None = None):
+        local = local or {}
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, (ast.List, ast.Tuple)):
+            return [self.ev(e, local) for e in node.elts]
+        if isinstance(node, ast.Dict):
+            return {self.ev(k, local): self.ev(v, local) for k, v in zip(node.keys, node.values)}
+        if isinstance(node, ast.Name):
+            if node.id in local:
+                return local[node.id]
+            if node.id in self.env:
+                return self.env[node.id]
+            if node.id in ("True", "False", "None"):
+                return {"True": True, "False": False, "None": None}[node.id]
+            raise EvalError(f"line {node.lineno}: unknown name {node.id}")
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            left, right = self.ev(node.left, local), self.ev(node.right, local)
+            if isinstance(left, dict) and isinstance(right, dict):
+                return {**left, **right}
+            return left + right
+        if isinstance(node, ast.Subscript):
+            value = self.ev(node.value, local)
+            if isinstance(node.slice, ast.Slice):
+                s = node.slice
+                return value[
+                    self.ev(s.lower, local) if s.lower else None:
+                    self.ev(s.upper, local) if s.upper else None
+                ]
+            return value[self.ev(node.slice, local)]
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -self.ev(node.operand, local)
+        if isinstance(node, ast.ListComp):
+            return self.eval_comp(node, local)
+        if isinstance(node, ast.Call):
+            args = [self.ev(a, local) for a in node.args]
+            kwargs = {kw.arg: self.ev(kw.value, local) for kw in node.keywords}
+            if isinstance(node.func, ast.Attribute):
+                obj = self.ev(node.func.value, local)
+                meth = node.func.attr
+                if isinstance(obj, str) and meth in ("removeprefix", "removesuffix", "replace", "format", "lower", "upper"):
+                    return getattr(obj, meth)(*args, **kwargs)
+                raise EvalError(f"line {node.lineno}: unsupported method .{meth}()")
+            if not isinstance(node.func, ast.Name):
+                raise EvalError(f"line {node.lineno}: unsupported call")
+            fn = node.func.id
+            if fn == "glob":
+                include = args[0] if args else kwargs.pop("include")
+                return self.glob(include, *args[1:], **kwargs)
+            if fn == "all_crate_deps":
+                kinds = frozenset(k for k, v in kwargs.items() if v is True and k != "package_name")
+                return [CrateDeps(kinds or frozenset({"normal"}))]
+            if fn == "crate_deps":
+                return [f"@{CRATES_REPO}//:{n}" for n in args[0]]
+            if fn == "select":
+                merged: list = []
+                for branch in args[0].values():
+                    merged += [x for x in branch if x not in merged]
+                return merged
+            if fn == "len":
+                return len(args[0])
+            raise EvalError(f"line {node.lineno}: unsupported function {fn}()")
+        raise EvalError(f"line {getattr(node, 'lineno', '?')}: unsupported expression {type(node).__name__}")
+
+
+def parse_build(pkg_dir: Path, package: str) -> BuildFile:
+    for name in BUILD_NAMES:
+        p = pkg_dir / name
+        if p.is_file():
+            ev = Evaluator(pkg_dir, package)
+            ev.build.path = p
+            return ev.run(p.read_text(), str(p))
+    raise FileNotFoundError(pkg_dir / "BUILD.bazel")
+
+
+def norm_label(label: str, package: str) -> str:
+    """Canonical form: //pkg:name for the main repo, @repo//pkg:name otherwise."""
+    if label.startswith("@@//") or label.startswith("@//"):
+        label = label[label.index("//"):]
+    if label.startswith("//"):
+        pkg, _, name = label[2:].partition(":")
+        return f"//{pkg}:{name or pkg.rsplit('/', 1)[-1]}"
+    if label.startswith("@"):
+        repo, _, rest = label.lstrip("@").partition("//")
+        pkg, _, name = rest.partition(":")
+        return f"@{repo}//{pkg}:{name or pkg.rsplit('/', 1)[-1] or repo}"
+    return f"//{package}:{label.lstrip(':')}"
+
+
+# --------------------------------------------------------------------------
+# The Cargo side
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Dep:
+    key: str  # name used in code / Cargo.toml key
+    package: str  # real package name
+    path: Path | None  # resolved absolute path for path dependencies
+
+
+@dataclass
+class CargoTarget:
+    name: str
+    root: str  # path relative to the member dir
+    test: bool = True  # `test = false` in Cargo.toml: no unit tests
+
+
+@dataclass
+class Member:
+    dir: Path
+    rel: str  # "rust/digest"
+    package: str
+    edition: str
+    lib: CargoTarget | None
+    proc_macro: bool
+    bins: list[CargoTarget]
+    tests: list[CargoTarget]
+    deps: list[Dep]
+    dev_deps: list[Dep]
+    build_script: str | None
+
+
+def _inherit(value, root_ws: dict, key: str):
+    if isinstance(value, dict) and value.get("workspace") is True:
+        return root_ws.get("package", {}).get(key)
+    return value
+
+
+def _deps(table: dict, base: Path, root: Path, root_ws: dict) -> list[Dep]:
+    out = []
+    for key, spec in (table or {}).items():
+        path = None
+        package = key
+        if isinstance(spec, dict):
+            if spec.get("workspace") is True:
+                wspec = root_ws.get("dependencies", {}).get(key, {})
+                if isinstance(wspec, dict):
+                    package = wspec.get("package", key)
+                    if "path" in wspec:
+                        path = (root / wspec["path"]).resolve()
+            else:
+                package = spec.get("package", key)
+                if "path" in spec:
+                    path = (base / spec["path"]).resolve()
+        out.append(Dep(key, package, path))
+    return out
+
+
+def _all_dep_tables(manifest: dict, kind: str) -> dict:
+    merged = dict(manifest.get(kind, {}))
+    for target in manifest.get("target", {}).values():
+        merged.update(target.get(kind, {}))
+    return merged
+
+
+def load_members(root: Path, problems: list[str]) -> list[Member]:
+    root_manifest = tomllib.loads((root / "Cargo.toml").read_text())
+    ws = root_manifest.get("workspace", {})
+    excluded = {(root / e).resolve() for e in ws.get("exclude", [])}
+    dirs: list[Path] = []
+    for pattern in ws.get("members", []):
+        for d in sorted(root.glob(pattern)):
+            if d.is_dir() and (d / "Cargo.toml").is_file() and d.resolve() not in excluded and d not in dirs:
+                dirs.append(d)
+    members = []
+    for d in dirs:
+        rel = d.relative_to(root).as_posix()
+        try:
+            m = tomllib.loads((d / "Cargo.toml").read_text())
+        except tomllib.TOMLDecodeError as e:
+            problems.append(f"{rel}/Cargo.toml: does not parse: {e}")
+            continue
+        pkg = m.get("package", {})
+        name = pkg["name"]
+        edition = _inherit(pkg.get("edition", "2015"), ws, "edition") or "2015"
+        lib_tbl = m.get("lib", {})
+        lib_root = lib_tbl.get("path", "src/lib.rs")
+        lib = None
+        if (d / lib_root).is_file() or "lib" in m:
+            lib = CargoTarget(lib_tbl.get("name", name.replace("-", "_")), lib_root, lib_tbl.get("test", True))
+        bins = [CargoTarget(b["name"], b.get("path", f"src/bin/{b['name']}.rs"), b.get("test", True)) for b in m.get("bin", [])]
+        if pkg.get("autobins", True):
+            known = {b.root for b in bins}
+            auto = []
+            if (d / "src/main.rs").is_file():
+                auto.append(CargoTarget(name, "src/main.rs"))
+            for f in sorted((d / "src/bin").glob("*.rs")):
+                auto.append(CargoTarget(f.stem, f"src/bin/{f.name}"))
+            for f in sorted((d / "src/bin").glob("*/main.rs")):
+                auto.append(CargoTarget(f.parent.name, f"src/bin/{f.parent.name}/main.rs"))
+            bins += [b for b in auto if b.root not in known and b.name not in {x.name for x in bins}]
+        tests = [CargoTarget(t["name"], t.get("path", f"tests/{t['name']}.rs")) for t in m.get("test", [])]
+        if pkg.get("autotests", True):
+            known = {t.root for t in tests}
+            for f in sorted((d / "tests").glob("*.rs")):
+                if f"tests/{f.name}" not in known:
+                    tests.append(CargoTarget(f.stem, f"tests/{f.name}"))
+            for f in sorted((d / "tests").glob("*/main.rs")):
+                if f"tests/{f.parent.name}/main.rs" not in known:
+                    tests.append(CargoTarget(f.parent.name, f"tests/{f.parent.name}/main.rs"))
+        build = pkg.get("build")
+        if build is None and (d / "build.rs").is_file():
+            build = "build.rs"
+        members.append(Member(
+            dir=d, rel=rel, package=name, edition=str(edition), lib=lib,
+            proc_macro=bool(lib_tbl.get("proc-macro", False)), bins=bins, tests=tests,
+            deps=_deps(_all_dep_tables(m, "dependencies"), d, root, ws),
+            dev_deps=_deps(_all_dep_tables(m, "dev-dependencies"), d, root, ws),
+            build_script=build if build not in (False, None) else None,
+        ))
+    return members
+
+
+# --------------------------------------------------------------------------
+# The checks
+# --------------------------------------------------------------------------
+
+
+def _labels(values, package: str) -> list:
+    """Normalized string labels plus CrateDeps markers from an attribute value."""
+    out = []
+    for v in values or []:
+        out.append(norm_label(v, package) if isinstance(v, str) else v)
+    return out
+
+
+def _crate_kinds(values) -> set[str]:
+    kinds: set[str] = set()
+    for v in values:
+        if isinstance(v, CrateDeps):
+            kinds |= v.kinds
+    return kinds
+
+
+def _explicit_crates(values) -> set[str]:
+    prefix = f"@{CRATES_REPO}//:"
+    return {v[len(prefix):] for v in values if isinstance(v, str) and v.startswith(prefix)}
+
+
+def _internal(values) -> set[str]:
+    return {v for v in values if isinstance(v, str) and v.startswith("//")}
+
+
+def _crate_name(t: Target) -> str:
+    return t.attrs.get("crate_name") or t.name.replace("-", "_")
+
+
+def _crate_root(t: Target, default_names: tuple[str, ...]) -> str | None:
+    if t.attrs.get("crate_root"):
+        return t.attrs["crate_root"]
+    srcs = t.attrs.get("srcs") or []
+    if len(srcs) == 1:
+        return srcs[0]
+    for s in srcs:
+        if s.rsplit("/", 1)[-1] in default_names:
+            return s
+    return None
+
+
+class Checker:
+    def __init__(self, root: Path):
+        self.root = root
+        self.problems: list[str] = []
+        self.builds: dict[str, BuildFile] = {}
+
+    def problem(self, where: str, what: str) -> None:
+        self.problems.append(f"{where}: {what}")
+
+    def run(self) -> list[str]:
+        root = self.root
+        if not (root / "Cargo.toml").is_file():
+            self.problem("Cargo.toml", "missing")
+            return self.problems
+        members = load_members(root, self.problems)
+        by_package = {m.package: m for m in members}
+        by_dir = {m.dir.resolve(): m for m in members}
+
+        for m in members:
+            try:
+                self.builds[m.rel] = parse_build(m.dir, m.rel)
+            except FileNotFoundError:
+                self.problem(f"{m.rel}/BUILD.bazel", f"missing (workspace member {m.package} has no Bazel package)")
+            except EvalError as e:
+                self.problem(f"{m.rel}/BUILD.bazel", f"cannot be evaluated: {e}")
+
+        for m in members:
+            if m.rel in self.builds:
+                self.check_member(m, by_package, by_dir)
+        self.check_module(members)
+        self.check_root_build()
+        self.check_lock(members)
+        return self.problems
+
+    # -- helpers --
+    def lib_label(self, dep_member: Member) -> str:
+        """The label a dependent must use for dep_member's library."""
+        b = self.builds.get(dep_member.rel)
+        if b and dep_member.lib:
+            for t in b.by_kind("rust_library", "rust_proc_macro"):
+                if _crate_name(t) == dep_member.lib.name:
+                    return f"//{dep_member.rel}:{t.name}"
+        name = dep_member.lib.name if dep_member.lib else dep_member.package
+        return f"//{dep_member.rel}:{name}"
+
+    def internal_expected(self, m: Member, deps: list[Dep], where: str, by_dir) -> tuple[set[str], set[str]]:
+        """(labels of internal path deps, names of external deps)."""
+        internal, external = set(), set()
+        for d in deps:
+            if d.path is None:
+                external.add(d.package)
+                continue
+            dm = by_dir.get(d.path)
+            if dm is None:
+                self.problem(where, f"path dependency {d.key} ({d.path}) is not a workspace member, so Bazel has no target for it")
+                continue
+            if dm.lib is None:
+                self.problem(where, f"path dependency {d.key} has no library target")
+                continue
+            if d.key != d.package:
+                self.problem(where, f"path dependency renamed {d.package} -> {d.key} needs `aliases` in BUILD.bazel (not checked)")
+            internal.add(self.lib_label(dm))
+        return internal, external
+
+    def compare_internal(self, where: str, have: set[str], want: set[str], what: str, also_allowed: set[str] = frozenset()) -> None:
+        for label in sorted(want - have):
+            self.problem(where, f"{what} is missing internal dependency {label} (listed in Cargo.toml)")
+        for label in sorted(have - want - also_allowed):
+            self.problem(where, f"{what} has internal dependency {label} that Cargo.toml does not list")
+
+    def check_external(self, where: str, t: Target, deps, pmdeps, external: set[str], kinds: tuple[str, str], what: str) -> None:
+        """kinds: (normal kind, proc-macro kind), e.g. ("normal", "proc_macro")."""
+        normal, pm = kinds
+        explicit = _explicit_crates(deps) | _explicit_crates(pmdeps)
+        dk, pk = _crate_kinds(deps), _crate_kinds(pmdeps)
+        if explicit and not dk and not pk:
+            for name in sorted(external - explicit):
+                self.problem(where, f"{what} lacks @{CRATES_REPO}//:{name} (a Cargo dependency)")
+            for name in sorted(explicit - external):
+                self.problem(where, f"{what} has @{CRATES_REPO}//:{name} that Cargo.toml does not list")
+            return
+        if external and normal not in dk:
+            self.problem(where, f"{what} does not take its external crates: deps needs all_crate_deps({normal} = True)")
+        if external and pm not in pk:
+            self.problem(where, f"{what} does not take proc-macro crates: proc_macro_deps needs all_crate_deps({pm} = True)")
+        for k in sorted(dk & {"proc_macro", "proc_macro_dev"}):
+            self.problem(where, f"{what} has all_crate_deps({k} = True) in deps; it belongs in proc_macro_deps")
+        for k in sorted(pk & {"normal", "normal_dev"}):
+            self.problem(where, f"{what} has all_crate_deps({k} = True) in proc_macro_deps; it belongs in deps")
+        for name in sorted(explicit - external):
+            self.problem(where, f"{what} has @{CRATES_REPO}//:{name} that Cargo.toml does not list")
+
+    def check_no_dev(self, where: str, deps, pmdeps, what: str) -> None:
+        for k in sorted((_crate_kinds(deps) | _crate_kinds(pmdeps)) & {"normal_dev", "proc_macro_dev"}):
+            self.problem(where, f"{what} takes [dev-dependencies] (all_crate_deps({k} = True)); Cargo does not")
+
+    def check_edition(self, where: str, t: Target, m: Member, what: str) -> None:
+        ed = t.attrs.get("edition")
+        if ed is None:
+            self.problem(where, f"{what} has no edition (Cargo.toml: {m.edition})")
+        elif str(ed) != m.edition:
+            self.problem(where, f"{what} has edition {ed}, Cargo.toml has {m.edition}")
+
+    def covered(self, t: Target) -> set[str]:
+        return set(t.attrs.get("srcs") or []) | set(t.attrs.get("compile_data") or [])
+
+    # -- per member --
+    def check_member(self, m: Member, by_package, by_dir) -> None:
+        b = self.builds[m.rel]
+        where = f"{m.rel}/{b.path.name}"
+        pkg = m.rel
+        all_rs = [f for f in package_files(m.dir) if f.endswith(".rs")]
+        src_rs = {f for f in all_rs if f.startswith("src/")}
+        bin_only_rs = {f for f in src_rs if f == "src/main.rs" or f.startswith("src/bin/")}
+        normal_int, normal_ext = self.internal_expected(m, m.deps, f"{m.rel}/Cargo.toml", by_dir)
+        dev_int, dev_ext = self.internal_expected(m, m.dev_deps, f"{m.rel}/Cargo.toml", by_dir)
+
+        if "Cargo.toml" not in b.exported:
+            self.problem(where, 'does not exports_files(["Cargo.toml"]) (crate.from_cargo reads it)')
+        if m.build_script and not b.by_kind("cargo_build_script"):
+            self.problem(where, f"Cargo.toml has a build script ({m.build_script}) but there is no cargo_build_script")
+
+        own_targets: set[str] = set()
+        lib_target = None
+        if m.lib:
+            kinds = ("rust_proc_macro",) if m.proc_macro else ("rust_library",)
+            found = [t for t in b.by_kind(*kinds) if _crate_name(t) == m.lib.name]
+            if not found:
+                self.problem(where, f"no {kinds[0]} with crate name {m.lib.name} (Cargo lib of {m.package})")
+            else:
+                lib_target = found[0]
+                lt = f"{kinds[0]} {lib_target.name}"
+                own_targets.add(f"//{pkg}:{lib_target.name}")
+                missing = sorted((src_rs - bin_only_rs) - self.covered(lib_target))
+                if missing:
+                    self.problem(where, f"{lt} srcs/compile_data miss {', '.join(missing)}")
+                root = _crate_root(lib_target, ("lib.rs", f"{m.lib.name}.rs"))
+                if root != m.lib.root:
+                    self.problem(where, f"{lt} crate root is {root}, Cargo's is {m.lib.root}")
+                self.check_edition(where, lib_target, m, lt)
+                deps = _labels(lib_target.attrs.get("deps"), pkg)
+                pmdeps = _labels(lib_target.attrs.get("proc_macro_deps"), pkg)
+                self.compare_internal(where, _internal(deps) | _internal(pmdeps), normal_int, lt)
+                self.check_external(where, lib_target, deps, pmdeps, normal_ext, ("normal", "proc_macro"), lt)
+                self.check_no_dev(where, deps, pmdeps, lt)
+
+        bin_targets = {}
+        for cb in m.bins:
+            found = [t for t in b.by_kind("rust_binary") if t.name == cb.name or t.attrs.get("crate_name") == cb.name.replace("-", "_")]
+            if not found:
+                self.problem(where, f"no rust_binary named {cb.name} (Cargo binary, {cb.root})")
+                continue
+            t = found[0]
+            bin_targets[cb.name] = t
+            bt = f"rust_binary {t.name}"
+            own_targets.add(f"//{pkg}:{t.name}")
+            root = _crate_root(t, ("main.rs", f"{cb.name}.rs"))
+            if root != cb.root:
+                self.problem(where, f"{bt} crate root is {root}, Cargo's is {cb.root}")
+            if lib_target is None and cb.root == "src/main.rs":
+                missing = sorted((src_rs - {f for f in bin_only_rs if f != "src/main.rs"}) - self.covered(t))
+                if missing:
+                    self.problem(where, f"{bt} srcs miss {', '.join(missing)}")
+            self.check_edition(where, t, m, bt)
+            deps = _labels(t.attrs.get("deps"), pkg)
+            pmdeps = _labels(t.attrs.get("proc_macro_deps"), pkg)
+            want = set(normal_int)
+            if lib_target is not None:
+                want.add(f"//{pkg}:{lib_target.name}")
+            self.compare_internal(where, _internal(deps) | _internal(pmdeps), want, bt)
+            self.check_external(where, t, deps, pmdeps, normal_ext, ("normal", "proc_macro"), bt)
+            self.check_no_dev(where, deps, pmdeps, bt)
+
+        tests = b.by_kind("rust_test")
+        # Unit tests.
+        if lib_target is not None and m.lib.test:
+            unit = [t for t in tests if t.attrs.get("crate") and norm_label(t.attrs["crate"], pkg) == f"//{pkg}:{lib_target.name}"]
+            if not unit:
+                self.problem(where, f'no unit-test rust_test with crate = ":{lib_target.name}"')
+            for t in unit:
+                tt = f"rust_test {t.name}"
+                deps = _labels(t.attrs.get("deps"), pkg)
+                pmdeps = _labels(t.attrs.get("proc_macro_deps"), pkg)
+                # The library's own deps come with `crate`; dev-only path deps must be added.
+                self.compare_internal(where, _internal(deps) | _internal(pmdeps), dev_int - normal_int, tt, normal_int)
+                self.check_external(where, t, deps, pmdeps, dev_ext, ("normal_dev", "proc_macro_dev"), tt)
+        for cb in m.bins:
+            if cb.name not in bin_targets or not cb.test:
+                continue
+            unit = [t for t in tests if not t.attrs.get("crate") and _crate_root(t, ("main.rs",)) == cb.root]
+            if not unit:
+                self.problem(where, f"no unit-test rust_test with crate_root = {cb.root!r} for binary {cb.name}")
+            for t in unit:
+                tt = f"rust_test {t.name}"
+                bt = bin_targets[cb.name]
+                missing = sorted(self.covered(bt) - self.covered(t))
+                if missing:
+                    self.problem(where, f"{tt} does not compile all of {bt.name}'s sources: {', '.join(missing)}")
+                self.check_edition(where, t, m, tt)
+                self.check_test_deps(where, t, m, normal_int, dev_int, normal_ext, dev_ext, lib_target)
+
+        # Integration tests.
+        for ct in m.tests:
+            found = [t for t in tests if not t.attrs.get("crate") and _crate_root(t, (ct.root.rsplit("/", 1)[-1],)) == ct.root]
+            if not found:
+                self.problem(where, f"{ct.root} has no rust_test (crate_root = {ct.root!r}); Cargo runs it as test {ct.name}")
+                continue
+            for t in found:
+                tt = f"rust_test {t.name}"
+                self.check_edition(where, t, m, tt)
+                self.check_test_deps(where, t, m, normal_int, dev_int, normal_ext, dev_ext, lib_target)
+                for bname, bt in bin_targets.items():
+                    self.check_bin_exe(where, t, m, bname, bt)
+
+    def check_test_deps(self, where, t, m, normal_int, dev_int, normal_ext, dev_ext, lib_target) -> None:
+        """A test compiled from its own sources: Cargo gives it [dependencies], [dev-dependencies] and the lib."""
+        pkg = m.rel
+        tt = f"rust_test {t.name}"
+        deps = _labels(t.attrs.get("deps"), pkg)
+        pmdeps = _labels(t.attrs.get("proc_macro_deps"), pkg)
+        want = normal_int | dev_int
+        if lib_target is not None:
+            want = want | {f"//{pkg}:{lib_target.name}"}
+        self.compare_internal(where, _internal(deps) | _internal(pmdeps), want, tt)
+        if normal_ext:
+            self.check_external(where, t, deps, pmdeps, normal_ext, ("normal", "proc_macro"), tt + " ([dependencies])")
+        if dev_ext:
+            self.check_external(where, t, deps, pmdeps, dev_ext, ("normal_dev", "proc_macro_dev"), tt + " ([dev-dependencies])")
+
+    def check_bin_exe(self, where, t: Target, m: Member, bname: str, bt: Target) -> None:
+        var = f"CARGO_BIN_EXE_{bname}"
+        uses = any(var in (m.dir / s).read_text(errors="replace") for s in (t.attrs.get("srcs") or []) if (m.dir / s).is_file())
+        if not uses:
+            return
+        tt = f"rust_test {t.name}"
+        label = f"//{m.rel}:{bt.name}"
+        data = {norm_label(x, m.rel) for x in (t.attrs.get("data") or []) if isinstance(x, str)}
+        if label not in data:
+            self.problem(where, f"{tt} uses {var} but data does not include :{bt.name}")
+        value = (t.attrs.get("rustc_env") or {}).get(var)
+        ok = False
+        if isinstance(value, str) and value.startswith("$(") and value.endswith(")"):
+            fn, _, arg = value[2:-1].partition(" ")
+            ok = fn in ("rootpath", "execpath", "location", "rlocationpath") and norm_label(arg.strip(), m.rel) == label
+        if not ok:
+            self.problem(where, f'{tt} uses {var} but rustc_env does not set it to "$(rootpath :{bt.name})" (got {value!r})')
+
+    # -- workspace-wide --
+    def check_module(self, members: list[Member]) -> None:
+        path = self.root / "MODULE.bazel"
+        if not path.is_file():
+            self.problem("MODULE.bazel", "missing")
+            return
+        try:
+            tree = ast.parse(path.read_text(), filename=str(path))
+        except SyntaxError as e:
+            self.problem("MODULE.bazel", f"does not parse: {e.msg} (line {e.lineno})")
+            return
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "from_cargo"]
+        if len(calls) != 1:
+            self.problem("MODULE.bazel", f"expected one crate.from_cargo(...), found {len(calls)}")
+            return
+        kw = {k.arg: k.value for k in calls[0].keywords}
+
+        def const(node):
+            try:
+                return ast.literal_eval(node)
+            except (ValueError, TypeError, SyntaxError):
+                return None
+
+        if const(kw.get("name")) != CRATES_REPO:
+            self.problem("MODULE.bazel", f'crate.from_cargo name is {const(kw.get("name"))!r}, BUILD files load "@{CRATES_REPO}//:defs.bzl"')
+        lock = const(kw.get("cargo_lockfile"))
+        if lock is None or norm_label(lock, "") != "//:Cargo.lock":
+            self.problem("MODULE.bazel", f'crate.from_cargo cargo_lockfile is {lock!r}, expected "//:Cargo.lock"')
+        manifests = const(kw.get("manifests"))
+        if not isinstance(manifests, list):
+            self.problem("MODULE.bazel", "crate.from_cargo manifests is not a literal list of labels")
+            return
+        have = [norm_label(x, "") for x in manifests]
+        want = {"//:Cargo.toml"} | {f"//{m.rel}:Cargo.toml" for m in members}
+        for label in sorted(want - set(have)):
+            self.problem("MODULE.bazel", f"crate.from_cargo manifests lacks {label} (a workspace member's manifest)")
+        for label in sorted(set(have) - want):
+            self.problem("MODULE.bazel", f"crate.from_cargo manifests has {label}, which is not the root or a workspace member")
+        dups = sorted({x for x in have if have.count(x) > 1})
+        if dups:
+            self.problem("MODULE.bazel", f"crate.from_cargo manifests lists {', '.join(dups)} twice")
+        uses = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "use_repo"]
+        if not any(CRATES_REPO in [const(a) for a in u.args[1:]] for u in uses):
+            self.problem("MODULE.bazel", f'no use_repo(crate, "{CRATES_REPO}")')
+
+    def check_root_build(self) -> None:
+        try:
+            b = parse_build(self.root, "")
+        except FileNotFoundError:
+            self.problem("BUILD.bazel", "missing at the repository root (//:Cargo.toml and //:Cargo.lock need a package)")
+            return
+        except EvalError as e:
+            self.problem("BUILD.bazel", f"cannot be evaluated: {e}")
+            return
+        for f in ("Cargo.toml", "Cargo.lock"):
+            if f not in b.exported:
+                self.problem(b.path.name, f'does not exports_files(["{f}"])')
+
+    def check_lock(self, members: list[Member]) -> None:
+        path = self.root / "Cargo.lock"
+        if not path.is_file():
+            self.problem("Cargo.lock", "missing (crate.from_cargo needs it; run cargo generate-lockfile)")
+            return
+        try:
+            lock = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            self.problem("Cargo.lock", f"does not parse: {e}")
+            return
+        locked = {p["name"] for p in lock.get("package", []) if "source" not in p}
+        for m in members:
+            if m.package not in locked:
+                self.problem("Cargo.lock", f"does not list workspace member {m.package} (stale: run cargo metadata)")
+
+
+def check(root: Path) -> list[str]:
+    return Checker(root).run()
+
+
+# --------------------------------------------------------------------------
+# Self-test
+# --------------------------------------------------------------------------
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    """The files the check reads: manifests, lockfile, Starlark files, member sources."""
+    for name in ("Cargo.toml", "Cargo.lock", "MODULE.bazel", *BUILD_NAMES):
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+    problems: list[str] = []
+    for m in load_members(src, problems):
+        shutil.copytree(m.dir, dst / m.rel, ignore=shutil.ignore_patterns(*SKIP_DIRS))
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    if old not in text:
+        raise AssertionError(f"self-test fixture: {old!r} not found in {path}; update --self-test")
+    path.write_text(text.replace(old, new, 1))
+
+
+class Case:
+    """One kind of drift: a mutation of a fresh copy and what must be reported."""
+
+    def __init__(self, title: str, mutate, expect: list[str]):
+        self.title, self.mutate, self.expect = title, mutate, expect
+
+
+def drift_cases(root: Path) -> list[Case]:
+    checker = Checker(root)
+    if checker.run():
+        raise AssertionError("the tree itself has problems; fix them before --self-test")
+    members = load_members(root, [])
+    libs = [m for m in members if m.lib]
+    build = {m.rel: (m.dir / "BUILD.bazel").read_text() for m in members}
+
+    # A member with a literal internal-dependency line, and a library it does not depend on.
+    pair = None
+    for m in members:
+        dep_dirs = {d.path for d in m.deps if d.path is not None}
+        for d in m.deps:
+            dm = next((x for x in libs if d.path is not None and x.dir.resolve() == d.path), None)
+            line = dm and f'        "{checker.lib_label(dm)}",\n'
+            other = next((x for x in libs if x is not m and x.dir.resolve() not in dep_dirs), None)
+            if dm and line in build[m.rel] and other:
+                pair = (m, line, checker.lib_label(dm), other, checker.lib_label(other))
+                break
+        if pair:
+            break
+    if pair is None:
+        raise AssertionError("no member has a literal internal dependency line and a library it does not use")
+    m, line, label, other, other_label = pair
+    up = "/".join([".."] * (m.rel.count("/") + 1))
+    # A member whose tests are listed one by one (not globbed), for a test file with no rust_test.
+    t_member = next((x for x in members if '"tests/*.rs"' not in build[x.rel]), None)
+    if t_member is None:
+        raise AssertionError('every member globs tests/*.rs; nothing to leave a test file out of')
+    # A library whose sources are globbed recursively, to narrow its glob.
+    g_member = next((x for x in libs if 'glob(["src/**/*.rs"])' in build[x.rel]), None)
+    manifest = members[-1]
+
+    def new_test(t: Path) -> None:
+        (t / t_member.rel / "tests").mkdir(exist_ok=True)
+        (t / t_member.rel / "tests/drift_check.rs").write_text("#[test]\nfn drift() {}\n")
+
+    cases = [
+        Case("clean copy", lambda t: None, []),
+        Case(
+            "dependency label removed from a BUILD.bazel",
+            lambda t: edit(t / m.rel / "BUILD.bazel", line, ""),
+            [f"{m.rel}/BUILD.bazel", f"missing internal dependency {label}"],
+        ),
+        Case(
+            "tests/*.rs file without a rust_test",
+            new_test,
+            [f"{t_member.rel}/BUILD.bazel", "tests/drift_check.rs has no rust_test"],
+        ),
+        Case(
+            "manifest dropped from MODULE.bazel",
+            lambda t: edit(t / "MODULE.bazel", f'        "//{manifest.rel}:Cargo.toml",\n', ""),
+            ["MODULE.bazel", f"lacks //{manifest.rel}:Cargo.toml"],
+        ),
+        Case(
+            "internal label in a BUILD.bazel that Cargo.toml does not list",
+            lambda t: edit(t / m.rel / "BUILD.bazel", line, line + f'        "{other_label}",\n'),
+            [f"{m.rel}/BUILD.bazel", f"{other_label} that Cargo.toml does not list"],
+        ),
+        Case(
+            "path dependency added to a Cargo.toml only",
+            lambda t: edit(
+                t / m.rel / "Cargo.toml",
+                "[dependencies]\n",
+                f'[dependencies]\n{other.package} = {{ path = "{up}/{other.rel}" }}\n',
+            ),
+            [f"{m.rel}/BUILD.bazel", f"missing internal dependency {other_label}"],
+        ),
+        Case(
+            "external crates no longer taken by a library",
+            lambda t: edit(t / m.rel / "BUILD.bazel", "] + all_crate_deps(normal = True),", "],"),
+            [f"{m.rel}/BUILD.bazel", "needs all_crate_deps(normal = True)"],
+        ),
+    ]
+    if g_member is not None:
+        def narrow(t: Path) -> None:
+            edit(t / g_member.rel / "BUILD.bazel", 'glob(["src/**/*.rs"])', 'glob(["src/*.rs"])')
+            (t / g_member.rel / "src/zz_drift").mkdir()
+            (t / g_member.rel / "src/zz_drift/mod.rs").write_text("")
+
+        cases.append(Case("source file outside a library's srcs", narrow,
+                          [f"{g_member.rel}/BUILD.bazel", "miss src/zz_drift/mod.rs"]))
+    bin_exe = next((x for x in members if '"CARGO_BIN_EXE_' in build[x.rel]), None)
+    if bin_exe is not None:
+        def drop_env(t: Path) -> None:
+            text = (t / bin_exe.rel / "BUILD.bazel").read_text()
+            start = text.index("        rustc_env = {")
+            edit(t / bin_exe.rel / "BUILD.bazel", text[start:text.index("\n", start) + 1], "")
+
+        cases.append(Case("CARGO_BIN_EXE_* no longer set for integration tests", drop_env,
+                          [f"{bin_exe.rel}/BUILD.bazel", "rustc_env does not set it"]))
+    return cases
+
+
+def self_test(root: Path) -> int:
+    try:
+        cases = drift_cases(root)
+    except AssertionError as e:
+        print(f"self-test: cannot set up: {e}", file=sys.stderr)
+        return 1
+    failures = 0
+    for case in cases:
+        with tempfile.TemporaryDirectory(prefix="check_bazel_sync.") as tmp:
+            t = Path(tmp)
+            copy_tree(root, t)
+            try:
+                case.mutate(t)
+                problems = check(t)
+            except AssertionError as e:
+                problems, ok = [f"(fixture) {e}"], False
+            else:
+                if case.expect:
+                    ok = any(all(e in p for e in case.expect) for p in problems)
+                else:
+                    ok = not problems
+        print(f"self-test: {'ok  ' if ok else 'FAIL'} {case.title}")
+        if not ok:
+            failures += 1
+            want = " and ".join(map(repr, case.expect)) if case.expect else "no problem at all"
+            print(f"  expected a problem line containing {want}; got:", file=sys.stderr)
+            for p in problems or ["(no problem reported)"]:
+                print(f"    {p}", file=sys.stderr)
+    print(f"self-test: {len(cases) - failures} passed, {failures} failed")
+    return 1 if failures else 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--root", type=Path, default=REPO, help="repository root (default: %(default)s)")
+    ap.add_argument("--self-test", action="store_true", help="check that drift in temporary copies is reported")
+    args = ap.parse_args()
+    root = args.root.resolve()
+    if args.self_test:
+        return self_test(root)
+    problems = check(root)
+    for p in problems:
+        print(p)
+    n = len(load_members(root, [])) if (root / "Cargo.toml").is_file() else 0
+    if problems:
+        print(f"check_bazel_sync: {len(problems)} problem(s); Bazel and Cargo disagree ({n} workspace members)")
+        return 1
+    print(f"check_bazel_sync: ok, {n} workspace members agree with their BUILD.bazel and MODULE.bazel")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
