@@ -24,12 +24,12 @@ impl StoreError {
     /// Maps an I/O error during `what` (e.g. "writing blob X") to the right kind: ENOSPC and EDQUOT
     /// become RESOURCE_EXHAUSTED so clients see "disk full", not a generic internal error.
     pub fn io(what: impl std::fmt::Display, err: io::Error) -> Self {
-        // Wrappers such as tempfile's keep the kind but not always the raw errno.
-        let full = matches!(err.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
-            || matches!(
-                err.kind(),
-                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
-            );
+        // The kind, not the raw errno: std decodes ENOSPC and EDQUOT into these kinds, and wrappers
+        // such as tempfile's keep the kind while hiding the errno.
+        let full = matches!(
+            err.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+        );
         if full {
             StoreError::ResourceExhausted(format!("disk full while {what}: {err}"))
         } else if err.kind() == io::ErrorKind::NotFound {
