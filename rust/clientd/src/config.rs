@@ -4,7 +4,10 @@
 //! cache under `$XDG_CACHE_HOME/clientd` with its socket at `$XDG_CACHE_HOME/clientd/grpc`.
 //! Unknown fields are refused, and errors name the file and the field's path.
 
+use clientd_digest::validate_instance_name;
+use clientd_upstream::Endpoint;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -65,6 +68,80 @@ pub struct Config {
     pub cas: StoreConfig,
     /// The local action cache (one namespace per `local/...` instance name). Default bound: 1 GiB.
     pub action_cache: StoreConfig,
+    /// Remote clusters by instance-name prefix: `--remote_instance_name=PREFIX/rest` reaches the
+    /// cluster as instance `rest`. `local` is reserved for the local cache.
+    /// Example: `{"mycluster.example.com": {"endpoint": "grpcs://mycluster.example.com:443"}}`.
+    pub clusters: BTreeMap<String, ClusterConfig>,
+    /// What FindMissingBlobs answers from clusters are remembered.
+    pub existence_cache: ExistenceCacheConfig,
+}
+
+/// One remote cluster. Only `endpoint` is required.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `grpc://HOST:PORT`, `grpcs://HOST:PORT` or `unix:/PATH`. Example: `"grpcs://remote.example.com:443"`.
+    pub endpoint: String,
+    /// PEM file of CA certificates for a `grpcs://` endpoint; default: the system's roots.
+    /// Example: `"/etc/ssl/certs/corp-ca.pem"`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Headers sent with every call to this cluster. Clients' `authorization` and
+    /// `requestmetadata-bin` headers are forwarded as well. Example: `{"x-api-key": "secret"}`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Calls in flight to this cluster at once (executions waiting for results do not count).
+    /// Example: `100`.
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+    /// Attempts of a call the cluster answers UNAVAILABLE, including the first. Example: `4`.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Seconds to wait for a connection before the cluster counts as unavailable. Example: `5`.
+    #[serde(default = "default_connect_timeout_seconds")]
+    pub connect_timeout_seconds: u64,
+}
+
+fn default_max_concurrent_requests() -> usize {
+    100
+}
+fn default_max_attempts() -> u32 {
+    4
+}
+fn default_connect_timeout_seconds() -> u64 {
+    5
+}
+
+impl ClusterConfig {
+    /// A cluster with every optional field at its default.
+    pub fn new(endpoint: String) -> Self {
+        ClusterConfig {
+            endpoint,
+            ca_file: None,
+            headers: BTreeMap::new(),
+            max_concurrent_requests: default_max_concurrent_requests(),
+            max_attempts: default_max_attempts(),
+            connect_timeout_seconds: default_connect_timeout_seconds(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExistenceCacheConfig {
+    /// Seconds a blob a cluster reported present is trusted without asking again. Example: `300`.
+    pub ttl_seconds: u64,
+    /// Digests remembered per cluster. Example: `1000000`.
+    pub max_entries: usize,
+}
+
+impl Default for ExistenceCacheConfig {
+    fn default() -> Self {
+        ExistenceCacheConfig {
+            ttl_seconds: 300,
+            max_entries: 1_000_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -166,8 +243,27 @@ impl Config {
         self.action_cache.max_size_bytes.get_or_insert(1 << 30);
     }
 
-    /// Checks what types alone cannot: listeners must be loopback.
+    /// Checks what types alone cannot: listeners must be loopback, cluster prefixes must be
+    /// instance names other than `local`, endpoints must parse.
     pub fn validate(&self) -> Result<(), String> {
+        for (prefix, cluster) in &self.clusters {
+            let field = format!("clusters.{prefix:?}");
+            validate_instance_name(prefix).map_err(|e| format!("{field}: {e}"))?;
+            if prefix.is_empty() || prefix == "local" || prefix.starts_with("local/") {
+                return Err(format!(
+                    "{field}: the prefix must be non-empty and not under `local`, which is the local cache"
+                ));
+            }
+            Endpoint::parse(&cluster.endpoint).map_err(|e| format!("{field}.endpoint: {e}"))?;
+            if cluster.max_concurrent_requests == 0 || cluster.max_attempts == 0 {
+                return Err(format!(
+                    "{field}: max_concurrent_requests and max_attempts must be at least 1"
+                ));
+            }
+        }
+        if self.existence_cache.max_entries == 0 {
+            return Err("existence_cache.max_entries must be at least 1".into());
+        }
         for addr in &self.grpc.tcp_listen {
             if !addr.ip().is_loopback() {
                 return Err(format!(
@@ -252,6 +348,36 @@ mod tests {
             err.contains(&file.display().to_string()) && err.contains("cache_dri"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn clusters_need_an_endpoint_and_a_prefix_outside_local() {
+        let config =
+            Config::parse(r#"{"clusters": {"a.example.com": {"endpoint": "grpc://127.0.0.1:1"}}}"#)
+                .unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.clusters["a.example.com"].max_concurrent_requests,
+            100
+        );
+        let err = Config::parse(r#"{"clusters": {"a": {}}}"#).unwrap_err();
+        assert!(
+            err.contains("clusters.a") && err.contains("endpoint"),
+            "{err}"
+        );
+        for (prefix, endpoint, wanted) in [
+            ("local", "grpc://h:1", "local"),
+            ("local/x", "grpc://h:1", "local"),
+            ("a/blobs", "grpc://h:1", "blobs"),
+            ("a", "h:1", "clusters.\"a\".endpoint"),
+        ] {
+            let mut config = Config::default();
+            config
+                .clusters
+                .insert(prefix.into(), ClusterConfig::new(endpoint.into()));
+            let err = config.validate().unwrap_err();
+            assert!(err.contains(wanted), "{prefix}: {err}");
+        }
     }
 
     #[test]

@@ -41,6 +41,17 @@ struct ServeArgs {
     /// Also listen on this loopback TCP address, e.g. 127.0.0.1:8980 (repeatable).
     #[arg(long = "tcp-listen", value_name = "ADDR")]
     tcp_listen: Vec<SocketAddr>,
+    /// Route instance names under PREFIX to the cluster at ENDPOINT, e.g.
+    /// mycluster.example.com=grpcs://mycluster.example.com:443 (repeatable; overrides the config).
+    #[arg(long = "cluster", value_name = "PREFIX=ENDPOINT", value_parser = parse_cluster)]
+    clusters: Vec<(String, String)>,
+}
+
+fn parse_cluster(text: &str) -> Result<(String, String), String> {
+    let (prefix, endpoint) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected PREFIX=ENDPOINT"))?;
+    Ok((prefix.to_string(), endpoint.to_string()))
 }
 
 fn load(args: &ConfigArgs) -> Result<Config, String> {
@@ -50,6 +61,11 @@ fn load(args: &ConfigArgs) -> Result<Config, String> {
 fn serve(args: ServeArgs) -> Result<(), String> {
     let mut config = load(&args.config)?;
     config.grpc.tcp_listen.extend(args.tcp_listen);
+    for (prefix, endpoint) in args.clusters {
+        config
+            .clusters
+            .insert(prefix, config::ClusterConfig::new(endpoint));
+    }
     config.validate()?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,20 +1,27 @@
 //! Turns a [`Config`] into running stores and gRPC listeners. The composition below is the
 //! daemon's architecture at a glance.
 
-use crate::config::Config;
+use crate::config::{ClusterConfig, Config};
 use clientd_grpc::{
-    ActionCacheService, ByteStreamService, CapabilitiesService, CasService, MAX_MESSAGE_BYTES,
+    ActionCacheService, ByteStreamService, CapabilitiesService, CasService, Clusters,
+    ExecutionService, ForwardHeadersLayer, MAX_MESSAGE_BYTES,
 };
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_proto::google::bytestream::byte_stream_server::ByteStreamServer;
 use clientd_store::{
-    ActionCache, Backend, BlobStore, Clock, CompletenessChecking, Demultiplexing, DiskLruOptions,
-    LocalActionCache, LocalCas, SystemClock,
+    ActionCache, Backend, BlobStore, Clock, CompletenessChecking, ConcurrencyLimiting,
+    Demultiplexing, DiskLruOptions, ExistenceCaching, LocalActionCache, LocalCas, ReadCaching,
+    Router, Stats, SystemClock,
+};
+use clientd_upstream::{
+    Cluster, ClusterOptions, Endpoint, RetryPolicy, UpstreamActionCache, UpstreamCas,
 };
 use re::action_cache_server::ActionCacheServer;
 use re::capabilities_server::CapabilitiesServer;
 use re::content_addressable_storage_server::ContentAddressableStorageServer;
+use re::execution_server::ExecutionServer;
 use std::fs::{self, File};
+use std::num::NonZeroUsize;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -22,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
+use tokio::sync::Semaphore;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::service::Routes;
 use tonic::transport::Server;
@@ -34,27 +42,93 @@ const CONNECTION_WINDOW: u32 = 64 << 20;
 /// How long in-flight calls get to finish after SIGINT/SIGTERM before the daemon exits anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// The stores, composed: `local` and `local/...` go to the local CAS and action cache.
-pub fn build_routes(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<Demultiplexing>, String> {
+/// Everything the gRPC front serves from.
+pub struct Composition {
+    /// Storage by instance-name prefix.
+    pub stores: Arc<Demultiplexing>,
+    /// Capabilities and Execution by instance-name prefix (None: the local cache).
+    pub clusters: Arc<Clusters>,
+    pub stats: Arc<Stats>,
+}
+
+/// The stores, composed: `local` and `local/...` go to the local CAS and action cache; each
+/// cluster prefix goes to its cluster, with the local CAS as a read cache in front, and an
+/// existence cache and a concurrency limit between them.
+pub fn compose(config: &Config, clock: Arc<dyn Clock>) -> Result<Composition, String> {
     let cache_dir = config.cache_dir();
     let open_error = |what: &str, e: std::io::Error| {
         format!("cannot open the {what} under {}: {e}", cache_dir.display())
     };
-    let cas: Arc<dyn BlobStore> = Arc::new(
+    let local_cas: Arc<dyn BlobStore> = Arc::new(
         LocalCas::open(&cache_dir.join("cas"), options(&config.cas), clock.clone())
             .map_err(|e| open_error("local CAS", e))?,
     );
-    let action_cache: Arc<dyn ActionCache> = Arc::new(CompletenessChecking::new(
+    let local_action_cache: Arc<dyn ActionCache> = Arc::new(CompletenessChecking::new(
         Arc::new(
-            LocalActionCache::open(&cache_dir.join("ac"), options(&config.action_cache), clock)
-                .map_err(|e| open_error("local action cache", e))?,
+            LocalActionCache::open(
+                &cache_dir.join("ac"),
+                options(&config.action_cache),
+                clock.clone(),
+            )
+            .map_err(|e| open_error("local action cache", e))?,
         ),
-        cas.clone(),
+        local_cas.clone(),
     ));
-    Ok(Arc::new(Demultiplexing::new([(
+    let stats = Arc::new(Stats::default());
+    let mut stores = vec![(
         "local".to_string(),
-        Backend { cas, action_cache },
-    )])))
+        Backend {
+            cas: local_cas.clone(),
+            action_cache: local_action_cache,
+        },
+    )];
+    let mut clusters = vec![("local".to_string(), None)];
+    for (prefix, cluster_config) in &config.clusters {
+        let cluster = Arc::new(Cluster::new(cluster_options(prefix, cluster_config)?)?);
+        let permits = Arc::new(Semaphore::new(cluster_config.max_concurrent_requests));
+        let upstream_cas: Arc<dyn BlobStore> = Arc::new(UpstreamCas::new(cluster.clone()));
+        let upstream_action_cache: Arc<dyn ActionCache> =
+            Arc::new(UpstreamActionCache::new(cluster.clone()));
+        let existence = Arc::new(ExistenceCaching::new(
+            Arc::new(ConcurrencyLimiting::new(upstream_cas, permits.clone())),
+            NonZeroUsize::new(config.existence_cache.max_entries)
+                .ok_or("existence_cache.max_entries must be at least 1")?,
+            Duration::from_secs(config.existence_cache.ttl_seconds),
+            clock.clone(),
+            stats.clone(),
+        ));
+        let backend = Backend {
+            cas: Arc::new(ReadCaching::new(
+                local_cas.clone(),
+                existence,
+                stats.clone(),
+            )),
+            action_cache: Arc::new(ConcurrencyLimiting::new(upstream_action_cache, permits)),
+        };
+        tracing::info!("{}: instance names {prefix}/...", cluster.describe());
+        stores.push((prefix.clone(), backend));
+        clusters.push((prefix.clone(), Some(cluster)));
+    }
+    Ok(Composition {
+        stores: Arc::new(Demultiplexing::new(stores)),
+        clusters: Arc::new(Router::new(clusters)),
+        stats,
+    })
+}
+
+fn cluster_options(prefix: &str, config: &ClusterConfig) -> Result<ClusterOptions, String> {
+    Ok(ClusterOptions {
+        prefix: prefix.to_string(),
+        endpoint: Endpoint::parse(&config.endpoint)
+            .map_err(|e| format!("clusters.{prefix:?}.endpoint: {e}"))?,
+        ca_file: config.ca_file.clone(),
+        headers: config.headers.clone().into_iter().collect(),
+        retry: RetryPolicy {
+            max_attempts: config.max_attempts,
+            ..RetryPolicy::default()
+        },
+        connect_timeout: Duration::from_secs(config.connect_timeout_seconds),
+    })
 }
 
 fn options(store: &crate::config::StoreConfig) -> DiskLruOptions {
@@ -64,21 +138,28 @@ fn options(store: &crate::config::StoreConfig) -> DiskLruOptions {
     }
 }
 
-fn grpc_routes(config: &Config, routes: Arc<Demultiplexing>, clock: Arc<dyn Clock>) -> Routes {
+fn grpc_routes(config: &Config, composition: &Composition, clock: Arc<dyn Clock>) -> Routes {
     let expiry = Duration::from_secs(config.grpc.unfinished_upload_expiry_seconds);
-    let cas = ContentAddressableStorageServer::new(CasService::new(routes.clone()))
+    let stores = &composition.stores;
+    let cas = ContentAddressableStorageServer::new(CasService::new(stores.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let bytestream = ByteStreamServer::new(ByteStreamService::new(routes.clone(), clock, expiry))
+    let bytestream = ByteStreamServer::new(ByteStreamService::new(stores.clone(), clock, expiry))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let action_cache = ActionCacheServer::new(ActionCacheService::new(routes.clone()))
+    let action_cache = ActionCacheServer::new(ActionCacheService::new(stores.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    Routes::new(CapabilitiesServer::new(CapabilitiesService::new(routes)))
-        .add_service(cas)
-        .add_service(bytestream)
-        .add_service(action_cache)
+    let execution = ExecutionServer::new(ExecutionService::new(composition.clusters.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    Routes::new(CapabilitiesServer::new(CapabilitiesService::new(
+        composition.clusters.clone(),
+    )))
+    .add_service(cas)
+    .add_service(bytestream)
+    .add_service(action_cache)
+    .add_service(execution)
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -91,8 +172,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot create {}: {e}", cache_dir.display()))?;
     let _lock = lock(&cache_dir.join("lock"))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let routes = build_routes(&config, clock.clone())?;
-    let grpc = grpc_routes(&config, routes, clock);
+    let composition = compose(&config, clock.clone())?;
+    let grpc = grpc_routes(&config, &composition, clock);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let socket = config.unix_socket().to_path_buf();
@@ -137,11 +218,23 @@ pub async fn serve(config: Config) -> Result<(), String> {
         tracing::warn!("calls still running after {SHUTDOWN_GRACE:?}; exiting anyway");
     }
     let _ = fs::remove_file(&socket);
+    log_stats(&composition.stats);
     Ok(())
 }
 
-fn server() -> Server {
+fn log_stats(stats: &Stats) {
+    let counters: Vec<String> = stats
+        .snapshot()
+        .into_iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    tracing::info!("stats: {}", counters.join(" "));
+}
+
+fn server() -> Server<tower::layer::util::Stack<ForwardHeadersLayer, tower::layer::util::Identity>>
+{
     Server::builder()
+        .layer(ForwardHeadersLayer)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
 }

@@ -85,7 +85,11 @@ impl ByteStreamService {
         if first.write_offset == 0 {
             *guard = None;
             // Another client already uploaded it: finish at once, as REAPI allows.
-            if self.cas.contains(&resource.instance_name, &digest).await? {
+            if self
+                .cas
+                .known_present(&resource.instance_name, &digest)
+                .await
+            {
                 drop(guard);
                 self.forget(&name);
                 return Ok(done);

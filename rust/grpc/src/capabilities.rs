@@ -1,8 +1,8 @@
 use crate::request;
+use crate::routes::Clusters;
 use clientd_digest::DigestFunction;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_proto::build::bazel::semver::SemVer;
-use clientd_store::Demultiplexing;
 use re::capabilities_server::Capabilities;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -10,15 +10,16 @@ use tonic::{Request, Response, Status};
 /// Largest total of blob bytes accepted in one BatchUpdateBlobs / BatchReadBlobs call.
 pub const MAX_BATCH_TOTAL_SIZE_BYTES: i64 = 4 << 20;
 
-/// Capabilities of the local cache: what it really does. No compressors are advertised: over a
-/// local socket compression only costs CPU.
+/// What clientd offers for an instance name: the local cache's capabilities, or a cluster's
+/// limited to what clientd itself supports. No compressors are advertised: over a local socket
+/// compression only costs CPU.
 pub struct CapabilitiesService {
-    routes: Arc<Demultiplexing>,
+    clusters: Arc<Clusters>,
 }
 
 impl CapabilitiesService {
-    pub fn new(routes: Arc<Demultiplexing>) -> Self {
-        CapabilitiesService { routes }
+    pub fn new(clusters: Arc<Clusters>) -> Self {
+        CapabilitiesService { clusters }
     }
 }
 
@@ -37,9 +38,71 @@ impl Capabilities for CapabilitiesService {
         request: Request<re::GetCapabilitiesRequest>,
     ) -> Result<Response<re::ServerCapabilities>, Status> {
         let instance_name = request::instance_name(&request.get_ref().instance_name)?;
-        self.routes.route(instance_name)?;
+        let local = local_capabilities();
+        match self.clusters.route(instance_name)? {
+            (None, _) => Ok(Response::new(local)),
+            (Some(cluster), rest) => {
+                let upstream = cluster.capabilities(rest).await?;
+                Ok(Response::new(limit(upstream, local)))
+            }
+        }
+    }
+}
+
+/// A cluster's capabilities as clientd presents them: digest functions both support, clientd's
+/// batch limit (clientd splits batches for the cluster), no compressors, the API versions both
+/// speak; execution as the cluster offers it.
+fn limit(
+    upstream: re::ServerCapabilities,
+    local: re::ServerCapabilities,
+) -> re::ServerCapabilities {
+    let ours = local.cache_capabilities.clone().unwrap_or_default();
+    let supported = |f: &i32| ours.digest_functions.contains(f);
+    let cache = upstream.cache_capabilities.map(|c| re::CacheCapabilities {
+        digest_functions: c.digest_functions.into_iter().filter(supported).collect(),
+        max_batch_total_size_bytes: MAX_BATCH_TOTAL_SIZE_BYTES,
+        supported_compressors: vec![],
+        supported_batch_update_compressors: vec![],
+        split_blob_support: false,
+        splice_blob_support: false,
+        ..c
+    });
+    let execution = upstream
+        .execution_capabilities
+        .map(|e| re::ExecutionCapabilities {
+            digest_functions: e.digest_functions.into_iter().filter(supported).collect(),
+            ..e
+        });
+    let newest = |a: Option<SemVer>, b: Option<SemVer>| match (a, b) {
+        (Some(a), Some(b)) => Some(if (a.major, a.minor) >= (b.major, b.minor) {
+            a
+        } else {
+            b
+        }),
+        (a, b) => a.or(b),
+    };
+    let oldest = |a: Option<SemVer>, b: Option<SemVer>| match (a, b) {
+        (Some(a), Some(b)) => Some(if (a.major, a.minor) <= (b.major, b.minor) {
+            a
+        } else {
+            b
+        }),
+        (a, b) => a.or(b),
+    };
+    re::ServerCapabilities {
+        cache_capabilities: cache,
+        execution_capabilities: execution,
+        low_api_version: newest(upstream.low_api_version, local.low_api_version),
+        high_api_version: oldest(upstream.high_api_version, local.high_api_version),
+        ..upstream
+    }
+}
+
+/// The local cache's capabilities: what it really does.
+fn local_capabilities() -> re::ServerCapabilities {
+    {
         let functions: Vec<i32> = DigestFunction::ALL.iter().map(|f| f.to_proto()).collect();
-        Ok(Response::new(re::ServerCapabilities {
+        re::ServerCapabilities {
             cache_capabilities: Some(re::CacheCapabilities {
                 digest_functions: functions.clone(),
                 action_cache_update_capabilities: Some(re::ActionCacheUpdateCapabilities {
@@ -59,6 +122,6 @@ impl Capabilities for CapabilitiesService {
             low_api_version: version(2, 0),
             high_api_version: version(2, 3),
             ..Default::default()
-        }))
+        }
     }
 }

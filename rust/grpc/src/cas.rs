@@ -2,7 +2,7 @@ use crate::capabilities::MAX_BATCH_TOTAL_SIZE_BYTES;
 use crate::request;
 use clientd_digest::{Digest, DigestFunction};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
-use clientd_store::{BlobStore, StoreError};
+use clientd_store::{BlobStore, StoreError, BATCH_CONCURRENCY};
 use futures::stream::{self, BoxStream, StreamExt};
 use prost::Message;
 use re::content_addressable_storage_server::ContentAddressableStorage;
@@ -10,8 +10,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-/// How many blobs of one batch are read or written at once.
-const BATCH_CONCURRENCY: usize = 16;
 /// Directories per GetTree response when the client asks for no page size.
 const DEFAULT_TREE_PAGE: usize = 1000;
 
@@ -60,28 +58,49 @@ impl ContentAddressableStorage for CasService {
         let request = request.into_inner();
         let instance_name = request::instance_name(&request.instance_name)?;
         let function = request::digest_function(request.digest_function)?;
-        let cas = &self.cas;
-        let responses = stream::iter(request.requests)
-            .map(|entry| async move {
-                let status = async {
-                    let digest = request::digest(function, entry.digest.as_ref(), "digest")?;
-                    if entry.compressor != re::compressor::Value::Identity as i32 {
-                        return Err(Status::invalid_argument(
-                            "compressed batch uploads are not supported; Capabilities advertises none",
-                        ));
-                    }
-                    cas.write_bytes(instance_name, &digest, entry.data).await?;
-                    Ok(())
+        // Entries that fail validation get their status here; the rest are written as one batch.
+        let mut statuses: Vec<Option<Status>> = Vec::with_capacity(request.requests.len());
+        let mut blobs = Vec::new();
+        for entry in &request.requests {
+            let parsed = request::digest(function, entry.digest.as_ref(), "digest").and_then(|d| {
+                if entry.compressor != re::compressor::Value::Identity as i32 {
+                    return Err(Status::invalid_argument(
+                        "compressed batch uploads are not supported; Capabilities advertises none",
+                    ));
                 }
-                .await;
+                Ok(d)
+            });
+            match parsed {
+                Ok(digest) => {
+                    blobs.push((digest, entry.data.clone()));
+                    statuses.push(None);
+                }
+                Err(status) => statuses.push(Some(status)),
+            }
+        }
+        let mut written = self.cas.batch_write(instance_name, blobs).await.into_iter();
+        let responses = request
+            .requests
+            .into_iter()
+            .zip(statuses)
+            .map(|(entry, status)| {
+                let status = status.map_or_else(
+                    || {
+                        written
+                            .next()
+                            .expect("one result per blob")
+                            .map_err(Status::from)
+                    },
+                    Err,
+                );
                 re::batch_update_blobs_response::Response {
                     digest: entry.digest,
-                    status: Some(status.map_or_else(|s| request::rpc_status(&s), |()| request::ok_status())),
+                    status: Some(
+                        status.map_or_else(|s| request::rpc_status(&s), |()| request::ok_status()),
+                    ),
                 }
             })
-            .buffered(BATCH_CONCURRENCY)
-            .collect()
-            .await;
+            .collect();
         Ok(Response::new(re::BatchUpdateBlobsResponse { responses }))
     }
 

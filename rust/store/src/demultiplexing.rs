@@ -1,10 +1,10 @@
-//! Routes each call by instance-name prefix to a backend, stripping the prefix.
+//! Routes each call by instance-name prefix to a backend, stripping the prefix ([`Router`]).
 //!
-//! `local` serves `local` and `local/...`; the proxy adds cluster prefixes such as
-//! `mycluster.example.com`. Prefixes match whole leading components and the longest wins, so
-//! `a.example.com/x` routed under prefix `a.example.com` reaches that backend as instance `x`.
+//! `local` serves `local` and `local/...`; each configured cluster adds its prefix, such as
+//! `mycluster.example.com`.
 
-use crate::error::{StoreError, StoreResult};
+use crate::error::StoreResult;
+use crate::router::Router;
 use crate::traits::{ActionCache, BlobSink, BlobStore, ByteStream};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -20,35 +20,19 @@ pub struct Backend {
 }
 
 pub struct Demultiplexing {
-    /// Sorted longest prefix first, so the first match is the longest.
-    routes: Vec<(String, Backend)>,
+    router: Router<Backend>,
 }
 
 impl Demultiplexing {
     pub fn new(routes: impl IntoIterator<Item = (String, Backend)>) -> Self {
-        let mut routes: Vec<_> = routes.into_iter().collect();
-        routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.split('/').count()));
-        Demultiplexing { routes }
+        Demultiplexing {
+            router: Router::new(routes),
+        }
     }
 
     /// The backend for `instance_name` and the instance name it should see.
     pub fn route<'a>(&self, instance_name: &'a str) -> StoreResult<(&Backend, &'a str)> {
-        for (prefix, backend) in &self.routes {
-            if let Some(rest) = instance_name.strip_prefix(prefix.as_str()) {
-                if rest.is_empty() {
-                    return Ok((backend, ""));
-                }
-                if let Some(rest) = rest.strip_prefix('/') {
-                    return Ok((backend, rest));
-                }
-            }
-        }
-        let known: Vec<String> = self.routes.iter().map(|(p, _)| format!("{p:?}")).collect();
-        Err(StoreError::InvalidArgument(format!(
-            "instance name {instance_name:?} matches no configured prefix; known prefixes: {} \
-             (use e.g. --remote_instance_name=local/<project>)",
-            known.join(", ")
-        )))
+        self.router.route(instance_name)
     }
 }
 
@@ -74,6 +58,13 @@ impl BlobStore for Demultiplexing {
         backend.cas.read(rest, digest, offset, limit).await
     }
 
+    async fn known_present(&self, instance_name: &str, digest: &Digest) -> bool {
+        match self.route(instance_name) {
+            Ok((backend, rest)) => backend.cas.known_present(rest, digest).await,
+            Err(_) => false,
+        }
+    }
+
     async fn begin_write(
         &self,
         instance_name: &str,
@@ -91,6 +82,17 @@ impl BlobStore for Demultiplexing {
     ) -> StoreResult<()> {
         let (backend, rest) = self.route(instance_name)?;
         backend.cas.write_bytes(rest, digest, data).await
+    }
+
+    async fn batch_write(
+        &self,
+        instance_name: &str,
+        blobs: Vec<(Digest, Bytes)>,
+    ) -> Vec<StoreResult<()>> {
+        match self.route(instance_name) {
+            Ok((backend, rest)) => backend.cas.batch_write(rest, blobs).await,
+            Err(e) => vec![Err(e); blobs.len()],
+        }
     }
 }
 
@@ -135,28 +137,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn longest_whole_component_prefix_wins_and_is_stripped() {
+    #[tokio::test]
+    async fn calls_reach_the_routed_backend_with_the_prefix_stripped() {
         let dir = tempfile::tempdir().unwrap();
         let demux = Demultiplexing::new([
             ("a.example.com".to_string(), backend(&dir.path().join("1"))),
-            (
-                "a.example.com/deep".to_string(),
-                backend(&dir.path().join("2")),
-            ),
-            ("local".to_string(), backend(&dir.path().join("3"))),
+            ("local".to_string(), backend(&dir.path().join("2"))),
         ]);
-        let (_, rest) = demux.route("a.example.com/hello").unwrap();
-        assert_eq!(rest, "hello");
-        let (_, rest) = demux.route("a.example.com").unwrap();
-        assert_eq!(rest, "");
-        let (deep, rest) = demux.route("a.example.com/deep/x").unwrap();
-        assert_eq!(rest, "x");
-        let (shallow, _) = demux.route("a.example.com/deeper").unwrap();
-        assert!(!Arc::ptr_eq(&deep.cas, &shallow.cas));
-        let err = demux.route("localhost/x").err().unwrap().to_string();
+        let data = bytes::Bytes::from_static(b"routed");
+        let digest = clientd_digest::DigestFunction::Sha256.digest_of(&data);
+        demux
+            .write_bytes("a.example.com/x", &digest, data.clone())
+            .await
+            .unwrap();
+        assert!(demux.contains("a.example.com", &digest).await.unwrap());
+        assert!(!demux.contains("local/x", &digest).await.unwrap());
+        let err = demux.contains("elsewhere", &digest).await.unwrap_err();
         assert!(
-            err.contains("\"local\"") && err.contains("\"a.example.com\""),
+            matches!(err, crate::StoreError::InvalidArgument(_)),
             "{err}"
         );
     }

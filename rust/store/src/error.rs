@@ -12,6 +12,11 @@ pub enum StoreError {
     OutOfRange(String),
     Unavailable(String),
     Internal(String),
+    /// The remaining codes only come from clusters and are passed through to the client.
+    Unauthenticated(String),
+    PermissionDenied(String),
+    DeadlineExceeded(String),
+    Unimplemented(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -47,7 +52,36 @@ impl StoreError {
             | StoreError::FailedPrecondition(m)
             | StoreError::OutOfRange(m)
             | StoreError::Unavailable(m)
-            | StoreError::Internal(m) => m,
+            | StoreError::Internal(m)
+            | StoreError::Unauthenticated(m)
+            | StoreError::PermissionDenied(m)
+            | StoreError::DeadlineExceeded(m)
+            | StoreError::Unimplemented(m) => m,
+        }
+    }
+}
+
+impl StoreError {
+    /// A cluster's status as a store error. Codes without a variant of their own map to the
+    /// nearest one a client acts on the same way: ABORTED and CANCELLED can be retried
+    /// (UNAVAILABLE), the rest are INTERNAL.
+    pub fn from_status(status: &tonic::Status) -> Self {
+        use tonic::Code;
+        let m = status.message().to_string();
+        match status.code() {
+            Code::NotFound => StoreError::NotFound(m),
+            Code::InvalidArgument => StoreError::InvalidArgument(m),
+            Code::ResourceExhausted => StoreError::ResourceExhausted(m),
+            Code::FailedPrecondition => StoreError::FailedPrecondition(m),
+            Code::OutOfRange => StoreError::OutOfRange(m),
+            Code::Unavailable | Code::Aborted | Code::Cancelled => StoreError::Unavailable(m),
+            Code::Unauthenticated => StoreError::Unauthenticated(m),
+            Code::PermissionDenied => StoreError::PermissionDenied(m),
+            Code::DeadlineExceeded => StoreError::DeadlineExceeded(m),
+            Code::Unimplemented => StoreError::Unimplemented(m),
+            Code::Ok | Code::Unknown | Code::AlreadyExists | Code::DataLoss | Code::Internal => {
+                StoreError::Internal(m)
+            }
         }
     }
 }
@@ -77,6 +111,10 @@ impl From<StoreError> for tonic::Status {
             StoreError::OutOfRange(_) => Code::OutOfRange,
             StoreError::Unavailable(_) => Code::Unavailable,
             StoreError::Internal(_) => Code::Internal,
+            StoreError::Unauthenticated(_) => Code::Unauthenticated,
+            StoreError::PermissionDenied(_) => Code::PermissionDenied,
+            StoreError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            StoreError::Unimplemented(_) => Code::Unimplemented,
         };
         tonic::Status::new(code, err.message())
     }

@@ -3,22 +3,33 @@
 //! Two narrow traits, [`BlobStore`] and [`ActionCache`], are all the gRPC front and the file system
 //! see. The local implementations ([`LocalCas`], [`LocalActionCache`]) sit on [`DiskLru`], a bounded
 //! directory of immutable files. Behaviours that wrap a store (existence caching, completeness
-//! checking, routing) are decorators, one file each, taking the inner store in their constructor.
+//! checking, existence and read caching, concurrency limiting, routing) are decorators, one file each, taking the inner store in their constructor.
 
 mod clock;
 mod completeness;
+mod concurrency_limiting;
+pub mod context;
 mod demultiplexing;
 mod disk_lru;
 mod error;
+mod existence_caching;
 mod local_ac;
 mod local_cas;
+mod read_caching;
+mod router;
+mod stats;
 mod traits;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use completeness::CompletenessChecking;
+pub use concurrency_limiting::ConcurrencyLimiting;
 pub use demultiplexing::{Backend, Demultiplexing};
 pub use disk_lru::{DiskKey, DiskLru, DiskLruOptions};
 pub use error::{StoreError, StoreResult};
+pub use existence_caching::ExistenceCaching;
 pub use local_ac::LocalActionCache;
 pub use local_cas::LocalCas;
-pub use traits::{ActionCache, BlobSink, BlobStore, ByteStream};
+pub use read_caching::ReadCaching;
+pub use router::Router;
+pub use stats::Stats;
+pub use traits::{ActionCache, BlobSink, BlobStore, ByteStream, BATCH_CONCURRENCY};

@@ -72,6 +72,10 @@ impl LocalCas {
 
 #[async_trait]
 impl BlobStore for LocalCas {
+    async fn known_present(&self, instance_name: &str, digest: &Digest) -> bool {
+        self.contains(instance_name, digest).await.unwrap_or(false)
+    }
+
     async fn find_missing(
         &self,
         _instance_name: &str,

@@ -1,0 +1,135 @@
+//! Caps the calls in flight to a cluster.
+//!
+//! A build can ask for thousands of blobs at once; a cluster (and the network in between) does
+//! better with a bounded number of concurrent calls than with a burst. A permit is held for the
+//! whole call: until a read's stream ends, until a write commits or is dropped.
+
+use crate::error::{StoreError, StoreResult};
+use crate::traits::{ActionCache, BlobSink, BlobStore, ByteStream};
+use async_trait::async_trait;
+use bytes::Bytes;
+use clientd_digest::Digest;
+use clientd_proto::build::bazel::remote::execution::v2::ActionResult;
+use futures::StreamExt;
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// `inner` (a [`BlobStore`] or an [`ActionCache`]) behind a semaphore that may be shared with
+/// other stores of the same cluster.
+pub struct ConcurrencyLimiting<S: ?Sized> {
+    inner: Arc<S>,
+    permits: Arc<Semaphore>,
+}
+
+impl<S: ?Sized> ConcurrencyLimiting<S> {
+    pub fn new(inner: Arc<S>, permits: Arc<Semaphore>) -> Self {
+        ConcurrencyLimiting { inner, permits }
+    }
+
+    async fn permit(&self) -> StoreResult<OwnedSemaphorePermit> {
+        self.permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Unavailable("the daemon is shutting down".into()))
+    }
+}
+
+#[async_trait]
+impl BlobStore for ConcurrencyLimiting<dyn BlobStore> {
+    async fn find_missing(
+        &self,
+        instance_name: &str,
+        digests: &[Digest],
+    ) -> StoreResult<Vec<Digest>> {
+        let _permit = self.permit().await?;
+        self.inner.find_missing(instance_name, digests).await
+    }
+
+    async fn read(
+        &self,
+        instance_name: &str,
+        digest: &Digest,
+        offset: u64,
+        limit: Option<u64>,
+    ) -> StoreResult<ByteStream> {
+        let permit = self.permit().await?;
+        let stream = self
+            .inner
+            .read(instance_name, digest, offset, limit)
+            .await?;
+        // The permit goes with the stream and is released when the reader drops it.
+        Ok(stream
+            .map(move |chunk| {
+                let _held = &permit;
+                chunk
+            })
+            .boxed())
+    }
+
+    async fn known_present(&self, instance_name: &str, digest: &Digest) -> bool {
+        self.inner.known_present(instance_name, digest).await
+    }
+
+    async fn begin_write(
+        &self,
+        instance_name: &str,
+        digest: &Digest,
+    ) -> StoreResult<Box<dyn BlobSink>> {
+        let permit = self.permit().await?;
+        let inner = self.inner.begin_write(instance_name, digest).await?;
+        Ok(Box::new(PermittedSink {
+            inner,
+            _permit: permit,
+        }))
+    }
+
+    async fn batch_write(
+        &self,
+        instance_name: &str,
+        blobs: Vec<(Digest, Bytes)>,
+    ) -> Vec<StoreResult<()>> {
+        match self.permit().await {
+            Ok(_permit) => self.inner.batch_write(instance_name, blobs).await,
+            Err(e) => vec![Err(e); blobs.len()],
+        }
+    }
+}
+
+struct PermittedSink {
+    inner: Box<dyn BlobSink>,
+    _permit: OwnedSemaphorePermit,
+}
+
+#[async_trait]
+impl BlobSink for PermittedSink {
+    async fn write(&mut self, data: Bytes) -> StoreResult<()> {
+        self.inner.write(data).await
+    }
+
+    fn committed(&self) -> u64 {
+        self.inner.committed()
+    }
+
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        self.inner.commit().await
+    }
+}
+
+#[async_trait]
+impl ActionCache for ConcurrencyLimiting<dyn ActionCache> {
+    async fn get(&self, instance_name: &str, action: &Digest) -> StoreResult<Option<ActionResult>> {
+        let _permit = self.permit().await?;
+        self.inner.get(instance_name, action).await
+    }
+
+    async fn put(
+        &self,
+        instance_name: &str,
+        action: &Digest,
+        result: &ActionResult,
+    ) -> StoreResult<()> {
+        let _permit = self.permit().await?;
+        self.inner.put(instance_name, action, result).await
+    }
+}

@@ -1,0 +1,197 @@
+//! Remembers which blobs a cluster has, so repeated FindMissingBlobs do not cross the network.
+//!
+//! Bazel asks FindMissingBlobs for every input of every action it executes remotely, mostly for
+//! the same blobs again and again. A digest the cluster reported present (or accepted in an
+//! upload) is answered locally for `ttl`; after that the cluster is asked again, since it may have
+//! evicted the blob. Entries are per instance name, bounded, least recently used first out.
+
+use crate::clock::Clock;
+use crate::error::StoreResult;
+use crate::stats::Stats;
+use crate::traits::{BlobSink, BlobStore, ByteStream};
+use async_trait::async_trait;
+use bytes::Bytes;
+use clientd_digest::Digest;
+use lru::LruCache;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+type Key = (Arc<str>, Digest);
+
+pub struct ExistenceCaching {
+    inner: Arc<dyn BlobStore>,
+    ttl: Duration,
+    clock: Arc<dyn Clock>,
+    stats: Arc<Stats>,
+    /// When each known-present blob stops being trusted.
+    present: Arc<Mutex<LruCache<Key, SystemTime>>>,
+}
+
+impl ExistenceCaching {
+    pub fn new(
+        inner: Arc<dyn BlobStore>,
+        max_entries: NonZeroUsize,
+        ttl: Duration,
+        clock: Arc<dyn Clock>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        ExistenceCaching {
+            inner,
+            ttl,
+            clock,
+            stats,
+            present: Arc::new(Mutex::new(LruCache::new(max_entries))),
+        }
+    }
+
+    fn remember(&self, instance_name: &str, digests: impl IntoIterator<Item = Digest>) {
+        remember(
+            &self.present,
+            instance_name,
+            digests,
+            self.clock.now() + self.ttl,
+        );
+    }
+}
+
+fn remember(
+    present: &Mutex<LruCache<Key, SystemTime>>,
+    instance_name: &str,
+    digests: impl IntoIterator<Item = Digest>,
+    until: SystemTime,
+) {
+    let instance: Arc<str> = instance_name.into();
+    let mut present = present.lock().unwrap();
+    for digest in digests {
+        present.put((instance.clone(), digest), until);
+    }
+}
+
+#[async_trait]
+impl BlobStore for ExistenceCaching {
+    async fn find_missing(
+        &self,
+        instance_name: &str,
+        digests: &[Digest],
+    ) -> StoreResult<Vec<Digest>> {
+        let now = self.clock.now();
+        let unknown: Vec<Digest> = {
+            let instance: Arc<str> = instance_name.into();
+            let mut present = self.present.lock().unwrap();
+            digests
+                .iter()
+                .filter(|d| !d.is_empty_blob())
+                .filter(|d| {
+                    let key = (instance.clone(), **d);
+                    match present.get(&key) {
+                        Some(until) if *until > now => false,
+                        Some(_) => {
+                            present.pop(&key);
+                            true
+                        }
+                        None => true,
+                    }
+                })
+                .copied()
+                .collect()
+        };
+        let known = digests.len() - unknown.len();
+        Stats::add(&self.stats.find_missing_local, known as u64);
+        if unknown.is_empty() {
+            return Ok(Vec::new());
+        }
+        Stats::add(&self.stats.find_missing_upstream, unknown.len() as u64);
+        let missing = self.inner.find_missing(instance_name, &unknown).await?;
+        let missing_set: std::collections::HashSet<&Digest> = missing.iter().collect();
+        self.remember(
+            instance_name,
+            unknown.into_iter().filter(|d| !missing_set.contains(d)),
+        );
+        Ok(missing)
+    }
+
+    async fn read(
+        &self,
+        instance_name: &str,
+        digest: &Digest,
+        offset: u64,
+        limit: Option<u64>,
+    ) -> StoreResult<ByteStream> {
+        self.inner.read(instance_name, digest, offset, limit).await
+    }
+
+    async fn known_present(&self, instance_name: &str, digest: &Digest) -> bool {
+        let key = (Arc::<str>::from(instance_name), *digest);
+        let now = self.clock.now();
+        let known = self
+            .present
+            .lock()
+            .unwrap()
+            .get(&key)
+            .is_some_and(|until| *until > now);
+        known || self.inner.known_present(instance_name, digest).await
+    }
+
+    async fn begin_write(
+        &self,
+        instance_name: &str,
+        digest: &Digest,
+    ) -> StoreResult<Box<dyn BlobSink>> {
+        let inner = self.inner.begin_write(instance_name, digest).await?;
+        Ok(Box::new(RememberingSink {
+            inner,
+            digest: *digest,
+            instance_name: instance_name.to_string(),
+            until: self.clock.now() + self.ttl,
+            present: self.present.clone(),
+        }))
+    }
+
+    async fn batch_write(
+        &self,
+        instance_name: &str,
+        blobs: Vec<(Digest, Bytes)>,
+    ) -> Vec<StoreResult<()>> {
+        let digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+        let results = self.inner.batch_write(instance_name, blobs).await;
+        let written = digests
+            .into_iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_ok())
+            .map(|(d, _)| d);
+        self.remember(instance_name, written);
+        results
+    }
+}
+
+/// A write that marks its blob present once the cluster has accepted it.
+struct RememberingSink {
+    inner: Box<dyn BlobSink>,
+    digest: Digest,
+    instance_name: String,
+    until: SystemTime,
+    present: Arc<Mutex<LruCache<Key, SystemTime>>>,
+}
+
+#[async_trait]
+impl BlobSink for RememberingSink {
+    async fn write(&mut self, data: Bytes) -> StoreResult<()> {
+        self.inner.write(data).await
+    }
+
+    fn committed(&self) -> u64 {
+        self.inner.committed()
+    }
+
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        self.inner.commit().await?;
+        remember(
+            &self.present,
+            &self.instance_name,
+            [self.digest],
+            self.until,
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,46 @@
+//! Counters of what the caches saved and what crossed the network, shared by the decorators that
+//! count them, logged at shutdown and served to `clientd stats`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
+        /// Monotonic counters since the daemon started.
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $($(#[doc = $doc])* pub $name: AtomicU64,)*
+        }
+
+        impl Stats {
+            /// Every counter by name, in declaration order.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Reads of cluster blobs served from the local CAS.
+    local_hits,
+    /// Blobs fetched from a cluster into the local CAS (one per distinct concurrent read).
+    upstream_fetches,
+    /// Bytes of those fetches.
+    upstream_fetch_bytes,
+    /// Reads that joined a fetch another reader had started.
+    shared_fetches,
+    /// FindMissingBlobs digests answered from the existence cache.
+    find_missing_local,
+    /// FindMissingBlobs digests asked of a cluster.
+    find_missing_upstream,
+    /// Blobs uploaded to a cluster.
+    upstream_writes,
+    /// Bytes of those uploads.
+    upstream_write_bytes,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,444 @@
+//! A cluster's CAS and ByteStream as a [`BlobStore`].
+//!
+//! Small uploads go in BatchUpdateBlobs calls split to the cluster's batch limit; larger ones by
+//! ByteStream. Batch responses are matched by digest, or by position when the cluster leaves the
+//! digest empty (Bazel's remote worker does). Nothing here verifies hashes: the local CAS in front
+//! does that for reads, and the cluster for writes.
+
+use crate::cluster::{digest_function_field, Cluster};
+use async_trait::async_trait;
+use bytes::Bytes;
+use clientd_digest::{Digest, DigestFunction, ReadResource, WriteResource};
+use clientd_proto::build::bazel::remote::execution::v2 as re;
+use clientd_proto::google::bytestream::{ReadRequest, WriteRequest, WriteResponse};
+use clientd_store::{BlobSink, BlobStore, ByteStream, StoreError, StoreResult};
+use futures::{stream, StreamExt, TryStreamExt};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tonic::Status;
+
+/// Digests per FindMissingBlobs call: about 0.8 MB of request, far below the message limit.
+const FIND_MISSING_CHUNK: usize = 10_000;
+/// Batch calls in flight at once for one request.
+const BATCH_CALLS_IN_FLIGHT: usize = 4;
+/// Bytes a batch entry adds besides its data (digest, framing), so batches stay under the limit.
+const BATCH_ENTRY_OVERHEAD: u64 = 128;
+/// Chunks an upload may queue ahead of the network.
+const WRITE_QUEUE: usize = 4;
+
+pub struct UpstreamCas {
+    cluster: Arc<Cluster>,
+}
+
+impl UpstreamCas {
+    pub fn new(cluster: Arc<Cluster>) -> Self {
+        UpstreamCas { cluster }
+    }
+
+    /// Sends one BatchUpdateBlobs call; one result per blob, in order.
+    async fn batch_update(
+        &self,
+        instance_name: &str,
+        function: DigestFunction,
+        blobs: &[(Digest, Bytes)],
+    ) -> Vec<StoreResult<()>> {
+        let request = re::BatchUpdateBlobsRequest {
+            instance_name: instance_name.to_string(),
+            requests: blobs
+                .iter()
+                .map(|(digest, data)| re::batch_update_blobs_request::Request {
+                    digest: Some(digest.to_proto()),
+                    data: data.clone(),
+                    compressor: 0,
+                })
+                .collect(),
+            digest_function: digest_function_field(function),
+        };
+        let response = self
+            .cluster
+            .store_call("BatchUpdateBlobs", || {
+                let mut client = self.cluster.cas_client();
+                let request = self.cluster.request(request.clone());
+                async move { client.batch_update_blobs(request).await }
+            })
+            .await;
+        let responses = match response {
+            Ok(response) => response.into_inner().responses,
+            Err(e) => return vec![Err(e); blobs.len()],
+        };
+        let mut index: HashMap<(String, i64), Vec<usize>> = HashMap::new();
+        for (i, (digest, _)) in blobs.iter().enumerate() {
+            index
+                .entry((digest.hash_hex(), digest.size() as i64))
+                .or_default()
+                .push(i);
+        }
+        let mut results: Vec<StoreResult<()>> = vec![
+            Err(StoreError::Internal(format!(
+                "{}: BatchUpdateBlobs: no response for this blob",
+                self.cluster.describe()
+            )));
+            blobs.len()
+        ];
+        for (position, response) in responses.into_iter().enumerate() {
+            let slots = match &response.digest {
+                Some(d) if !d.hash.is_empty() => index
+                    .get(&(d.hash.to_ascii_lowercase(), d.size_bytes))
+                    .cloned()
+                    .unwrap_or_default(),
+                _ if position < blobs.len() => vec![position],
+                _ => vec![],
+            };
+            for slot in slots {
+                results[slot] = match &response.status {
+                    Some(status) if status.code != 0 => Err(StoreError::from_status(&Status::new(
+                        status.code.into(),
+                        format!(
+                            "{}: BatchUpdateBlobs: blob {}: {}",
+                            self.cluster.describe(),
+                            blobs[slot].0,
+                            status.message
+                        ),
+                    ))),
+                    _ => Ok(()),
+                };
+            }
+        }
+        results
+    }
+}
+
+#[async_trait]
+impl BlobStore for UpstreamCas {
+    async fn find_missing(
+        &self,
+        instance_name: &str,
+        digests: &[Digest],
+    ) -> StoreResult<Vec<Digest>> {
+        let mut by_function: HashMap<DigestFunction, Vec<Digest>> = HashMap::new();
+        for digest in digests.iter().filter(|d| !d.is_empty_blob()) {
+            by_function
+                .entry(digest.function())
+                .or_default()
+                .push(*digest);
+        }
+        let calls = by_function.into_iter().flat_map(|(function, digests)| {
+            digests
+                .chunks(FIND_MISSING_CHUNK)
+                .map(|chunk| (function, chunk.to_vec()))
+                .collect::<Vec<_>>()
+        });
+        let missing: Vec<Vec<Digest>> = stream::iter(calls)
+            .map(|(function, chunk)| async move {
+                let request = re::FindMissingBlobsRequest {
+                    instance_name: instance_name.to_string(),
+                    blob_digests: chunk.iter().map(Digest::to_proto).collect(),
+                    digest_function: digest_function_field(function),
+                };
+                let response = self
+                    .cluster
+                    .store_call("FindMissingBlobs", || {
+                        let mut client = self.cluster.cas_client();
+                        let request = self.cluster.request(request.clone());
+                        async move { client.find_missing_blobs(request).await }
+                    })
+                    .await?;
+                response
+                    .into_inner()
+                    .missing_blob_digests
+                    .iter()
+                    .map(|d| {
+                        Digest::from_proto(Some(function), d).map_err(|e| {
+                            StoreError::Internal(format!(
+                                "{}: FindMissingBlobs answered a malformed digest: {e}",
+                                self.cluster.describe()
+                            ))
+                        })
+                    })
+                    .collect::<StoreResult<Vec<Digest>>>()
+            })
+            .buffer_unordered(BATCH_CALLS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        // In request order, as the trait promises.
+        let missing: std::collections::HashSet<Digest> = missing.into_iter().flatten().collect();
+        Ok(digests
+            .iter()
+            .filter(|d| missing.contains(d))
+            .copied()
+            .collect())
+    }
+
+    async fn read(
+        &self,
+        instance_name: &str,
+        digest: &Digest,
+        offset: u64,
+        limit: Option<u64>,
+    ) -> StoreResult<ByteStream> {
+        if digest.is_empty_blob() {
+            return Ok(stream::empty().boxed());
+        }
+        let resource_name = ReadResource {
+            instance_name: instance_name.to_string(),
+            compressor: None,
+            digest: *digest,
+        }
+        .to_resource_name();
+        let request = ReadRequest {
+            resource_name,
+            read_offset: offset as i64,
+            read_limit: limit.unwrap_or(0) as i64,
+        };
+        let what = format!("ByteStream.Read of blob {digest}");
+        let response = self
+            .cluster
+            .store_call(&what, || {
+                let mut client = self.cluster.bytestream_client();
+                let request = self.cluster.request(request.clone());
+                async move { client.read(request).await }
+            })
+            .await?;
+        let describe = self.cluster.describe();
+        Ok(response
+            .into_inner()
+            .map_ok(|r| r.data)
+            .map_err(move |status| {
+                StoreError::from_status(&Status::new(
+                    status.code(),
+                    format!("{describe}: {what}: {}", status.message()),
+                ))
+            })
+            .boxed())
+    }
+
+    async fn begin_write(
+        &self,
+        instance_name: &str,
+        digest: &Digest,
+    ) -> StoreResult<Box<dyn BlobSink>> {
+        let limit = self
+            .cluster
+            .batch_limit(instance_name)
+            .await
+            .map_err(|s| StoreError::from_status(&s))?;
+        if digest.size() + BATCH_ENTRY_OVERHEAD <= limit {
+            return Ok(Box::new(BufferedSink {
+                cas: UpstreamCas::new(self.cluster.clone()),
+                instance_name: instance_name.to_string(),
+                digest: *digest,
+                data: bytes::BytesMut::new(),
+            }));
+        }
+        Ok(Box::new(ByteStreamSink::start(
+            &self.cluster,
+            instance_name,
+            digest,
+        )))
+    }
+
+    async fn batch_write(
+        &self,
+        instance_name: &str,
+        blobs: Vec<(Digest, Bytes)>,
+    ) -> Vec<StoreResult<()>> {
+        let limit = match self.cluster.batch_limit(instance_name).await {
+            Ok(limit) => limit,
+            Err(s) => return vec![Err(StoreError::from_status(&s)); blobs.len()],
+        };
+        // Greedy packing in request order; blobs too large for any batch go by ByteStream.
+        let mut groups: Vec<(DigestFunction, Vec<usize>)> = Vec::new();
+        let mut singles = Vec::new();
+        let mut current: Option<(DigestFunction, Vec<usize>, u64)> = None;
+        for (i, (digest, _)) in blobs.iter().enumerate() {
+            let cost = digest.size() + BATCH_ENTRY_OVERHEAD;
+            if cost > limit {
+                singles.push(i);
+                continue;
+            }
+            match &mut current {
+                Some((f, members, total)) if *f == digest.function() && *total + cost <= limit => {
+                    members.push(i);
+                    *total += cost;
+                }
+                _ => {
+                    if let Some((f, members, _)) = current.take() {
+                        groups.push((f, members));
+                    }
+                    current = Some((digest.function(), vec![i], cost));
+                }
+            }
+        }
+        if let Some((f, members, _)) = current {
+            groups.push((f, members));
+        }
+        let blobs = &blobs;
+        let batched = stream::iter(groups)
+            .map(|(function, members)| async move {
+                let group: Vec<(Digest, Bytes)> =
+                    members.iter().map(|&i| blobs[i].clone()).collect();
+                let results = self.batch_update(instance_name, function, &group).await;
+                members.into_iter().zip(results).collect::<Vec<_>>()
+            })
+            .buffer_unordered(BATCH_CALLS_IN_FLIGHT)
+            .collect::<Vec<_>>();
+        let single = stream::iter(singles)
+            .map(|i| async move {
+                let (digest, data) = &blobs[i];
+                vec![(
+                    i,
+                    self.write_bytes(instance_name, digest, data.clone()).await,
+                )]
+            })
+            .buffer_unordered(BATCH_CALLS_IN_FLIGHT)
+            .collect::<Vec<_>>();
+        let (batched, single) = futures::join!(batched, single);
+        let mut results: Vec<Option<StoreResult<()>>> = vec![None; blobs.len()];
+        for (i, result) in batched.into_iter().chain(single).flatten() {
+            results[i] = Some(result);
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every blob was sent"))
+            .collect()
+    }
+}
+
+/// A small upload, held in memory and sent in one BatchUpdateBlobs call at commit.
+struct BufferedSink {
+    cas: UpstreamCas,
+    instance_name: String,
+    digest: Digest,
+    data: bytes::BytesMut,
+}
+
+#[async_trait]
+impl BlobSink for BufferedSink {
+    async fn write(&mut self, data: Bytes) -> StoreResult<()> {
+        self.data.extend_from_slice(&data);
+        Ok(())
+    }
+
+    fn committed(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        let blob = [(self.digest, self.data.freeze())];
+        let mut results = self
+            .cas
+            .batch_update(&self.instance_name, self.digest.function(), &blob)
+            .await;
+        results.pop().expect("one result")
+    }
+}
+
+/// A large upload streamed by ByteStream.Write as the chunks arrive. Dropping it before commit
+/// cancels the call, so the cluster never sees a finished write of a partial blob.
+struct ByteStreamSink {
+    describe: String,
+    resource_name: Option<String>,
+    digest: Digest,
+    offset: u64,
+    chunks: Option<mpsc::Sender<WriteRequest>>,
+    call: JoinHandle<Result<WriteResponse, Status>>,
+}
+
+impl ByteStreamSink {
+    fn start(cluster: &Arc<Cluster>, instance_name: &str, digest: &Digest) -> Self {
+        let resource_name = WriteResource {
+            instance_name: instance_name.to_string(),
+            uuid: uuid::Uuid::new_v4().to_string(),
+            compressor: None,
+            digest: *digest,
+        }
+        .to_resource_name();
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let mut client = cluster.bytestream_client();
+        let request = cluster.request(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let call = clientd_store::context::spawn(async move {
+            client.write(request).await.map(tonic::Response::into_inner)
+        });
+        ByteStreamSink {
+            describe: cluster.describe(),
+            resource_name: Some(resource_name),
+            digest: *digest,
+            offset: 0,
+            chunks: Some(tx),
+            call,
+        }
+    }
+
+    fn error(&self, status: &Status) -> StoreError {
+        StoreError::from_status(&Status::new(
+            status.code(),
+            format!(
+                "{}: ByteStream.Write of blob {}: {}",
+                self.describe,
+                self.digest,
+                status.message()
+            ),
+        ))
+    }
+
+    /// Sends one message; false if the call has already ended (for better or worse).
+    async fn send(&mut self, data: Bytes, finish_write: bool) -> bool {
+        let request = WriteRequest {
+            resource_name: self.resource_name.take().unwrap_or_default(),
+            write_offset: self.offset as i64,
+            finish_write,
+            data,
+        };
+        self.offset += request.data.len() as u64;
+        match &self.chunks {
+            Some(chunks) => chunks.send(request).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// The call's outcome, once it has ended.
+    async fn outcome(&mut self) -> StoreResult<()> {
+        self.chunks = None;
+        let response = (&mut self.call)
+            .await
+            .unwrap_or_else(|e| Err(Status::internal(format!("upload task failed: {e}"))));
+        match response {
+            Ok(r) if r.committed_size == self.digest.size() as i64 => Ok(()),
+            Ok(r) => Err(StoreError::Internal(format!(
+                "{}: ByteStream.Write of blob {}: committed {} bytes",
+                self.describe, self.digest, r.committed_size
+            ))),
+            Err(status) => Err(self.error(&status)),
+        }
+    }
+}
+
+#[async_trait]
+impl BlobSink for ByteStreamSink {
+    async fn write(&mut self, data: Bytes) -> StoreResult<()> {
+        if self.chunks.is_some() && !self.send(data, false).await {
+            // The cluster ended the call early: either it already has the blob, or it failed.
+            return self.outcome().await;
+        }
+        Ok(())
+    }
+
+    fn committed(&self) -> u64 {
+        self.offset
+    }
+
+    async fn commit(mut self: Box<Self>) -> StoreResult<()> {
+        if self.chunks.is_some() {
+            self.send(Bytes::new(), true).await;
+        }
+        self.outcome().await
+    }
+}
+
+impl Drop for ByteStreamSink {
+    fn drop(&mut self) {
+        self.call.abort();
+    }
+}

@@ -1,0 +1,168 @@
+//! Where a cluster listens: `grpc://HOST:PORT`, `grpcs://HOST:PORT` or `unix:/PATH`, the same
+//! spellings Bazel's `--remote_executor` accepts.
+
+use hyper_util::rt::TokioIo;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Plain-text HTTP/2 to `host:port`.
+    Grpc(String),
+    /// TLS to `host:port`, verified against the system's roots or a given CA.
+    Grpcs(String),
+    Unix(PathBuf),
+}
+
+/// HTTP/2 flow-control windows, as on the server side: large blobs should not wait for a window
+/// update every 64 KiB over a long round trip.
+const STREAM_WINDOW: u32 = 16 << 20;
+const CONNECTION_WINDOW: u32 = 64 << 20;
+
+impl Endpoint {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            Err(format!(
+                "endpoint {text:?}: {why}; expected grpc://HOST:PORT, grpcs://HOST:PORT or unix:/PATH"
+            ))
+        };
+        if let Some(path) = text.strip_prefix("unix:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if !path.starts_with('/') {
+                return bad("the socket path must be absolute");
+            }
+            return Ok(Endpoint::Unix(PathBuf::from(path)));
+        }
+        let (scheme, authority) = match text.split_once("://") {
+            Some(("grpc", a)) => (false, a),
+            Some(("grpcs", a)) => (true, a),
+            Some((scheme, _)) => return bad(&format!("unknown scheme {scheme:?}")),
+            None => return bad("no scheme"),
+        };
+        let authority = authority.strip_suffix('/').unwrap_or(authority);
+        match authority.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+            _ => return bad("the address must be HOST:PORT"),
+        }
+        if authority.contains('/') {
+            return bad("the address must be HOST:PORT, without a path");
+        }
+        let authority = authority.to_string();
+        Ok(if scheme {
+            Endpoint::Grpcs(authority)
+        } else {
+            Endpoint::Grpc(authority)
+        })
+    }
+
+    /// A channel that connects on first use (and reconnects after failures), so a cluster that
+    /// is down does not stop the daemon from starting.
+    pub fn channel(
+        &self,
+        ca_file: Option<&std::path::Path>,
+        connect_timeout: Duration,
+    ) -> Result<Channel, String> {
+        let uri = match self {
+            Endpoint::Grpc(authority) => format!("http://{authority}"),
+            Endpoint::Grpcs(authority) => format!("https://{authority}"),
+            // The URI is not used to connect; it only fills the :authority header.
+            Endpoint::Unix(_) => "http://localhost".to_string(),
+        };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(uri)
+            .map_err(|e| format!("endpoint {self}: {e}"))?
+            .connect_timeout(connect_timeout)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .tcp_nodelay(true);
+        if let Endpoint::Grpcs(authority) = self {
+            let host = authority
+                .rsplit_once(':')
+                .map_or(authority.as_str(), |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let mut tls = ClientTlsConfig::new().domain_name(host);
+            tls = match ca_file {
+                Some(path) => {
+                    let pem = std::fs::read(path)
+                        .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+                    tls.ca_certificate(Certificate::from_pem(pem))
+                }
+                None => tls.with_native_roots(),
+            };
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| format!("endpoint {self}: {e}"))?;
+        } else if ca_file.is_some() {
+            return Err(format!(
+                "endpoint {self}: a CA file only applies to grpcs:// endpoints"
+            ));
+        }
+        Ok(match self {
+            Endpoint::Unix(path) => {
+                let path = path.clone();
+                endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
+                    let path = path.clone();
+                    async move {
+                        let stream = tokio::net::UnixStream::connect(&path).await?;
+                        Ok::<_, std::io::Error>(TokioIo::new(stream))
+                    }
+                }))
+            }
+            _ => endpoint.connect_lazy(),
+        })
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Grpc(a) => write!(f, "grpc://{a}"),
+            Endpoint::Grpcs(a) => write!(f, "grpcs://{a}"),
+            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_spellings_bazel_accepts() {
+        assert_eq!(
+            Endpoint::parse("grpc://127.0.0.1:8980").unwrap(),
+            Endpoint::Grpc("127.0.0.1:8980".into())
+        );
+        assert_eq!(
+            Endpoint::parse("grpcs://cluster.example.com:443/").unwrap(),
+            Endpoint::Grpcs("cluster.example.com:443".into())
+        );
+        assert_eq!(
+            Endpoint::parse("unix:/run/x.sock").unwrap(),
+            Endpoint::Unix("/run/x.sock".into())
+        );
+        assert_eq!(
+            Endpoint::parse("unix:///run/x.sock").unwrap(),
+            Endpoint::Unix("/run/x.sock".into())
+        );
+        assert_eq!(
+            Endpoint::parse("grpc://[::1]:80").unwrap().to_string(),
+            "grpc://[::1]:80"
+        );
+        for bad in [
+            "127.0.0.1:8980",
+            "http://x:1",
+            "grpc://x",
+            "grpc://:1",
+            "grpc://x:99999",
+            "grpc://x:1/path",
+            "unix:relative.sock",
+        ] {
+            let err = Endpoint::parse(bad).unwrap_err();
+            assert!(err.contains("expected grpc://"), "{bad}: {err}");
+        }
+    }
+}
