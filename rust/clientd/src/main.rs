@@ -2,6 +2,7 @@
 
 mod config;
 mod server;
+mod stats;
 
 use clap::{Args, Parser, Subcommand};
 use config::{Config, Env};
@@ -24,6 +25,9 @@ enum Command {
     Serve(ServeArgs),
     /// Print the effective configuration as JSON, with every default filled in.
     Config(ConfigArgs),
+    /// Print the running daemon's counters: local hits, upstream fetches, bytes, FindMissingBlobs
+    /// digests answered locally, and the configured clusters.
+    Stats(ConfigArgs),
 }
 
 #[derive(Args, Default)]
@@ -58,6 +62,13 @@ fn load(args: &ConfigArgs) -> Result<Config, String> {
     Config::load(args.config.as_deref(), &Env::from_process())
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
 fn serve(args: ServeArgs) -> Result<(), String> {
     let mut config = load(&args.config)?;
     config.grpc.tcp_listen.extend(args.tcp_listen);
@@ -67,11 +78,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             .insert(prefix, config::ClusterConfig::new(endpoint));
     }
     config.validate()?;
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?
-        .block_on(server::serve(config))
+    runtime()?.block_on(server::serve(config))
 }
 
 fn main() -> ExitCode {
@@ -86,6 +93,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => serve(cli.serve),
         Some(Command::Serve(args)) => serve(args),
+        Some(Command::Stats(args)) => {
+            load(&args).and_then(|config| runtime()?.block_on(stats::print(&config)))
+        }
         Some(Command::Config(args)) => load(&args).map(|config| {
             println!(
                 "{}",

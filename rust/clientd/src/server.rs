@@ -4,9 +4,10 @@
 use crate::config::{ClusterConfig, Config};
 use clientd_grpc::{
     ActionCacheService, ByteStreamService, CapabilitiesService, CasService, Clusters,
-    ExecutionService, ForwardHeadersLayer, MAX_MESSAGE_BYTES,
+    ExecutionService, ForwardHeadersLayer, StatsService, MAX_MESSAGE_BYTES,
 };
 use clientd_proto::build::bazel::remote::execution::v2 as re;
+use clientd_proto::clientd::v1::stats_server::StatsServer;
 use clientd_proto::google::bytestream::byte_stream_server::ByteStreamServer;
 use clientd_store::{
     ActionCache, Backend, BlobStore, Clock, CompletenessChecking, ConcurrencyLimiting,
@@ -160,6 +161,10 @@ fn grpc_routes(config: &Config, composition: &Composition, clock: Arc<dyn Clock>
     .add_service(bytestream)
     .add_service(action_cache)
     .add_service(execution)
+    .add_service(StatsServer::new(StatsService::new(
+        composition.stats.clone(),
+        composition.clusters.clone(),
+    )))
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.

@@ -10,6 +10,7 @@ mod execution;
 mod forwarding;
 mod request;
 mod routes;
+mod stats;
 
 pub use action_cache::ActionCacheService;
 pub use bytestream::ByteStreamService;
@@ -18,6 +19,7 @@ pub use cas::CasService;
 pub use execution::ExecutionService;
 pub use forwarding::ForwardHeadersLayer;
 pub use routes::Clusters;
+pub use stats::StatsService;
 
 /// Largest gRPC message accepted or sent: a full batch plus framing, as bb_clientd uses.
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;

@@ -1,7 +1,8 @@
 //! Rust bindings (prost messages, tonic clients and servers) for the protocols
 //! clientd speaks: REAPI v2, ByteStream, google.longrunning, google.rpc.Status,
 //! the Bazel Remote Output Service and Bazel's remote cache-key scrubbing
-//! config. The `.proto` sources live in `proto/` at the repository root.
+//! config, and clientd's own Stats service. The `.proto` sources live in
+//! `proto/` at the repository root.
 //!
 //! The generated code in `src/gen/` is checked in rather than produced by a
 //! `build.rs`: building this crate needs neither `protoc` nor any code
@@ -138,5 +139,14 @@ mod tests {
         assert_eq!(decoded, request);
         let any = decoded.args.unwrap();
         assert_eq!(StartBuildArgs::decode(any.value.as_slice()).unwrap(), args);
+    }
+}
+
+/// `clientd.*` proto packages: clientd's own services.
+pub mod clientd {
+    /// `clientd.v1`: the Stats service behind `clientd stats`.
+    #[allow(clippy::all, clippy::pedantic, clippy::nursery, rustdoc::all)]
+    pub mod v1 {
+        include!("gen/clientd.v1.rs");
     }
 }

@@ -195,3 +195,98 @@ impl BlobSink for RememberingSink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::disk_lru::DiskLruOptions;
+    use crate::local_cas::LocalCas;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The inner store, counting the digests it is asked about.
+    struct Counting {
+        inner: LocalCas,
+        asked: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl BlobStore for Counting {
+        async fn find_missing(
+            &self,
+            instance: &str,
+            digests: &[Digest],
+        ) -> StoreResult<Vec<Digest>> {
+            self.asked.fetch_add(digests.len(), Ordering::SeqCst);
+            self.inner.find_missing(instance, digests).await
+        }
+        async fn read(
+            &self,
+            instance: &str,
+            digest: &Digest,
+            offset: u64,
+            limit: Option<u64>,
+        ) -> StoreResult<ByteStream> {
+            self.inner.read(instance, digest, offset, limit).await
+        }
+        async fn begin_write(
+            &self,
+            instance: &str,
+            digest: &Digest,
+        ) -> StoreResult<Box<dyn BlobSink>> {
+            self.inner.begin_write(instance, digest).await
+        }
+    }
+
+    #[tokio::test]
+    async fn present_blobs_are_trusted_until_the_ttl_per_instance_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH));
+        let options = DiskLruOptions {
+            max_bytes: 1 << 20,
+            sync_writes: false,
+        };
+        let inner = Arc::new(Counting {
+            inner: LocalCas::open(dir.path(), options, clock.clone()).unwrap(),
+            asked: AtomicUsize::new(0),
+        });
+        let cache = ExistenceCaching::new(
+            inner.clone(),
+            NonZeroUsize::new(2).unwrap(),
+            Duration::from_secs(300),
+            clock.clone(),
+            Arc::new(Stats::default()),
+        );
+        let blob = |n: u8| {
+            let data = Bytes::from(vec![n; 10]);
+            (
+                clientd_digest::DigestFunction::Sha256.digest_of(&data),
+                data,
+            )
+        };
+        let (a, a_data) = blob(1);
+        let (b, _) = blob(2);
+        let asked = || inner.asked.load(Ordering::SeqCst);
+
+        // Written through the cache: known present without asking.
+        cache.write_bytes("i", &a, a_data).await.unwrap();
+        assert_eq!(cache.find_missing("i", &[a, b]).await.unwrap(), vec![b]);
+        assert_eq!(asked(), 1);
+        assert!(cache.known_present("i", &a).await);
+        // Another instance name knows nothing yet.
+        assert!(cache.find_missing("j", &[a]).await.unwrap().is_empty());
+        assert_eq!(asked(), 2);
+        assert!(cache.find_missing("j", &[a]).await.unwrap().is_empty());
+        assert_eq!(asked(), 2);
+        // After the TTL the cluster is asked again.
+        clock.advance(Duration::from_secs(301));
+        assert!(!cache.known_present("i", &a).await);
+        assert!(cache.find_missing("i", &[a]).await.unwrap().is_empty());
+        assert_eq!(asked(), 3);
+        // Bounded: a third entry evicts the least recently used ("j", a).
+        let (c, c_data) = blob(3);
+        cache.write_bytes("i", &c, c_data).await.unwrap();
+        assert!(cache.find_missing("j", &[a]).await.unwrap().is_empty());
+        assert_eq!(asked(), 4);
+    }
+}

@@ -48,6 +48,11 @@ impl<T> Router<T> {
         )))
     }
 
+    /// Every prefix and its target, longest prefix first.
+    pub fn targets(&self) -> impl Iterator<Item = (&str, &T)> {
+        self.routes.iter().map(|(p, t)| (p.as_str(), t))
+    }
+
     /// The target configured for exactly `prefix`.
     pub fn get(&self, prefix: &str) -> Option<&T> {
         self.routes

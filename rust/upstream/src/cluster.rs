@@ -116,6 +116,10 @@ impl Cluster {
         &self.prefix
     }
 
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
     /// `cluster PREFIX (ENDPOINT)`, the start of every error about this cluster.
     pub fn describe(&self) -> String {
         format!("cluster {} ({})", self.prefix, self.endpoint)
@@ -152,7 +156,7 @@ impl Cluster {
         request
     }
 
-    /// Whether credentials from a client are remembered (for tests and `clientd stats`).
+    /// Whether credentials from a client are remembered (shown by `clientd stats`).
     pub fn has_credentials(&self) -> bool {
         self.authorization.lock().unwrap().is_some()
     }

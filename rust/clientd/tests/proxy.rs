@@ -1,0 +1,322 @@
+//! The proxy, end to end over real gRPC: a clientd daemon whose cluster is another, real clientd
+//! daemon (its `local/...` cache), reached over a UNIX socket. Instance `up.example.com/local/x`
+//! on the proxy is instance `local/x` upstream.
+
+mod common;
+
+use clientd_digest::Digest;
+use clientd_proto::build::bazel::remote::execution::v2 as re;
+use clientd_proto::clientd::v1 as pb;
+use common::{pseudo_random, sha256, write_name, write_requests, Clients, Daemon};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+const PROXIED: &str = "up.example.com/local/x";
+const UPSTREAM: &str = "local/x";
+
+/// An upstream daemon and a proxy daemon routing `up.example.com` to it.
+fn pair(dir: &Path, extra: &[&str]) -> (Daemon, Daemon) {
+    let upstream = Daemon::start(&dir.join("up"), None, &[]);
+    let cluster = format!("up.example.com=unix:{}", upstream.socket.display());
+    let mut args = vec!["--cluster", cluster.as_str()];
+    args.extend_from_slice(extra);
+    let proxy = Daemon::start(&dir.join("proxy"), None, &args);
+    (upstream, proxy)
+}
+
+async fn stats(daemon: &Daemon) -> BTreeMap<String, u64> {
+    let response = pb::stats_client::StatsClient::new(daemon.channel().await)
+        .get_stats(pb::GetStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    response
+        .counters
+        .into_iter()
+        .map(|c| (c.name, c.value))
+        .collect()
+}
+
+/// Where a daemon's local CAS keeps `digest`.
+fn cas_file(daemon: &Daemon, digest: &Digest) -> std::path::PathBuf {
+    let hash = digest.hash_hex();
+    daemon
+        .home
+        .join("cache/clientd/cas/entries/sha256")
+        .join(&hash[..2])
+        .join(digest.file_name())
+}
+
+#[tokio::test]
+async fn reads_fetch_once_into_the_local_cas_and_survive_the_cluster_going_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, proxy) = pair(dir.path(), &[]);
+    let data = pseudo_random(1, 3 << 20);
+    let digest = sha256(&data);
+    upstream
+        .clients()
+        .await
+        .write(UPSTREAM, &data, 1 << 20)
+        .await
+        .unwrap();
+
+    // Four readers at once share one fetch.
+    let readers = (0..4).map(|_| {
+        let channel = proxy.channel();
+        async move {
+            let mut clients = Clients::new(channel.await);
+            clients.read(PROXIED, &digest, 0, 0).await
+        }
+    });
+    for result in futures::future::join_all(readers).await {
+        assert!(result.unwrap() == data, "proxied read returned other bytes");
+    }
+    let counters = stats(&proxy).await;
+    assert_eq!(counters["upstream_fetches"], 1, "{counters:?}");
+    assert_eq!(counters["upstream_fetch_bytes"], data.len() as u64);
+    assert_eq!(
+        counters["shared_fetches"] + counters["local_hits"],
+        3,
+        "{counters:?}"
+    );
+
+    // Ranged reads and batch reads are served locally; so is everything once upstream is gone.
+    upstream.stop();
+    let mut clients = proxy.clients().await;
+    let middle = clients.read(PROXIED, &digest, 1000, 10).await.unwrap();
+    assert_eq!(middle, &data[1000..1010]);
+    let response = clients
+        .cas
+        .batch_read_blobs(re::BatchReadBlobsRequest {
+            instance_name: PROXIED.into(),
+            digests: vec![digest.to_proto()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.responses[0].status.as_ref().unwrap().code, 0);
+    assert!(response.responses[0].data == data);
+    assert_eq!(stats(&proxy).await["upstream_fetches"], 1);
+
+    // `clientd stats` prints the same counters.
+    let output = common::command(&proxy.home, None, &[])
+        .arg("stats")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("upstream_fetches 1\n"), "{text}");
+    assert!(text.contains("cluster up.example.com unix:"), "{text}");
+}
+
+#[tokio::test]
+async fn uploads_reach_the_cluster_and_the_local_cas() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, proxy) = pair(dir.path(), &[]);
+    let mut clients = proxy.clients().await;
+    let large = pseudo_random(2, 6 << 20); // above the batch limit: ByteStream upstream
+    let small: Vec<Vec<u8>> = (0..3).map(|i| pseudo_random(10 + i, 1000)).collect();
+    assert_eq!(
+        clients.write(PROXIED, &large, 1 << 20).await.unwrap(),
+        large.len() as i64
+    );
+    let blobs: Vec<(Digest, Vec<u8>)> = small.iter().map(|d| (sha256(d), d.clone())).collect();
+    assert_eq!(clients.batch_update(PROXIED, &blobs).await, vec![0, 0, 0]);
+
+    let mut all: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+    all.push(sha256(&large));
+    let mut up = upstream.clients().await;
+    assert!(up.find_missing(UPSTREAM, &all).await.is_empty());
+    for digest in &all {
+        assert!(
+            cas_file(&proxy, digest).exists(),
+            "no local copy of {digest}"
+        );
+    }
+    let counters = stats(&proxy).await;
+    assert_eq!(counters["upstream_writes"], 4, "{counters:?}");
+
+    // Known present now: FindMissingBlobs is answered without asking the cluster.
+    let before = stats(&proxy).await;
+    assert!(clients.find_missing(PROXIED, &all).await.is_empty());
+    let after = stats(&proxy).await;
+    assert_eq!(
+        after["find_missing_local"] - before["find_missing_local"],
+        4
+    );
+    assert_eq!(
+        after["find_missing_upstream"],
+        before["find_missing_upstream"]
+    );
+}
+
+#[tokio::test]
+async fn find_missing_asks_the_cluster_once_per_present_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, proxy) = pair(dir.path(), &[]);
+    let present = pseudo_random(3, 100);
+    upstream
+        .clients()
+        .await
+        .write(UPSTREAM, &present, 100)
+        .await
+        .unwrap();
+    let absent = sha256(b"never uploaded");
+    let query = [sha256(&present), absent];
+    let mut clients = proxy.clients().await;
+    for _ in 0..3 {
+        assert_eq!(clients.find_missing(PROXIED, &query).await, vec![absent]);
+    }
+    let counters = stats(&proxy).await;
+    // The present blob is asked about once; the absent one every time.
+    assert_eq!(counters["find_missing_upstream"], 4, "{counters:?}");
+    assert_eq!(counters["find_missing_local"], 2, "{counters:?}");
+}
+
+#[tokio::test]
+async fn routing_strips_the_prefix_and_unknown_prefixes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_upstream, proxy) = pair(dir.path(), &[]);
+    let mut clients = proxy.clients().await;
+    let request = |instance: &str| re::FindMissingBlobsRequest {
+        instance_name: instance.into(),
+        blob_digests: vec![sha256(b"x").to_proto()],
+        ..Default::default()
+    };
+    // `up.example.com` alone is the upstream's empty instance name, which it refuses.
+    let err = clients
+        .cas
+        .find_missing_blobs(request("up.example.com"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("instance name \"\""), "{err:?}");
+    let err = clients
+        .cas
+        .find_missing_blobs(request("nowhere.example.com/x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("\"local\"") && err.message().contains("\"up.example.com\""),
+        "{err:?}"
+    );
+    // Local instances cannot execute; cluster ones are forwarded (this cluster cannot either).
+    let mut execution = re::execution_client::ExecutionClient::new(proxy.channel().await);
+    let execute = |instance: &str| re::ExecuteRequest {
+        instance_name: instance.into(),
+        action_digest: Some(sha256(b"action").to_proto()),
+        ..Default::default()
+    };
+    let err = execution.execute(execute("local/x")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    let err = execution.execute(execute(PROXIED)).await.unwrap_err();
+    assert!(err.message().contains("cluster up.example.com"), "{err:?}");
+    let caps = clients
+        .caps
+        .get_capabilities(re::GetCapabilitiesRequest {
+            instance_name: PROXIED.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let exec = caps.execution_capabilities.unwrap();
+    assert!(!exec.exec_enabled);
+    assert_eq!(
+        caps.cache_capabilities.unwrap().max_batch_total_size_bytes,
+        4 << 20
+    );
+}
+
+#[tokio::test]
+async fn a_dead_cluster_is_unavailable_quickly_and_local_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("nobody-listens.sock");
+    let cluster = format!("dead.example.com=unix:{}", dead.display());
+    let proxy = Daemon::start(&dir.path().join("proxy"), None, &["--cluster", &cluster]);
+    let mut clients = proxy.clients().await;
+    let start = Instant::now();
+    let err = clients
+        .cas
+        .find_missing_blobs(re::FindMissingBlobsRequest {
+            instance_name: "dead.example.com/x".into(),
+            blob_digests: vec![sha256(b"x").to_proto()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let message = err.message();
+    assert!(
+        message.contains("cluster dead.example.com (unix:") && message.contains("nobody-listens"),
+        "{message}"
+    );
+    assert!(message.contains("after 4 attempts"), "{message}");
+    let data = b"local still works".to_vec();
+    clients.write("local/x", &data, 100).await.unwrap();
+    assert_eq!(
+        clients.read("local/x", &sha256(&data), 0, 0).await.unwrap(),
+        data
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_blob_from_the_cluster_is_refused_and_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, proxy) = pair(dir.path(), &[]);
+    let data = pseudo_random(4, 200_000);
+    let digest = sha256(&data);
+    upstream
+        .clients()
+        .await
+        .write(UPSTREAM, &data, 1 << 20)
+        .await
+        .unwrap();
+    // Damage the upstream's copy behind its back: same size, other bytes.
+    let file = cas_file(&upstream, &digest);
+    let mut damaged = data.clone();
+    damaged[100_000] ^= 1;
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(&file, &damaged).unwrap();
+
+    let err = proxy
+        .clients()
+        .await
+        .read(PROXIED, &digest, 0, 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    assert!(err.message().contains("corrupt"), "{err:?}");
+    assert!(!cas_file(&proxy, &digest).exists());
+    assert_eq!(stats(&proxy).await["upstream_fetches"], 0);
+}
+
+#[tokio::test]
+async fn an_interrupted_upload_leaves_no_blob_anywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, proxy) = pair(dir.path(), &[]);
+    let data = pseudo_random(5, 6 << 20);
+    let digest = sha256(&data);
+    let name = write_name(PROXIED, &digest);
+    // Half the blob, then the client goes away without finishing.
+    let half = write_requests(&name, &data[..3 << 20], 0, 1 << 20, false);
+    let mut clients = proxy.clients().await;
+    let _ = clients.bytestream.write(futures::stream::iter(half)).await;
+    drop(clients);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!cas_file(&proxy, &digest).exists());
+    let missing = upstream
+        .clients()
+        .await
+        .find_missing(UPSTREAM, &[digest])
+        .await;
+    assert_eq!(missing, vec![digest]);
+}
