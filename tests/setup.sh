@@ -6,7 +6,7 @@
 # Adding an installer: write one `step_NAME` function below and add NAME to STEPS.
 set -euo pipefail
 
-STEPS=(apt)
+STEPS=(apt peers)
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -37,6 +37,15 @@ apt_install() {
 # fuse3: fusermount3 for FUSE tests; bazel-bootstrap: Bazel 4.2.3 (and a JDK) as a real REAPI client.
 step_apt() {
     apt_install fuse3 bazel-bootstrap
+}
+
+# Real upstream clusters for the proxy's end-to-end tests: BuildGrid (a venv under .tools/) and
+# Bazel's own remote worker (compiled from Debian's bazel-bootstrap-source into .tools/).
+step_peers() {
+    local here
+    here=$(dirname "${BASH_SOURCE[0]}")
+    bash "$here/peers/buildgrid.sh" install
+    bash "$here/peers/remote_worker.sh" install
 }
 
 main() {
