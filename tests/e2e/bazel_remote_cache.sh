@@ -75,7 +75,7 @@ fi
 
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 HOME="$T/home" XDG_CACHE_HOME="$T/cache" XDG_CONFIG_HOME="$T/config" NO_COLOR=1 RUST_LOG=info \
-    "$CLIENTD" serve --tcp-listen "127.0.0.1:$PORT" >"$T/daemon.log" 2>&1 &
+    "$CLIENTD" serve --no-mount --tcp-listen "127.0.0.1:$PORT" >"$T/daemon.log" 2>&1 &
 DAEMON_PID=$!
 
 ENDPOINT=""

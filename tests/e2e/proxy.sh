@@ -147,7 +147,7 @@ pass peers_start
 note "BuildGrid pid $(cat "$BG_DIR/buildgrid.pid") at grpc://$BG_ENDPOINT, remote worker pid $RW_PID at grpc://$RW_ENDPOINT ($((SECONDS - start)) s)"
 
 HOME="$T/home" XDG_CACHE_HOME="$T/cache" XDG_CONFIG_HOME="$T/config" NO_COLOR=1 RUST_LOG=info \
-    "$CLIENTD" serve --tcp-listen "127.0.0.1:$PORT" \
+    "$CLIENTD" serve --no-mount --tcp-listen "127.0.0.1:$PORT" \
     --cluster "bg.example.com=grpc://$BG_ENDPOINT" \
     --cluster "rw.example.com=grpc://$RW_ENDPOINT" \
     --cluster "dead.example.com=grpc://$DEAD_ENDPOINT" \

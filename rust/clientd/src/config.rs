@@ -74,6 +74,34 @@ pub struct Config {
     pub clusters: BTreeMap<String, ClusterConfig>,
     /// What FindMissingBlobs answers from clusters are remembered.
     pub existence_cache: ExistenceCacheConfig,
+    /// The file system (`cas/`, `scratch/`, `outputs/`).
+    pub mount: MountConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MountConfig {
+    /// Whether to mount at all (also `--no-mount`). Example: `false`.
+    pub enabled: bool,
+    /// The mount point (also `--mount PATH`). Default: `~/clientd`. Example: `"/home/me/clientd"`.
+    pub path: Option<PathBuf>,
+    /// Bound on the bytes of files written in `scratch/` (hard links into `cas/` are free).
+    /// Default: 10 GiB. Example: `10737418240`.
+    pub scratch_max_size_bytes: u64,
+    /// Seconds a `cas/` lookup or read may wait for a cluster before it fails with EIO.
+    /// Example: `30`.
+    pub fetch_timeout_seconds: u64,
+}
+
+impl Default for MountConfig {
+    fn default() -> Self {
+        MountConfig {
+            enabled: true,
+            path: None,
+            scratch_max_size_bytes: 10 << 30,
+            fetch_timeout_seconds: 30,
+        }
+    }
 }
 
 /// One remote cluster. Only `endpoint` is required.
@@ -239,6 +267,9 @@ impl Config {
         self.grpc
             .unix_socket
             .get_or_insert_with(|| cache_dir.join("grpc"));
+        self.mount
+            .path
+            .get_or_insert_with(|| env.home().join("clientd"));
         self.cas.max_size_bytes.get_or_insert(20 << 30);
         self.action_cache.max_size_bytes.get_or_insert(1 << 30);
     }
@@ -277,6 +308,10 @@ impl Config {
 
     pub fn cache_dir(&self) -> &Path {
         self.cache_dir.as_deref().expect("resolved by load")
+    }
+
+    pub fn mount_path(&self) -> &Path {
+        self.mount.path.as_deref().expect("resolved by load")
     }
 
     pub fn unix_socket(&self) -> &Path {

@@ -49,6 +49,12 @@ struct ServeArgs {
     /// mycluster.example.com=grpcs://mycluster.example.com:443 (repeatable; overrides the config).
     #[arg(long = "cluster", value_name = "PREFIX=ENDPOINT", value_parser = parse_cluster)]
     clusters: Vec<(String, String)>,
+    /// Mount the file system here instead of ~/clientd (or the config's mount.path).
+    #[arg(long = "mount", value_name = "PATH", conflicts_with = "no_mount")]
+    mount: Option<PathBuf>,
+    /// Run without the file system.
+    #[arg(long = "no-mount")]
+    no_mount: bool,
 }
 
 fn parse_cluster(text: &str) -> Result<(String, String), String> {
@@ -72,6 +78,13 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 fn serve(args: ServeArgs) -> Result<(), String> {
     let mut config = load(&args.config)?;
     config.grpc.tcp_listen.extend(args.tcp_listen);
+    if let Some(path) = args.mount {
+        config.mount.enabled = true;
+        config.mount.path = Some(path);
+    }
+    if args.no_mount {
+        config.mount.enabled = false;
+    }
     for (prefix, endpoint) in args.clusters {
         config
             .clusters

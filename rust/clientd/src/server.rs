@@ -17,6 +17,7 @@ use clientd_store::{
 use clientd_upstream::{
     Cluster, ClusterOptions, Endpoint, RetryPolicy, UpstreamActionCache, UpstreamCas,
 };
+use clientd_vfs::{CasView, Pool, Vfs};
 use re::action_cache_server::ActionCacheServer;
 use re::capabilities_server::CapabilitiesServer;
 use re::content_addressable_storage_server::ContentAddressableStorageServer;
@@ -50,6 +51,8 @@ pub struct Composition {
     /// Capabilities and Execution by instance-name prefix (None: the local cache).
     pub clusters: Arc<Clusters>,
     pub stats: Arc<Stats>,
+    /// The local CAS every route shares; the file system hands out its files.
+    pub local_cas: Arc<LocalCas>,
 }
 
 /// The stores, composed: `local` and `local/...` go to the local CAS and action cache; each
@@ -60,10 +63,11 @@ pub fn compose(config: &Config, clock: Arc<dyn Clock>) -> Result<Composition, St
     let open_error = |what: &str, e: std::io::Error| {
         format!("cannot open the {what} under {}: {e}", cache_dir.display())
     };
-    let local_cas: Arc<dyn BlobStore> = Arc::new(
+    let local: Arc<LocalCas> = Arc::new(
         LocalCas::open(&cache_dir.join("cas"), options(&config.cas), clock.clone())
             .map_err(|e| open_error("local CAS", e))?,
     );
+    let local_cas: Arc<dyn BlobStore> = local.clone();
     let local_action_cache: Arc<dyn ActionCache> = Arc::new(CompletenessChecking::new(
         Arc::new(
             LocalActionCache::open(
@@ -114,6 +118,7 @@ pub fn compose(config: &Config, clock: Arc<dyn Clock>) -> Result<Composition, St
         stores: Arc::new(Demultiplexing::new(stores)),
         clusters: Arc::new(Router::new(clusters)),
         stats,
+        local_cas: local,
     })
 }
 
@@ -179,6 +184,10 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let composition = compose(&config, clock.clone())?;
     let grpc = grpc_routes(&config, &composition, clock);
+    let mount = match config.mount.enabled {
+        true => Some(mount(&config, &composition)?),
+        false => None,
+    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let socket = config.unix_socket().to_path_buf();
@@ -210,6 +219,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
 
     let signal = wait_for_signal().await;
     tracing::info!("{signal}: shutting down");
+    drop(mount);
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while let Some(result) = servers.join_next().await {
@@ -225,6 +235,23 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let _ = fs::remove_file(&socket);
     log_stats(&composition.stats);
     Ok(())
+}
+
+/// The file system over the composed stores, mounted. Scratch files live in `<cache_dir>/scratch`,
+/// emptied at every start.
+fn mount(config: &Config, composition: &Composition) -> Result<clientd_fuse::Mount, String> {
+    let scratch = config.cache_dir().join("scratch");
+    let pool = Pool::open(&scratch, config.mount.scratch_max_size_bytes)
+        .map_err(|e| format!("cannot prepare {}: {e}", scratch.display()))?;
+    let cas = CasView::new(
+        composition.stores.clone(),
+        composition.local_cas.clone(),
+        Duration::from_secs(config.mount.fetch_timeout_seconds),
+    );
+    // SAFETY: getuid and getgid cannot fail and have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let vfs = Arc::new(Vfs::new(cas, pool, uid, gid));
+    clientd_fuse::mount(vfs, config.mount_path(), tokio::runtime::Handle::current())
 }
 
 fn log_stats(stats: &Stats) {

@@ -102,10 +102,7 @@ async fn reads_fetch_once_into_the_local_cas_and_survive_the_cluster_going_away(
     assert_eq!(stats(&proxy).await["upstream_fetches"], 1);
 
     // `clientd stats` prints the same counters.
-    let output = common::command(&proxy.home, None, &[])
-        .arg("stats")
-        .output()
-        .unwrap();
+    let output = common::cli(&proxy.home, &["stats"]).output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{text}");
     assert!(text.contains("upstream_fetches 1\n"), "{text}");

@@ -110,19 +110,29 @@ fn signal(pid: i32, sig: i32) {
     unsafe { libc::kill(pid, sig) };
 }
 
-pub fn command(home: &Path, config: Option<&str>, args: &[&str]) -> Command {
+/// `clientd ARGS` with HOME and the XDG directories under `home`.
+pub fn cli(home: &Path, args: &[&str]) -> Command {
     std::fs::create_dir_all(home).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_clientd"));
     cmd.env("HOME", home)
         .env("XDG_CACHE_HOME", home.join("cache"))
         .env("XDG_CONFIG_HOME", home.join("config"))
-        .env("RUST_LOG", "info");
+        .env("RUST_LOG", "info")
+        .args(args);
+    cmd
+}
+
+/// `clientd serve` with an optional config file text and extra arguments.
+pub fn command(home: &Path, config: Option<&str>, args: &[&str]) -> Command {
+    let mut cmd = cli(home, &["serve"]);
     if let Some(text) = config {
         let file = home.join("config.json");
         std::fs::write(&file, text).unwrap();
-        cmd.arg("serve").arg("--config").arg(file);
-    } else if !args.is_empty() {
-        cmd.arg("serve");
+        cmd.arg("--config").arg(file);
+    }
+    // Only the file-system tests mount (they pass --mount).
+    if !args.contains(&"--mount") {
+        cmd.arg("--no-mount");
     }
     cmd.args(args);
     cmd

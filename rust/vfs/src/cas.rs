@@ -1,0 +1,447 @@
+//! `cas/`: every blob of every instance name, resolved lazily by path.
+//!
+//! `cas/<instance name...>/blobs/<digest function>/<kind>/<hash>-<size>`. Instance names may
+//! contain slashes, so components are instance name until the reserved `blobs`. Nothing is listed
+//! above the blob kinds: the view is lookup only, and a name is checked (and its message fetched)
+//! when it is looked up. Blob content comes from the local CAS, or from the cluster the instance
+//! name routes to, fetched once into the local CAS (the stores' read caching does that).
+
+use crate::attr::{Errno, VfsResult};
+use crate::command;
+use clientd_digest::{Digest, DigestFunction, RESERVED_SEGMENTS};
+use clientd_proto::build::bazel::remote::execution::v2 as re;
+use clientd_store::{BlobStore, LocalCas, StoreError};
+use futures::StreamExt;
+use lru::LruCache;
+use prost::Message;
+use std::collections::HashMap;
+use std::fs::File;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The kinds of view a blob has, the directory names under `blobs/<function>/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    File,
+    Executable,
+    Directory,
+    Tree,
+    Command,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Command,
+        Kind::Directory,
+        Kind::Executable,
+        Kind::File,
+        Kind::Tree,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Executable => "executable",
+            Kind::Directory => "directory",
+            Kind::Tree => "tree",
+            Kind::Command => "command",
+        }
+    }
+}
+
+/// A node of the cas/ view. Equal nodes are the same inode.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CasNode {
+    /// `cas/` itself (empty) or an instance-name prefix being spelled out.
+    Instance(Arc<str>),
+    Blobs(Arc<str>),
+    Function(Arc<str>, DigestFunction),
+    KindDir(Arc<str>, DigestFunction, Kind),
+    File {
+        instance: Arc<str>,
+        digest: Digest,
+        executable: bool,
+    },
+    /// A REv2 Directory (from `directory/`, or a subdirectory of one).
+    Directory {
+        instance: Arc<str>,
+        digest: Digest,
+    },
+    /// A directory inside a REv2 Tree (`tree/<digest>` is its root).
+    TreeDir {
+        instance: Arc<str>,
+        tree: Digest,
+        dir: Digest,
+    },
+    Symlink(Arc<str>),
+    /// The script of a REv2 Command.
+    Command {
+        digest: Digest,
+        script: Arc<[u8]>,
+    },
+}
+
+impl CasNode {
+    pub fn is_dir(&self) -> bool {
+        !matches!(
+            self,
+            CasNode::File { .. } | CasNode::Symlink(_) | CasNode::Command { .. }
+        )
+    }
+}
+
+/// An open cas/ file.
+pub enum CasHandle {
+    /// A blob in the local CAS: reads go to the file, and the kernel caches its pages.
+    Local(File),
+    /// Generated or empty content.
+    Bytes(Arc<[u8]>),
+}
+
+/// A parsed Tree: its root and every directory by digest.
+struct ParsedTree {
+    root: Digest,
+    dirs: HashMap<Digest, Arc<re::Directory>>,
+}
+
+/// Parsed messages kept in memory, so listing a directory does not re-read and re-decode it.
+const MESSAGE_CACHE: usize = 10_000;
+/// Trees are larger; fewer are kept.
+const TREE_CACHE: usize = 64;
+
+/// Parsed messages by instance name and digest.
+type MessageCache<T> = LruCache<(Arc<str>, Digest), Arc<T>>;
+
+pub struct CasView {
+    stores: Arc<dyn BlobStore>,
+    local: Arc<LocalCas>,
+    timeout: Duration,
+    directories: Mutex<MessageCache<re::Directory>>,
+    trees: Mutex<MessageCache<ParsedTree>>,
+}
+
+/// A store failure as an errno: missing blobs are ENOENT, bad names EINVAL, the rest (a cluster
+/// that is down, a corrupt blob) EIO.
+fn errno(err: &StoreError) -> Errno {
+    match err {
+        StoreError::NotFound(_) => Errno::NOENT,
+        StoreError::InvalidArgument(_) => Errno::INVAL,
+        _ => Errno::IO,
+    }
+}
+
+impl CasView {
+    /// `stores` routes instance names (the daemon's composition); `local` is the local CAS that
+    /// read caching fills, whose files are handed to readers.
+    pub fn new(stores: Arc<dyn BlobStore>, local: Arc<LocalCas>, timeout: Duration) -> Self {
+        CasView {
+            stores,
+            local,
+            timeout,
+            directories: Mutex::new(LruCache::new(NonZeroUsize::new(MESSAGE_CACHE).unwrap())),
+            trees: Mutex::new(LruCache::new(NonZeroUsize::new(TREE_CACHE).unwrap())),
+        }
+    }
+
+    /// Runs a store call with the configured deadline; failures are logged once here.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        digest: &Digest,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> VfsResult<T> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => {
+                if !matches!(err, StoreError::NotFound(_)) {
+                    tracing::warn!("cas/: {what} {digest}: {err}");
+                }
+                Err(errno(&err))
+            }
+            Err(_) => {
+                tracing::warn!("cas/: {what} {digest}: no answer within {:?}", self.timeout);
+                Err(Errno::IO)
+            }
+        }
+    }
+
+    async fn message<M: Message + Default>(&self, instance: &str, digest: &Digest) -> VfsResult<M> {
+        let data = self
+            .bounded("reading", digest, self.stores.read_bytes(instance, digest))
+            .await?;
+        M::decode(data).map_err(|e| {
+            tracing::warn!("cas/: {digest} is not a valid message: {e}");
+            Errno::INVAL
+        })
+    }
+
+    async fn directory(
+        &self,
+        instance: &Arc<str>,
+        digest: &Digest,
+    ) -> VfsResult<Arc<re::Directory>> {
+        let key = (instance.clone(), *digest);
+        if let Some(dir) = self.directories.lock().unwrap().get(&key) {
+            return Ok(dir.clone());
+        }
+        let dir = Arc::new(self.message::<re::Directory>(instance, digest).await?);
+        self.directories.lock().unwrap().put(key, dir.clone());
+        Ok(dir)
+    }
+
+    async fn tree(&self, instance: &Arc<str>, digest: &Digest) -> VfsResult<Arc<ParsedTree>> {
+        let key = (instance.clone(), *digest);
+        if let Some(tree) = self.trees.lock().unwrap().get(&key) {
+            return Ok(tree.clone());
+        }
+        let message = self.message::<re::Tree>(instance, digest).await?;
+        let function = digest.function();
+        let digest_of = |dir: &re::Directory| function.digest_of(&dir.encode_to_vec());
+        let root_message = message.root.ok_or(Errno::INVAL)?;
+        let root = digest_of(&root_message);
+        let mut dirs: HashMap<Digest, Arc<re::Directory>> = message
+            .children
+            .into_iter()
+            .map(|child| (digest_of(&child), Arc::new(child)))
+            .collect();
+        dirs.insert(root, Arc::new(root_message));
+        let tree = Arc::new(ParsedTree { root, dirs });
+        self.trees.lock().unwrap().put(key, tree.clone());
+        Ok(tree)
+    }
+
+    /// Whether a blob exists: the local CAS first, then the instance's store.
+    async fn exists(&self, instance: &str, digest: &Digest) -> VfsResult<bool> {
+        if digest.is_empty_blob() || self.local.known_present(instance, digest).await {
+            return Ok(true);
+        }
+        let missing = self
+            .bounded(
+                "looking up",
+                digest,
+                self.stores
+                    .find_missing(instance, std::slice::from_ref(digest)),
+            )
+            .await?;
+        Ok(missing.is_empty())
+    }
+
+    /// The child `name` of `parent`, checked (and its message fetched) now.
+    pub async fn child(&self, parent: &CasNode, name: &str) -> VfsResult<CasNode> {
+        match parent {
+            CasNode::Instance(prefix) => {
+                if name == "blobs" {
+                    return Ok(CasNode::Blobs(prefix.clone()));
+                }
+                if name.is_empty()
+                    || name == "."
+                    || name == ".."
+                    || RESERVED_SEGMENTS.contains(&name)
+                {
+                    return Err(Errno::NOENT);
+                }
+                let instance = if prefix.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{prefix}/{name}")
+                };
+                Ok(CasNode::Instance(instance.into()))
+            }
+            CasNode::Blobs(instance) => DigestFunction::from_name(name)
+                .map(|f| CasNode::Function(instance.clone(), f))
+                .ok_or(Errno::NOENT),
+            CasNode::Function(instance, function) => Kind::ALL
+                .into_iter()
+                .find(|k| k.name() == name)
+                .map(|k| CasNode::KindDir(instance.clone(), *function, k))
+                .ok_or(Errno::NOENT),
+            CasNode::KindDir(instance, function, kind) => {
+                let digest =
+                    Digest::parse_joined(Some(*function), name, '-').map_err(|_| Errno::NOENT)?;
+                self.blob(instance, digest, *kind).await
+            }
+            CasNode::Directory { instance, digest } => {
+                let dir = self.directory(instance, digest).await?;
+                self.entry(instance, &dir, name, digest.function(), |dir| {
+                    CasNode::Directory {
+                        instance: instance.clone(),
+                        digest: dir,
+                    }
+                })
+            }
+            CasNode::TreeDir {
+                instance,
+                tree,
+                dir,
+            } => {
+                let parsed = self.tree(instance, tree).await?;
+                let message = parsed.dirs.get(dir).ok_or(Errno::IO)?.clone();
+                self.entry(instance, &message, name, tree.function(), |dir| {
+                    CasNode::TreeDir {
+                        instance: instance.clone(),
+                        tree: *tree,
+                        dir,
+                    }
+                })
+            }
+            CasNode::File { .. } | CasNode::Symlink(_) | CasNode::Command { .. } => {
+                Err(Errno::NOTDIR)
+            }
+        }
+    }
+
+    async fn blob(&self, instance: &Arc<str>, digest: Digest, kind: Kind) -> VfsResult<CasNode> {
+        match kind {
+            Kind::File | Kind::Executable => {
+                if !self.exists(instance, &digest).await? {
+                    return Err(Errno::NOENT);
+                }
+                Ok(CasNode::File {
+                    instance: instance.clone(),
+                    digest,
+                    executable: kind == Kind::Executable,
+                })
+            }
+            Kind::Directory => {
+                self.directory(instance, &digest).await?;
+                Ok(CasNode::Directory {
+                    instance: instance.clone(),
+                    digest,
+                })
+            }
+            Kind::Tree => {
+                let root = self.tree(instance, &digest).await?.root;
+                Ok(CasNode::TreeDir {
+                    instance: instance.clone(),
+                    tree: digest,
+                    dir: root,
+                })
+            }
+            Kind::Command => {
+                let message = self.message::<re::Command>(instance, &digest).await?;
+                Ok(CasNode::Command {
+                    digest,
+                    script: command::script(&message).into_bytes().into(),
+                })
+            }
+        }
+    }
+
+    /// The entry `name` of a Directory message.
+    fn entry(
+        &self,
+        instance: &Arc<str>,
+        dir: &re::Directory,
+        name: &str,
+        function: DigestFunction,
+        subdir: impl Fn(Digest) -> CasNode,
+    ) -> VfsResult<CasNode> {
+        let parse = |d: Option<&re::Digest>| {
+            d.and_then(|d| Digest::from_proto(Some(function), d).ok())
+                .ok_or(Errno::IO)
+        };
+        if let Some(file) = dir.files.iter().find(|f| f.name == name) {
+            return Ok(CasNode::File {
+                instance: instance.clone(),
+                digest: parse(file.digest.as_ref())?,
+                executable: file.is_executable,
+            });
+        }
+        if let Some(sub) = dir.directories.iter().find(|d| d.name == name) {
+            return Ok(subdir(parse(sub.digest.as_ref())?));
+        }
+        if let Some(link) = dir.symlinks.iter().find(|s| s.name == name) {
+            return Ok(CasNode::Symlink(link.target.as_str().into()));
+        }
+        Err(Errno::NOENT)
+    }
+
+    /// The entries of a directory node, by name. Lookup-only levels list nothing.
+    pub async fn list(&self, node: &CasNode) -> VfsResult<Vec<(String, CasNode)>> {
+        let (instance, dir, function, tree) = match node {
+            CasNode::Function(instance, function) => {
+                return Ok(Kind::ALL
+                    .into_iter()
+                    .map(|k| {
+                        (
+                            k.name().to_string(),
+                            CasNode::KindDir(instance.clone(), *function, k),
+                        )
+                    })
+                    .collect())
+            }
+            CasNode::Directory { instance, digest } => (
+                instance,
+                self.directory(instance, digest).await?,
+                digest.function(),
+                None,
+            ),
+            CasNode::TreeDir {
+                instance,
+                tree,
+                dir,
+            } => {
+                let parsed = self.tree(instance, tree).await?;
+                let message = parsed.dirs.get(dir).ok_or(Errno::IO)?.clone();
+                (instance, message, tree.function(), Some(*tree))
+            }
+            CasNode::Instance(_) | CasNode::Blobs(_) | CasNode::KindDir(..) => return Ok(vec![]),
+            _ => return Err(Errno::NOTDIR),
+        };
+        let names = dir
+            .files
+            .iter()
+            .map(|f| &f.name)
+            .chain(dir.directories.iter().map(|d| &d.name))
+            .chain(dir.symlinks.iter().map(|s| &s.name));
+        names
+            .map(|name| {
+                let child = self.entry(instance, &dir, name, function, |d| match tree {
+                    Some(tree) => CasNode::TreeDir {
+                        instance: instance.clone(),
+                        tree,
+                        dir: d,
+                    },
+                    None => CasNode::Directory {
+                        instance: instance.clone(),
+                        digest: d,
+                    },
+                })?;
+                Ok((name.clone(), child))
+            })
+            .collect()
+    }
+
+    /// Opens a file node: its blob is brought into the local CAS first if needed.
+    pub async fn open(&self, node: &CasNode) -> VfsResult<CasHandle> {
+        match node {
+            CasNode::Command { script, .. } => Ok(CasHandle::Bytes(script.clone())),
+            CasNode::File { digest, .. } if digest.is_empty_blob() => {
+                Ok(CasHandle::Bytes(Arc::from(&[][..])))
+            }
+            CasNode::File {
+                instance, digest, ..
+            } => {
+                if let Some(file) = self.local_file(digest)? {
+                    return Ok(CasHandle::Local(file));
+                }
+                // A one-byte read makes read caching fetch the blob into the local CAS.
+                let fill = async {
+                    let mut stream = self.stores.read(instance, digest, 0, Some(1)).await?;
+                    while stream.next().await.transpose()?.is_some() {}
+                    Ok(())
+                };
+                self.bounded("fetching", digest, fill).await?;
+                self.local_file(digest)?
+                    .map(CasHandle::Local)
+                    .ok_or(Errno::IO)
+            }
+            _ => Err(Errno::ISDIR),
+        }
+    }
+
+    fn local_file(&self, digest: &Digest) -> VfsResult<Option<File>> {
+        self.local.open_file(digest).map_err(|e| errno(&e))
+    }
+}

@@ -1,0 +1,645 @@
+//! The whole file system as an inode table: the fixed top level, the cas/ view and scratch/.
+//!
+//! Every operation the FUSE adapter forwards has a method here, taking inode numbers and names
+//! and returning attributes or an errno, so the semantics are testable without mounting.
+//! Operations that may need the network (cas/ lookups, listings and opens) are async; the rest
+//! are quick and synchronous. The table lock is never held across an await.
+
+use crate::attr::{
+    Attr, Errno, FileKind, SetAttr, Statfs, VfsResult, CAS_NLINK, CAS_TIME, IMMUTABLE_TTL,
+    MUTABLE_TTL,
+};
+use crate::cas::{CasHandle, CasNode, CasView};
+use crate::scratch::{self, Meta, Pool, PoolFile, ScratchNode};
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{OsStr, OsString};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub const ROOT: u64 = 1;
+pub const CAS_ROOT: u64 = 2;
+pub const SCRATCH_ROOT: u64 = 3;
+pub const OUTPUTS_ROOT: u64 = 4;
+const FIRST_DYNAMIC: u64 = 16;
+
+enum Node {
+    Root,
+    Outputs,
+    Cas(CasNode),
+    Scratch(ScratchNode),
+}
+
+struct Entry {
+    node: Node,
+    /// References the kernel holds (lookups not yet forgotten).
+    lookups: u64,
+    /// Directory entries in scratch/ naming this node.
+    links: u32,
+}
+
+struct Table {
+    entries: HashMap<u64, Entry>,
+    /// cas/ nodes are interned: the same path always has the same inode while it is known.
+    cas_index: HashMap<CasNode, u64>,
+    next: u64,
+}
+
+impl Table {
+    fn get(&self, ino: u64) -> VfsResult<&Entry> {
+        self.entries.get(&ino).ok_or(Errno::NOENT)
+    }
+
+    fn get_mut(&mut self, ino: u64) -> VfsResult<&mut Entry> {
+        self.entries.get_mut(&ino).ok_or(Errno::NOENT)
+    }
+
+    fn insert(&mut self, node: Node, lookups: u64, links: u32) -> u64 {
+        let ino = self.next;
+        self.next += 1;
+        if let Node::Cas(cas) = &node {
+            self.cas_index.insert(cas.clone(), ino);
+        }
+        self.entries.insert(
+            ino,
+            Entry {
+                node,
+                lookups,
+                links,
+            },
+        );
+        ino
+    }
+
+    fn intern(&mut self, node: CasNode) -> u64 {
+        match self.cas_index.get(&node) {
+            Some(&ino) => ino,
+            None => self.insert(Node::Cas(node), 0, 0),
+        }
+    }
+
+    /// Drops a dynamic node nobody refers to any more.
+    fn collect(&mut self, ino: u64) {
+        let unused = self
+            .entries
+            .get(&ino)
+            .is_some_and(|e| e.lookups == 0 && e.links == 0);
+        if ino >= FIRST_DYNAMIC && unused {
+            if let Some(Entry {
+                node: Node::Cas(cas),
+                ..
+            }) = self.entries.remove(&ino)
+            {
+                self.cas_index.remove(&cas);
+            }
+        }
+    }
+
+    fn scratch_dir(&mut self, ino: u64) -> VfsResult<&mut BTreeMap<OsString, u64>> {
+        match &mut self.get_mut(ino)?.node {
+            Node::Scratch(ScratchNode::Dir { children, .. }) => Ok(children),
+            Node::Scratch(_) => Err(Errno::NOTDIR),
+            _ => Err(Errno::ACCES),
+        }
+    }
+
+    /// Adds `name -> ino` to scratch directory `parent`; EEXIST if taken.
+    fn add_child(&mut self, parent: u64, name: &OsStr, ino: u64) -> VfsResult<()> {
+        check_name(name)?;
+        let children = self.scratch_dir(parent)?;
+        if children.contains_key(name) {
+            return Err(Errno::EXIST);
+        }
+        children.insert(name.to_os_string(), ino);
+        self.touch(parent);
+        Ok(())
+    }
+
+    fn touch(&mut self, ino: u64) {
+        if let Some(Entry {
+            node: Node::Scratch(node),
+            ..
+        }) = self.entries.get_mut(&ino)
+        {
+            meta_mut(node).touch();
+        }
+    }
+}
+
+fn meta_mut(node: &mut ScratchNode) -> &mut Meta {
+    match node {
+        ScratchNode::Dir { meta, .. }
+        | ScratchNode::File { meta, .. }
+        | ScratchNode::Symlink { meta, .. } => meta,
+    }
+}
+
+fn check_name(name: &OsStr) -> VfsResult<()> {
+    if name.len() > 255 {
+        return Err(Errno::NAMETOOLONG);
+    }
+    if name.is_empty() || name == "." || name == ".." {
+        return Err(Errno::INVAL);
+    }
+    Ok(())
+}
+
+/// An open file.
+enum Handle {
+    Cas(CasHandle),
+    Scratch(Arc<PoolFile>),
+}
+
+pub struct Vfs {
+    table: Mutex<Table>,
+    cas: CasView,
+    pool: Arc<Pool>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_handle: AtomicU64,
+    uid: u32,
+    gid: u32,
+}
+
+/// Directory entries as `readdir` returns them (without `.` and `..`).
+pub type Listing = Vec<(u64, FileKind, OsString)>;
+
+impl Vfs {
+    pub fn new(cas: CasView, pool: Arc<Pool>, uid: u32, gid: u32) -> Self {
+        let mut entries = HashMap::new();
+        let fixed = |node| Entry {
+            node,
+            lookups: 1,
+            links: 1,
+        };
+        entries.insert(ROOT, fixed(Node::Root));
+        entries.insert(CAS_ROOT, fixed(Node::Cas(CasNode::Instance("".into()))));
+        entries.insert(
+            SCRATCH_ROOT,
+            fixed(Node::Scratch(ScratchNode::Dir {
+                children: BTreeMap::new(),
+                parent: ROOT,
+                meta: Meta::new(0o777, uid, gid),
+            })),
+        );
+        entries.insert(OUTPUTS_ROOT, fixed(Node::Outputs));
+        let cas_index = HashMap::from([(CasNode::Instance("".into()), CAS_ROOT)]);
+        Vfs {
+            table: Mutex::new(Table {
+                entries,
+                cas_index,
+                next: FIRST_DYNAMIC,
+            }),
+            cas,
+            pool,
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            uid,
+            gid,
+        }
+    }
+
+    fn attr_of(&self, ino: u64, entry: &Entry) -> VfsResult<Attr> {
+        let cas_time = UNIX_EPOCH + CAS_TIME;
+        let fixed = |kind, size: u64, perm, nlink| Attr {
+            ino,
+            kind,
+            size,
+            perm,
+            nlink,
+            uid: self.uid,
+            gid: self.gid,
+            atime: cas_time,
+            mtime: cas_time,
+            ctime: cas_time,
+            ttl: IMMUTABLE_TTL,
+        };
+        let scratch = |kind, size, nlink, meta: &Meta| Attr {
+            ino,
+            kind,
+            size,
+            perm: meta.perm,
+            nlink,
+            uid: meta.uid,
+            gid: meta.gid,
+            atime: meta.atime,
+            mtime: meta.mtime,
+            ctime: meta.ctime,
+            ttl: MUTABLE_TTL,
+        };
+        Ok(match &entry.node {
+            Node::Root => fixed(FileKind::Directory, 0, 0o555, 5),
+            Node::Outputs => fixed(FileKind::Directory, 0, 0o555, 2),
+            Node::Cas(cas) => match cas {
+                CasNode::Instance(_) | CasNode::Blobs(_) | CasNode::KindDir(..) => {
+                    fixed(FileKind::Directory, 0, 0o111, 2)
+                }
+                CasNode::Function(..) | CasNode::Directory { .. } | CasNode::TreeDir { .. } => {
+                    fixed(FileKind::Directory, 0, 0o555, 2)
+                }
+                CasNode::File {
+                    digest, executable, ..
+                } => {
+                    let perm = if *executable { 0o555 } else { 0o444 };
+                    fixed(FileKind::File, digest.size(), perm, CAS_NLINK)
+                }
+                CasNode::Symlink(target) => fixed(FileKind::Symlink, target.len() as u64, 0o777, 1),
+                CasNode::Command { script, .. } => {
+                    fixed(FileKind::File, script.len() as u64, 0o555, CAS_NLINK)
+                }
+            },
+            Node::Scratch(node) => match node {
+                ScratchNode::Dir { meta, .. } => scratch(FileKind::Directory, 0, 2, meta),
+                ScratchNode::File { file, meta, .. } => {
+                    scratch(FileKind::File, file.size()?, entry.links, meta)
+                }
+                ScratchNode::Symlink { target, meta } => {
+                    scratch(FileKind::Symlink, target.len() as u64, entry.links, meta)
+                }
+            },
+        })
+    }
+
+    fn attr(&self, table: &Table, ino: u64) -> VfsResult<Attr> {
+        self.attr_of(ino, table.get(ino)?)
+    }
+
+    /// Counts a reference the kernel now holds and returns the attributes.
+    fn referenced(&self, table: &mut Table, ino: u64) -> VfsResult<Attr> {
+        table.get_mut(ino)?.lookups += 1;
+        self.attr(table, ino)
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &OsStr) -> VfsResult<Attr> {
+        let cas_parent = {
+            let mut table = self.table.lock().unwrap();
+            match &table.get(parent)?.node {
+                Node::Root => {
+                    let ino = match name.to_str() {
+                        Some("cas") => CAS_ROOT,
+                        Some("scratch") => SCRATCH_ROOT,
+                        Some("outputs") => OUTPUTS_ROOT,
+                        _ => return Err(Errno::NOENT),
+                    };
+                    return self.referenced(&mut table, ino);
+                }
+                Node::Outputs => return Err(Errno::NOENT),
+                Node::Scratch(ScratchNode::Dir {
+                    children,
+                    parent: up,
+                    ..
+                }) => {
+                    let ino = match name.to_str() {
+                        Some(".") => parent,
+                        Some("..") => *up,
+                        _ => *children.get(name).ok_or(Errno::NOENT)?,
+                    };
+                    return self.referenced(&mut table, ino);
+                }
+                Node::Scratch(_) => return Err(Errno::NOTDIR),
+                Node::Cas(cas) => cas.clone(),
+            }
+        };
+        let name = name.to_str().ok_or(Errno::NOENT)?;
+        let child = self.cas.child(&cas_parent, name).await?;
+        let mut table = self.table.lock().unwrap();
+        let ino = table.intern(child);
+        self.referenced(&mut table, ino)
+    }
+
+    pub fn forget(&self, ino: u64, count: u64) {
+        let mut table = self.table.lock().unwrap();
+        if let Ok(entry) = table.get_mut(ino) {
+            entry.lookups = entry.lookups.saturating_sub(count);
+            table.collect(ino);
+        }
+    }
+
+    pub fn getattr(&self, ino: u64) -> VfsResult<Attr> {
+        self.attr(&self.table.lock().unwrap(), ino)
+    }
+
+    pub async fn readdir(&self, ino: u64) -> VfsResult<Listing> {
+        let cas = {
+            let table = self.table.lock().unwrap();
+            match &table.get(ino)?.node {
+                Node::Root => {
+                    return Ok(vec![
+                        (CAS_ROOT, FileKind::Directory, "cas".into()),
+                        (OUTPUTS_ROOT, FileKind::Directory, "outputs".into()),
+                        (SCRATCH_ROOT, FileKind::Directory, "scratch".into()),
+                    ])
+                }
+                Node::Outputs => return Ok(vec![]),
+                Node::Scratch(ScratchNode::Dir { children, .. }) => {
+                    return children
+                        .iter()
+                        .map(|(name, &child)| {
+                            Ok((child, self.attr(&table, child)?.kind, name.clone()))
+                        })
+                        .collect()
+                }
+                Node::Scratch(_) => return Err(Errno::NOTDIR),
+                Node::Cas(cas) => cas.clone(),
+            }
+        };
+        let children = self.cas.list(&cas).await?;
+        let mut table = self.table.lock().unwrap();
+        Ok(children
+            .into_iter()
+            .map(|(name, child)| {
+                let kind = match &child {
+                    CasNode::Symlink(_) => FileKind::Symlink,
+                    c if c.is_dir() => FileKind::Directory,
+                    _ => FileKind::File,
+                };
+                (table.intern(child), kind, name.into())
+            })
+            .collect())
+    }
+
+    /// Whether a node's content never changes (cas/), so the kernel may cache it for good.
+    pub fn is_immutable(&self, ino: u64) -> bool {
+        let table = self.table.lock().unwrap();
+        matches!(table.get(ino).map(|e| &e.node), Ok(Node::Cas(_)))
+    }
+
+    pub fn readlink(&self, ino: u64) -> VfsResult<Vec<u8>> {
+        use std::os::unix::ffi::OsStrExt;
+        let table = self.table.lock().unwrap();
+        match &table.get(ino)?.node {
+            Node::Cas(CasNode::Symlink(target)) => Ok(target.as_bytes().to_vec()),
+            Node::Scratch(ScratchNode::Symlink { target, .. }) => Ok(target.as_bytes().to_vec()),
+            _ => Err(Errno::INVAL),
+        }
+    }
+
+    fn add_handle(&self, handle: Handle) -> u64 {
+        let fh = self.next_handle.fetch_add(1, Ordering::SeqCst);
+        self.handles.lock().unwrap().insert(fh, handle);
+        fh
+    }
+
+    /// Opens a file; `write` and `truncate` only succeed in scratch/.
+    pub async fn open(&self, ino: u64, write: bool, truncate: bool) -> VfsResult<u64> {
+        let cas = {
+            let mut table = self.table.lock().unwrap();
+            let entry = table.get(ino)?;
+            match &entry.node {
+                Node::Scratch(ScratchNode::File { file, .. }) => {
+                    let file = file.clone();
+                    if truncate {
+                        file.set_len(0)?;
+                        table.touch(ino);
+                    }
+                    return Ok(self.add_handle(Handle::Scratch(file)));
+                }
+                Node::Cas(cas @ (CasNode::File { .. } | CasNode::Command { .. })) => cas.clone(),
+                Node::Cas(CasNode::Symlink(_)) | Node::Scratch(ScratchNode::Symlink { .. }) => {
+                    return Err(Errno::INVAL)
+                }
+                _ => return Err(Errno::ISDIR),
+            }
+        };
+        if write || truncate {
+            return Err(Errno::ACCES);
+        }
+        let handle = self.cas.open(&cas).await?;
+        Ok(self.add_handle(Handle::Cas(handle)))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> VfsResult<Vec<u8>> {
+        let handles = self.handles.lock().unwrap();
+        match handles.get(&fh).ok_or(Errno::BADF)? {
+            Handle::Cas(CasHandle::Local(file)) => scratch::read_at(file, offset, size),
+            Handle::Cas(CasHandle::Bytes(bytes)) => {
+                let start = (offset as usize).min(bytes.len());
+                let end = (start + size as usize).min(bytes.len());
+                Ok(bytes[start..end].to_vec())
+            }
+            Handle::Scratch(file) => file.read_at(offset, size),
+        }
+    }
+
+    pub fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> VfsResult<u32> {
+        let file = match self.handles.lock().unwrap().get(&fh).ok_or(Errno::BADF)? {
+            Handle::Scratch(file) => file.clone(),
+            Handle::Cas(_) => return Err(Errno::BADF),
+        };
+        let written = file.write_at(offset, data)?;
+        self.table.lock().unwrap().touch(ino);
+        Ok(written)
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.handles.lock().unwrap().remove(&fh);
+    }
+
+    pub fn create(&self, parent: u64, name: &OsStr, mode: u32) -> VfsResult<(Attr, u64)> {
+        let file = self.pool.create()?;
+        let mut table = self.table.lock().unwrap();
+        let node = ScratchNode::File {
+            file: file.clone(),
+            meta: Meta::new(perm(mode), self.uid, self.gid),
+        };
+        let ino = self.add_scratch(&mut table, parent, name, node)?;
+        let attr = self.attr(&table, ino)?;
+        drop(table);
+        Ok((attr, self.add_handle(Handle::Scratch(file))))
+    }
+
+    /// Adds a new scratch node under `parent`, referenced once by the kernel.
+    fn add_scratch(
+        &self,
+        table: &mut Table,
+        parent: u64,
+        name: &OsStr,
+        node: ScratchNode,
+    ) -> VfsResult<u64> {
+        check_name(name)?;
+        let children = table.scratch_dir(parent)?;
+        if children.contains_key(name) {
+            return Err(Errno::EXIST);
+        }
+        let ino = table.insert(Node::Scratch(node), 1, 0);
+        table.add_child(parent, name, ino)?;
+        table.get_mut(ino)?.links = 1;
+        Ok(ino)
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32) -> VfsResult<Attr> {
+        let mut table = self.table.lock().unwrap();
+        let node = ScratchNode::Dir {
+            children: BTreeMap::new(),
+            parent,
+            meta: Meta::new(perm(mode), self.uid, self.gid),
+        };
+        let ino = self.add_scratch(&mut table, parent, name, node)?;
+        self.attr(&table, ino)
+    }
+
+    pub fn symlink(&self, parent: u64, name: &OsStr, target: &OsStr) -> VfsResult<Attr> {
+        let mut table = self.table.lock().unwrap();
+        let node = ScratchNode::Symlink {
+            target: target.to_os_string(),
+            meta: Meta::new(0o777, self.uid, self.gid),
+        };
+        let ino = self.add_scratch(&mut table, parent, name, node)?;
+        self.attr(&table, ino)
+    }
+
+    /// A hard link to any non-directory node (cas/ files included) in a scratch directory.
+    pub fn link(&self, ino: u64, parent: u64, name: &OsStr) -> VfsResult<Attr> {
+        let mut table = self.table.lock().unwrap();
+        match &table.get(ino)?.node {
+            Node::Cas(cas) if !cas.is_dir() => {}
+            Node::Scratch(ScratchNode::File { .. } | ScratchNode::Symlink { .. }) => {}
+            _ => return Err(Errno::PERM),
+        }
+        table.add_child(parent, name, ino)?;
+        let entry = table.get_mut(ino)?;
+        entry.links += 1;
+        entry.lookups += 1;
+        table.touch(ino);
+        self.attr(&table, ino)
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> VfsResult<()> {
+        let mut table = self.table.lock().unwrap();
+        let ino = *table.scratch_dir(parent)?.get(name).ok_or(Errno::NOENT)?;
+        if self.attr(&table, ino)?.kind == FileKind::Directory {
+            return Err(Errno::ISDIR);
+        }
+        table.scratch_dir(parent)?.remove(name);
+        table.touch(parent);
+        self.unlinked(&mut table, ino);
+        Ok(())
+    }
+
+    fn unlinked(&self, table: &mut Table, ino: u64) {
+        if let Ok(entry) = table.get_mut(ino) {
+            entry.links = entry.links.saturating_sub(1);
+            if let Node::Scratch(node) = &mut entry.node {
+                meta_mut(node).ctime = SystemTime::now();
+            }
+        }
+        table.collect(ino);
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> VfsResult<()> {
+        let mut table = self.table.lock().unwrap();
+        let ino = *table.scratch_dir(parent)?.get(name).ok_or(Errno::NOENT)?;
+        match &table.get(ino)?.node {
+            Node::Scratch(ScratchNode::Dir { children, .. }) if children.is_empty() => {}
+            Node::Scratch(ScratchNode::Dir { .. }) => return Err(Errno::NOTEMPTY),
+            _ => return Err(Errno::NOTDIR),
+        }
+        table.scratch_dir(parent)?.remove(name);
+        table.touch(parent);
+        self.unlinked(&mut table, ino);
+        Ok(())
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        no_replace: bool,
+    ) -> VfsResult<()> {
+        check_name(new_name)?;
+        let mut table = self.table.lock().unwrap();
+        let ino = *table.scratch_dir(parent)?.get(name).ok_or(Errno::NOENT)?;
+        table.scratch_dir(new_parent)?;
+        let moving_dir = self.attr(&table, ino)?.kind == FileKind::Directory;
+        if moving_dir {
+            // A directory cannot move into itself or below.
+            let mut up = new_parent;
+            while up != ROOT && up != SCRATCH_ROOT {
+                if up == ino {
+                    return Err(Errno::INVAL);
+                }
+                up = match &table.get(up)?.node {
+                    Node::Scratch(ScratchNode::Dir { parent, .. }) => *parent,
+                    _ => break,
+                };
+            }
+        }
+        if let Some(&existing) = table.scratch_dir(new_parent)?.get(new_name) {
+            if existing == ino {
+                return Ok(());
+            }
+            if no_replace {
+                return Err(Errno::EXIST);
+            }
+            match (&table.get(existing)?.node, moving_dir) {
+                (Node::Scratch(ScratchNode::Dir { children, .. }), true)
+                    if !children.is_empty() =>
+                {
+                    return Err(Errno::NOTEMPTY)
+                }
+                (Node::Scratch(ScratchNode::Dir { .. }), true) => {}
+                (Node::Scratch(ScratchNode::Dir { .. }), false) => return Err(Errno::ISDIR),
+                (_, true) => return Err(Errno::NOTDIR),
+                _ => {}
+            }
+            table.scratch_dir(new_parent)?.remove(new_name);
+            self.unlinked(&mut table, existing);
+        }
+        table.scratch_dir(parent)?.remove(name);
+        table
+            .scratch_dir(new_parent)?
+            .insert(new_name.to_os_string(), ino);
+        if let Node::Scratch(ScratchNode::Dir { parent: up, .. }) = &mut table.get_mut(ino)?.node {
+            *up = new_parent;
+        }
+        table.touch(parent);
+        table.touch(new_parent);
+        Ok(())
+    }
+
+    pub fn setattr(&self, ino: u64, changes: SetAttr) -> VfsResult<Attr> {
+        let mut table = self.table.lock().unwrap();
+        let Node::Scratch(node) = &mut table.get_mut(ino)?.node else {
+            return Err(Errno::PERM);
+        };
+        if let Some(size) = changes.size {
+            match node {
+                ScratchNode::File { file, .. } => file.set_len(size)?,
+                ScratchNode::Dir { .. } => return Err(Errno::ISDIR),
+                ScratchNode::Symlink { .. } => return Err(Errno::INVAL),
+            }
+        }
+        let meta = meta_mut(node);
+        if let Some(mode) = changes.mode {
+            meta.perm = perm(mode);
+        }
+        if let Some(atime) = changes.atime {
+            meta.atime = atime;
+        }
+        if let Some(mtime) = changes.mtime {
+            meta.mtime = mtime;
+        }
+        if changes.size.is_some() {
+            meta.touch();
+        } else {
+            meta.ctime = SystemTime::now();
+        }
+        self.attr(&table, ino)
+    }
+
+    pub fn statfs(&self) -> Statfs {
+        const BLOCK: u64 = 4096;
+        Statfs {
+            block_size: BLOCK as u32,
+            blocks: self.pool.max_bytes() / BLOCK,
+            blocks_free: self.pool.max_bytes().saturating_sub(self.pool.used()) / BLOCK,
+            files: self.table.lock().unwrap().entries.len() as u64,
+            name_max: 255,
+        }
+    }
+}
+
+fn perm(mode: u32) -> u16 {
+    (mode & 0o7777) as u16
+}
