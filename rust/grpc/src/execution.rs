@@ -60,6 +60,15 @@ impl Execution for ExecutionService {
         };
         let prefix = prefix.to_string();
         request.instance_name = rest.to_string();
+        if let Some(action) = &request.action_digest {
+            tracing::debug!(
+                "Execute: action {}-{} on {} instance {:?}",
+                action.hash,
+                action.size_bytes,
+                cluster.describe(),
+                request.instance_name
+            );
+        }
         let operations = cluster.execute(request).await?;
         Ok(Response::new(renamed(prefix, operations)))
     }
