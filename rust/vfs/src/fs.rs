@@ -643,3 +643,129 @@ impl Vfs {
 fn perm(mode: u32) -> u16 {
     (mode & 0o7777) as u16
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clientd_store::{BlobStore, DiskLruOptions, LocalCas, SystemClock};
+    use std::time::Duration;
+
+    fn vfs(dir: &std::path::Path, pool_bytes: u64) -> (Vfs, Arc<LocalCas>) {
+        let options = DiskLruOptions {
+            max_bytes: 1 << 20,
+            sync_writes: false,
+        };
+        let local =
+            Arc::new(LocalCas::open(&dir.join("cas"), options, Arc::new(SystemClock)).unwrap());
+        let cas = CasView::new(local.clone(), local.clone(), Duration::from_secs(5));
+        let pool = Pool::open(&dir.join("pool"), pool_bytes).unwrap();
+        (Vfs::new(cas, pool, 1000, 1000), local)
+    }
+
+    fn name(s: &str) -> &OsStr {
+        OsStr::new(s)
+    }
+
+    #[tokio::test]
+    async fn scratch_files_are_bounded_and_directories_keep_their_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vfs, _) = vfs(dir.path(), 10);
+        let (file, fh) = vfs.create(SCRATCH_ROOT, name("f"), 0o644).unwrap();
+        assert_eq!(vfs.write(file.ino, fh, 0, b"0123456789").unwrap(), 10);
+        assert_eq!(vfs.write(file.ino, fh, 10, b"x"), Err(Errno::NOSPC));
+        assert_eq!(vfs.read(fh, 2, 3).unwrap(), b"234");
+        vfs.setattr(
+            file.ino,
+            SetAttr {
+                size: Some(4),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(vfs.write(file.ino, fh, 4, b"abcdef").unwrap(), 6);
+        assert_eq!(vfs.statfs().blocks_free, 0);
+        vfs.release(fh);
+        assert_eq!(
+            vfs.create(SCRATCH_ROOT, name("f"), 0o644).err(),
+            Some(Errno::EXIST)
+        );
+
+        let a = vfs.mkdir(SCRATCH_ROOT, name("a"), 0o755).unwrap();
+        let b = vfs.mkdir(a.ino, name("b"), 0o755).unwrap();
+        assert_eq!(
+            vfs.rename(SCRATCH_ROOT, name("a"), b.ino, name("x"), false),
+            Err(Errno::INVAL)
+        );
+        assert_eq!(vfs.rmdir(SCRATCH_ROOT, name("a")), Err(Errno::NOTEMPTY));
+        assert_eq!(vfs.unlink(SCRATCH_ROOT, name("a")), Err(Errno::ISDIR));
+        assert_eq!(
+            vfs.rename(SCRATCH_ROOT, name("f"), SCRATCH_ROOT, name("a"), false),
+            Err(Errno::ISDIR)
+        );
+        assert_eq!(
+            vfs.rename(SCRATCH_ROOT, name("f"), a.ino, name("b"), true),
+            Err(Errno::EXIST)
+        );
+        vfs.rename(SCRATCH_ROOT, name("f"), b.ino, name("g"), false)
+            .unwrap();
+        assert_eq!(vfs.lookup(b.ino, name("g")).await.unwrap().size, 10);
+        assert_eq!(vfs.lookup(b.ino, name("..")).await.unwrap().ino, a.ino);
+        // Unlinking the last name frees its pool space.
+        vfs.unlink(b.ino, name("g")).unwrap();
+        vfs.forget(file.ino, 2);
+        assert_eq!(vfs.pool.used(), 0);
+        assert_eq!(
+            vfs.mkdir(CAS_ROOT, name("x"), 0o755).err(),
+            Some(Errno::ACCES)
+        );
+    }
+
+    #[tokio::test]
+    async fn cas_nodes_link_into_scratch_but_stay_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vfs, local) = vfs(dir.path(), 1 << 20);
+        let data = bytes::Bytes::from_static(b"content");
+        let digest = clientd_digest::DigestFunction::Sha256.digest_of(&data);
+        local.write_bytes("", &digest, data).await.unwrap();
+        let mut ino = CAS_ROOT;
+        for part in ["local", "blobs", "sha256", "file"] {
+            ino = vfs.lookup(ino, name(part)).await.unwrap().ino;
+        }
+        let file = vfs.lookup(ino, name(&digest.file_name())).await.unwrap();
+        assert_eq!(
+            (file.size, file.perm, file.kind),
+            (7, 0o444, FileKind::File)
+        );
+        let again = vfs.lookup(ino, name(&digest.file_name())).await.unwrap();
+        assert_eq!(again.ino, file.ino, "the same path is the same inode");
+
+        let linked = vfs.link(file.ino, SCRATCH_ROOT, name("l")).unwrap();
+        assert_eq!(linked.ino, file.ino);
+        assert_eq!(vfs.open(file.ino, true, false).await, Err(Errno::ACCES));
+        assert_eq!(
+            vfs.setattr(
+                file.ino,
+                SetAttr {
+                    mode: Some(0o777),
+                    ..Default::default()
+                }
+            )
+            .err(),
+            Some(Errno::PERM)
+        );
+        let fh = vfs.open(file.ino, false, false).await.unwrap();
+        assert_eq!(vfs.read(fh, 0, 100).unwrap(), b"content");
+        // The kernel forgets the cas/ path; the scratch/ link keeps the node.
+        vfs.forget(file.ino, 3);
+        assert_eq!(
+            vfs.lookup(SCRATCH_ROOT, name("l")).await.unwrap().ino,
+            file.ino
+        );
+        let kind_dir = vfs.getattr(ino).unwrap();
+        assert_eq!(kind_dir.perm, 0o111);
+        assert_eq!(
+            vfs.link(ino, SCRATCH_ROOT, name("d")).err(),
+            Some(Errno::PERM)
+        );
+    }
+}
