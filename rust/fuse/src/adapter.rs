@@ -2,19 +2,73 @@
 
 use clientd_vfs::{Attr, Errno as VfsErrno, FileKind, SetAttr, Vfs, VfsResult};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+    WriteFlags,
 };
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::SystemTime;
 use tokio::runtime::Handle;
 
 pub struct Adapter {
     pub vfs: Arc<Vfs>,
     pub runtime: Handle,
+    /// Kernel reads of local CAS files go straight to the backing file (FUSE passthrough, Linux
+    /// >= 6.9, needs CAP_SYS_ADMIN); off when the kernel or our privileges do not allow it.
+    pub passthrough: Arc<Passthrough>,
+}
+
+/// Backing files registered with the kernel: one per inode while any handle has it open.
+#[derive(Default)]
+pub struct Passthrough {
+    enabled: AtomicBool,
+    by_inode: Mutex<HashMap<u64, Weak<BackingId>>>,
+    by_handle: Mutex<HashMap<u64, Arc<BackingId>>>,
+}
+
+impl Passthrough {
+    /// Opens `fh` with the kernel reading `file` directly; false if passthrough is unavailable.
+    fn open(
+        &self,
+        ino: u64,
+        fh: u64,
+        file: &std::fs::File,
+        reply: &ReplyOpen,
+    ) -> Option<Arc<BackingId>> {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut by_inode = self.by_inode.lock().unwrap();
+        let id = match by_inode.get(&ino).and_then(Weak::upgrade) {
+            Some(id) => id,
+            None => match reply.open_backing(file) {
+                Ok(id) => {
+                    let id = Arc::new(id);
+                    by_inode.insert(ino, Arc::downgrade(&id));
+                    id
+                }
+                Err(e) => {
+                    tracing::info!(
+                        "FUSE passthrough unavailable ({e}); cas/ reads go through clientd"
+                    );
+                    self.enabled.store(false, Ordering::Relaxed);
+                    return None;
+                }
+            },
+        };
+        by_inode.retain(|_, weak| weak.strong_count() > 0);
+        self.by_handle.lock().unwrap().insert(fh, id.clone());
+        Some(id)
+    }
+
+    fn release(&self, fh: u64) {
+        self.by_handle.lock().unwrap().remove(&fh);
+    }
 }
 
 fn errno(e: VfsErrno) -> Errno {
@@ -71,6 +125,19 @@ fn time(t: TimeOrNow) -> SystemTime {
 }
 
 impl Filesystem for Adapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(2).is_ok();
+        self.passthrough
+            .enabled
+            .store(passthrough, Ordering::Relaxed);
+        // As much readahead as the kernel allows: sequential reads of large blobs dominate.
+        if let Err(most) = config.set_max_readahead(u32::MAX) {
+            let _ = config.set_max_readahead(most);
+        }
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (vfs, name) = (self.vfs.clone(), name.to_os_string());
         self.runtime
@@ -194,12 +261,18 @@ impl Filesystem for Adapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         let truncate = flags.0 & libc::O_TRUNC != 0;
-        let vfs = self.vfs.clone();
+        let (vfs, passthrough) = (self.vfs.clone(), self.passthrough.clone());
         self.runtime.spawn(async move {
             match vfs.open(ino.0, write, truncate).await {
-                // cas/ content never changes: the kernel may keep its pages across opens.
                 Ok(fh) if vfs.is_immutable(ino.0) => {
-                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+                    let backing = vfs.backing_file(fh);
+                    match backing.and_then(|file| passthrough.open(ino.0, fh, &file, &reply)) {
+                        Some(id) => {
+                            reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
+                        }
+                        // cas/ content never changes: the kernel may keep its pages across opens.
+                        None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                    }
                 }
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno(e)),
@@ -263,6 +336,7 @@ impl Filesystem for Adapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.passthrough.release(fh.0);
         self.vfs.release(fh.0);
         reply.ok();
     }

@@ -75,7 +75,16 @@ pub fn mount(vfs: Arc<Vfs>, path: &Path, runtime: tokio::runtime::Handle) -> Res
         MountOption::NoSuid,
     ];
     config.n_threads = Some(FUSE_THREADS);
-    let session = fuser::spawn_mount(Adapter { vfs, runtime }, path, &config).map_err(|e| {
+    let session = fuser::spawn_mount(
+        Adapter {
+            vfs,
+            runtime,
+            passthrough: Default::default(),
+        },
+        path,
+        &config,
+    )
+    .map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::NotFound {
             " (is fusermount3 installed? `apt-get install fuse3`)"
         } else {

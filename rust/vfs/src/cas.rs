@@ -92,9 +92,10 @@ impl CasNode {
 }
 
 /// An open cas/ file.
+#[derive(Clone)]
 pub enum CasHandle {
     /// A blob in the local CAS: reads go to the file, and the kernel caches its pages.
-    Local(File),
+    Local(Arc<File>),
     /// Generated or empty content.
     Bytes(Arc<[u8]>),
 }
@@ -424,7 +425,7 @@ impl CasView {
                 instance, digest, ..
             } => {
                 if let Some(file) = self.local_file(digest)? {
-                    return Ok(CasHandle::Local(file));
+                    return Ok(CasHandle::Local(Arc::new(file)));
                 }
                 // A one-byte read makes read caching fetch the blob into the local CAS.
                 let fill = async {
@@ -434,7 +435,7 @@ impl CasView {
                 };
                 self.bounded("fetching", digest, fill).await?;
                 self.local_file(digest)?
-                    .map(CasHandle::Local)
+                    .map(|file| CasHandle::Local(Arc::new(file)))
                     .ok_or(Errno::IO)
             }
             _ => Err(Errno::ISDIR),

@@ -145,6 +145,7 @@ fn check_name(name: &OsStr) -> VfsResult<()> {
 }
 
 /// An open file.
+#[derive(Clone)]
 enum Handle {
     Cas(CasHandle),
     Scratch(Arc<PoolFile>),
@@ -407,9 +408,19 @@ impl Vfs {
         Ok(self.add_handle(Handle::Cas(handle)))
     }
 
+    /// The local CAS file behind an open cas/ file, for the kernel to read directly (FUSE
+    /// passthrough); None for other handles.
+    pub fn backing_file(&self, fh: u64) -> Option<Arc<std::fs::File>> {
+        match self.handles.lock().unwrap().get(&fh)? {
+            Handle::Cas(CasHandle::Local(file)) => Some(file.clone()),
+            _ => None,
+        }
+    }
+
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> VfsResult<Vec<u8>> {
-        let handles = self.handles.lock().unwrap();
-        match handles.get(&fh).ok_or(Errno::BADF)? {
+        // The lock only covers finding the handle: reads of different files run in parallel.
+        let handle = self.handles.lock().unwrap().get(&fh).cloned();
+        match &handle.ok_or(Errno::BADF)? {
             Handle::Cas(CasHandle::Local(file)) => scratch::read_at(file, offset, size),
             Handle::Cas(CasHandle::Bytes(bytes)) => {
                 let start = (offset as usize).min(bytes.len());
