@@ -241,7 +241,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
 /// emptied at every start.
 fn mount(config: &Config, composition: &Composition) -> Result<clientd_fuse::Mount, String> {
     let scratch = config.cache_dir().join("scratch");
-    let pool = Pool::open(&scratch, config.mount.scratch_max_size_bytes)
+    let pool = Pool::open_empty(&scratch, config.mount.scratch_max_size_bytes)
         .map_err(|e| format!("cannot prepare {}: {e}", scratch.display()))?;
     let cas = CasView::new(
         composition.stores.clone(),

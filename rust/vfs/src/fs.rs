@@ -10,7 +10,7 @@ use crate::attr::{
     MUTABLE_TTL,
 };
 use crate::cas::{CasHandle, CasNode, CasView};
-use crate::scratch::{self, Meta, Pool, PoolFile, ScratchNode};
+use crate::scratch::{self, Meta, OpenFile, Pool, ScratchNode};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,43 +23,44 @@ pub const SCRATCH_ROOT: u64 = 3;
 pub const OUTPUTS_ROOT: u64 = 4;
 const FIRST_DYNAMIC: u64 = 16;
 
-enum Node {
+pub(crate) enum Node {
     Root,
-    Outputs,
+    /// `outputs/`: one directory per output base, created by the Output Service only.
+    Outputs {
+        children: BTreeMap<OsString, u64>,
+    },
     Cas(CasNode),
     Scratch(ScratchNode),
 }
 
-struct Entry {
-    node: Node,
+pub(crate) struct Entry {
+    pub(crate) node: Node,
     /// References the kernel holds (lookups not yet forgotten).
-    lookups: u64,
-    /// Directory entries in scratch/ naming this node.
-    links: u32,
+    pub(crate) lookups: u64,
+    /// Directory entries in writable trees naming this node.
+    pub(crate) links: u32,
 }
 
-struct Table {
-    entries: HashMap<u64, Entry>,
-    /// cas/ nodes are interned: the same path always has the same inode while it is known.
+pub(crate) struct Table {
+    pub(crate) entries: HashMap<u64, Entry>,
+    /// cas/ nodes reached by path are interned: the same path is the same inode while it is
+    /// known. Staged outputs are not: each is its own node.
     cas_index: HashMap<CasNode, u64>,
     next: u64,
 }
 
 impl Table {
-    fn get(&self, ino: u64) -> VfsResult<&Entry> {
+    pub(crate) fn get(&self, ino: u64) -> VfsResult<&Entry> {
         self.entries.get(&ino).ok_or(Errno::NOENT)
     }
 
-    fn get_mut(&mut self, ino: u64) -> VfsResult<&mut Entry> {
+    pub(crate) fn get_mut(&mut self, ino: u64) -> VfsResult<&mut Entry> {
         self.entries.get_mut(&ino).ok_or(Errno::NOENT)
     }
 
-    fn insert(&mut self, node: Node, lookups: u64, links: u32) -> u64 {
+    pub(crate) fn insert(&mut self, node: Node, lookups: u64, links: u32) -> u64 {
         let ino = self.next;
         self.next += 1;
-        if let Node::Cas(cas) = &node {
-            self.cas_index.insert(cas.clone(), ino);
-        }
         self.entries.insert(
             ino,
             Entry {
@@ -74,28 +75,33 @@ impl Table {
     fn intern(&mut self, node: CasNode) -> u64 {
         match self.cas_index.get(&node) {
             Some(&ino) => ino,
-            None => self.insert(Node::Cas(node), 0, 0),
-        }
-    }
-
-    /// Drops a dynamic node nobody refers to any more.
-    fn collect(&mut self, ino: u64) {
-        let unused = self
-            .entries
-            .get(&ino)
-            .is_some_and(|e| e.lookups == 0 && e.links == 0);
-        if ino >= FIRST_DYNAMIC && unused {
-            if let Some(Entry {
-                node: Node::Cas(cas),
-                ..
-            }) = self.entries.remove(&ino)
-            {
-                self.cas_index.remove(&cas);
+            None => {
+                let ino = self.insert(Node::Cas(node.clone()), 0, 0);
+                self.cas_index.insert(node, ino);
+                ino
             }
         }
     }
 
-    fn scratch_dir(&mut self, ino: u64) -> VfsResult<&mut BTreeMap<OsString, u64>> {
+    /// Drops a dynamic node nobody refers to any more; a file's storage goes with it.
+    pub(crate) fn collect(&mut self, ino: u64) {
+        let unused = self
+            .entries
+            .get(&ino)
+            .is_some_and(|e| e.lookups == 0 && e.links == 0);
+        if ino < FIRST_DYNAMIC || !unused {
+            return;
+        }
+        match self.entries.remove(&ino).map(|e| e.node) {
+            Some(Node::Cas(cas)) if self.cas_index.get(&cas) == Some(&ino) => {
+                self.cas_index.remove(&cas);
+            }
+            Some(Node::Scratch(ScratchNode::File { file, .. })) => file.remove(),
+            _ => {}
+        }
+    }
+
+    pub(crate) fn scratch_dir(&mut self, ino: u64) -> VfsResult<&mut BTreeMap<OsString, u64>> {
         match &mut self.get_mut(ino)?.node {
             Node::Scratch(ScratchNode::Dir { children, .. }) => Ok(children),
             Node::Scratch(_) => Err(Errno::NOTDIR),
@@ -115,7 +121,7 @@ impl Table {
         Ok(())
     }
 
-    fn touch(&mut self, ino: u64) {
+    pub(crate) fn touch(&mut self, ino: u64) {
         if let Some(Entry {
             node: Node::Scratch(node),
             ..
@@ -124,9 +130,30 @@ impl Table {
             meta_mut(node).touch();
         }
     }
+
+    /// The pool of a writable directory.
+    fn pool_of(&self, dir: u64) -> VfsResult<Arc<Pool>> {
+        match &self.get(dir)?.node {
+            Node::Scratch(ScratchNode::Dir { pool, .. }) => Ok(pool.clone()),
+            Node::Scratch(_) => Err(Errno::NOTDIR),
+            _ => Err(Errno::ACCES),
+        }
+    }
+
+    /// Forgets a file's cached digest: its content changed.
+    fn changed(&mut self, ino: u64) {
+        if let Some(Entry {
+            node: Node::Scratch(ScratchNode::File { digest, meta, .. }),
+            ..
+        }) = self.entries.get_mut(&ino)
+        {
+            *digest = None;
+            meta.touch();
+        }
+    }
 }
 
-fn meta_mut(node: &mut ScratchNode) -> &mut Meta {
+pub(crate) fn meta_mut(node: &mut ScratchNode) -> &mut Meta {
     match node {
         ScratchNode::Dir { meta, .. }
         | ScratchNode::File { meta, .. }
@@ -134,7 +161,7 @@ fn meta_mut(node: &mut ScratchNode) -> &mut Meta {
     }
 }
 
-fn check_name(name: &OsStr) -> VfsResult<()> {
+pub(crate) fn check_name(name: &OsStr) -> VfsResult<()> {
     if name.len() > 255 {
         return Err(Errno::NAMETOOLONG);
     }
@@ -148,17 +175,18 @@ fn check_name(name: &OsStr) -> VfsResult<()> {
 #[derive(Clone)]
 enum Handle {
     Cas(CasHandle),
-    Scratch(Arc<PoolFile>),
+    Scratch(Arc<OpenFile>),
 }
 
 pub struct Vfs {
-    table: Mutex<Table>,
-    cas: CasView,
+    pub(crate) table: Mutex<Table>,
+    pub(crate) cas: CasView,
+    /// scratch/'s pool (statfs reports it).
     pool: Arc<Pool>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_handle: AtomicU64,
-    uid: u32,
-    gid: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
 }
 
 /// Directory entries as `readdir` returns them (without `.` and `..`).
@@ -180,9 +208,15 @@ impl Vfs {
                 children: BTreeMap::new(),
                 parent: ROOT,
                 meta: Meta::new(0o777, uid, gid),
+                pool: pool.clone(),
             })),
         );
-        entries.insert(OUTPUTS_ROOT, fixed(Node::Outputs));
+        entries.insert(
+            OUTPUTS_ROOT,
+            fixed(Node::Outputs {
+                children: BTreeMap::new(),
+            }),
+        );
         let cas_index = HashMap::from([(CasNode::Instance("".into()), CAS_ROOT)]);
         Vfs {
             table: Mutex::new(Table {
@@ -229,7 +263,7 @@ impl Vfs {
         };
         Ok(match &entry.node {
             Node::Root => fixed(FileKind::Directory, 0, 0o555, 5),
-            Node::Outputs => fixed(FileKind::Directory, 0, 0o555, 2),
+            Node::Outputs { .. } => fixed(FileKind::Directory, 0, 0o555, 2),
             Node::Cas(cas) => match cas {
                 CasNode::Instance(_) | CasNode::Blobs(_) | CasNode::KindDir(..) => {
                     fixed(FileKind::Directory, 0, 0o111, 2)
@@ -283,7 +317,14 @@ impl Vfs {
                     };
                     return self.referenced(&mut table, ino);
                 }
-                Node::Outputs => return Err(Errno::NOENT),
+                Node::Outputs { children } => {
+                    let ino = match name.to_str() {
+                        Some(".") => OUTPUTS_ROOT,
+                        Some("..") => ROOT,
+                        _ => *children.get(name).ok_or(Errno::NOENT)?,
+                    };
+                    return self.referenced(&mut table, ino);
+                }
                 Node::Scratch(ScratchNode::Dir {
                     children,
                     parent: up,
@@ -330,8 +371,7 @@ impl Vfs {
                         (SCRATCH_ROOT, FileKind::Directory, "scratch".into()),
                     ])
                 }
-                Node::Outputs => return Ok(vec![]),
-                Node::Scratch(ScratchNode::Dir { children, .. }) => {
+                Node::Outputs { children } | Node::Scratch(ScratchNode::Dir { children, .. }) => {
                     return children
                         .iter()
                         .map(|(name, &child)| {
@@ -387,12 +427,12 @@ impl Vfs {
             let entry = table.get(ino)?;
             match &entry.node {
                 Node::Scratch(ScratchNode::File { file, .. }) => {
-                    let file = file.clone();
+                    let open = file.open(write || truncate)?;
                     if truncate {
-                        file.set_len(0)?;
-                        table.touch(ino);
+                        open.set_len(0)?;
+                        table.changed(ino);
                     }
-                    return Ok(self.add_handle(Handle::Scratch(file)));
+                    return Ok(self.add_handle(Handle::Scratch(Arc::new(open))));
                 }
                 Node::Cas(cas @ (CasNode::File { .. } | CasNode::Command { .. })) => cas.clone(),
                 Node::Cas(CasNode::Symlink(_)) | Node::Scratch(ScratchNode::Symlink { .. }) => {
@@ -437,7 +477,7 @@ impl Vfs {
             Handle::Cas(_) => return Err(Errno::BADF),
         };
         let written = file.write_at(offset, data)?;
-        self.table.lock().unwrap().touch(ino);
+        self.table.lock().unwrap().changed(ino);
         Ok(written)
     }
 
@@ -446,20 +486,27 @@ impl Vfs {
     }
 
     pub fn create(&self, parent: u64, name: &OsStr, mode: u32) -> VfsResult<(Attr, u64)> {
-        let file = self.pool.create()?;
         let mut table = self.table.lock().unwrap();
+        let pool = table.pool_of(parent)?;
+        check_name(name)?;
+        if table.scratch_dir(parent)?.contains_key(name) {
+            return Err(Errno::EXIST);
+        }
+        let file = pool.create()?;
+        let open = file.open(true)?;
         let node = ScratchNode::File {
-            file: file.clone(),
+            file,
             meta: Meta::new(perm(mode), self.uid, self.gid),
+            digest: None,
         };
         let ino = self.add_scratch(&mut table, parent, name, node)?;
         let attr = self.attr(&table, ino)?;
         drop(table);
-        Ok((attr, self.add_handle(Handle::Scratch(file))))
+        Ok((attr, self.add_handle(Handle::Scratch(Arc::new(open)))))
     }
 
     /// Adds a new scratch node under `parent`, referenced once by the kernel.
-    fn add_scratch(
+    pub(crate) fn add_scratch(
         &self,
         table: &mut Table,
         parent: u64,
@@ -483,6 +530,7 @@ impl Vfs {
             children: BTreeMap::new(),
             parent,
             meta: Meta::new(perm(mode), self.uid, self.gid),
+            pool: table.pool_of(parent)?,
         };
         let ino = self.add_scratch(&mut table, parent, name, node)?;
         self.attr(&table, ino)
@@ -561,7 +609,10 @@ impl Vfs {
         check_name(new_name)?;
         let mut table = self.table.lock().unwrap();
         let ino = *table.scratch_dir(parent)?.get(name).ok_or(Errno::NOENT)?;
-        table.scratch_dir(new_parent)?;
+        // Each tree keeps its files in its own pool: no renames between scratch/ and outputs/.
+        if !Arc::ptr_eq(&table.pool_of(parent)?, &table.pool_of(new_parent)?) {
+            return Err(Errno::XDEV);
+        }
         let moving_dir = self.attr(&table, ino)?.kind == FileKind::Directory;
         if moving_dir {
             // A directory cannot move into itself or below.
@@ -616,7 +667,10 @@ impl Vfs {
         };
         if let Some(size) = changes.size {
             match node {
-                ScratchNode::File { file, .. } => file.set_len(size)?,
+                ScratchNode::File { file, digest, .. } => {
+                    file.open(true)?.set_len(size)?;
+                    *digest = None;
+                }
                 ScratchNode::Dir { .. } => return Err(Errno::ISDIR),
                 ScratchNode::Symlink { .. } => return Err(Errno::INVAL),
             }
@@ -669,7 +723,7 @@ mod tests {
         let local =
             Arc::new(LocalCas::open(&dir.join("cas"), options, Arc::new(SystemClock)).unwrap());
         let cas = CasView::new(local.clone(), local.clone(), Duration::from_secs(5));
-        let pool = Pool::open(&dir.join("pool"), pool_bytes).unwrap();
+        let pool = Pool::open_empty(&dir.join("pool"), pool_bytes).unwrap();
         (Vfs::new(cas, pool, 1000, 1000), local)
     }
 

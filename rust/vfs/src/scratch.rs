@@ -1,9 +1,10 @@
-//! `scratch/`: an ordinary writable directory tree. Directories and symlinks live in memory;
-//! regular files are files in a pool directory on disk, bounded in total size. Entries may also be
-//! hard links to cas/ nodes, which take no pool space. Nothing survives a restart: the pool is
-//! emptied when the file system starts.
+//! Writable trees: `scratch/`, and the output paths under `outputs/`. Directories and symlinks
+//! live in memory; regular files are numbered files in a pool directory on disk, bounded in total
+//! size. Entries may also be cas/ nodes (hard links, staged outputs), which take no pool space.
+//! scratch/'s pool is emptied at every start; an output path's pool persists with its saved state.
 
 use crate::attr::{Errno, VfsResult};
+use clientd_digest::Digest;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::File;
@@ -49,11 +50,15 @@ pub enum ScratchNode {
         children: BTreeMap<OsString, u64>,
         parent: u64,
         meta: Meta,
+        /// Where regular files created in this directory are stored.
+        pool: Arc<Pool>,
     },
     /// A regular file; its link count is the table's count of directory entries naming it.
     File {
         file: Arc<PoolFile>,
         meta: Meta,
+        /// The content's digest once computed, until the file changes.
+        digest: Option<Digest>,
     },
     Symlink {
         target: OsString,
@@ -61,27 +66,71 @@ pub enum ScratchNode {
     },
 }
 
-/// One regular file's storage; the pool file is removed when the last reference goes.
+/// One regular file's storage in a pool, by number. No descriptor is kept open: a tree may have
+/// a million files. The pool file is removed when the node is unlinked for good ([`remove`]).
+///
+/// [`remove`]: PoolFile::remove
 pub struct PoolFile {
-    pub file: File,
-    path: PathBuf,
-    pool: Arc<Pool>,
+    pub id: u64,
+    pub pool: Arc<Pool>,
 }
 
 impl PoolFile {
+    fn path(&self) -> PathBuf {
+        self.pool.dir.join(self.id.to_string())
+    }
+
+    pub fn open(self: &Arc<Self>, write: bool) -> VfsResult<OpenFile> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(self.path())
+            .map_err(|e| Errno::from_io(&e))?;
+        Ok(OpenFile {
+            file,
+            node: self.clone(),
+        })
+    }
+
     pub fn size(&self) -> VfsResult<u64> {
+        std::fs::metadata(self.path())
+            .map(|m| m.len())
+            .map_err(|e| Errno::from_io(&e))
+    }
+
+    /// Resizes the file, within the pool's bound.
+    pub fn set_len(self: &Arc<Self>, size: u64) -> VfsResult<()> {
+        self.open(true)?.set_len(size)
+    }
+
+    /// Deletes the storage and returns its space to the pool. Open descriptors keep working.
+    pub fn remove(&self) {
+        if let Ok(size) = self.size() {
+            self.pool.used.fetch_sub(size, Ordering::SeqCst);
+        }
+        let _ = std::fs::remove_file(self.path());
+    }
+}
+
+/// An open pool file.
+pub struct OpenFile {
+    pub file: File,
+    node: Arc<PoolFile>,
+}
+
+impl OpenFile {
+    fn size(&self) -> VfsResult<u64> {
         self.file
             .metadata()
             .map(|m| m.len())
             .map_err(|e| Errno::from_io(&e))
     }
 
-    /// Resizes the file, within the pool's bound.
     pub fn set_len(&self, size: u64) -> VfsResult<()> {
         let old = self.size()?;
-        self.pool.reserve(old, size)?;
+        self.node.pool.reserve(old, size)?;
         self.file.set_len(size).map_err(|e| {
-            self.pool.reserve(size, old).ok();
+            let _ = self.node.pool.reserve(size, old);
             Errno::from_io(&e)
         })
     }
@@ -91,7 +140,7 @@ impl PoolFile {
         use std::os::unix::fs::FileExt;
         let old = self.size()?;
         let new = old.max(offset + data.len() as u64);
-        self.pool.reserve(old, new)?;
+        self.node.pool.reserve(old, new)?;
         self.file
             .write_all_at(data, offset)
             .map_err(|e| Errno::from_io(&e))?;
@@ -100,15 +149,6 @@ impl PoolFile {
 
     pub fn read_at(&self, offset: u64, size: u32) -> VfsResult<Vec<u8>> {
         read_at(&self.file, offset, size)
-    }
-}
-
-impl Drop for PoolFile {
-    fn drop(&mut self) {
-        if let Ok(size) = self.size() {
-            self.pool.used.fetch_sub(size, Ordering::SeqCst);
-        }
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -129,7 +169,7 @@ pub fn read_at(file: &File, offset: u64, size: u32) -> VfsResult<Vec<u8>> {
     Ok(buffer)
 }
 
-/// The directory holding scratch files, and the bound on their total size.
+/// A directory of numbered files and the bound on their total size.
 pub struct Pool {
     dir: PathBuf,
     max_bytes: u64,
@@ -138,36 +178,83 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Empties (or creates) `dir`: scratch/ starts empty on every start.
-    pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<Arc<Pool>> {
+    /// Empties (or creates) `dir`: for scratch/, which starts empty on every start.
+    pub fn open_empty(dir: &Path, max_bytes: u64) -> std::io::Result<Arc<Pool>> {
         match std::fs::remove_dir_all(dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
+        Pool::open_persistent(dir, max_bytes)
+    }
+
+    /// Opens (or creates) `dir`, keeping its files: for output paths, which survive restarts.
+    /// Files no saved state refers to are removed by [`Pool::retain`].
+    pub fn open_persistent(dir: &Path, max_bytes: u64) -> std::io::Result<Arc<Pool>> {
         std::fs::create_dir_all(dir)?;
+        let (mut used, mut next) = (0, 0);
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                used += entry.metadata()?.len();
+                next = next.max(id + 1);
+            }
+        }
         Ok(Arc::new(Pool {
             dir: dir.to_path_buf(),
             max_bytes,
-            used: AtomicU64::new(0),
-            next: AtomicU64::new(0),
+            used: AtomicU64::new(used),
+            next: AtomicU64::new(next),
         }))
     }
 
     pub fn create(self: &Arc<Self>) -> VfsResult<Arc<PoolFile>> {
-        let path = self
-            .dir
-            .join(self.next.fetch_add(1, Ordering::SeqCst).to_string());
-        let file = std::fs::OpenOptions::new()
-            .read(true)
+        let id = self.next.fetch_add(1, Ordering::SeqCst);
+        let file = PoolFile {
+            id,
+            pool: self.clone(),
+        };
+        std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(&path)
+            .open(file.path())
             .map_err(|e| Errno::from_io(&e))?;
-        Ok(Arc::new(PoolFile {
-            file,
-            path,
+        Ok(Arc::new(file))
+    }
+
+    /// An existing file of this pool, as saved state refers to it.
+    pub fn adopt(self: &Arc<Self>, id: u64) -> Option<Arc<PoolFile>> {
+        let file = PoolFile {
+            id,
             pool: self.clone(),
-        }))
+        };
+        file.path().is_file().then(|| Arc::new(file))
+    }
+
+    /// Removes every file whose number `keep` rejects (left over from work never saved).
+    pub fn retain(&self, keep: impl Fn(u64) -> bool) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let id = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok());
+            if !id.is_some_and(&keep) {
+                self.used
+                    .fetch_sub(entry.metadata()?.len().min(self.used()), Ordering::SeqCst);
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the pool's directory and everything in it.
+    pub fn destroy(&self) -> std::io::Result<()> {
+        self.used.store(0, Ordering::SeqCst);
+        std::fs::remove_dir_all(&self.dir)
     }
 
     /// Accounts for a file growing (or shrinking) from `old` to `new` bytes; ENOSPC beyond the bound.
