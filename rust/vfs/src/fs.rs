@@ -660,10 +660,18 @@ impl Vfs {
         Ok(())
     }
 
+    /// Changes a scratch/ node. On cas/ files a chmod or utimens is accepted and ignored: Bazel
+    /// calls `chmod` on every output it symlinks into cas/ (`setExecutable`), even when nothing
+    /// changes, and fails the action if that fails. Their content cannot change: truncation is
+    /// refused.
     pub fn setattr(&self, ino: u64, changes: SetAttr) -> VfsResult<Attr> {
         let mut table = self.table.lock().unwrap();
-        let Node::Scratch(node) = &mut table.get_mut(ino)?.node else {
-            return Err(Errno::PERM);
+        let node = match &mut table.get_mut(ino)?.node {
+            Node::Scratch(node) => node,
+            Node::Cas(CasNode::File { .. } | CasNode::Command { .. }) if changes.size.is_none() => {
+                return self.attr(&table, ino)
+            }
+            _ => return Err(Errno::PERM),
         };
         if let Some(size) = changes.size {
             match node {
@@ -807,17 +815,17 @@ mod tests {
         let linked = vfs.link(file.ino, SCRATCH_ROOT, name("l")).unwrap();
         assert_eq!(linked.ino, file.ino);
         assert_eq!(vfs.open(file.ino, true, false).await, Err(Errno::ACCES));
-        assert_eq!(
-            vfs.setattr(
-                file.ino,
-                SetAttr {
-                    mode: Some(0o777),
-                    ..Default::default()
-                }
-            )
-            .err(),
-            Some(Errno::PERM)
-        );
+        // chmod is accepted and ignored (Bazel insists); truncation is refused.
+        let unchanged = SetAttr {
+            mode: Some(0o777),
+            ..Default::default()
+        };
+        assert_eq!(vfs.setattr(file.ino, unchanged).unwrap().perm, 0o444);
+        let truncate = SetAttr {
+            size: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(vfs.setattr(file.ino, truncate).err(), Some(Errno::PERM));
         let fh = vfs.open(file.ino, false, false).await.unwrap();
         assert_eq!(vfs.read(fh, 0, 100).unwrap(), b"content");
         // The kernel forgets the cas/ path; the scratch/ link keeps the node.
