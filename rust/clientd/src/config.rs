@@ -76,6 +76,28 @@ pub struct Config {
     pub existence_cache: ExistenceCacheConfig,
     /// The file system (`cas/`, `scratch/`, `outputs/`).
     pub mount: MountConfig,
+    /// The Bazel Remote Output Service's output paths (`outputs/<output base id>/`).
+    pub outputs: OutputsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputsConfig {
+    /// Output paths whose state was last saved longer ago are removed at start (7 days).
+    /// Example: `604800`.
+    pub max_age_seconds: u64,
+    /// Bound on the bytes of files Bazel's local actions write into one output path.
+    /// Default: 100 GiB. Example: `107374182400`.
+    pub max_size_bytes: u64,
+}
+
+impl Default for OutputsConfig {
+    fn default() -> Self {
+        OutputsConfig {
+            max_age_seconds: 7 * 24 * 3600,
+            max_size_bytes: 100 << 30,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,6 +6,8 @@ use clientd_grpc::{
     ActionCacheService, ByteStreamService, CapabilitiesService, CasService, Clusters,
     ExecutionService, ForwardHeadersLayer, StatsService, MAX_MESSAGE_BYTES,
 };
+use clientd_outputs::OutputService;
+use clientd_proto::bazel_output_service::bazel_output_service_server::BazelOutputServiceServer;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_proto::clientd::v1::stats_server::StatsServer;
 use clientd_proto::google::bytestream::byte_stream_server::ByteStreamServer;
@@ -144,7 +146,12 @@ fn options(store: &crate::config::StoreConfig) -> DiskLruOptions {
     }
 }
 
-fn grpc_routes(config: &Config, composition: &Composition, clock: Arc<dyn Clock>) -> Routes {
+fn grpc_routes(
+    config: &Config,
+    composition: &Composition,
+    outputs: OutputService,
+    clock: Arc<dyn Clock>,
+) -> Routes {
     let expiry = Duration::from_secs(config.grpc.unfinished_upload_expiry_seconds);
     let stores = &composition.stores;
     let cas = ContentAddressableStorageServer::new(CasService::new(stores.clone()))
@@ -166,6 +173,11 @@ fn grpc_routes(config: &Config, composition: &Composition, clock: Arc<dyn Clock>
     .add_service(bytestream)
     .add_service(action_cache)
     .add_service(execution)
+    .add_service(
+        BazelOutputServiceServer::new(outputs)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    )
     .add_service(StatsServer::new(StatsService::new(
         composition.stats.clone(),
         composition.clusters.clone(),
@@ -183,9 +195,22 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let _lock = lock(&cache_dir.join("lock"))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let composition = compose(&config, clock.clone())?;
-    let grpc = grpc_routes(&config, &composition, clock);
+    let vfs = file_system(&config, &composition)?;
+    let outputs = OutputService::open(
+        vfs.clone(),
+        composition.stores.clone(),
+        config.cache_dir().join("outputs"),
+        config.mount_path().join("outputs"),
+        config.outputs.max_size_bytes,
+        Duration::from_secs(config.outputs.max_age_seconds),
+    )?;
+    let grpc = grpc_routes(&config, &composition, outputs, clock);
     let mount = match config.mount.enabled {
-        true => Some(mount(&config, &composition)?),
+        true => Some(clientd_fuse::mount(
+            vfs,
+            config.mount_path(),
+            tokio::runtime::Handle::current(),
+        )?),
         false => None,
     };
 
@@ -237,9 +262,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-/// The file system over the composed stores, mounted. Scratch files live in `<cache_dir>/scratch`,
-/// emptied at every start.
-fn mount(config: &Config, composition: &Composition) -> Result<clientd_fuse::Mount, String> {
+/// The file system over the composed stores (the Output Service stages into it even when it is
+/// not mounted). Scratch files live in `<cache_dir>/scratch`, emptied at every start.
+fn file_system(config: &Config, composition: &Composition) -> Result<Arc<Vfs>, String> {
     let scratch = config.cache_dir().join("scratch");
     let pool = Pool::open_empty(&scratch, config.mount.scratch_max_size_bytes)
         .map_err(|e| format!("cannot prepare {}: {e}", scratch.display()))?;
@@ -250,8 +275,7 @@ fn mount(config: &Config, composition: &Composition) -> Result<clientd_fuse::Mou
     );
     // SAFETY: getuid and getgid cannot fail and have no preconditions.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let vfs = Arc::new(Vfs::new(cas, pool, uid, gid));
-    clientd_fuse::mount(vfs, config.mount_path(), tokio::runtime::Handle::current())
+    Ok(Arc::new(Vfs::new(cas, pool, uid, gid)))
 }
 
 fn log_stats(stats: &Stats) {

@@ -1,7 +1,7 @@
 //! Mounting and unmounting, including the stale mount a crashed daemon leaves behind.
 
 use crate::adapter::Adapter;
-use clientd_vfs::Vfs;
+use clientd_vfs::{Invalidate, Vfs};
 use fuser::{BackgroundSession, Config, MountOption};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,6 +28,16 @@ impl Drop for Mount {
             drop(session);
             tracing::info!("unmounted {}", self.path.display());
         }
+    }
+}
+
+/// The kernel's dentry cache, for names the Output Service changes.
+struct KernelCache(fuser::Notifier);
+
+impl Invalidate for KernelCache {
+    fn entry(&self, parent: u64, name: &std::ffi::OsStr) {
+        // ENOENT: the kernel did not have the name cached, which is fine.
+        let _ = self.0.inval_entry(fuser::INodeNo(parent), name);
     }
 }
 
@@ -75,6 +85,7 @@ pub fn mount(vfs: Arc<Vfs>, path: &Path, runtime: tokio::runtime::Handle) -> Res
         MountOption::NoSuid,
     ];
     config.n_threads = Some(FUSE_THREADS);
+    let kernel_cache_owner = vfs.clone();
     let session = fuser::spawn_mount(
         Adapter {
             vfs,
@@ -95,6 +106,7 @@ pub fn mount(vfs: Arc<Vfs>, path: &Path, runtime: tokio::runtime::Handle) -> Res
             path.display()
         )
     })?;
+    kernel_cache_owner.set_invalidator(Box::new(KernelCache(session.notifier())));
     tracing::info!("mounted the file system at {}", path.display());
     Ok(Mount {
         session: Some(session),

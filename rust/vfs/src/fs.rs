@@ -14,7 +14,7 @@ use crate::scratch::{self, Meta, OpenFile, Pool, ScratchNode};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub const ROOT: u64 = 1;
@@ -187,6 +187,15 @@ pub struct Vfs {
     next_handle: AtomicU64,
     pub(crate) uid: u32,
     pub(crate) gid: u32,
+    /// Tells the kernel to forget names changed behind its back (by the Output Service).
+    invalidator: OnceLock<Box<dyn Invalidate>>,
+}
+
+/// Drops the kernel's cached lookup of a name (FUSE's `notify_inval_entry`). Changes made through
+/// the file system need none; changes the Output Service makes do: a re-staged output must not be
+/// read through the old inode the kernel still remembers.
+pub trait Invalidate: Send + Sync {
+    fn entry(&self, parent: u64, name: &OsStr);
 }
 
 /// Directory entries as `readdir` returns them (without `.` and `..`).
@@ -230,6 +239,22 @@ impl Vfs {
             next_handle: AtomicU64::new(1),
             uid,
             gid,
+            invalidator: OnceLock::new(),
+        }
+    }
+
+    /// Set once the file system is mounted.
+    pub fn set_invalidator(&self, invalidator: Box<dyn Invalidate>) {
+        let _ = self.invalidator.set(invalidator);
+    }
+
+    /// Invalidates names in the kernel's cache; call without the table locked (the kernel may
+    /// call back into the file system meanwhile).
+    pub(crate) fn invalidate(&self, stale: Vec<(u64, OsString)>) {
+        if let Some(invalidator) = self.invalidator.get() {
+            for (parent, name) in stale {
+                invalidator.entry(parent, &name);
+            }
         }
     }
 

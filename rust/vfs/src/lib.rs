@@ -19,6 +19,6 @@ mod scratch;
 pub use attr::{Attr, Errno, FileKind, SetAttr, Statfs, VfsResult};
 pub use cas::CasView;
 pub use command::script;
-pub use fs::{Listing, Vfs, CAS_ROOT, OUTPUTS_ROOT, ROOT, SCRATCH_ROOT};
+pub use fs::{Invalidate, Listing, Vfs, CAS_ROOT, OUTPUTS_ROOT, ROOT, SCRATCH_ROOT};
 pub use outputs::{Lstat, OutputEntry, OutputStat};
 pub use scratch::Pool;

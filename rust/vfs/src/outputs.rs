@@ -67,6 +67,9 @@ fn symlink_target(node: &Node) -> Option<String> {
     }
 }
 
+/// Names the kernel may have cached that no longer mean what they did: (directory, name).
+type Stale = Vec<(u64, OsString)>;
+
 /// Splits a relative path into checked components.
 fn components(path: &str) -> VfsResult<Vec<&OsStr>> {
     if path.is_empty() || path == "." {
@@ -118,11 +121,13 @@ impl Table {
         Ok(dir)
     }
 
-    /// Removes `name` from `dir` and, for directories, everything below it.
-    fn remove_entry(&mut self, dir: u64, name: &OsStr) -> VfsResult<()> {
+    /// Removes `name` from `dir` and, for directories, everything below it. The kernel may have
+    /// the name cached: it is added to `stale`, to be invalidated once the table is unlocked.
+    fn remove_entry(&mut self, dir: u64, name: &OsStr, stale: &mut Stale) -> VfsResult<()> {
         let Some(child) = self.scratch_dir(dir)?.remove(name) else {
             return Ok(());
         };
+        stale.push((dir, name.to_os_string()));
         self.release_subtree(child);
         Ok(())
     }
@@ -193,16 +198,22 @@ impl Vfs {
         if let Some(root) = root {
             table.release_subtree(root);
         }
+        drop(table);
+        self.invalidate(vec![(OUTPUTS_ROOT, OsString::from(id))]);
     }
 
     /// Puts each entry at its path below `root`, creating parent directories and replacing
     /// whatever was there. One result per entry, in order.
     pub fn stage(&self, root: u64, entries: Vec<(String, OutputEntry)>) -> Vec<VfsResult<()>> {
+        let mut stale = Vec::new();
         let mut table = self.table.lock().unwrap();
-        entries
+        let results = entries
             .into_iter()
-            .map(|(path, entry)| self.stage_one(&mut table, root, &path, entry))
-            .collect()
+            .map(|(path, entry)| self.stage_one(&mut table, root, &path, entry, &mut stale))
+            .collect();
+        drop(table);
+        self.invalidate(stale);
+        results
     }
 
     fn stage_one(
@@ -211,6 +222,7 @@ impl Vfs {
         root: u64,
         path: &str,
         entry: OutputEntry,
+        stale: &mut Stale,
     ) -> VfsResult<()> {
         let parts = components(path)?;
         let Some((name, parents)) = parts.split_last() else {
@@ -230,7 +242,7 @@ impl Vfs {
                 }
             }
         }
-        table.remove_entry(dir, name)?;
+        table.remove_entry(dir, name, stale)?;
         let node = match entry {
             OutputEntry::Directory => {
                 let pool = match &table.get(dir)?.node {
@@ -285,7 +297,11 @@ impl Vfs {
         let mut table = self.table.lock().unwrap();
         let parent_path: Vec<&str> = parents.iter().map(|c| c.to_str().unwrap_or("")).collect();
         let dir = table.walk(root, &parent_path.join("/"))?;
-        table.remove_entry(dir, name)
+        let mut stale = Vec::new();
+        table.remove_entry(dir, name, &mut stale)?;
+        drop(table);
+        self.invalidate(stale);
+        Ok(())
     }
 
     /// `lstat` of `path` below `root`. An intermediate symlink is not followed here: the caller

@@ -1,0 +1,66 @@
+//! Artifact paths: relative to the output path, never escaping it; and the resolution of
+//! symlinks for BatchStat, with Bazel's `output_path_aliases` for absolute targets.
+
+/// Checks that `path` is relative, with no empty, `.` or `..` components.
+pub fn check(path: &str) -> Result<(), String> {
+    if path.is_empty() || path.starts_with('/') {
+        return Err(format!("path {path:?} must be relative to the output path"));
+    }
+    if path
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(format!("path {path:?} has an empty, `.` or `..` component: it must stay inside the output path"));
+    }
+    Ok(())
+}
+
+/// `base/relative`, normalized; None if it leaves the output path.
+pub fn join(base: &str, relative: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for component in base.split('/').chain(relative.split('/')) {
+        match component {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// An absolute symlink target as a path in the output path, through an alias
+/// (`{"/abs/execroot/bazel-out": "."}`); None if no alias covers it.
+pub fn unalias(target: &str, aliases: &[(String, String)]) -> Option<String> {
+    aliases.iter().find_map(|(from, to)| {
+        let rest = target.strip_prefix(from.trim_end_matches('/'))?;
+        if !rest.is_empty() && !rest.starts_with('/') {
+            return None;
+        }
+        join(to, rest)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_stay_inside_the_output_path() {
+        assert!(check("k8-fastbuild/bin/a.txt").is_ok());
+        for bad in ["", "/abs", "a//b", "a/./b", "../x", "a/..", "a/"] {
+            assert!(check(bad).is_err(), "{bad}");
+        }
+        assert_eq!(join("a/b", "../c").as_deref(), Some("a/c"));
+        assert_eq!(join("", "../c"), None);
+        assert_eq!(join(".", "/a/b").as_deref(), Some("a/b"));
+        let aliases = vec![("/root/execroot/ws/bazel-out".to_string(), ".".to_string())];
+        assert_eq!(
+            unalias("/root/execroot/ws/bazel-out/k8/bin/x", &aliases).as_deref(),
+            Some("k8/bin/x")
+        );
+        assert_eq!(unalias("/root/execroot/ws/bazel-outx", &aliases), None);
+        assert_eq!(unalias("/elsewhere", &aliases), None);
+    }
+}
