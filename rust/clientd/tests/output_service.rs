@@ -305,7 +305,10 @@ async fn bazel_call_sequence_survives_a_restart() {
     );
     // Re-staging a path the kernel has cached shows the new content at once.
     for i in [0, 1] {
-        let restage = vec![artifact("k8-fastbuild/bin/restaged", file_locator(&blobs[i].0))];
+        let restage = vec![artifact(
+            "k8-fastbuild/bin/restaged",
+            file_locator(&blobs[i].0),
+        )];
         let response = service
             .stage_artifacts(pb::StageArtifactsRequest {
                 build_id: "b1".into(),
