@@ -1,5 +1,6 @@
 //! `clientd`: a local companion daemon for Bazel remote caching and execution.
 
+mod bazelrc;
 mod config;
 mod server;
 mod stats;
@@ -28,6 +29,17 @@ enum Command {
     /// Print the running daemon's counters: local hits, upstream fetches, bytes, FindMissingBlobs
     /// digests answered locally, and the configured clusters.
     Stats(ConfigArgs),
+    /// Print (or write) a .bazelrc fragment for `--config=clientd` with this configuration's
+    /// socket and mount, for the user's Bazel version.
+    Bazelrc {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        args: bazelrc::BazelrcArgs,
+    },
+    /// Print a remote_scrubbing.Config text proto for stamped builds
+    /// (--experimental_remote_scrubbing_config, Bazel 7.0+).
+    ScrubConfig(bazelrc::ScrubArgs),
 }
 
 #[derive(Args, Default)]
@@ -109,6 +121,10 @@ fn main() -> ExitCode {
         Some(Command::Stats(args)) => {
             load(&args).and_then(|config| runtime()?.block_on(stats::print(&config)))
         }
+        Some(Command::Bazelrc { config, args }) => {
+            load(&config).and_then(|config| bazelrc::bazelrc(&config, args))
+        }
+        Some(Command::ScrubConfig(args)) => bazelrc::scrub(args),
         Some(Command::Config(args)) => load(&args).map(|config| {
             println!(
                 "{}",

@@ -1,0 +1,195 @@
+//! `clientd bazelrc` and `clientd scrub-config`: the daemon's configuration turned into what
+//! Bazel needs, written where `bazel run //:bazelrc` is run from (BUILD_WORKSPACE_DIRECTORY).
+
+use crate::config::Config;
+use clap::Args;
+use clientd_bazelrc::{
+    fragment, scrub_config, BazelVersion, Connection, FragmentOptions, ScrubOptions,
+};
+use clientd_digest::validate_instance_name;
+use clientd_store::Router;
+use clientd_upstream::Endpoint;
+use std::path::{Path, PathBuf};
+
+#[derive(Args)]
+pub struct BazelrcArgs {
+    /// Instance name Bazel uses: `local/<name>` (the local cache) or `<cluster prefix>/<instance>`.
+    /// Default: local/<workspace directory name>.
+    #[arg(long, value_name = "NAME")]
+    instance: Option<String>,
+    /// Only cache remotely (`--remote_cache`) even when the instance is a cluster's.
+    #[arg(long)]
+    cache_only: bool,
+    /// The Bazel version the fragment is for, e.g. 7.2.1. Default: what `bazel --version` says.
+    #[arg(long, value_name = "VERSION")]
+    bazel_version: Option<String>,
+    /// Reach the daemon by its first loopback TCP listener instead of its UNIX socket (Bazel
+    /// builds without UNIX socket support, such as Debian's 4.2.3).
+    #[arg(long)]
+    tcp: bool,
+    /// Do not use the Output Service even where Bazel has it (7.2 and later).
+    #[arg(long)]
+    no_output_service: bool,
+    /// Add `--experimental_remote_scrubbing_config` for this file (see `clientd scrub-config`).
+    #[arg(long, value_name = "FILE")]
+    scrubbing_config: Option<PathBuf>,
+    /// Write here instead of standard output. Under `bazel run`, the default is
+    /// `clientd.bazelrc` in the workspace.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ScrubArgs {
+    /// Regex of the mnemonics of stamped actions, e.g. `Genrule` (repeatable).
+    #[arg(long = "mnemonic", value_name = "REGEX")]
+    mnemonics: Vec<String>,
+    /// Regex of the labels of stamped targets, e.g. `//release:.*` (repeatable).
+    #[arg(long = "label", value_name = "REGEX")]
+    labels: Vec<String>,
+    /// Regex of input paths to leave out of the cache key (repeatable).
+    /// Default: ^bazel-out/volatile-status\.txt$
+    #[arg(long = "omit", value_name = "REGEX")]
+    omit: Vec<String>,
+    /// Rewrite the first match of SOURCE (a regex) in each argument to TARGET (repeatable).
+    #[arg(long = "replace", value_name = "SOURCE=TARGET", value_parser = parse_replace)]
+    replace: Vec<(String, String)>,
+    /// A salt for the cache keys of the matched actions.
+    #[arg(long, value_name = "S")]
+    salt: Option<String>,
+    /// Write here instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+fn parse_replace(text: &str) -> Result<(String, String), String> {
+    let (source, target) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected SOURCE=TARGET"))?;
+    Ok((source.to_string(), target.to_string()))
+}
+
+/// The workspace `bazel run` was started from, if any.
+fn workspace() -> Option<PathBuf> {
+    std::env::var_os("BUILD_WORKSPACE_DIRECTORY").map(PathBuf::from)
+}
+
+fn bazel_version(given: Option<&str>) -> Result<BazelVersion, String> {
+    if let Some(text) = given {
+        return BazelVersion::parse(text);
+    }
+    let mut command = std::process::Command::new("bazel");
+    command.arg("--version");
+    if let Some(dir) = workspace() {
+        command.current_dir(dir);
+    }
+    let output = command.output().map_err(|e| {
+        format!("cannot run `bazel --version` ({e}); give the version with --bazel-version")
+    })?;
+    let printed = String::from_utf8_lossy(&output.stdout);
+    BazelVersion::parse(&printed).map_err(|_| {
+        format!(
+            "`bazel --version` printed {:?}, which names no version (an unstamped build, such as \
+             Debian's); give the version with --bazel-version",
+            printed.trim()
+        )
+    })
+}
+
+fn write(text: &str, output: Option<&Path>) -> Result<(), String> {
+    match output {
+        Some(path) => {
+            std::fs::write(path, text)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            eprintln!("clientd: wrote {}", path.display());
+            Ok(())
+        }
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+    }
+}
+
+pub fn bazelrc(config: &Config, args: BazelrcArgs) -> Result<(), String> {
+    let workspace = workspace();
+    let instance = match args.instance {
+        Some(name) => name,
+        None => {
+            let dir = workspace.clone().or_else(|| std::env::current_dir().ok());
+            let name = dir
+                .as_deref()
+                .and_then(Path::file_name)
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "default".into());
+            format!("local/{name}")
+        }
+    };
+    validate_instance_name(&instance).map_err(|e| format!("--instance: {e}"))?;
+    let mut routes: Vec<(String, Option<String>)> = vec![("local".into(), None)];
+    routes.extend(
+        config
+            .clusters
+            .iter()
+            .map(|(prefix, c)| (prefix.clone(), Some(c.endpoint.clone()))),
+    );
+    let router = Router::new(routes);
+    let (endpoint, rest) = router
+        .route(&instance)
+        .map_err(|e| format!("--instance: {e}"))?;
+    let cluster = match endpoint.as_deref().map(Endpoint::parse) {
+        Some(Ok(Endpoint::Grpc(authority) | Endpoint::Grpcs(authority))) => {
+            Some((authority, rest.to_string()))
+        }
+        _ => None,
+    };
+    let connection = if args.tcp {
+        let addr = config
+            .grpc
+            .tcp_listen
+            .first()
+            .ok_or("--tcp: the daemon's configuration has no grpc.tcp_listen address")?;
+        Connection::Tcp(*addr)
+    } else {
+        Connection::Unix(config.unix_socket().to_path_buf())
+    };
+    let scrubbing_config = match args.scrubbing_config {
+        Some(path) if path.is_relative() => Some(workspace.clone().unwrap_or_default().join(path)),
+        other => other,
+    };
+    let options = FragmentOptions {
+        bazel: bazel_version(args.bazel_version.as_deref())?,
+        connection,
+        socket: config.unix_socket().to_path_buf(),
+        remote_execution: endpoint.is_some() && !args.cache_only,
+        instance_name: instance,
+        cluster,
+        mount: config
+            .mount
+            .enabled
+            .then(|| config.mount_path().to_path_buf()),
+        output_service: !args.no_output_service,
+        scrubbing_config,
+        digest_function: "sha256".into(),
+    };
+    let text = fragment(&options)?;
+    let output = args
+        .output
+        .or_else(|| workspace.map(|w| w.join("clientd.bazelrc")));
+    write(&text, output.as_deref())
+}
+
+pub fn scrub(args: ScrubArgs) -> Result<(), String> {
+    let options = ScrubOptions {
+        mnemonics: args.mnemonics,
+        labels: args.labels,
+        omit: args.omit,
+        replace: args.replace,
+        salt: args.salt,
+    };
+    let (text, warnings) = scrub_config(&options)?;
+    for warning in warnings {
+        eprintln!("clientd: warning: {warning}");
+    }
+    write(&text, args.output.as_deref())
+}
