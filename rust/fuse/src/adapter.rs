@@ -139,6 +139,9 @@ impl Filesystem for Adapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if let Some(result) = self.vfs.lookup_now(parent.0, name) {
+            return entry(reply, result);
+        }
         let (vfs, name) = (self.vfs.clone(), name.to_os_string());
         self.runtime
             .spawn(async move { entry(reply, vfs.lookup(parent.0, &name).await) });

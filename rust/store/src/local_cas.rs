@@ -64,6 +64,11 @@ impl LocalCas {
         self.blobs.open_file(digest)
     }
 
+    /// Whether the blob is here, without blocking on anything (an index lookup).
+    pub fn has(&self, digest: &Digest) -> bool {
+        digest.is_empty_blob() || self.blobs.contains(std::slice::from_ref(digest))[0]
+    }
+
     /// Number of blobs and their total bytes.
     pub fn usage(&self) -> (usize, u64) {
         self.blobs.usage()

@@ -228,19 +228,22 @@ impl CasView {
         Ok(missing.is_empty())
     }
 
-    /// The child `name` of `parent`, checked (and its message fetched) now.
-    pub async fn child(&self, parent: &CasNode, name: &str) -> VfsResult<CasNode> {
-        match parent {
+    /// The child `name` of `parent` if it can be known without waiting for anything: the path
+    /// grammar, blobs in the local CAS, messages already parsed. None means "ask [`child`]".
+    ///
+    /// [`child`]: CasView::child
+    pub fn child_now(&self, parent: &CasNode, name: &str) -> Option<VfsResult<CasNode>> {
+        Some(match parent {
             CasNode::Instance(prefix) => {
                 if name == "blobs" {
-                    return Ok(CasNode::Blobs(prefix.clone()));
+                    return Some(Ok(CasNode::Blobs(prefix.clone())));
                 }
                 if name.is_empty()
                     || name == "."
                     || name == ".."
                     || RESERVED_SEGMENTS.contains(&name)
                 {
-                    return Err(Errno::NOENT);
+                    return Some(Err(Errno::NOENT));
                 }
                 let instance = if prefix.is_empty() {
                     name.to_string()
@@ -258,18 +261,78 @@ impl CasView {
                 .map(|k| CasNode::KindDir(instance.clone(), *function, k))
                 .ok_or(Errno::NOENT),
             CasNode::KindDir(instance, function, kind) => {
+                let Ok(digest) = Digest::parse_joined(Some(*function), name, '-') else {
+                    return Some(Err(Errno::NOENT));
+                };
+                let key = (instance.clone(), digest);
+                match kind {
+                    Kind::File | Kind::Executable if self.local.has(&digest) => Ok(CasNode::File {
+                        instance: instance.clone(),
+                        digest,
+                        executable: *kind == Kind::Executable,
+                    }),
+                    Kind::Directory if self.directories.lock().unwrap().contains(&key) => {
+                        Ok(CasNode::Directory {
+                            instance: instance.clone(),
+                            digest,
+                        })
+                    }
+                    Kind::Tree => {
+                        let root = self.trees.lock().unwrap().get(&key)?.root;
+                        Ok(CasNode::TreeDir {
+                            instance: instance.clone(),
+                            tree: digest,
+                            dir: root,
+                        })
+                    }
+                    _ => return None,
+                }
+            }
+            CasNode::Directory { instance, digest } => {
+                let dir = self
+                    .directories
+                    .lock()
+                    .unwrap()
+                    .get(&(instance.clone(), *digest))?
+                    .clone();
+                Self::entry(parent, &dir, name)
+            }
+            CasNode::TreeDir {
+                instance,
+                tree,
+                dir,
+            } => {
+                let parsed = self
+                    .trees
+                    .lock()
+                    .unwrap()
+                    .get(&(instance.clone(), *tree))?
+                    .clone();
+                match parsed.dirs.get(dir) {
+                    Some(message) => Self::entry(parent, message, name),
+                    None => Err(Errno::IO),
+                }
+            }
+            CasNode::File { .. } | CasNode::Symlink(_) | CasNode::Command { .. } => {
+                Err(Errno::NOTDIR)
+            }
+        })
+    }
+
+    /// The child `name` of `parent`, checked (and its message fetched) now.
+    pub async fn child(&self, parent: &CasNode, name: &str) -> VfsResult<CasNode> {
+        if let Some(found) = self.child_now(parent, name) {
+            return found;
+        }
+        match parent {
+            CasNode::KindDir(instance, function, kind) => {
                 let digest =
                     Digest::parse_joined(Some(*function), name, '-').map_err(|_| Errno::NOENT)?;
                 self.blob(instance, digest, *kind).await
             }
             CasNode::Directory { instance, digest } => {
                 let dir = self.directory(instance, digest).await?;
-                self.entry(instance, &dir, name, digest.function(), |dir| {
-                    CasNode::Directory {
-                        instance: instance.clone(),
-                        digest: dir,
-                    }
-                })
+                Self::entry(parent, &dir, name)
             }
             CasNode::TreeDir {
                 instance,
@@ -277,18 +340,9 @@ impl CasView {
                 dir,
             } => {
                 let parsed = self.tree(instance, tree).await?;
-                let message = parsed.dirs.get(dir).ok_or(Errno::IO)?.clone();
-                self.entry(instance, &message, name, tree.function(), |dir| {
-                    CasNode::TreeDir {
-                        instance: instance.clone(),
-                        tree: *tree,
-                        dir,
-                    }
-                })
+                Self::entry(parent, parsed.dirs.get(dir).ok_or(Errno::IO)?, name)
             }
-            CasNode::File { .. } | CasNode::Symlink(_) | CasNode::Command { .. } => {
-                Err(Errno::NOTDIR)
-            }
+            _ => Err(Errno::IO),
         }
     }
 
@@ -329,15 +383,13 @@ impl CasView {
         }
     }
 
-    /// The entry `name` of a Directory message.
-    fn entry(
-        &self,
-        instance: &Arc<str>,
-        dir: &re::Directory,
-        name: &str,
-        function: DigestFunction,
-        subdir: impl Fn(Digest) -> CasNode,
-    ) -> VfsResult<CasNode> {
+    /// The entry `name` of the Directory message of `parent` (a Directory or TreeDir node).
+    fn entry(parent: &CasNode, dir: &re::Directory, name: &str) -> VfsResult<CasNode> {
+        let (instance, function) = match parent {
+            CasNode::Directory { instance, digest } => (instance, digest.function()),
+            CasNode::TreeDir { instance, tree, .. } => (instance, tree.function()),
+            _ => return Err(Errno::NOTDIR),
+        };
         let parse = |d: Option<&re::Digest>| {
             d.and_then(|d| Digest::from_proto(Some(function), d).ok())
                 .ok_or(Errno::IO)
@@ -350,7 +402,18 @@ impl CasView {
             });
         }
         if let Some(sub) = dir.directories.iter().find(|d| d.name == name) {
-            return Ok(subdir(parse(sub.digest.as_ref())?));
+            let digest = parse(sub.digest.as_ref())?;
+            return Ok(match parent {
+                CasNode::TreeDir { tree, .. } => CasNode::TreeDir {
+                    instance: instance.clone(),
+                    tree: *tree,
+                    dir: digest,
+                },
+                _ => CasNode::Directory {
+                    instance: instance.clone(),
+                    digest,
+                },
+            });
         }
         if let Some(link) = dir.symlinks.iter().find(|s| s.name == name) {
             return Ok(CasNode::Symlink(link.target.as_str().into()));
@@ -360,7 +423,7 @@ impl CasView {
 
     /// The entries of a directory node, by name. Lookup-only levels list nothing.
     pub async fn list(&self, node: &CasNode) -> VfsResult<Vec<(String, CasNode)>> {
-        let (instance, dir, function, tree) = match node {
+        let dir = match node {
             CasNode::Function(instance, function) => {
                 return Ok(Kind::ALL
                     .into_iter()
@@ -372,20 +435,14 @@ impl CasView {
                     })
                     .collect())
             }
-            CasNode::Directory { instance, digest } => (
-                instance,
-                self.directory(instance, digest).await?,
-                digest.function(),
-                None,
-            ),
+            CasNode::Directory { instance, digest } => self.directory(instance, digest).await?,
             CasNode::TreeDir {
                 instance,
                 tree,
                 dir,
             } => {
                 let parsed = self.tree(instance, tree).await?;
-                let message = parsed.dirs.get(dir).ok_or(Errno::IO)?.clone();
-                (instance, message, tree.function(), Some(*tree))
+                parsed.dirs.get(dir).ok_or(Errno::IO)?.clone()
             }
             CasNode::Instance(_) | CasNode::Blobs(_) | CasNode::KindDir(..) => return Ok(vec![]),
             _ => return Err(Errno::NOTDIR),
@@ -397,20 +454,7 @@ impl CasView {
             .chain(dir.directories.iter().map(|d| &d.name))
             .chain(dir.symlinks.iter().map(|s| &s.name));
         names
-            .map(|name| {
-                let child = self.entry(instance, &dir, name, function, |d| match tree {
-                    Some(tree) => CasNode::TreeDir {
-                        instance: instance.clone(),
-                        tree,
-                        dir: d,
-                    },
-                    None => CasNode::Directory {
-                        instance: instance.clone(),
-                        digest: d,
-                    },
-                })?;
-                Ok((name.clone(), child))
-            })
+            .map(|name| Ok((name.clone(), Self::entry(node, &dir, name)?)))
             .collect()
     }
 

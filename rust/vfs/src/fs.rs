@@ -329,48 +329,64 @@ impl Vfs {
         self.attr(table, ino)
     }
 
-    pub async fn lookup(&self, parent: u64, name: &OsStr) -> VfsResult<Attr> {
-        let cas_parent = {
-            let mut table = self.table.lock().unwrap();
-            match &table.get(parent)?.node {
-                Node::Root => {
-                    let ino = match name.to_str() {
-                        Some("cas") => CAS_ROOT,
-                        Some("scratch") => SCRATCH_ROOT,
-                        Some("outputs") => OUTPUTS_ROOT,
-                        _ => return Err(Errno::NOENT),
-                    };
-                    return self.referenced(&mut table, ino);
-                }
-                Node::Outputs { children } => {
-                    let ino = match name.to_str() {
-                        Some(".") => OUTPUTS_ROOT,
-                        Some("..") => ROOT,
-                        _ => *children.get(name).ok_or(Errno::NOENT)?,
-                    };
-                    return self.referenced(&mut table, ino);
-                }
-                Node::Scratch(ScratchNode::Dir {
-                    children,
-                    parent: up,
-                    ..
-                }) => {
-                    let ino = match name.to_str() {
-                        Some(".") => parent,
-                        Some("..") => *up,
-                        _ => *children.get(name).ok_or(Errno::NOENT)?,
-                    };
-                    return self.referenced(&mut table, ino);
-                }
-                Node::Scratch(_) => return Err(Errno::NOTDIR),
-                Node::Cas(cas) => cas.clone(),
-            }
+    /// A lookup in the table: answered, or a cas/ directory whose child must be resolved.
+    fn lookup_step(&self, parent: u64, name: &OsStr) -> Result<VfsResult<Attr>, CasNode> {
+        let mut table = self.table.lock().unwrap();
+        let fixed_child =
+            |children: &BTreeMap<OsString, u64>, dot: u64, dotdot: u64| match name.to_str() {
+                Some(".") => Ok(dot),
+                Some("..") => Ok(dotdot),
+                _ => children.get(name).copied().ok_or(Errno::NOENT),
+            };
+        let ino = match table.get(parent).map(|e| &e.node) {
+            Err(e) => Err(e),
+            Ok(Node::Root) => match name.to_str() {
+                Some("cas") => Ok(CAS_ROOT),
+                Some("scratch") => Ok(SCRATCH_ROOT),
+                Some("outputs") => Ok(OUTPUTS_ROOT),
+                _ => Err(Errno::NOENT),
+            },
+            Ok(Node::Outputs { children }) => fixed_child(children, OUTPUTS_ROOT, ROOT),
+            Ok(Node::Scratch(ScratchNode::Dir {
+                children,
+                parent: up,
+                ..
+            })) => fixed_child(children, parent, *up),
+            Ok(Node::Scratch(_)) => Err(Errno::NOTDIR),
+            Ok(Node::Cas(cas)) => return Err(cas.clone()),
         };
-        let name = name.to_str().ok_or(Errno::NOENT)?;
-        let child = self.cas.child(&cas_parent, name).await?;
+        Ok(ino.and_then(|ino| self.referenced(&mut table, ino)))
+    }
+
+    fn found(&self, child: CasNode) -> VfsResult<Attr> {
         let mut table = self.table.lock().unwrap();
         let ino = table.intern(child);
         self.referenced(&mut table, ino)
+    }
+
+    /// A lookup that needs no waiting (fixed directories, writable trees, cas/ names that the
+    /// local CAS or parsed messages answer), so the FUSE thread can answer it at once. None: use
+    /// [`Vfs::lookup`].
+    pub fn lookup_now(&self, parent: u64, name: &OsStr) -> Option<VfsResult<Attr>> {
+        let cas_parent = match self.lookup_step(parent, name) {
+            Ok(done) => return Some(done),
+            Err(cas) => cas,
+        };
+        let Some(name) = name.to_str() else {
+            return Some(Err(Errno::NOENT));
+        };
+        let child = self.cas.child_now(&cas_parent, name)?;
+        Some(child.and_then(|c| self.found(c)))
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &OsStr) -> VfsResult<Attr> {
+        let cas_parent = match self.lookup_step(parent, name) {
+            Ok(done) => return done,
+            Err(cas) => cas,
+        };
+        let name = name.to_str().ok_or(Errno::NOENT)?;
+        let child = self.cas.child(&cas_parent, name).await?;
+        self.found(child)
     }
 
     pub fn forget(&self, ino: u64, count: u64) {
