@@ -198,6 +198,13 @@ pub trait Invalidate: Send + Sync {
     fn entry(&self, parent: u64, name: &OsStr);
 }
 
+/// How far [`Vfs::lookup_step`] got.
+enum Step {
+    Done(VfsResult<Attr>),
+    /// The parent is this cas/ directory; its child must be resolved.
+    Cas(CasNode),
+}
+
 /// Directory entries as `readdir` returns them (without `.` and `..`).
 pub type Listing = Vec<(u64, FileKind, OsString)>;
 
@@ -330,7 +337,7 @@ impl Vfs {
     }
 
     /// A lookup in the table: answered, or a cas/ directory whose child must be resolved.
-    fn lookup_step(&self, parent: u64, name: &OsStr) -> Result<VfsResult<Attr>, CasNode> {
+    fn lookup_step(&self, parent: u64, name: &OsStr) -> Step {
         let mut table = self.table.lock().unwrap();
         let fixed_child =
             |children: &BTreeMap<OsString, u64>, dot: u64, dotdot: u64| match name.to_str() {
@@ -353,9 +360,9 @@ impl Vfs {
                 ..
             })) => fixed_child(children, parent, *up),
             Ok(Node::Scratch(_)) => Err(Errno::NOTDIR),
-            Ok(Node::Cas(cas)) => return Err(cas.clone()),
+            Ok(Node::Cas(cas)) => return Step::Cas(cas.clone()),
         };
-        Ok(ino.and_then(|ino| self.referenced(&mut table, ino)))
+        Step::Done(ino.and_then(|ino| self.referenced(&mut table, ino)))
     }
 
     fn found(&self, child: CasNode) -> VfsResult<Attr> {
@@ -369,8 +376,8 @@ impl Vfs {
     /// [`Vfs::lookup`].
     pub fn lookup_now(&self, parent: u64, name: &OsStr) -> Option<VfsResult<Attr>> {
         let cas_parent = match self.lookup_step(parent, name) {
-            Ok(done) => return Some(done),
-            Err(cas) => cas,
+            Step::Done(done) => return Some(done),
+            Step::Cas(cas) => cas,
         };
         let Some(name) = name.to_str() else {
             return Some(Err(Errno::NOENT));
@@ -381,8 +388,8 @@ impl Vfs {
 
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> VfsResult<Attr> {
         let cas_parent = match self.lookup_step(parent, name) {
-            Ok(done) => return done,
-            Err(cas) => cas,
+            Step::Done(done) => return done,
+            Step::Cas(cas) => cas,
         };
         let name = name.to_str().ok_or(Errno::NOENT)?;
         let child = self.cas.child(&cas_parent, name).await?;
