@@ -34,7 +34,8 @@ use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::sync::Semaphore;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::service::Routes;
 use tonic::transport::Server;
 
@@ -236,7 +237,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
             server()
                 .add_routes(grpc.clone())
                 .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(listener),
+                    // Without TCP_NODELAY a small reply can wait up to 40 ms for the client's
+                    // delayed ACK (Nagle): a round trip per action for Bazel.
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
                     stopped(stop_rx.clone()),
                 ),
         );
