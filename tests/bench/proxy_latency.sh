@@ -352,7 +352,7 @@ start_clientd() {
     mkdir -p "$dir/cache" "$dir/config"
     CPORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     HOME="$T/home" XDG_CACHE_HOME="$dir/cache" XDG_CONFIG_HOME="$dir/config" NO_COLOR=1 RUST_LOG="${RUST_LOG:-info}" \
-        "$CLIENTD" serve --tcp-listen "127.0.0.1:$CPORT" --cluster "up=$UPSTREAM" >"$dir/daemon.log" 2>&1 &
+        "$CLIENTD" serve --no-mount --tcp-listen "127.0.0.1:$CPORT" --cluster "up=$UPSTREAM" >"$dir/daemon.log" 2>&1 &
     DAEMON_PID=$!
     for _ in $(seq 300); do
         grep -q "serving on grpc://127.0.0.1:$CPORT" "$dir/daemon.log" && return 0
