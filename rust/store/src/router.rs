@@ -43,7 +43,7 @@ impl<T> Router<T> {
         known.sort();
         Err(StoreError::InvalidArgument(format!(
             "instance name {instance_name:?} matches no configured prefix; known prefixes: {} \
-             (use e.g. --remote_instance_name=local/<project>)",
+             (a local cache is e.g. local/<project>)",
             known.join(", ")
         )))
     }
