@@ -6,7 +6,8 @@
 # --config=clientd //...` builds through a running daemon (project_tree's outputs feed a genrule);
 # after `bazel clean` a second build hits the remote cache for every action but the stamped one
 # (its volatile status input changes every build: the case for scrubbing on Bazel 7+);
-# `--config=release` stamps.
+# `--config=release` stamps; `bazel run` of the launcher behind `@clientd//:bazelrc` passes the
+# subcommand, the arguments and the workspace through.
 #
 # Needs: tests/setup.sh (bazel-bootstrap), cargo. KEEP_TMP=1 keeps the temp dir; CLIENTD=... tests
 # a given binary. Prints `PASS: name` / `FAIL: name: reason`; exits non-zero on any failure.
@@ -104,6 +105,43 @@ else
 fi
 out=$(build --config=release) && grep -q "STABLE_VERSION 1.0.0" "$WS/bazel-bin/version.txt" &&
     pass release_stamped || fail release_stamped "$(cat "$WS/bazel-bin/version.txt" 2>&1) $(printf '%s' "$out" | tail -5)"
+
+# The launcher behind `bazel run @clientd//:bazelrc` (rules/command.bzl), around a stand-in for
+# the clientd binary (rules_rust cannot build it under Bazel 4.2.3): the subcommand and the
+# arguments arrive, and BUILD_WORKSPACE_DIRECTORY names the workspace.
+mkdir -p "$WS/launcher"
+# An executable rule, not sh_binary: that needs rules_cc's launcher, which cannot be fetched here.
+cat >"$WS/launcher/fake.bzl" <<'BZL'
+def _fake_clientd_impl(ctx):
+    script = ctx.actions.declare_file(ctx.label.name + ".sh")
+    ctx.actions.write(
+        script,
+        "#!/bin/sh\necho \"args: $*\"\necho \"workspace: $BUILD_WORKSPACE_DIRECTORY\"\n",
+        is_executable = True,
+    )
+    return [DefaultInfo(executable = script)]
+
+fake_clientd = rule(implementation = _fake_clientd_impl, executable = True)
+BZL
+cat >"$WS/launcher/BUILD.bazel" <<'BUILD'
+load("@clientd//rules:command.bzl", "clientd_command")
+load(":fake.bzl", "fake_clientd")
+
+fake_clientd(name = "fake_clientd")
+
+clientd_command(
+    name = "bazelrc",
+    binary = ":fake_clientd",
+    command = "bazelrc",
+)
+BUILD
+out=$(cd "$WS" && bz run //launcher:bazelrc -- --instance local/x 2>"$T/run.err")
+if printf '%s' "$out" | grep -qx "args: bazelrc --instance local/x" &&
+    printf '%s' "$out" | grep -qx "workspace: $WS"; then
+    pass bazel_run_launcher
+else
+    fail bazel_run_launcher "$out $(tail -5 "$T/run.err")"
+fi
 
 echo
 if [ "$FAILURES" -eq 0 ]; then echo "all passed"; else echo "$FAILURES failed"; fi

@@ -35,8 +35,8 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::sync::Semaphore;
 use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::server::TcpIncoming;
 use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 /// HTTP/2 flow-control windows. The 64 KiB protocol default costs a round trip per 64 KiB, which
