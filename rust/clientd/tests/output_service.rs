@@ -465,6 +465,26 @@ async fn bazel_call_sequence_survives_a_restart() {
         "written locally\n"
     );
     assert!(!out.join(path_of(gone)).exists());
+
+    // A local file's digest is kept until the file changes, then computed anew.
+    let local = "k8-fastbuild/bin/local/out.txt".to_string();
+    let stat_local = |service: &mut BazelOutputServiceClient<Channel>| {
+        let request = pb::BatchStatRequest {
+            build_id: "b2".into(),
+            paths: vec![local.clone()],
+        };
+        let mut service = service.clone();
+        async move {
+            let response = service.batch_stat(request).await.unwrap().into_inner();
+            digest_of(&response.responses[0].stat)
+        }
+    };
+    assert_eq!(
+        stat_local(&mut service).await,
+        Some(sha256(b"written locally\n"))
+    );
+    std::fs::write(out.join(&local), "rewritten\n").unwrap();
+    assert_eq!(stat_local(&mut service).await, Some(sha256(b"rewritten\n")));
     println!(
         "staged {FILES} artifacts in {stage_time:?} ({:.0}/s); BatchStat of {} paths in {stat_time:?} ({:.0}/s)",
         FILES as f64 / stage_time.as_secs_f64(),
@@ -498,4 +518,82 @@ async fn bazel_call_sequence_survives_a_restart() {
         .join(BASE)
         .exists());
     assert!(proxy.stop().success());
+}
+
+#[tokio::test]
+async fn output_paths_not_saved_within_the_age_limit_are_dropped_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let data = b"kept for a while".to_vec();
+    let digest = sha256(&data);
+    let mnt = home.join("mnt");
+    let daemon = Daemon::start(&home, None, &[]);
+    daemon
+        .clients()
+        .await
+        .batch_update("local/x", &[(digest, data)])
+        .await;
+    let mut service = client(&daemon).await;
+    let mut start = start_request("old", &mnt);
+    start.args = Some(any(
+        "StartBuildArgs",
+        &rev2::StartBuildArgs {
+            instance_name: "local/x".into(),
+            ..Default::default()
+        },
+    ));
+    service.start_build(start.clone()).await.unwrap();
+    let artifacts = vec![pb::stage_artifacts_request::Artifact {
+        path: "k8/bin/a".into(),
+        locator: Some(file_locator(&digest)),
+    }];
+    let staged = service
+        .stage_artifacts(pb::StageArtifactsRequest {
+            build_id: "old".into(),
+            artifacts,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(codes(&staged), vec![0]);
+    service
+        .finalize_build(pb::FinalizeBuildRequest {
+            build_id: "old".into(),
+            build_successful: true,
+        })
+        .await
+        .unwrap();
+    drop(service);
+    assert!(daemon.stop().success());
+
+    // Eight days pass (the default limit is seven).
+    let state = home.join("cache/clientd/outputs").join(BASE).join("state");
+    let eight_days_ago = std::time::SystemTime::now() - Duration::from_secs(8 * 24 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&state)
+        .unwrap()
+        .set_modified(eight_days_ago)
+        .unwrap();
+    let daemon = Daemon::start(&home, None, &[]);
+    assert!(
+        daemon.log().contains("no state saved within"),
+        "{}",
+        daemon.log()
+    );
+    assert!(!state.exists());
+    let mut service = client(&daemon).await;
+    start.build_id = "new".into();
+    service.start_build(start).await.unwrap();
+    let stat = service
+        .batch_stat(pb::BatchStatRequest {
+            build_id: "new".into(),
+            paths: vec!["k8/bin/a".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stat.responses[0].stat.is_none(), "the old tree is gone");
+    drop(service);
+    assert!(daemon.stop().success());
 }
