@@ -72,7 +72,8 @@ pub struct Config {
     /// cluster as instance `rest`. `local` is reserved for the local cache.
     /// Example: `{"mycluster.example.com": {"endpoint": "grpcs://mycluster.example.com:443"}}`.
     pub clusters: BTreeMap<String, ClusterConfig>,
-    /// What FindMissingBlobs answers from clusters are remembered.
+    /// What is remembered of clusters: blobs they reported present (FindMissingBlobs) and action
+    /// results they returned.
     pub existence_cache: ExistenceCacheConfig,
     /// The file system (`cas/`, `scratch/`, `outputs/`).
     pub mount: MountConfig,
@@ -179,9 +180,11 @@ impl ClusterConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExistenceCacheConfig {
-    /// Seconds a blob a cluster reported present is trusted without asking again. Example: `300`.
+    /// Seconds a blob a cluster reported present, or an action result it returned, is trusted
+    /// without asking again (results only while their outputs are in the local CAS).
+    /// Example: `300`.
     pub ttl_seconds: u64,
-    /// Digests remembered per cluster. Example: `1000000`.
+    /// Digests (and, separately, action results) remembered per cluster. Example: `1000000`.
     pub max_entries: usize,
 }
 

@@ -12,9 +12,9 @@ use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_proto::clientd::v1::stats_server::StatsServer;
 use clientd_proto::google::bytestream::byte_stream_server::ByteStreamServer;
 use clientd_store::{
-    ActionCache, Backend, BlobStore, Clock, CompletenessChecking, ConcurrencyLimiting,
-    Demultiplexing, DiskLruOptions, ExistenceCaching, LocalActionCache, LocalCas, ReadCaching,
-    Router, Stats, SystemClock,
+    ActionCache, ActionResultCaching, Backend, BlobStore, Clock, CompletenessChecking,
+    ConcurrencyLimiting, Demultiplexing, DiskLruOptions, ExistenceCaching, LocalActionCache,
+    LocalCas, ReadCaching, Router, Stats, SystemClock,
 };
 use clientd_upstream::{
     Cluster, ClusterOptions, Endpoint, RetryPolicy, UpstreamActionCache, UpstreamCas,
@@ -97,11 +97,13 @@ pub fn compose(config: &Config, clock: Arc<dyn Clock>) -> Result<Composition, St
         let upstream_cas: Arc<dyn BlobStore> = Arc::new(UpstreamCas::new(cluster.clone()));
         let upstream_action_cache: Arc<dyn ActionCache> =
             Arc::new(UpstreamActionCache::new(cluster.clone()));
+        let max_entries = NonZeroUsize::new(config.existence_cache.max_entries)
+            .ok_or("existence_cache.max_entries must be at least 1")?;
+        let ttl = Duration::from_secs(config.existence_cache.ttl_seconds);
         let existence = Arc::new(ExistenceCaching::new(
             Arc::new(ConcurrencyLimiting::new(upstream_cas, permits.clone())),
-            NonZeroUsize::new(config.existence_cache.max_entries)
-                .ok_or("existence_cache.max_entries must be at least 1")?,
-            Duration::from_secs(config.existence_cache.ttl_seconds),
+            max_entries,
+            ttl,
             clock.clone(),
             stats.clone(),
         ));
@@ -111,7 +113,14 @@ pub fn compose(config: &Config, clock: Arc<dyn Clock>) -> Result<Composition, St
                 existence,
                 stats.clone(),
             )),
-            action_cache: Arc::new(ConcurrencyLimiting::new(upstream_action_cache, permits)),
+            action_cache: Arc::new(ActionResultCaching::new(
+                Arc::new(ConcurrencyLimiting::new(upstream_action_cache, permits)),
+                local_cas.clone(),
+                max_entries,
+                ttl,
+                clock.clone(),
+                stats.clone(),
+            )),
         };
         tracing::info!("{}: instance names {prefix}/...", cluster.describe());
         stores.push((prefix.clone(), backend));

@@ -323,3 +323,50 @@ async fn an_interrupted_upload_leaves_no_blob_anywhere() {
         .await;
     assert_eq!(missing, vec![digest]);
 }
+
+#[tokio::test]
+async fn action_results_are_reused_while_their_outputs_are_local() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, proxy) = pair(dir.path(), &[]);
+    let output = pseudo_random(6, 5000);
+    let output_digest = sha256(&output);
+    let action = sha256(b"an action");
+    let result = re::ActionResult {
+        output_files: vec![re::OutputFile {
+            path: "out".into(),
+            digest: Some(output_digest.to_proto()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut up = upstream.clients().await;
+    up.write(UPSTREAM, &output, 5000).await.unwrap();
+    up.ac
+        .update_action_result(re::UpdateActionResultRequest {
+            instance_name: UPSTREAM.into(),
+            action_digest: Some(action.to_proto()),
+            action_result: Some(result.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut clients = proxy.clients().await;
+    let get = re::GetActionResultRequest {
+        instance_name: PROXIED.into(),
+        action_digest: Some(action.to_proto()),
+        ..Default::default()
+    };
+    // The output is not local yet: both answers come from the cluster.
+    for _ in 0..2 {
+        let got = clients.ac.get_action_result(get.clone()).await.unwrap();
+        assert_eq!(got.into_inner(), result);
+    }
+    assert_eq!(stats(&proxy).await["action_results_local"], 0);
+    // Once the output is read (and so local), the result is answered locally, even with the
+    // cluster gone.
+    clients.read(PROXIED, &output_digest, 0, 0).await.unwrap();
+    upstream.stop();
+    let got = clients.ac.get_action_result(get.clone()).await.unwrap();
+    assert_eq!(got.into_inner(), result);
+    assert_eq!(stats(&proxy).await["action_results_local"], 1);
+}

@@ -24,7 +24,10 @@ impl CompletenessChecking {
 
 /// Every CAS digest an action result refers to directly: output files, output directory trees,
 /// stdout and stderr.
-fn referenced_digests(action: &Digest, result: &ActionResult) -> StoreResult<Vec<Digest>> {
+pub(crate) fn referenced_digests(
+    action: &Digest,
+    result: &ActionResult,
+) -> StoreResult<Vec<Digest>> {
     let function = Some(action.function());
     let files = result.output_files.iter().filter_map(|f| f.digest.as_ref());
     let trees = result

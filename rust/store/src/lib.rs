@@ -5,6 +5,7 @@
 //! directory of immutable files. Behaviours that wrap a store (existence caching, completeness
 //! checking, existence and read caching, concurrency limiting, routing) are decorators, one file each, taking the inner store in their constructor.
 
+mod action_result_caching;
 mod clock;
 mod completeness;
 mod concurrency_limiting;
@@ -20,6 +21,7 @@ mod router;
 mod stats;
 mod traits;
 
+pub use action_result_caching::ActionResultCaching;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use completeness::CompletenessChecking;
 pub use concurrency_limiting::ConcurrencyLimiting;

@@ -33,6 +33,8 @@ counters! {
     find_missing_local,
     /// FindMissingBlobs digests asked of a cluster.
     find_missing_upstream,
+    /// GetActionResult calls for clusters answered from remembered results.
+    action_results_local,
     /// Blobs uploaded to a cluster.
     upstream_writes,
     /// Bytes of those uploads.

@@ -1,0 +1,182 @@
+//! Remembers the action results a cluster returned, so that a rebuild soon after (`bazel clean`,
+//! a second checkout) does not ask the cluster again for every action.
+//!
+//! Only hits are kept, in memory, for `ttl` (the same bet the existence cache makes about blobs:
+//! what the cluster had a few minutes ago, it still has), and a remembered result is only
+//! served while every blob it names is in the local CAS, so Bazel can always download its
+//! outputs. A cluster's action cache stays the authority: uploads go through to it, and after
+//! `ttl` the cluster is asked again.
+
+use crate::clock::Clock;
+use crate::completeness::referenced_digests;
+use crate::error::StoreResult;
+use crate::stats::Stats;
+use crate::traits::{ActionCache, BlobStore};
+use async_trait::async_trait;
+use clientd_digest::Digest;
+use clientd_proto::build::bazel::remote::execution::v2::ActionResult;
+use lru::LruCache;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+type Remembered = LruCache<(Arc<str>, Digest), (Arc<ActionResult>, SystemTime)>;
+
+pub struct ActionResultCaching {
+    inner: Arc<dyn ActionCache>,
+    local_cas: Arc<dyn BlobStore>,
+    ttl: Duration,
+    clock: Arc<dyn Clock>,
+    stats: Arc<Stats>,
+    results: Mutex<Remembered>,
+}
+
+impl ActionResultCaching {
+    pub fn new(
+        inner: Arc<dyn ActionCache>,
+        local_cas: Arc<dyn BlobStore>,
+        max_entries: NonZeroUsize,
+        ttl: Duration,
+        clock: Arc<dyn Clock>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        ActionResultCaching {
+            inner,
+            local_cas,
+            ttl,
+            clock,
+            stats,
+            results: Mutex::new(LruCache::new(max_entries)),
+        }
+    }
+
+    fn remember(&self, instance_name: &str, action: &Digest, result: ActionResult) {
+        let until = self.clock.now() + self.ttl;
+        self.results
+            .lock()
+            .unwrap()
+            .put((instance_name.into(), *action), (Arc::new(result), until));
+    }
+}
+
+#[async_trait]
+impl ActionCache for ActionResultCaching {
+    async fn get(&self, instance_name: &str, action: &Digest) -> StoreResult<Option<ActionResult>> {
+        let key = (Arc::<str>::from(instance_name), *action);
+        let remembered = {
+            let mut results = self.results.lock().unwrap();
+            match results.get(&key) {
+                Some((result, until)) if *until > self.clock.now() => Some(result.clone()),
+                Some(_) => {
+                    results.pop(&key);
+                    None
+                }
+                None => None,
+            }
+        };
+        if let Some(result) = remembered {
+            let outputs = referenced_digests(action, &result)?;
+            if self
+                .local_cas
+                .find_missing(instance_name, &outputs)
+                .await?
+                .is_empty()
+            {
+                Stats::add(&self.stats.action_results_local, 1);
+                return Ok(Some(ActionResult::clone(&result)));
+            }
+        }
+        let result = self.inner.get(instance_name, action).await?;
+        if let Some(result) = &result {
+            self.remember(instance_name, action, result.clone());
+        }
+        Ok(result)
+    }
+
+    async fn put(
+        &self,
+        instance_name: &str,
+        action: &Digest,
+        result: &ActionResult,
+    ) -> StoreResult<()> {
+        self.inner.put(instance_name, action, result).await?;
+        self.remember(instance_name, action, result.clone());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::disk_lru::DiskLruOptions;
+    use crate::local_ac::LocalActionCache;
+    use crate::local_cas::LocalCas;
+    use clientd_digest::DigestFunction;
+    use clientd_proto::build::bazel::remote::execution::v2::OutputFile;
+
+    #[tokio::test]
+    async fn remembered_results_expire_and_need_local_outputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH));
+        let options = DiskLruOptions {
+            max_bytes: 1 << 20,
+            sync_writes: false,
+        };
+        let cluster_ac = Arc::new(
+            LocalActionCache::open(&dir.path().join("ac"), options, clock.clone()).unwrap(),
+        );
+        let local =
+            Arc::new(LocalCas::open(&dir.path().join("cas"), options, clock.clone()).unwrap());
+        let stats = Arc::new(Stats::default());
+        let caching = ActionResultCaching::new(
+            cluster_ac.clone(),
+            local.clone(),
+            NonZeroUsize::new(10).unwrap(),
+            Duration::from_secs(300),
+            clock.clone(),
+            stats.clone(),
+        );
+        let output = bytes::Bytes::from_static(b"output");
+        let output_digest = DigestFunction::Sha256.digest_of(&output);
+        let action = DigestFunction::Sha256.digest_of(b"action");
+        let result = ActionResult {
+            output_files: vec![OutputFile {
+                path: "o".into(),
+                digest: Some(output_digest.to_proto()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        caching.put("i", &action, &result).await.unwrap();
+        let local_hits = || {
+            stats
+                .action_results_local
+                .load(std::sync::atomic::Ordering::SeqCst)
+        };
+        // Output not local: the cluster answers.
+        assert_eq!(
+            caching.get("i", &action).await.unwrap(),
+            Some(result.clone())
+        );
+        assert_eq!(local_hits(), 0);
+        local.write_bytes("", &output_digest, output).await.unwrap();
+        assert_eq!(
+            caching.get("i", &action).await.unwrap(),
+            Some(result.clone())
+        );
+        assert_eq!(local_hits(), 1);
+        // Another instance name, or after the TTL: the cluster again (here: a miss).
+        assert_eq!(caching.get("j", &action).await.unwrap(), None);
+        cluster_ac
+            .put("i", &action, &ActionResult::default())
+            .await
+            .unwrap();
+        clock.advance(Duration::from_secs(301));
+        assert_eq!(
+            caching.get("i", &action).await.unwrap(),
+            Some(ActionResult::default())
+        );
+        assert_eq!(local_hits(), 1);
+    }
+}
