@@ -31,8 +31,8 @@
 #        --remote_instance_name=up/bR, a fresh upstream instance: every action misses, runs
 #        locally, is uploaded through clientd;
 #   (c)  clientd, after `bazel clean`: same clientd and instance, every action a hit, blobs
-#        served from clientd's local CAS (action results still come from the upstream: clientd
-#        does not cache a cluster's action cache).
+#        served from clientd's local CAS, action results reused from (b) (clientd remembers a
+#        cluster's action results for the existence-cache TTL while their outputs are local).
 # Repeated REPS times (fresh instance names aR/bR and a fresh clientd each time); the table shows
 # every run and the median. Ratios of medians: b/a (target <= 1.10), a/c (the requirement's
 # ">= 3x faster than (a)") and a2/c (both all-hit builds). Per scenario, the upstream's RPC counts
