@@ -28,8 +28,13 @@ For every workspace member (the root Cargo.toml's `members` globs) this checks:
 BUILD files are Starlark, which parses as Python: they are read with `ast` and
 evaluated by a small interpreter that understands what these files use (rule
 calls, lists, +, glob(), all_crate_deps(), select(), list comprehensions,
-module-level constants and a few string methods). Anything it cannot evaluate
-is itself reported, never silently skipped.
+module-level constants and a few string methods). A load() of a .bzl file of
+this repository (e.g. //rust:crate.bzl, the clientd_crate macro) evaluates that
+file as Bazel does: a call of one of its `def`s runs the body (parameters with
+defaults, assignments, for loops, return, native.glob()), and the rule calls it
+makes become targets of the calling BUILD file, checked like written-out ones.
+Symbols loaded from other repositories (@rules_rust, @crates) are known by
+name. Anything it cannot evaluate is itself reported, never silently skipped.
 
 Usage:
   tests/check_bazel_sync.py [--root DIR]   check the tree (default: the repo)
@@ -63,7 +68,7 @@ class EvalError(Exception):
 
 
 # --------------------------------------------------------------------------
-# A small Starlark evaluator for BUILD files
+# A small Starlark evaluator for BUILD files and the .bzl files they load
 # --------------------------------------------------------------------------
 
 
@@ -81,11 +86,15 @@ class CrateDeps:
 class Target:
     kind: str  # rust_library, rust_test, ...
     attrs: dict
-    line: int
+    line: int  # the BUILD file's statement that declared it (for a macro's targets, the macro call)
+    via: str | None = None  # "clientd_crate in rust/crate.bzl" when a macro declared it
 
     @property
     def name(self) -> str:
         return self.attrs.get("name", "")
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.name}" + (f" ({self.via})" if self.via else "")
 
 
 @dataclass
@@ -94,9 +103,78 @@ class BuildFile:
     package: str  # "rust/digest"
     targets: list[Target] = field(default_factory=list)
     exported: set[str] = field(default_factory=set)
+    loads: set[str] = field(default_factory=set)  # .bzl files of this repository it loads, directly or not
+    macro_calls: list[tuple[str, str]] = field(default_factory=list)  # (function, .bzl file) it calls
 
     def by_kind(self, *kinds: str) -> list[Target]:
         return [t for t in self.targets if t.kind in kinds]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A symbol loaded from another repository (@rules_rust, @crates, ...): known by its name only."""
+
+    label: str
+    symbol: str
+
+
+@dataclass(frozen=True)
+class RuleClass:
+    """What rule(...) returns in a .bzl file; Bazel names the rule after the global it is assigned to."""
+
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Opaque:
+    """A value the checks never look into (provider(...), attr.label(...))."""
+
+    what: str
+
+
+@dataclass(eq=False)
+class Module:
+    """A .bzl file of this repository, evaluated once (Bazel's load semantics)."""
+
+    rel: str  # "rust/crate.bzl"
+    package: str  # "rust"
+    env: dict = field(default_factory=dict)
+    loads: set[str] = field(default_factory=set)  # itself and what it loads, directly or not
+
+
+@dataclass(eq=False)
+class Function:
+    """A `def` of a loaded .bzl file (a macro): calling it runs its body."""
+
+    name: str
+    node: ast.FunctionDef
+    module: Module
+    defaults: dict
+
+
+@dataclass
+class Frame:
+    module: Module | None  # None: the BUILD file
+    globals: dict
+    locals: dict | None = None  # a function's (and a comprehension's) names; None at a file's top level
+    in_def: bool = False  # running a function body (not a .bzl file's top level)
+
+    def where(self) -> str:
+        return f"{self.module.rel} " if self.module else ""
+
+
+class _Unbound:
+    pass
+
+
+UNBOUND = _Unbound()
+LOADING = "loading"  # in Evaluator.modules while a .bzl file is being evaluated (load cycles)
+CRATES_FUNCTIONS = ("all_crate_deps", "crate_deps")  # from @crates//:defs.bzl
+
+
+@dataclass
+class _Return:
+    value: object
 
 
 def package_files(pkg_dir: Path) -> list[str]:
@@ -131,76 +209,330 @@ def glob_match(pattern: str, path: str) -> bool:
     return m(pattern.split("/"), path.split("/"))
 
 
+def is_package(d: Path) -> bool:
+    return any((d / b).is_file() for b in BUILD_NAMES)
+
+
 class Evaluator:
-    def __init__(self, pkg_dir: Path, package: str):
+    """Evaluates one BUILD file; the targets it declares (itself or through macros) go to self.build.
+
+    `modules` caches the loaded .bzl files by path; share it between evaluators of one tree.
+    """
+
+    def __init__(self, pkg_dir: Path, package: str, root: Path, modules: dict | None = None):
         self.pkg_dir = pkg_dir
         self.package = package
-        self.env: dict = {}
+        self.root = root
+        self.modules = {} if modules is None else modules
         self.build = BuildFile(pkg_dir / "BUILD.bazel", package)
         self._files: list[str] | None = None
+        self._stmt_line = 0
+        self._stack: list[Function] = []
 
-    # -- statements --
+    def err(self, frame: Frame, node, msg: str) -> EvalError:
+        return EvalError(f"{frame.where()}line {getattr(node, 'lineno', '?')}: {msg}")
+
+    # -- files --
     def run(self, source: str, filename: str) -> BuildFile:
+        frame = Frame(None, {})
+        self.exec_file(self.parse(source, filename, frame), frame)
+        return self.build
+
+    def parse(self, source: str, filename: str, frame: Frame) -> ast.Module:
         try:
-            tree = ast.parse(source, filename=filename)
+            return ast.parse(source, filename=filename)
         except SyntaxError as e:
-            raise EvalError(f"does not parse: {e.msg} (line {e.lineno})") from None
+            raise EvalError(f"{frame.where()}does not parse: {e.msg} (line {e.lineno})") from None
+
+    def exec_file(self, tree: ast.Module, frame: Frame) -> None:
+        """The top level of a BUILD file (frame.module None) or of a .bzl file."""
+        build = frame.module is None
         for stmt in tree.body:
+            if build:
+                self._stmt_line = stmt.lineno
             if isinstance(stmt, ast.Expr):
                 v = stmt.value
                 if isinstance(v, ast.Constant) and isinstance(v.value, str):
                     continue  # docstring
                 if isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id == "load":
-                    for kw in v.keywords:
-                        self.env[kw.arg] = ("loaded", kw.arg)
-                    for a in v.args[1:]:
-                        name = self.ev(a)
-                        self.env[name] = ("loaded", name)
+                    self.load(v, frame)
+                    continue
+                if build and isinstance(v, ast.Call):
+                    self.call(v, frame, statement=True)
+                    continue
+                if build and isinstance(v, ast.ListComp):
+                    self.eval_comp(v, frame, statement=True)
                     continue
                 if isinstance(v, ast.Call):
-                    self.rule_call(v, {})
-                    continue
-                if isinstance(v, ast.ListComp):
-                    self.eval_comp(v, {}, top_level=True)
-                    continue
-                raise EvalError(f"line {stmt.lineno}: unsupported statement {ast.dump(v)[:60]}")
+                    raise self.err(frame, stmt, "a call at the top level of a .bzl file (Bazel declares targets only from BUILD files and the macros they call)")
+                raise self.err(frame, stmt, f"unsupported statement {ast.dump(v)[:60]}")
             elif isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
-                self.env[stmt.targets[0].id] = self.ev(stmt.value)
+                value = self.ev(stmt.value, frame)
+                if isinstance(value, RuleClass) and value.name is None:
+                    value = RuleClass(stmt.targets[0].id)
+                frame.globals[stmt.targets[0].id] = value
+            elif isinstance(stmt, ast.FunctionDef) and not build:
+                frame.globals[stmt.name] = self.define(stmt, frame)
+            elif isinstance(stmt, ast.FunctionDef):
+                raise self.err(frame, stmt, "def is not allowed in a BUILD file (put macros in a .bzl file)")
             else:
-                raise EvalError(f"line {stmt.lineno}: unsupported statement {type(stmt).__name__}")
-        return self.build
+                raise self.err(frame, stmt, f"unsupported statement {type(stmt).__name__}")
 
-    def rule_call(self, call: ast.Call, local: dict) -> None:
-        if not isinstance(call.func, ast.Name):
-            raise EvalError(f"line {call.lineno}: unsupported call")
-        kind = call.func.id
-        if call.args and kind != "exports_files":
-            raise EvalError(f"line {call.lineno}: {kind}() with positional arguments")
+    def load(self, call: ast.Call, frame: Frame) -> None:
+        if not call.args or not isinstance(call.args[0], ast.Constant) or not isinstance(call.args[0].value, str):
+            raise self.err(frame, call, "load() needs a label string first")
+        label = call.args[0].value
+        names = []
+        for a in call.args[1:]:
+            s = self.ev(a, frame)
+            names.append((s, s))
+        for kw in call.keywords:
+            names.append((kw.arg, self.ev(kw.value, frame)))
+        module = self.load_module(label, frame, call)
+        for local, symbol in names:
+            if module is None:
+                frame.globals[local] = Loaded(label, symbol)
+            elif symbol.startswith("_"):
+                raise self.err(frame, call, f"load({label!r}): {symbol} is private to {module.rel}")
+            elif symbol not in module.env:
+                raise self.err(frame, call, f"load({label!r}): {module.rel} does not define {symbol}")
+            else:
+                frame.globals[local] = module.env[symbol]
+
+    def load_module(self, label: str, frame: Frame, node) -> Module | None:
+        """Evaluates a .bzl file of this repository (None for another repository's)."""
+        if label.startswith(":"):
+            package, name = (frame.module.package if frame.module else self.package), label[1:]
+        elif label.startswith(("//", "@//", "@@//")):
+            package, colon, name = label[label.index("//") + 2:].partition(":")
+            if not colon:
+                raise self.err(frame, node, f"load({label!r}): the label needs ':' before the file name")
+        else:
+            return None
+        if not name.endswith(".bzl"):
+            raise self.err(frame, node, f"load({label!r}): not a .bzl file")
+        pkg_dir = self.root / package if package else self.root
+        if not is_package(pkg_dir):
+            raise self.err(frame, node, f"load({label!r}): {package or '//'} is not a package (it has no BUILD.bazel)")
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            if is_package(pkg_dir.joinpath(*parts[:i])):
+                raise self.err(frame, node, f"load({label!r}): crosses into package {'/'.join([package, *parts[:i]]).lstrip('/')}")
+        rel = (Path(package) / name).as_posix() if package else name
+        loads = frame.module.loads if frame.module else self.build.loads
+        cached = self.modules.get(rel)
+        if cached is LOADING:
+            raise self.err(frame, node, f"load({label!r}): cycle (it loads itself, directly or not)")
+        if isinstance(cached, EvalError):
+            raise cached
+        if cached is None:
+            path = self.root / rel
+            if not path.is_file():
+                raise self.err(frame, node, f"load({label!r}): {rel} does not exist")
+            self.modules[rel] = LOADING
+            module = Module(rel, package, loads={rel})
+            try:
+                mframe = Frame(module, module.env)
+                self.exec_file(self.parse(path.read_text(), str(path), mframe), mframe)
+            except EvalError as e:
+                self.modules[rel] = e
+                raise
+            self.modules[rel] = cached = module
+        loads |= cached.loads
+        return cached
+
+    def define(self, node: ast.FunctionDef, frame: Frame) -> Function:
+        a = node.args
+        if node.decorator_list:
+            raise self.err(frame, node, f"def {node.name}: decorators are not Starlark")
+        params = [p.arg for p in a.args]
+        defaults = {p: self.ev(d, frame) for p, d in zip(params[len(params) - len(a.defaults):], a.defaults)}
+        for p, d in zip(a.kwonlyargs, a.kw_defaults):
+            if d is not None:
+                defaults[p.arg] = self.ev(d, frame)
+        return Function(node.name, node, frame.module, defaults)
+
+    # -- function bodies --
+    def call_function(self, fn: Function, node: ast.Call, frame: Frame):
+        a = fn.node.args
+        if a.vararg or a.kwarg or a.posonlyargs:
+            raise self.err(frame, node, f"{fn.name}() has *args, **kwargs or positional-only parameters, which this checker does not evaluate")
+        if fn in self._stack:
+            raise self.err(frame, node, f"{fn.name}() calls itself (Starlark has no recursion)")
+        args, kwargs = self.arguments(node, frame)
+        params = [p.arg for p in a.args]
+        kwonly = [p.arg for p in a.kwonlyargs]
+        if len(args) > len(params):
+            raise self.err(frame, node, f"{fn.name}() takes {len(params)} positional argument(s), got {len(args)}")
+        bound = dict(zip(params, args))
+        for k, v in kwargs.items():
+            if k not in params and k not in kwonly:
+                raise self.err(frame, node, f"{fn.name}() has no parameter {k}")
+            if k in bound:
+                raise self.err(frame, node, f"{fn.name}() got {k} twice")
+            bound[k] = v
+        for p in params + kwonly:
+            if p not in bound:
+                if p not in fn.defaults:
+                    raise self.err(frame, node, f"{fn.name}() is missing argument {p}")
+                bound[p] = fn.defaults[p]
+        if frame.module is None:
+            self.build.macro_calls.append((fn.name, fn.module.rel))
+        self._stack.append(fn)
+        try:
+            result = self.exec_block(fn.node.body, Frame(fn.module, fn.module.env, bound, in_def=True))
+        except EvalError as e:
+            raise EvalError(f"{e}; in {fn.name}() called at {frame.where()}line {node.lineno}") from None
+        finally:
+            self._stack.pop()
+        return result.value if result else None
+
+    def exec_block(self, stmts: list[ast.stmt], frame: Frame) -> _Return | None:
+        for stmt in stmts:
+            if isinstance(stmt, ast.Expr):
+                v = stmt.value
+                if isinstance(v, ast.Constant) and isinstance(v.value, str):
+                    continue  # docstring
+                if not isinstance(v, ast.Call):
+                    raise self.err(frame, stmt, f"unsupported statement {ast.dump(v)[:60]}")
+                self.call(v, frame, statement=True)
+            elif isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+                frame.locals[stmt.targets[0].id] = self.ev(stmt.value, frame)
+            elif isinstance(stmt, ast.For):
+                if not isinstance(stmt.target, ast.Name) or stmt.orelse:
+                    raise self.err(frame, stmt, "for loops must bind one name and have no else")
+                for item in list(self.ev(stmt.iter, frame)):
+                    frame.locals[stmt.target.id] = item
+                    result = self.exec_block(stmt.body, frame)
+                    if result:
+                        return result
+            elif isinstance(stmt, ast.Return):
+                return _Return(self.ev(stmt.value, frame) if stmt.value else None)
+            elif isinstance(stmt, ast.Pass):
+                continue
+            else:
+                raise self.err(frame, stmt, f"unsupported statement {type(stmt).__name__}")
+        return None
+
+    # -- calls --
+    def arguments(self, node: ast.Call, frame: Frame) -> tuple[list, dict]:
+        if any(isinstance(a, ast.Starred) for a in node.args) or any(kw.arg is None for kw in node.keywords):
+            raise self.err(frame, node, "*args / **kwargs in a call are not supported by this checker")
+        return [self.ev(a, frame) for a in node.args], {kw.arg: self.ev(kw.value, frame) for kw in node.keywords}
+
+    def lookup(self, name: str, frame: Frame):
+        if frame.locals is not None and name in frame.locals:
+            return frame.locals[name]
+        return frame.globals.get(name, UNBOUND)
+
+    def call(self, node: ast.Call, frame: Frame, statement: bool = False):
+        func = node.func
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and self.lookup(func.value.id, frame) is UNBOUND:
+            ns = func.value.id
+            if ns == "native" and frame.module is not None:
+                if not frame.in_def:
+                    raise self.err(frame, node, f"native.{func.attr}() at the top level of a .bzl file (only BUILD files and the macros they call have a package)")
+                return self.call_builtin_or_rule(func.attr, node, frame, statement)
+            if ns == "attr" and frame.module is not None:
+                self.arguments(node, frame)
+                return Opaque(f"attr.{func.attr}()")
+            raise self.err(frame, node, f"unknown name {ns}")
+        if isinstance(func, ast.Attribute):
+            obj = self.ev(func.value, frame)
+            args, kwargs = self.arguments(node, frame)
+            meth = func.attr
+            if isinstance(obj, str) and meth in ("removeprefix", "removesuffix", "replace", "format", "lower", "upper"):
+                return getattr(obj, meth)(*args, **kwargs)
+            raise self.err(frame, node, f"unsupported method .{meth}()")
+        if not isinstance(func, ast.Name):
+            raise self.err(frame, node, "unsupported call")
+        name = func.id
+        value = self.lookup(name, frame)
+        if isinstance(value, Function):
+            return self.call_function(value, node, frame)
+        if isinstance(value, RuleClass):
+            return self.declare(value.name or name, node, frame, statement)
+        if isinstance(value, Loaded):
+            if value.label.startswith(f"@{CRATES_REPO}//") and value.symbol in CRATES_FUNCTIONS:
+                return self.builtin(value.symbol, node, frame)
+            return self.declare(value.symbol, node, frame, statement)  # a rule (rules_rust, ...)
+        if value is not UNBOUND:
+            raise self.err(frame, node, f"{name} is not callable")
+        if name in ("len", "select"):
+            return self.builtin(name, node, frame)
+        if name in CRATES_FUNCTIONS:
+            raise self.err(frame, node, f'{name}() is not loaded (load("@{CRATES_REPO}//:defs.bzl", "{name}"))')
+        if frame.module is not None:
+            if name == "rule":
+                self.arguments(node, frame)
+                return RuleClass()
+            if name == "provider":
+                self.arguments(node, frame)
+                return Opaque("provider()")
+            raise self.err(frame, node, f"unknown function {name}()" + (f" (a .bzl file calls native.{name})" if name in ("glob", "package_name") else ""))
+        return self.call_builtin_or_rule(name, node, frame, statement)
+
+    def call_builtin_or_rule(self, name: str, node: ast.Call, frame: Frame, statement: bool):
+        """A name of the BUILD language (bare in a BUILD file, native.NAME in a macro)."""
+        if name in ("glob", "package_name"):
+            return self.builtin(name, node, frame)
+        return self.declare(name, node, frame, statement)  # a native rule, exports_files, package
+
+    def builtin(self, fn: str, node: ast.Call, frame: Frame):
+        args, kwargs = self.arguments(node, frame)
+        if fn == "glob":
+            include = args[0] if args else kwargs.pop("include")
+            return self.glob(include, *args[1:], **kwargs)
+        if fn == "package_name":
+            return self.package
+        if fn == "all_crate_deps":
+            kinds = frozenset(k for k, v in kwargs.items() if v is True and k != "package_name")
+            return [CrateDeps(kinds or frozenset({"normal"}))]
+        if fn == "crate_deps":
+            return [f"@{CRATES_REPO}//:{n}" for n in args[0]]
+        if fn == "select":
+            merged: list = []
+            for branch in args[0].values():
+                merged += [x for x in branch if x not in merged]
+            return merged
+        if fn == "len":
+            return len(args[0])
+        raise self.err(frame, node, f"unsupported function {fn}()")
+
+    def declare(self, kind: str, node: ast.Call, frame: Frame, statement: bool) -> None:
+        """A rule call: records a target of the BUILD file."""
+        if not statement:
+            raise self.err(frame, node, f"{kind}() declares a target; it can only be a statement")
+        if frame.module is not None and not frame.in_def:
+            raise self.err(frame, node, f"{kind}() at the top level of a .bzl file")
         if kind == "exports_files":
-            files = self.ev(call.args[0], local) if call.args else []
+            files = self.ev(node.args[0], frame) if node.args else []
             self.build.exported.update(files)
-            return
+            return None
+        if node.args:
+            raise self.err(frame, node, f"{kind}() with positional arguments")
         if kind == "package":
-            return
-        attrs = {kw.arg: self.ev(kw.value, local) for kw in call.keywords}
-        self.build.targets.append(Target(kind, attrs, call.lineno))
+            return None
+        _, attrs = self.arguments(node, frame)
+        via = f"{self._stack[0].name} in {self._stack[0].module.rel}" if self._stack else None
+        self.build.targets.append(Target(kind, attrs, self._stmt_line, via))
+        return None
 
-    def eval_comp(self, comp: ast.ListComp, local: dict, top_level: bool = False) -> list:
+    def eval_comp(self, comp: ast.ListComp, frame: Frame, statement: bool = False) -> list:
         if len(comp.generators) != 1:
-            raise EvalError(f"line {comp.lineno}: nested comprehension")
+            raise self.err(frame, comp, "nested comprehension")
         gen = comp.generators[0]
         if not isinstance(gen.target, ast.Name):
-            raise EvalError(f"line {comp.lineno}: comprehension target must be a name")
+            raise self.err(frame, comp, "comprehension target must be a name")
+        if statement and not isinstance(comp.elt, ast.Call):
+            raise self.err(frame, comp, "top-level comprehension must call a rule")
         out = []
-        for item in self.ev(gen.iter, local):
-            scope = dict(local)
-            scope[gen.target.id] = item
+        for item in self.ev(gen.iter, frame):
+            scope = Frame(frame.module, frame.globals, {**(frame.locals or {}), gen.target.id: item}, frame.in_def)
             if not all(self.ev(c, scope) for c in gen.ifs):
                 continue
-            if top_level:
-                if not isinstance(comp.elt, ast.Call):
-                    raise EvalError(f"line {comp.lineno}: top-level comprehension must call a rule")
-                self.rule_call(comp.elt, scope)
+            if statement:
+                self.call(comp.elt, scope, statement=True)
             else:
                 out.append(self.ev(comp.elt, scope))
         return out
@@ -215,76 +547,54 @@ class Evaluator:
         found = [f for f in self.files() if any(glob_match(p, f) for p in include)]
         return sorted(f for f in found if not any(glob_match(p, f) for p in exclude))
 
-    def ev(self, node, local: dict | None = None):
-        local = local or {}
+    def ev(self, node, frame: Frame):
         if isinstance(node, ast.Constant):
             return node.value
         if isinstance(node, (ast.List, ast.Tuple)):
-            return [self.ev(e, local) for e in node.elts]
+            return [self.ev(e, frame) for e in node.elts]
         if isinstance(node, ast.Dict):
-            return {self.ev(k, local): self.ev(v, local) for k, v in zip(node.keys, node.values)}
+            return {self.ev(k, frame): self.ev(v, frame) for k, v in zip(node.keys, node.values)}
         if isinstance(node, ast.Name):
-            if node.id in local:
-                return local[node.id]
-            if node.id in self.env:
-                return self.env[node.id]
+            value = self.lookup(node.id, frame)
+            if value is not UNBOUND:
+                return value
             if node.id in ("True", "False", "None"):
                 return {"True": True, "False": False, "None": None}[node.id]
-            raise EvalError(f"line {node.lineno}: unknown name {node.id}")
+            raise self.err(frame, node, f"unknown name {node.id}")
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-            left, right = self.ev(node.left, local), self.ev(node.right, local)
+            left, right = self.ev(node.left, frame), self.ev(node.right, frame)
             if isinstance(left, dict) and isinstance(right, dict):
                 return {**left, **right}
-            return left + right
+            try:
+                return left + right
+            except TypeError:
+                raise self.err(frame, node, f"cannot add {type(left).__name__} and {type(right).__name__}") from None
         if isinstance(node, ast.Subscript):
-            value = self.ev(node.value, local)
+            value = self.ev(node.value, frame)
             if isinstance(node.slice, ast.Slice):
                 s = node.slice
                 return value[
-                    self.ev(s.lower, local) if s.lower else None:
-                    self.ev(s.upper, local) if s.upper else None
+                    self.ev(s.lower, frame) if s.lower else None:
+                    self.ev(s.upper, frame) if s.upper else None
                 ]
-            return value[self.ev(node.slice, local)]
+            return value[self.ev(node.slice, frame)]
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return -self.ev(node.operand, local)
+            return -self.ev(node.operand, frame)
         if isinstance(node, ast.ListComp):
-            return self.eval_comp(node, local)
+            return self.eval_comp(node, frame)
         if isinstance(node, ast.Call):
-            args = [self.ev(a, local) for a in node.args]
-            kwargs = {kw.arg: self.ev(kw.value, local) for kw in node.keywords}
-            if isinstance(node.func, ast.Attribute):
-                obj = self.ev(node.func.value, local)
-                meth = node.func.attr
-                if isinstance(obj, str) and meth in ("removeprefix", "removesuffix", "replace", "format", "lower", "upper"):
-                    return getattr(obj, meth)(*args, **kwargs)
-                raise EvalError(f"line {node.lineno}: unsupported method .{meth}()")
-            if not isinstance(node.func, ast.Name):
-                raise EvalError(f"line {node.lineno}: unsupported call")
-            fn = node.func.id
-            if fn == "glob":
-                include = args[0] if args else kwargs.pop("include")
-                return self.glob(include, *args[1:], **kwargs)
-            if fn == "all_crate_deps":
-                kinds = frozenset(k for k, v in kwargs.items() if v is True and k != "package_name")
-                return [CrateDeps(kinds or frozenset({"normal"}))]
-            if fn == "crate_deps":
-                return [f"@{CRATES_REPO}//:{n}" for n in args[0]]
-            if fn == "select":
-                merged: list = []
-                for branch in args[0].values():
-                    merged += [x for x in branch if x not in merged]
-                return merged
-            if fn == "len":
-                return len(args[0])
-            raise EvalError(f"line {node.lineno}: unsupported function {fn}()")
-        raise EvalError(f"line {getattr(node, 'lineno', '?')}: unsupported expression {type(node).__name__}")
+            return self.call(node, frame)
+        raise self.err(frame, node, f"unsupported expression {type(node).__name__}")
 
 
-def parse_build(pkg_dir: Path, package: str) -> BuildFile:
+def parse_build(pkg_dir: Path, package: str, root: Path | None = None, modules: dict | None = None) -> BuildFile:
+    """Evaluates pkg_dir's BUILD file; root is the repository root (for //labels of .bzl files)."""
+    if root is None:
+        root = pkg_dir.parents[package.count("/")] if package else pkg_dir
     for name in BUILD_NAMES:
         p = pkg_dir / name
         if p.is_file():
-            ev = Evaluator(pkg_dir, package)
+            ev = Evaluator(pkg_dir, package, root, modules)
             ev.build.path = p
             return ev.run(p.read_text(), str(p))
     raise FileNotFoundError(pkg_dir / "BUILD.bazel")
@@ -480,6 +790,7 @@ class Checker:
         self.root = root
         self.problems: list[str] = []
         self.builds: dict[str, BuildFile] = {}
+        self.modules: dict = {}  # the .bzl files loaded so far (Evaluator.modules), shared by all BUILD files
 
     def problem(self, where: str, what: str) -> None:
         self.problems.append(f"{where}: {what}")
@@ -495,7 +806,7 @@ class Checker:
 
         for m in members:
             try:
-                self.builds[m.rel] = parse_build(m.dir, m.rel)
+                self.builds[m.rel] = parse_build(m.dir, m.rel, root, self.modules)
             except FileNotFoundError:
                 self.problem(f"{m.rel}/BUILD.bazel", f"missing (workspace member {m.package} has no Bazel package)")
             except EvalError as e:
@@ -606,7 +917,7 @@ class Checker:
                 self.problem(where, f"no {kinds[0]} with crate name {m.lib.name} (Cargo lib of {m.package})")
             else:
                 lib_target = found[0]
-                lt = f"{kinds[0]} {lib_target.name}"
+                lt = lib_target.describe()
                 own_targets.add(f"//{pkg}:{lib_target.name}")
                 missing = sorted((src_rs - bin_only_rs) - self.covered(lib_target))
                 if missing:
@@ -629,7 +940,7 @@ class Checker:
                 continue
             t = found[0]
             bin_targets[cb.name] = t
-            bt = f"rust_binary {t.name}"
+            bt = t.describe()
             own_targets.add(f"//{pkg}:{t.name}")
             root = _crate_root(t, ("main.rs", f"{cb.name}.rs"))
             if root != cb.root:
@@ -655,7 +966,7 @@ class Checker:
             if not unit:
                 self.problem(where, f'no unit-test rust_test with crate = ":{lib_target.name}"')
             for t in unit:
-                tt = f"rust_test {t.name}"
+                tt = t.describe()
                 deps = _labels(t.attrs.get("deps"), pkg)
                 pmdeps = _labels(t.attrs.get("proc_macro_deps"), pkg)
                 # The library's own deps come with `crate`; dev-only path deps must be added.
@@ -668,7 +979,7 @@ class Checker:
             if not unit:
                 self.problem(where, f"no unit-test rust_test with crate_root = {cb.root!r} for binary {cb.name}")
             for t in unit:
-                tt = f"rust_test {t.name}"
+                tt = t.describe()
                 bt = bin_targets[cb.name]
                 missing = sorted(self.covered(bt) - self.covered(t))
                 if missing:
@@ -683,7 +994,7 @@ class Checker:
                 self.problem(where, f"{ct.root} has no rust_test (crate_root = {ct.root!r}); Cargo runs it as test {ct.name}")
                 continue
             for t in found:
-                tt = f"rust_test {t.name}"
+                tt = t.describe()
                 self.check_edition(where, t, m, tt)
                 self.check_test_deps(where, t, m, normal_int, dev_int, normal_ext, dev_ext, lib_target)
                 for bname, bt in bin_targets.items():
@@ -692,7 +1003,7 @@ class Checker:
     def check_test_deps(self, where, t, m, normal_int, dev_int, normal_ext, dev_ext, lib_target) -> None:
         """A test compiled from its own sources: Cargo gives it [dependencies], [dev-dependencies] and the lib."""
         pkg = m.rel
-        tt = f"rust_test {t.name}"
+        tt = t.describe()
         deps = _labels(t.attrs.get("deps"), pkg)
         pmdeps = _labels(t.attrs.get("proc_macro_deps"), pkg)
         want = normal_int | dev_int
@@ -709,7 +1020,7 @@ class Checker:
         uses = any(var in (m.dir / s).read_text(errors="replace") for s in (t.attrs.get("srcs") or []) if (m.dir / s).is_file())
         if not uses:
             return
-        tt = f"rust_test {t.name}"
+        tt = t.describe()
         label = f"//{m.rel}:{bt.name}"
         data = {norm_label(x, m.rel) for x in (t.attrs.get("data") or []) if isinstance(x, str)}
         if label not in data:
@@ -769,7 +1080,7 @@ class Checker:
 
     def check_root_build(self) -> None:
         try:
-            b = parse_build(self.root, "")
+            b = parse_build(self.root, "", self.root, self.modules)
         except FileNotFoundError:
             self.problem("BUILD.bazel", "missing at the repository root (//:Cargo.toml and //:Cargo.lock need a package)")
             return
@@ -806,13 +1117,23 @@ def check(root: Path) -> list[str]:
 
 
 def copy_tree(src: Path, dst: Path) -> None:
-    """The files the check reads: manifests, lockfile, Starlark files, member sources."""
+    """The files the check reads: manifests, lockfile, BUILD files and the .bzl files they load, member sources."""
     for name in ("Cargo.toml", "Cargo.lock", "MODULE.bazel", *BUILD_NAMES):
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
     problems: list[str] = []
     for m in load_members(src, problems):
         shutil.copytree(m.dir, dst / m.rel, ignore=shutil.ignore_patterns(*SKIP_DIRS))
+    checker = Checker(src)
+    checker.run()
+    for rel, module in checker.modules.items():
+        if not isinstance(module, Module):
+            continue
+        # The .bzl file and its package's BUILD file (Bazel loads .bzl files of packages only).
+        for f in [rel, *(f"{module.package}/{b}".lstrip("/") for b in BUILD_NAMES)]:
+            if (src / f).is_file():
+                (dst / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src / f, dst / f)
 
 
 def edit(path: Path, old: str, new: str) -> None:
@@ -837,9 +1158,19 @@ def drift_cases(root: Path) -> list[Case]:
     libs = [m for m in members if m.lib]
     build = {m.rel: (m.dir / "BUILD.bazel").read_text() for m in members}
 
-    # A member with a literal internal-dependency line, and a library it does not depend on.
+    # Members whose BUILD.bazel calls a macro (clientd_crate of rust/crate.bzl): the check must see
+    # through it, so the macro cases below change the .bzl file or a macro call's arguments.
+    macro_of = {m.rel: checker.builds[m.rel].macro_calls[0] for m in members if checker.builds[m.rel].macro_calls}
+    by_macro = [m for m in members if m.rel in macro_of]
+    if not by_macro:
+        raise AssertionError("no BUILD.bazel calls a macro of a .bzl file; nothing to prove the macro is checked on")
+    macro, macro_rel = macro_of[by_macro[0].rel]
+    via = f"({macro} in {macro_rel})"
+
+    # A member with a literal internal-dependency line, and a library it does not depend on;
+    # members built by the macro first, so that the dependency is an argument of the macro call.
     pair = None
-    for m in members:
+    for m in by_macro + [x for x in members if x not in by_macro]:
         dep_dirs = {d.path for d in m.deps if d.path is not None}
         for d in m.deps:
             dm = next((x for x in libs if d.path is not None and x.dir.resolve() == d.path), None)
@@ -853,29 +1184,45 @@ def drift_cases(root: Path) -> list[Case]:
     if pair is None:
         raise AssertionError("no member has a literal internal dependency line and a library it does not use")
     m, line, label, other, other_label = pair
+    m_how = f" ({m.rel} built by {macro})" if m.rel in macro_of else ""
     up = "/".join([".."] * (m.rel.count("/") + 1))
-    # A member whose tests are listed one by one (not globbed), for a test file with no rust_test.
-    t_member = next((x for x in members if '"tests/*.rs"' not in build[x.rel]), None)
+    # A member whose tests are listed one by one (neither globbed nor from the macro), for a test file with no rust_test.
+    t_member = next((x for x in members if x.rel not in macro_of and '"tests/*.rs"' not in build[x.rel]), None)
     if t_member is None:
-        raise AssertionError('every member globs tests/*.rs; nothing to leave a test file out of')
-    # A library whose sources are globbed recursively, to narrow its glob.
-    g_member = next((x for x in libs if 'glob(["src/**/*.rs"])' in build[x.rel]), None)
+        raise AssertionError("every member globs tests/*.rs; nothing to leave a test file out of")
+    # A library built by the macro, for a new test file the macro's glob must pick up.
+    n_member = next((x for x in by_macro if x.lib), None)
+    # A macro-built library with external [dependencies], for the macro no longer taking them.
+    e_member = next((x for x in by_macro if x.lib and any(d.path is None for d in x.deps)), None)
+    # A macro-built library with integration tests and internal [dependencies], for the macro
+    # no longer passing `deps` to the tests.
+    i_member = next((x for x in by_macro if x.lib and x.tests and any(d.path is not None for d in x.deps)), None)
+    # A library whose sources are globbed recursively (in its BUILD.bazel or in the macro), to narrow its glob.
+    glob_src = 'glob(["src/**/*.rs"])'
+    g_member, g_file = next(
+        ((x, f) for x in by_macro + libs if x.lib
+         for f in (f"{x.rel}/BUILD.bazel", macro_of.get(x.rel, (None, None))[1]) if f and glob_src in (root / f).read_text()),
+        (None, None),
+    )
     manifest = members[-1]
 
-    def new_test(t: Path) -> None:
-        (t / t_member.rel / "tests").mkdir(exist_ok=True)
-        (t / t_member.rel / "tests/drift_check.rs").write_text("#[test]\nfn drift() {}\n")
+    def new_test(member: Member):
+        def mutate(t: Path) -> None:
+            (t / member.rel / "tests").mkdir(exist_ok=True)
+            (t / member.rel / "tests/drift_check.rs").write_text("#[test]\nfn drift() {}\n")
+
+        return mutate
 
     cases = [
         Case("clean copy", lambda t: None, []),
         Case(
-            "dependency label removed from a BUILD.bazel",
+            "dependency label removed from a BUILD.bazel" + m_how,
             lambda t: edit(t / m.rel / "BUILD.bazel", line, ""),
             [f"{m.rel}/BUILD.bazel", f"missing internal dependency {label}"],
         ),
         Case(
             "tests/*.rs file without a rust_test",
-            new_test,
+            new_test(t_member),
             [f"{t_member.rel}/BUILD.bazel", "tests/drift_check.rs has no rust_test"],
         ),
         Case(
@@ -884,12 +1231,12 @@ def drift_cases(root: Path) -> list[Case]:
             ["MODULE.bazel", f"lacks //{manifest.rel}:Cargo.toml"],
         ),
         Case(
-            "internal label in a BUILD.bazel that Cargo.toml does not list",
+            "internal label in a BUILD.bazel that Cargo.toml does not list" + m_how,
             lambda t: edit(t / m.rel / "BUILD.bazel", line, line + f'        "{other_label}",\n'),
             [f"{m.rel}/BUILD.bazel", f"{other_label} that Cargo.toml does not list"],
         ),
         Case(
-            "path dependency added to a Cargo.toml only",
+            "path dependency added to a Cargo.toml only" + m_how,
             lambda t: edit(
                 t / m.rel / "Cargo.toml",
                 "[dependencies]\n",
@@ -898,18 +1245,35 @@ def drift_cases(root: Path) -> list[Case]:
             [f"{m.rel}/BUILD.bazel", f"missing internal dependency {other_label}"],
         ),
         Case(
-            "external crates no longer taken by a library",
-            lambda t: edit(t / m.rel / "BUILD.bazel", "] + all_crate_deps(normal = True),", "],"),
-            [f"{m.rel}/BUILD.bazel", "needs all_crate_deps(normal = True)"],
+            f"{macro_rel} not loadable: its package's BUILD.bazel is gone",
+            lambda t: [(t / Path(macro_rel).parent / b).unlink(missing_ok=True) for b in BUILD_NAMES],
+            [f"{by_macro[0].rel}/BUILD.bazel", "cannot be evaluated", "is not a package"],
         ),
     ]
+    if n_member is not None:
+        cases.append(Case(f"tests/*.rs file added to a crate built by {macro}: the macro's glob covers it",
+                          new_test(n_member), []))
+    if e_member is not None:
+        cases.append(Case(
+            f"{macro_rel}: the library no longer takes external crates",
+            lambda t: edit(t / macro_rel, "deps = deps + all_crate_deps(normal = True),", "deps = deps,"),
+            [f"{e_member.rel}/BUILD.bazel", f"{via} does not take its external crates", "all_crate_deps(normal = True)"],
+        ))
+    if i_member is not None:
+        i_test = i_member.tests[0].name
+        i_label = next(checker.lib_label(x) for x in libs for d in i_member.deps if d.path == x.dir.resolve())
+        cases.append(Case(
+            f"{macro_rel}: integration tests no longer get the internal deps",
+            lambda t: edit(t / macro_rel, 'deps = [":" + name] + deps + all_crate_deps(', 'deps = [":" + name] + all_crate_deps('),
+            [f"{i_member.rel}/BUILD.bazel", f"rust_test {i_test} {via} is missing internal dependency {i_label}"],
+        ))
     if g_member is not None:
         def narrow(t: Path) -> None:
-            edit(t / g_member.rel / "BUILD.bazel", 'glob(["src/**/*.rs"])', 'glob(["src/*.rs"])')
+            edit(t / g_file, glob_src, 'glob(["src/*.rs"])')
             (t / g_member.rel / "src/zz_drift").mkdir()
             (t / g_member.rel / "src/zz_drift/mod.rs").write_text("")
 
-        cases.append(Case("source file outside a library's srcs", narrow,
+        cases.append(Case(f"source file outside a library's srcs (glob narrowed in {g_file})", narrow,
                           [f"{g_member.rel}/BUILD.bazel", "miss src/zz_drift/mod.rs"]))
     bin_exe = next((x for x in members if '"CARGO_BIN_EXE_' in build[x.rel]), None)
     if bin_exe is not None:
