@@ -48,18 +48,19 @@
 # does not get the cache hits/misses it is defined by; missed targets are reported, not fatal.
 set -uo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-BAZEL=${BAZEL:-/usr/bin/bazel}
+# shellcheck source-path=SCRIPTDIR source=../e2e/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../e2e/lib.sh"
+# A benchmark, not a test: a fatal error is `FATAL: reason` on stderr (lib.sh's calls pass NAME REASON).
+die() { printf 'FATAL: %s\n' "${@: -1}" >&2; exit 1; }
+
 DELAY_MS=${DELAY_MS:-10}
 DELAY_METHOD=${DELAY_METHOD:-auto}
 REPS=${REPS:-3}
 N_ACTIONS=${N_ACTIONS:-300}
 MAX_BYTES=${MAX_BYTES:-4194304}
-BUILDGRID=("$ROOT/tests/peers/buildgrid.sh")
 BG_PORT=8980
+DAEMON_RUST_LOG=${RUST_LOG:-info}
 
-T=""
-WS=""
 NS="clientd-bench-$$"
 VETH_ROOT="cdb$$r"
 VETH_NS="cdb$$n"
@@ -69,32 +70,9 @@ NS_ADDR="10.231.$SUBNET_BYTE.2"
 QUEUE=$((1000 + $$ % 60000))
 NETNS_CREATED=""
 ROOT_RULE=()
-DELAY_PIDS=()
-DAEMON_PID=""
-BG_STARTED=""
 
-note() { printf '# %s\n' "$*"; }
-die() { printf 'FATAL: %s\n' "$*" >&2; exit 1; }
-
-stop_pid() {
-    local pid=$1 _
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
-    return 0
-}
-
-cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    if [ -n "$WS" ] && [ -d "$WS" ]; then
-        (cd "$WS" && bz shutdown >/dev/null 2>&1) || true
-    fi
-    [ -n "$DAEMON_PID" ] && stop_pid "$DAEMON_PID"
-    [ -n "$BG_STARTED" ] && bash "${BUILDGRID[@]}" stop "$T/bg" >/dev/null 2>&1
-    for pid in "${DELAY_PIDS[@]}"; do stop_pid "$pid"; done
+# At exit (lib.sh's cleanup, after the delay programs in PEER_PIDS have stopped).
+remove_network() {
     if [ "${#ROOT_RULE[@]}" -gt 0 ]; then
         iptables -w -t raw -D PREROUTING "${ROOT_RULE[@]}" 2>/dev/null
     fi
@@ -103,41 +81,21 @@ cleanup() {
         ip netns del "$NS" 2>/dev/null
         ip link del "$VETH_ROOT" 2>/dev/null
     fi
-    if [ -n "$T" ] && [ -d "$T" ]; then
-        if [ -n "${KEEP_TMP:-}" ]; then
-            note "kept $T"
-        else
-            chmod -R u+w "$T" 2>/dev/null
-            rm -rf "$T"
-        fi
-    fi
-    exit "$rc"
+    return 0
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-bz() {
-    HOME="$T/home" "$BAZEL" --output_user_root="$T/bazel-root" "$@"
-}
+CLEANUP_HOOKS+=(remove_network)
 
 [ "$(id -u)" -eq 0 ] || die "needs root (network namespace, veth, tc/iptables)"
-[ -x "$BAZEL" ] || die "$BAZEL not found: run tests/setup.sh"
+need_bazel
 command -v ip >/dev/null || die "ip (iproute2) not found"
 case "$DELAY_METHOD" in auto | netem | nfqueue) ;; *) die "DELAY_METHOD must be auto, netem or nfqueue" ;; esac
 
-T=$(mktemp -d "${TMPDIR:-/tmp}/clientd-bench-proxy.XXXXXX")
-mkdir -p "$T/home" "$T/logs"
+make_tmp clientd-bench-proxy
+mkdir -p "$T/logs"
 START=$SECONDS
 
-if [ -z "${CLIENTD:-}" ]; then
-    if ! (cd "$ROOT" && cargo build --release -p clientd) >"$T/cargo.log" 2>&1; then
-        cat "$T/cargo.log"
-        die "cargo build --release -p clientd failed"
-    fi
-    CLIENTD="$ROOT/target/release/clientd"
-fi
-bash "${BUILDGRID[@]}" install || die "tests/peers/buildgrid.sh install failed"
+build_clientd
+install_peer buildgrid
 
 # --- the delayed link -------------------------------------------------------------------------
 # Holds every packet of one NFQUEUE queue for a fixed time, then accepts it. Packet ids grow in
@@ -234,10 +192,10 @@ start_delay() {
     local log=$1 _
     shift
     "$@" nice -n -10 python3 "$T/netdelay.py" "$QUEUE" "$DELAY_MS" >"$log" 2>&1 &
-    DELAY_PIDS+=($!)
+    PEER_PIDS+=($!)
     for _ in $(seq 100); do
         grep -qs '^ready' "$log" && return 0
-        kill -0 "${DELAY_PIDS[-1]}" 2>/dev/null || break
+        kill -0 "${PEER_PIDS[-1]}" 2>/dev/null || break
         sleep 0.05
     done
     cat "$log" >&2
@@ -248,7 +206,7 @@ NETNS_CREATED=1
 ip netns add "$NS" || die "ip netns add failed"
 ip link add "$VETH_ROOT" type veth peer name "$VETH_NS" || die "cannot create a veth pair"
 ip link set "$VETH_NS" netns "$NS" || die "cannot move $VETH_NS into $NS"
-ip addr add "$ROOT_ADDR/30" dev "$VETH_ROOT" && ip link set "$VETH_ROOT" up || die "cannot configure $VETH_ROOT"
+{ ip addr add "$ROOT_ADDR/30" dev "$VETH_ROOT" && ip link set "$VETH_ROOT" up; } || die "cannot configure $VETH_ROOT"
 ip netns exec "$NS" sh -c "ip addr add $NS_ADDR/30 dev $VETH_NS && ip link set $VETH_NS up && ip link set lo up" ||
     die "cannot configure $VETH_NS"
 
@@ -283,9 +241,9 @@ fi
 # --- the upstream: BuildGrid in the namespace -------------------------------------------------
 INSTANCES=()
 for r in $(seq "$REPS"); do INSTANCES+=("a$r" "b$r"); done
-BG_STARTED=1
+BG_DIR="$T/bg"
 BUILDGRID_HOST="$NS_ADDR" BUILDGRID_WATCH_PID=$$ ip netns exec "$NS" \
-    bash "${BUILDGRID[@]}" start "$T/bg" "$BG_PORT" "${INSTANCES[@]}" || die "BuildGrid did not start"
+    bash "$BUILDGRID" start "$BG_DIR" "$BG_PORT" "${INSTANCES[@]}" || die "BuildGrid did not start"
 UPSTREAM="grpc://$NS_ADDR:$BG_PORT"
 
 # RTT as TCP sees it: the time connect() takes (SYN out, SYN-ACK back), median of 15.
@@ -307,12 +265,7 @@ python3 -c "import sys; sys.exit(float('$RTT') < 0.9 * 2 * $DELAY_MS)" || die "t
 
 # --- the workspace ----------------------------------------------------------------------------
 WS="$T/ws"
-mkdir -p "$WS"
-: >"$WS/WORKSPACE"
-cat >"$WS/.bazelrc" <<'EOF'
-build --nosandbox_debug
-build --color=no --curses=no --show_progress_rate_limit=60 --remote_timeout=120
-EOF
+new_workspace "$WS" "build --remote_timeout=120"
 python3 - "$N_ACTIONS" "$MAX_BYTES" >"$WS/BUILD" <<'EOF'
 import math, sys
 n, max_bytes = int(sys.argv[1]), int(sys.argv[2])
@@ -346,54 +299,18 @@ note "workspace: $N_ACTIONS genrules, outputs 8 B .. $MAX_BYTES B, $(awk -v b="$
 
 # --- clientd ----------------------------------------------------------------------------------
 CPORT=""
-# start_clientd DIR: a fresh daemon with its cache (and socket) under DIR.
+# start_clientd DIR: a fresh daemon with its cache (and socket) under DIR; CPORT its port.
 start_clientd() {
-    local dir=$1 _
-    mkdir -p "$dir/cache" "$dir/config"
-    CPORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    HOME="$T/home" XDG_CACHE_HOME="$dir/cache" XDG_CONFIG_HOME="$dir/config" NO_COLOR=1 RUST_LOG="${RUST_LOG:-info}" \
-        "$CLIENTD" serve --no-mount --tcp-listen "127.0.0.1:$CPORT" --cluster "up=$UPSTREAM" >"$dir/daemon.log" 2>&1 &
-    DAEMON_PID=$!
-    for _ in $(seq 300); do
-        grep -q "serving on grpc://127.0.0.1:$CPORT" "$dir/daemon.log" && return 0
-        kill -0 "$DAEMON_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    cat "$dir/daemon.log" >&2
-    die "clientd did not start"
+    DAEMON_DIR=$1
+    CPORT=$(free_port 1)
+    start_daemon serve --no-mount --tcp-listen "127.0.0.1:$CPORT" --cluster "up=$UPSTREAM" || die "clientd did not start"
 }
-# clientd_stats DIR: the running daemon's counters as "name=value ..." (upstream/local only).
+# clientd_stats: the running daemon's counters as "name=value ..." (upstream/local only).
 clientd_stats() {
-    HOME="$T/home" XDG_CACHE_HOME="$1/cache" XDG_CONFIG_HOME="$1/config" "$CLIENTD" stats 2>/dev/null |
-        awk 'NF == 2 && $2 ~ /^[0-9]+$/ { printf "%s=%s ", $1, $2 }'
-}
-stop_clientd() {
-    stop_pid "$DAEMON_PID"
-    DAEMON_PID=""
+    cl stats 2>/dev/null | awk 'NF == 2 && $2 ~ /^[0-9]+$/ { printf "%s=%s ", $1, $2 }'
 }
 
 # --- builds -----------------------------------------------------------------------------------
-# Bazel's summary: "INFO: 301 processes: 1 internal, 300 remote cache hit." / "... 300 linux-sandbox."
-processes() { # LOG KIND -> count (KIND "total", "remote cache hit", or "executed" = neither hit nor internal)
-    grep -E '^INFO: [0-9]+ process(es)?: ' "$1" | tail -n 1 | python3 -c '
-import re, sys
-m = re.match(r"INFO: (\d+) process(?:es)?: (.*?)\.?$", sys.stdin.read().strip())
-if not m:
-    print(-1); sys.exit()
-parts = {}
-for part in m.group(2).split(","):
-    n, _, kind = part.strip().partition(" ")
-    parts[kind] = parts.get(kind, 0) + int(n)
-kind = sys.argv[1]
-if kind == "total":
-    print(m.group(1))
-elif kind == "executed":
-    print(sum(v for k, v in parts.items() if k not in ("internal", "remote cache hit")))
-else:
-    print(parts.get(kind, 0))
-' "$2"
-}
-
 JOB_FLAGS=()
 [ -n "${JOBS:-}" ] && JOB_FLAGS=(--jobs="$JOBS")
 declare -A TIMES
@@ -413,9 +330,9 @@ measure() {
     t1=$EPOCHREALTIME
     secs=$(python3 -c "print('%.2f' % ($t1 - $t0))")
     TIMES[$scenario,$rep]=$secs
-    hits=$(processes "$log.log" "remote cache hit")
-    executed=$(processes "$log.log" executed)
-    note "($scenario) rep $rep: ${secs} s, exit $rc; $(grep -E '^INFO: [0-9]+ process' "$log.log" | tail -n 1)"
+    hits=$(count "$log.log" "remote cache hit")
+    executed=$(count "$log.log" executed)
+    note "($scenario) rep $rep: ${secs} s, exit $rc; $(summary_line "$log.log")"
     if [ "$rc" -ne 0 ]; then
         tail -n 30 "$log.log" | sed 's/^/#   /'
         die "($scenario) bazel build failed"
@@ -430,7 +347,7 @@ measure() {
 
 # upstream_counts INSTANCE: BuildGrid's RPC counters for INSTANCE, one line.
 upstream_counts() {
-    bash "${BUILDGRID[@]}" count "$T/bg" "$1" | awk '$2 != 0 { printf "%s=%s ", $1, $2 }'
+    bash "$BUILDGRID" count "$BG_DIR" "$1" | awk '$2 != 0 { printf "%s=%s ", $1, $2 }'
 }
 # count_delta BEFORE AFTER: the counters of AFTER minus those of BEFORE ("name=value ..." lines).
 count_delta() {
@@ -458,15 +375,15 @@ for r in $(seq "$REPS"); do
     VIA=(--remote_cache="grpc://127.0.0.1:$CPORT")
     measure b "$r" misses "${VIA[@]}" --remote_instance_name="up/b$r"
     after_b=$(upstream_counts "b$r")
-    stats_b=$(clientd_stats "$T/clientd-$r")
+    stats_b=$(clientd_stats)
     measure c "$r" hits "${VIA[@]}" --remote_instance_name="up/b$r"
     after_c=$(upstream_counts "b$r")
-    stats_c=$(clientd_stats "$T/clientd-$r")
+    stats_c=$(clientd_stats)
     note "upstream calls (b):  $after_b"
     note "upstream calls (c):  $(count_delta "$after_b" "$after_c")"
     note "clientd (b): $stats_b"
     note "clientd (c): $(count_delta "$stats_b" "$stats_c")"
-    stop_clientd
+    stop_daemon
 done
 
 # --- results ----------------------------------------------------------------------------------

@@ -39,95 +39,20 @@
 # failure.
 set -uo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-BAZEL=${BAZEL:-/usr/bin/bazel}
-REMOTE_WORKER="$ROOT/tests/peers/remote_worker.sh"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 VENV="$ROOT/.tools/protobuf-venv"
 PY="$VENV/bin/python"
 # grpcio-tools brings protobuf (the runtime text_format parser) and protoc (grpc_tools.protoc).
 GRPCIO_TOOLS_VERSION=1.85.1
-FAILURES=0
-T=""
-MNT=""
-DAEMON_PID=""
-RW_PID=""
-WS=""
-
-pass() { printf 'PASS: %s\n' "$1"; }
-fail() { printf 'FAIL: %s: %s\n' "$1" "$2"; FAILURES=$((FAILURES + 1)); }
-note() { printf '# %s\n' "$*"; }
-# Fatal: the rest of the test cannot run.
-die() { fail "$1" "$2"; exit 1; }
-
-# Whether $MNT is a mount point (of anything: the daemon's file system, live or stale).
-mounted() {
-    [ -n "$MNT" ] && awk -v m="$MNT" '$2 == m { found = 1 } END { exit !found }' /proc/mounts
-}
-
-stop_daemon() {
-    [ -n "$DAEMON_PID" ] && kill -0 "$DAEMON_PID" 2>/dev/null || return 0
-    kill -TERM "$DAEMON_PID" 2>/dev/null
-    for _ in $(seq 100); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$DAEMON_PID" 2>/dev/null; then
-        note "daemon $DAEMON_PID ignored SIGTERM for 10 s; killing it"
-        kill -KILL "$DAEMON_PID" 2>/dev/null
-    fi
-}
-
-cleanup() {
-    local rc=$?
-    if [ -n "$WS" ] && [ -d "$WS" ]; then
-        (cd "$WS" && bz shutdown >/dev/null 2>&1) || true
-    fi
-    stop_daemon
-    [ -n "$DAEMON_PID" ] && wait "$DAEMON_PID" 2>/dev/null
-    # The remote worker leads its own process group (setsid): its PID stops it and its actions.
-    if [ -n "$RW_PID" ] && kill -0 "$RW_PID" 2>/dev/null; then
-        kill -TERM -- "-$RW_PID" 2>/dev/null || kill -TERM "$RW_PID" 2>/dev/null
-        for _ in $(seq 100); do kill -0 "$RW_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$RW_PID" 2>/dev/null && kill -KILL -- "-$RW_PID" 2>/dev/null
-    fi
-    # The daemon unmounts when it stops; a daemon that was killed leaves the mount behind.
-    if mounted; then
-        note "$MNT is still mounted; fusermount3 -u -z"
-        fusermount3 -u -z "$MNT" 2>/dev/null || true
-    fi
-    if [ -n "$T" ] && [ -d "$T" ]; then
-        if [ -n "${KEEP_TMP:-}" ]; then
-            note "kept $T"
-        elif mounted; then
-            # Never recurse into a live mount: chmod/rm would walk the file system.
-            note "$MNT could not be unmounted; left $T in place"
-        else
-            chmod -R u+w "$T" 2>/dev/null
-            rm -rf "$T"
-        fi
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# Bazel with everything of its own under $T: its output root, and a HOME with no ~/.bazelrc.
-bz() {
-    HOME="$T/home" "$BAZEL" --output_user_root="$T/bazel-root" "$@"
-}
-
-# clientd's client-side commands with the daemon's environment (bazelrc, scrub-config).
-cl() {
-    HOME="$T/home" XDG_CACHE_HOME="$T/cache" XDG_CONFIG_HOME="$T/config" NO_COLOR=1 "$CLIENTD" "$@"
-}
 
 # --- peers, clientd, Python protobuf ------------------------------------------------------------
-[ -x "$BAZEL" ] || die setup "$BAZEL not found: run tests/setup.sh"
-command -v fusermount3 >/dev/null || die setup "fusermount3 not found: run tests/setup.sh (fuse3)"
-[ -e /dev/fuse ] || die setup "/dev/fuse does not exist"
-bash "$REMOTE_WORKER" install || die setup "tests/peers/remote_worker.sh install failed"
+need_bazel
+need_fuse
+install_peer remote_worker
 
-T=$(mktemp -d "${TMPDIR:-/tmp}/clientd-e2e-bazelrc.XXXXXX")
-MNT="$T/mnt"
-mkdir -p "$T/home" "$T/cache" "$T/config" "$T/py" "$T/bin"
+make_tmp clientd-e2e-bazelrc
+mkdir -p "$T/py" "$T/bin"
 
 # The independent parser: protobuf's Python runtime and protoc, from grpcio-tools (idempotent).
 if ! "$PY" -c 'import grpc_tools.protoc, google.protobuf.text_format' 2>/dev/null; then
@@ -139,38 +64,15 @@ if ! "$PY" -c 'import grpc_tools.protoc, google.protobuf.text_format' 2>/dev/nul
     note "installed grpcio-tools==$GRPCIO_TOOLS_VERSION into $VENV ($((SECONDS - start)) s)"
 fi
 
-if [ -z "${CLIENTD:-}" ]; then
-    start=$SECONDS
-    if ! (cd "$ROOT" && cargo build --release -p clientd) >"$T/cargo.log" 2>&1; then
-        cat "$T/cargo.log"
-        die build "cargo build --release -p clientd failed"
-    fi
-    note "cargo build: $((SECONDS - start)) s"
-    CLIENTD="$ROOT/target/release/clientd"
-fi
+build_clientd
 
 # Two distinct free loopback ports: the remote worker and clientd.
-read -r RW_PORT PORT < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(2)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))
-')
+read -r RW_PORT PORT < <(free_port 2)
 RW_ENDPOINT="127.0.0.1:$RW_PORT"
 RW_DIR="$T/rw"
 
 # --- 1. the worker and one daemon, from one configuration file -----------------------------------
-start=$SECONDS
-bash "$REMOTE_WORKER" start "$RW_DIR" "$RW_PORT" >"$T/rw-start.log" 2>&1
-rw_rc=$?
-[ -f "$RW_DIR/worker.pid" ] && RW_PID=$(cat "$RW_DIR/worker.pid")
-if [ "$rw_rc" -ne 0 ]; then
-    cat "$T/rw-start.log"
-    die worker_start "the remote worker did not start on $RW_ENDPOINT"
-fi
-pass worker_start
-note "remote worker pid $RW_PID at grpc://$RW_ENDPOINT ($((SECONDS - start)) s)"
+start_remote_worker "$RW_DIR" "$RW_PORT"
 
 CONFIG="$T/config.json"
 cat >"$CONFIG" <<EOF
@@ -190,45 +92,20 @@ cat >"$T/config-notcp.json" <<EOF
 }
 EOF
 
-# Started directly, not through a shell function: $! must be the daemon itself, for SIGTERM.
-HOME="$T/home" XDG_CACHE_HOME="$T/cache" XDG_CONFIG_HOME="$T/config" NO_COLOR=1 RUST_LOG=clientd=debug,info \
-    "$CLIENTD" serve --config "$CONFIG" >"$T/daemon.log" 2>&1 &
-DAEMON_PID=$!
-
-listening=""
-for _ in $(seq 300); do
-    listening=$(grep -o "serving on grpc://127\.0\.0\.1:$PORT" "$T/daemon.log" 2>/dev/null | head -n 1)
-    [ -n "$listening" ] && [ -d "$MNT/scratch" ] && break
-    kill -0 "$DAEMON_PID" 2>/dev/null || break
-    sleep 0.1
-done
-if [ -z "$listening" ] || [ ! -d "$MNT/scratch" ]; then
-    cat "$T/daemon.log"
-    if kill -0 "$DAEMON_PID" 2>/dev/null; then
-        die daemon_start "no 'serving on grpc://127.0.0.1:$PORT' line or no $MNT/scratch within 30 s"
-    fi
-    wait "$DAEMON_PID"
-    die daemon_start "daemon exited with status $? before listening"
+DAEMON_RUST_LOG=clientd=debug,info
+start_daemon --mount serve --config "$CONFIG" || die daemon_start "$DAEMON_ERROR"
+if [ "$ENDPOINT" != "127.0.0.1:$PORT" ]; then
+    die daemon_start "serving on grpc://$ENDPOINT, not on grpc.tcp_listen 127.0.0.1:$PORT"
 fi
-if mounted; then
-    pass daemon_start
-else
-    die daemon_start "$MNT/scratch exists but $MNT is not in /proc/mounts"
-fi
-note "daemon pid $DAEMON_PID (serve --config $CONFIG) at grpc://127.0.0.1:$PORT, file system at $MNT"
+pass daemon_start
+note "daemon pid $DAEMON_PID (serve --config $CONFIG) at grpc://$ENDPOINT, file system at $MNT"
 
 CAS="$MNT/cas/rw.example.com/x/blobs/sha256"
 
 # --- the workspace ----------------------------------------------------------------------------
 WS="$T/ws"
+new_workspace "$WS" "build --remote_timeout=30" "try-import %workspace%/clientd.bazelrc"
 mkdir -p "$WS/gen"
-: >"$WS/WORKSPACE"
-cat >"$WS/.bazelrc" <<'EOF'
-try-import %workspace%/clientd.bazelrc
-# Debian's /etc/bazel/bazelrc turns --sandbox_debug on; it keeps sandboxes around.
-build --nosandbox_debug
-build --color=no --curses=no --show_progress_rate_limit=60 --remote_timeout=30
-EOF
 cat >"$WS/gen/BUILD" <<'EOF'
 # Generated by tests/e2e/bazelrc.sh
 genrule(name = "small", outs = ["small.txt"], cmd = "seq 1 1000 > $@")
@@ -265,40 +142,6 @@ printf '#!/bin/sh\necho tool ran with "$*"\n' >"$EXPECT/tool.sh"
 echo "tool ran with remotely" >"$EXPECT/tool_out.txt"
 OUTS=(small.txt medium.bin tool.sh tool_out.txt)
 note "workspace $WS: $N_GENRULES genrules; .bazelrc try-imports %workspace%/clientd.bazelrc"
-
-summary_line() { grep -E '^INFO: [0-9]+ process(es)?: ' "$1" | tail -n 1; }
-show_log() { note "last lines of $1:"; tail -n "${2:-30}" "$T/$1.log" | cut -c1-400 | sed 's/^/#   /'; }
-
-# count LOG KIND: the number Bazel's process summary gives for KIND ("remote", "remote cache hit",
-# "internal", or "non-internal" for all but internal). -1 when there is no summary.
-count() {
-    summary_line "$1" | python3 -c '
-import re, sys
-line = sys.stdin.read().strip()
-m = re.match(r"INFO: (\d+) process(?:es)?: (.*?)\.?$", line)
-if not m:
-    print(-1); sys.exit()
-parts = {}
-for part in m.group(2).split(","):
-    n, _, kind = part.strip().partition(" ")
-    parts[kind] = parts.get(kind, 0) + int(n)
-if sys.argv[1] == "non-internal":
-    print(sum(n for k, n in parts.items() if k != "internal"))
-else:
-    print(parts.get(sys.argv[1], 0))
-' "$2"
-}
-
-# bzlog LOG ARGS...: runs `bazel ARGS` in $WS, output in $T/LOG.log; returns Bazel's status.
-bzlog() {
-    local log=$1
-    shift
-    local t0=$SECONDS rc
-    (cd "$WS" && bz "$@") >"$T/$log.log" 2>&1
-    rc=$?
-    note "bazel $1 ($log): exit $rc in $((SECONDS - t0)) s; $(summary_line "$T/$log.log")"
-    return "$rc"
-}
 
 # flags FILE: the fragment's non-comment lines.
 flags() { grep -v -e '^#' -e '^[[:space:]]*$' "$1"; }
@@ -607,34 +450,8 @@ if [ "$py_rc" -ne 0 ] && [ "$n_py_fail" -eq 0 ]; then
 fi
 
 # --- 7. the daemon stayed up; SIGTERM stops it and it unmounts ----------------------------------
-if kill -0 "$DAEMON_PID" 2>/dev/null; then
-    pass daemon_alive
-else
-    fail daemon_alive "the daemon died during the test"
-    tail -n 30 "$T/daemon.log"
-fi
-(cd "$WS" && bz shutdown) >/dev/null 2>&1
-kill -TERM "$DAEMON_PID" 2>/dev/null
-for _ in $(seq 100); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
-if kill -0 "$DAEMON_PID" 2>/dev/null; then
-    fail daemon_sigterm "still running 10 s after SIGTERM"
-else
-    wait "$DAEMON_PID"
-    status=$?
-    DAEMON_PID=""
-    if [ "$status" -ne 0 ]; then
-        fail daemon_sigterm "exit status $status after SIGTERM"
-    elif mounted; then
-        fail daemon_sigterm "$MNT is still mounted after the daemon exited"
-    else
-        pass daemon_sigterm
-    fi
-fi
+check_daemon_alive
+bz_shutdown
+sigterm_daemon && pass daemon_sigterm
 
-note "total $SECONDS s"
-if [ "$FAILURES" -gt 0 ]; then
-    note "$FAILURES assertion(s) failed; daemon log tail (clientd's own lines):"
-    grep -E '^[0-9]{4}-.* clientd' "$T/daemon.log" | tail -n 20 | cut -c1-400 | sed 's/^/#   /'
-    exit 1
-fi
-echo "all passed"
+finish

@@ -35,166 +35,39 @@
 # failure.
 set -uo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-BAZEL=${BAZEL:-/usr/bin/bazel}
-BUILDGRID="$ROOT/tests/peers/buildgrid.sh"
-REMOTE_WORKER="$ROOT/tests/peers/remote_worker.sh"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 PY="$ROOT/.tools/buildgrid-venv/bin/python"
-FAILURES=0
-T=""
-MNT=""
-DAEMON_PID=""
-RW_PID=""
-WS=""
-WS_LOCAL=""
-
-pass() { printf 'PASS: %s\n' "$1"; }
-fail() { printf 'FAIL: %s: %s\n' "$1" "$2"; FAILURES=$((FAILURES + 1)); }
-note() { printf '# %s\n' "$*"; }
-# Fatal: the rest of the test cannot run.
-die() { fail "$1" "$2"; exit 1; }
-
-# Whether $MNT is a mount point (of anything: the daemon's file system, live or stale).
-mounted() {
-    [ -n "$MNT" ] && awk -v m="$MNT" '$2 == m { found = 1 } END { exit !found }' /proc/mounts
-}
-
-stop_daemon() {
-    [ -n "$DAEMON_PID" ] && kill -0 "$DAEMON_PID" 2>/dev/null || return 0
-    kill -TERM "$DAEMON_PID" 2>/dev/null
-    for _ in $(seq 100); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$DAEMON_PID" 2>/dev/null; then
-        note "daemon $DAEMON_PID ignored SIGTERM for 10 s; killing it"
-        kill -KILL "$DAEMON_PID" 2>/dev/null
-    fi
-}
-
-cleanup() {
-    local rc=$?
-    local ws
-    for ws in "$WS" "$WS_LOCAL"; do
-        if [ -n "$ws" ] && [ -d "$ws" ]; then
-            (cd "$ws" && bz shutdown >/dev/null 2>&1) || true
-        fi
-    done
-    stop_daemon
-    [ -n "$DAEMON_PID" ] && wait "$DAEMON_PID" 2>/dev/null
-    # The remote worker leads its own process group (setsid): its PID stops it and its actions.
-    if [ -n "$RW_PID" ] && kill -0 "$RW_PID" 2>/dev/null; then
-        kill -TERM -- "-$RW_PID" 2>/dev/null || kill -TERM "$RW_PID" 2>/dev/null
-        for _ in $(seq 100); do kill -0 "$RW_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$RW_PID" 2>/dev/null && kill -KILL -- "-$RW_PID" 2>/dev/null
-    fi
-    # The daemon unmounts when it stops; a daemon that was killed leaves the mount behind.
-    if mounted; then
-        note "$MNT is still mounted; fusermount3 -u -z"
-        fusermount3 -u -z "$MNT" 2>/dev/null || true
-    fi
-    if [ -n "$T" ] && [ -d "$T" ]; then
-        if [ -n "${KEEP_TMP:-}" ]; then
-            note "kept $T"
-        elif mounted; then
-            # Never recurse into a live mount: chmod/rm would walk the file system.
-            note "$MNT could not be unmounted; left $T in place"
-        else
-            chmod -R u+w "$T" 2>/dev/null
-            rm -rf "$T"
-        fi
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# Bazel with everything of its own under $T: its output root, and a HOME with no ~/.bazelrc.
-bz() {
-    HOME="$T/home" "$BAZEL" --output_user_root="$T/bazel-root" "$@"
-}
-
-# `clientd stats` with the daemon's environment: it finds the daemon's socket the same way.
-clientd_stats() {
-    HOME="$T/home" XDG_CACHE_HOME="$T/cache" XDG_CONFIG_HOME="$T/config" NO_COLOR=1 "$CLIENTD" stats
-}
 
 # --- peers, clientd ---------------------------------------------------------------------------
-[ -x "$BAZEL" ] || die setup "$BAZEL not found: run tests/setup.sh"
-command -v fusermount3 >/dev/null || die setup "fusermount3 not found: run tests/setup.sh (fuse3)"
-[ -e /dev/fuse ] || die setup "/dev/fuse does not exist"
-bash "$REMOTE_WORKER" install || die setup "tests/peers/remote_worker.sh install failed"
-bash "$BUILDGRID" install || die setup "tests/peers/buildgrid.sh install failed (needed for its REAPI Python modules)"
+need_bazel
+need_fuse
+install_peer remote_worker
+install_peer buildgrid "needed for its REAPI Python modules"
 "$PY" -c 'from buildgrid._protos.build.bazel.remote.execution.v2 import remote_execution_pb2' 2>/dev/null ||
     die setup "$PY cannot import buildgrid._protos.build.bazel.remote.execution.v2.remote_execution_pb2"
 
-T=$(mktemp -d "${TMPDIR:-/tmp}/clientd-e2e-fuse.XXXXXX")
-MNT="$T/mnt"
-mkdir -p "$T/home" "$T/cache" "$T/config"
-
-if [ -z "${CLIENTD:-}" ]; then
-    start=$SECONDS
-    if ! (cd "$ROOT" && cargo build --release -p clientd) >"$T/cargo.log" 2>&1; then
-        cat "$T/cargo.log"
-        die build "cargo build --release -p clientd failed"
-    fi
-    note "cargo build: $((SECONDS - start)) s"
-    CLIENTD="$ROOT/target/release/clientd"
-fi
+make_tmp clientd-e2e-fuse
+build_clientd
 
 # Two distinct free loopback ports: the remote worker and clientd.
-read -r RW_PORT PORT < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(2)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))
-')
+read -r RW_PORT PORT < <(free_port 2)
 RW_ENDPOINT="127.0.0.1:$RW_PORT"
 RW_DIR="$T/rw"
 
-start=$SECONDS
-bash "$REMOTE_WORKER" start "$RW_DIR" "$RW_PORT" >"$T/rw-start.log" 2>&1
-rw_rc=$?
-[ -f "$RW_DIR/worker.pid" ] && RW_PID=$(cat "$RW_DIR/worker.pid")
-if [ "$rw_rc" -ne 0 ]; then
-    cat "$T/rw-start.log"
-    die worker_start "the remote worker did not start on $RW_ENDPOINT"
-fi
-pass worker_start
-note "remote worker pid $RW_PID at grpc://$RW_ENDPOINT ($((SECONDS - start)) s)"
+start_remote_worker "$RW_DIR" "$RW_PORT"
 
-# Started directly, not through a shell function: $! must be the daemon itself, for SIGTERM.
-HOME="$T/home" XDG_CACHE_HOME="$T/cache" XDG_CONFIG_HOME="$T/config" NO_COLOR=1 RUST_LOG=clientd=debug,info \
-    "$CLIENTD" serve --tcp-listen "127.0.0.1:$PORT" --mount "$MNT" \
-    --cluster "rw.example.com=grpc://$RW_ENDPOINT" \
-    >"$T/daemon.log" 2>&1 &
-DAEMON_PID=$!
-
-ENDPOINT=""
-for _ in $(seq 300); do
-    ENDPOINT=$(grep -o 'serving on grpc://[0-9.]*:[0-9]*' "$T/daemon.log" 2>/dev/null | head -n 1 | sed 's|^serving on grpc://||')
-    [ -n "$ENDPOINT" ] && [ -d "$MNT/scratch" ] && break
-    kill -0 "$DAEMON_PID" 2>/dev/null || break
-    sleep 0.1
-done
-if [ -z "$ENDPOINT" ] || [ ! -d "$MNT/scratch" ]; then
-    cat "$T/daemon.log"
-    if kill -0 "$DAEMON_PID" 2>/dev/null; then
-        die daemon_start "no 'serving on grpc://' line or no $MNT/scratch within 30 s"
-    fi
-    wait "$DAEMON_PID"
-    die daemon_start "daemon exited with status $? before listening"
-fi
-if mounted; then
-    pass daemon_start
-else
-    die daemon_start "$MNT/scratch exists but $MNT is not in /proc/mounts"
-fi
+DAEMON_RUST_LOG=clientd=debug,info
+start_daemon --mount serve --tcp-listen "127.0.0.1:$PORT" --mount "$MNT" \
+    --cluster "rw.example.com=grpc://$RW_ENDPOINT" ||
+    die daemon_start "$DAEMON_ERROR"
+pass daemon_start
 note "daemon pid $DAEMON_PID at grpc://$ENDPOINT, file system at $MNT"
 
 CAS="$MNT/cas/rw.example.com/x/blobs/sha256"
 
 # clientd's counters: `stats NAME` prints the file, `counter NAME KEY` one value.
-stats() { clientd_stats >"$T/$1.stats" 2>"$T/$1.stats.err" || { cat "$T/$1.stats.err"; die stats "clientd stats failed"; }; }
+stats() { cl stats >"$T/$1.stats" 2>"$T/$1.stats.err" || { cat "$T/$1.stats.err"; die stats "clientd stats failed"; }; }
 counter() { awk -v k="$2" '$1 == k { print $2; found = 1 } END { if (!found) print -1 }' "$T/$1.stats"; }
 delta() { echo $(($(counter "$2" "$3") - $(counter "$1" "$3"))); }
 # Whether the local CAS holds a blob (its file is named <hash>-<size>).
@@ -202,13 +75,8 @@ in_local_cas() { [ -n "$(find "$T/cache" -path '*/cas/*' -type f -name "$1" -pri
 
 # --- the workspace ----------------------------------------------------------------------------
 WS="$T/ws"
+new_workspace "$WS" "build --remote_timeout=30"
 mkdir -p "$WS/gen"
-: >"$WS/WORKSPACE"
-cat >"$WS/.bazelrc" <<'EOF'
-# Debian's /etc/bazel/bazelrc turns --sandbox_debug on; it keeps sandboxes around.
-build --nosandbox_debug
-build --color=no --curses=no --show_progress_rate_limit=60 --remote_timeout=30
-EOF
 cat >"$WS/gen/BUILD" <<'EOF'
 # Generated by tests/e2e/fuse_bazel.sh
 genrule(name = "empty", outs = ["empty.txt"], cmd = ": > $@")
@@ -265,6 +133,7 @@ EOF
 OUTS=(empty.txt tiny.txt small.txt medium.bin big.txt tool.sh tool_out.txt)
 WS_LOCAL="$T/ws-local"
 cp -r "$WS" "$WS_LOCAL"
+WORKSPACES+=("$WS_LOCAL")
 note "workspace $WS: ${#OUTS[@]} remote genrules (//gen:remote), //gen:check tagged no-remote"
 
 # grpc_calls LOG: the calls Bazel logged with --experimental_remote_grpc_log ("Service/Method=N ..."):
@@ -274,42 +143,11 @@ grpc_calls() {
         sed 's/^.*\.//' | sort | uniq -c | awk '{ printf "%s=%s ", $2, $1 }'
 }
 
-summary_line() { grep -E '^INFO: [0-9]+ process(es)?: ' "$1" | tail -n 1; }
-show_log() { note "last lines of $1:"; tail -n "${2:-30}" "$T/$1.log" | cut -c1-400 | sed 's/^/#   /'; }
-
-# count LOG KIND: the number Bazel's process summary gives for KIND ("remote", "local",
-# "internal", ...). -1 when there is no summary.
-count() {
-    summary_line "$1" | python3 -c '
-import re, sys
-line = sys.stdin.read().strip()
-m = re.match(r"INFO: (\d+) process(?:es)?: (.*?)\.?$", line)
-if not m:
-    print(-1); sys.exit()
-parts = {}
-for part in m.group(2).split(","):
-    n, _, kind = part.strip().partition(" ")
-    parts[kind] = parts.get(kind, 0) + int(n)
-print(parts.get(sys.argv[1], 0))
-' "$2"
-}
-
-# bzlog DIR LOG FLAGS...: runs `bazel build` in DIR, output in $T/LOG.log; returns Bazel's status.
-bzlog() {
-    local dir=$1 log=$2
-    shift 2
-    local t0=$SECONDS rc
-    (cd "$dir" && bz build "$@") >"$T/$log.log" 2>&1
-    rc=$?
-    note "build $log: exit $rc in $((SECONDS - t0)) s; $(summary_line "$T/$log.log")"
-    return "$rc"
-}
-
 # digest FILE: <sha256>-<size>, the name the blob has under cas/ and in the local CAS.
 digest() { printf '%s-%s' "$(sha256sum <"$1" | cut -d' ' -f1)" "$(stat -L -c %s "$1")"; }
 
 # --- 0. reference: the same workspace purely local ---------------------------------------------
-if ! bzlog "$WS_LOCAL" reference //gen:check //gen:unread --spawn_strategy=local; then
+if ! bzlog -C "$WS_LOCAL" reference build //gen:check //gen:unread --spawn_strategy=local; then
     show_log reference 40
     die reference_build "the purely local build of //gen:check failed"
 fi
@@ -317,18 +155,21 @@ fi
 REF="$WS_LOCAL/bazel-bin/gen"
 declare -A WANT
 for out in "${OUTS[@]}" unread.txt; do
-    [ -f "$REF/$out" ] && [ ! -L "$REF/$out" ] || die reference_build "bazel-bin/gen/$out is not a regular file"
+    if [ ! -f "$REF/$out" ] || [ -L "$REF/$out" ]; then
+        die reference_build "bazel-bin/gen/$out is not a regular file"
+    fi
     WANT[$out]=$(digest "$REF/$out")
 done
 note "reference digests: $(for o in "${OUTS[@]}"; do printf '%s=%s ' "$o" "${WANT[$o]}"; done)"
 
 # --- 1. remote execution through clientd, outputs as symlinks into the mount --------------------
 TEMPLATE="$CAS/executable/{hash}-{size_bytes}"
+# shellcheck disable=SC2054 # the comma in --strategy=Genrule=remote,local is Bazel's
 EXEC=(--remote_executor="grpc://$ENDPOINT" --remote_instance_name=rw.example.com/x
     --spawn_strategy=remote --strategy=Genrule=remote,local
     --remote_download_symlink_template="$TEMPLATE" --keep_going)
 stats s0
-if bzlog "$WS" remote //gen:remote "${EXEC[@]}" --experimental_remote_grpc_log="$T/remote.grpclog"; then
+if bzlog remote build //gen:remote "${EXEC[@]}" --experimental_remote_grpc_log="$T/remote.grpclog"; then
     pass remote_build
 else
     show_log remote 20
@@ -418,7 +259,7 @@ fi
 # An output Bazel never read (--remote_download_minimal: no file, no symlink) is only on the worker:
 # stat through cas/ finds it without fetching it; the first read fetches it.
 UNREAD=${WANT[unread.txt]}
-if bzlog "$WS" minimal //gen:unread "${EXEC[@]}" --remote_download_minimal; then
+if bzlog minimal build //gen:unread "${EXEC[@]}" --remote_download_minimal; then
     stats s3
     size=$(stat -c %s "$CAS/file/$UNREAD" 2>&1)
     before=$(in_local_cas "$UNREAD" && echo yes || echo no)
@@ -452,7 +293,7 @@ else
 fi
 
 # --- 2. a downstream genrule runs locally on the remote outputs ---------------------------------
-if bzlog "$WS" check //gen:check "${EXEC[@]}"; then
+if bzlog check build //gen:check "${EXEC[@]}"; then
     pass local_downstream_build
 else
     show_log check 20
@@ -577,36 +418,11 @@ else
 fi
 
 # --- 5. the daemon stayed up; SIGTERM stops it and it unmounts ----------------------------------
-if kill -0 "$DAEMON_PID" 2>/dev/null; then
-    pass daemon_alive
-else
-    fail daemon_alive "the daemon died during the test"
-    tail -n 30 "$T/daemon.log"
-fi
-for ws in "$WS" "$WS_LOCAL"; do (cd "$ws" && bz shutdown) >/dev/null 2>&1; done
-kill -TERM "$DAEMON_PID" 2>/dev/null
-for _ in $(seq 100); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
-if kill -0 "$DAEMON_PID" 2>/dev/null; then
-    fail daemon_sigterm "still running 10 s after SIGTERM"
-else
-    wait "$DAEMON_PID"
-    status=$?
-    DAEMON_PID=""
-    if [ "$status" -ne 0 ]; then
-        fail daemon_sigterm "exit status $status after SIGTERM"
-    elif mounted; then
-        fail daemon_sigterm "$MNT is still mounted after the daemon exited"
-    else
-        pass daemon_sigterm
-        note "$(grep -o 'stats: .*' "$T/daemon.log" | tail -n 1)"
-    fi
+check_daemon_alive
+bz_shutdown
+if sigterm_daemon; then
+    pass daemon_sigterm
+    note "$(grep -o 'stats: .*' "$T/daemon.log" | tail -n 1)"
 fi
 
-note "total $SECONDS s"
-if [ "$FAILURES" -gt 0 ]; then
-    # fuser's multi-line "[Not Implemented]" warnings (ioctl, getxattr) left out.
-    note "$FAILURES assertion(s) failed; daemon log tail (clientd's own lines):"
-    grep -E '^[0-9]{4}-.* clientd' "$T/daemon.log" | tail -n 20 | cut -c1-400 | sed 's/^/#   /'
-    exit 1
-fi
-echo "all passed"
+finish

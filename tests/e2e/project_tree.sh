@@ -19,51 +19,16 @@
 # temp dir. Prints `PASS: name` / `FAIL: name: reason` per assertion; exits non-zero on any failure.
 set -uo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-BAZEL=${BAZEL:-/usr/bin/bazel}
-FAILURES=0
-T=""
-WS=""
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-pass() { printf 'PASS: %s\n' "$1"; }
-fail() { printf 'FAIL: %s: %s\n' "$1" "$2"; FAILURES=$((FAILURES + 1)); }
-note() { printf '# %s\n' "$*"; }
-# Fatal: the rest of the test cannot run.
-die() { fail "$1" "$2"; exit 1; }
-
-cleanup() {
-    local rc=$?
-    if [ -n "$WS" ] && [ -d "$WS" ]; then
-        (cd "$WS" && bz shutdown >/dev/null 2>&1) || true
-    fi
-    if [ -n "$T" ] && [ -d "$T" ]; then
-        if [ -n "${KEEP_TMP:-}" ]; then
-            note "kept $T"
-        else
-            chmod -R u+w "$T" 2>/dev/null
-            rm -rf "$T"
-        fi
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# Bazel with everything of its own under $T: its output root, and a HOME with no ~/.bazelrc.
-bz() {
-    HOME="$T/home" "$BAZEL" --output_user_root="$T/bazel-root" "$@"
-}
-
-[ -x "$BAZEL" ] || die setup "$BAZEL not found: run tests/setup.sh"
+need_bazel
 [ -f "$ROOT/rules/defs.bzl" ] || die setup "$ROOT/rules/defs.bzl not found"
-
-T=$(mktemp -d "${TMPDIR:-/tmp}/clientd-e2e-project-tree.XXXXXX")
-mkdir -p "$T/home"
+make_tmp clientd-e2e-project-tree
 
 # --- the workspace ----------------------------------------------------------------------------
 WS="$T/ws"
-mkdir -p "$WS"
+new_workspace "$WS"
 # This repository as @clientd. local_repository wants a WORKSPACE file at its root, which the
 # repository (a Bazel module) does not have; new_local_repository supplies one (and a root
 # BUILD file in place of the repository's, which needs rules_rust). rules/ is used as it is.
@@ -74,11 +39,6 @@ new_local_repository(
     build_file_content = "",
     path = "$ROOT",
 )
-EOF
-cat >"$WS/.bazelrc" <<'EOF'
-# Debian's /etc/bazel/bazelrc turns --sandbox_debug on; it keeps sandboxes around.
-build --nosandbox_debug
-build --color=no --curses=no --show_progress_rate_limit=60
 EOF
 
 cat >"$WS/tree.bzl" <<'EOF'
@@ -174,37 +134,19 @@ mkpkg bad_dup 'project_tree(name = "p", src = "//:tree", paths = ["a.txt", "sub/
 mkpkg bad_empty 'project_tree(name = "p", src = "//:tree", paths = [])'
 mkpkg notree 'project_tree(name = "p", src = "//:plain", paths = ["a.txt"])'
 
-# build LOG [flags/targets...]: `bazel build`, output in $T/LOG.log; returns Bazel's status.
-build() {
-    local log=$1
-    shift
-    local t0=$SECONDS rc
-    (cd "$WS" && bz build "$@") >"$T/$log.log" 2>&1
-    rc=$?
-    note "build $log: exit $rc in $((SECONDS - t0)) s; $(grep -E '^INFO: [0-9]+ process(es)?: ' "$T/$log.log" | tail -n 1)"
-    return "$rc"
-}
-
-show_log() { note "last lines of $1:"; tail -n "${2:-30}" "$T/$1.log" | sed 's/^/#   /'; }
-
-# spawns JSON: one "MNEMONIC OUTPUTS" line per spawn of Bazel's --execution_log_json_file (a
-# stream of JSON objects), sorted. Bazel 4.2.3's log has no target label: a spawn is named by its
-# listed outputs, relative to bazel-bin, comma-separated.
+# spawns JSON: one "MNEMONIC OUTPUTS" line per spawn of Bazel's --execution_log_json_file, sorted.
+# Bazel 4.2.3's log has no target label: a spawn is named by its listed outputs, relative to
+# bazel-bin, comma-separated.
 spawns() {
-    python3 - "$1" <<'EOF'
+    exec_log "$1" | python3 -c '
 import json, re, sys
-text = open(sys.argv[1]).read()
-dec, i, out = json.JSONDecoder(), 0, []
-while True:
-    while i < len(text) and text[i].isspace():
-        i += 1
-    if i >= len(text):
-        break
-    obj, i = dec.raw_decode(text, i)
-    outs = sorted(re.sub(r"^bazel-out/[^/]+/bin/", "", str(o)) for o in obj.get("listedOutputs", []))
-    out.append("%s %s" % (obj.get("mnemonic", "?"), ",".join(outs)))
+out = []
+for line in sys.stdin:
+    spawn = json.loads(line)
+    outs = sorted(re.sub(r"^bazel-out/[^/]+/bin/", "", str(o)) for o in spawn.get("listedOutputs", []))
+    out.append("%s %s" % (spawn.get("mnemonic", "?"), ",".join(outs)))
 print("\n".join(sorted(out)))
-EOF
+'
 }
 
 # expect_spawns NAME JSON "MNEMONIC OUTPUTS"...: the spawns of JSON are exactly these.
@@ -230,7 +172,7 @@ expect_file() {
 
 # --- 1. the projection builds; genrules read the projected files --------------------------------
 PROJ=proj/a.txt,proj/sub/b.txt # the projection action's outputs
-if build first //:all --execution_log_json_file="$T/exec1.json"; then
+if bzlog first build //:all --execution_log_json_file="$T/exec1.json"; then
     pass build
 else
     show_log first 60
@@ -249,7 +191,7 @@ if [ -f "$p" ] && [ ! -L "$p" ] && [ ! -e "$WS/bazel-bin/proj/c.txt" ]; then
 else
     fail projected_regular_files "bazel-bin/proj/a.txt is not a regular file, or proj/ holds more than the listed paths: $(cd "$WS/bazel-bin/proj" && find . 2>&1 | tr "\n" " ")"
 fi
-if build label //:proj/sub/b.txt && grep -q 'bazel-bin/proj/sub/b.txt' "$T/label.log"; then
+if bzlog label build //:proj/sub/b.txt && grep -q 'bazel-bin/proj/sub/b.txt' "$T/label.log"; then
     pass label_addressable
 else
     show_log label
@@ -257,7 +199,7 @@ else
 fi
 
 # --- 2. incrementality ---------------------------------------------------------------------------
-if build null //:all --execution_log_json_file="$T/exec2.json"; then
+if bzlog null build //:all --execution_log_json_file="$T/exec2.json"; then
     expect_spawns null_build_runs_nothing "$T/exec2.json"
 else
     show_log null
@@ -266,7 +208,7 @@ fi
 
 # Only c.txt (not projected) changes: the tree and the projection re-run, no consumer does.
 write_spec alpha charlie2
-if build unprojected_change //:all --execution_log_json_file="$T/exec3.json"; then
+if bzlog unprojected_change build //:all --execution_log_json_file="$T/exec3.json"; then
     expect_file tree_rebuilt tree/c.txt charlie2
     expect_spawns unprojected_change_cutoff "$T/exec3.json" "TreeGen tree" "ProjectTree $PROJ"
 else
@@ -276,7 +218,7 @@ fi
 
 # a.txt changes: its consumers (use_a, use_all) re-run; use_b does not.
 write_spec alpha2 charlie2
-if build projected_change //:all --execution_log_json_file="$T/exec4.json"; then
+if bzlog projected_change build //:all --execution_log_json_file="$T/exec4.json"; then
     expect_file genrule_sees_new_a use_a.txt ALPHA2
     expect_spawns projected_change_reruns_consumers "$T/exec4.json" \
         "TreeGen tree" "ProjectTree $PROJ" "Genrule use_a.txt" "Genrule use_all.txt"
@@ -286,7 +228,7 @@ else
 fi
 
 # --- 3. a path missing from the tree fails clearly ----------------------------------------------
-if build missing //missing:proj; then
+if bzlog missing build //missing:proj; then
     fail missing_path_fails "bazel build //missing:proj succeeded"
 else
     msg="project_tree //missing:proj: path 'nope/x.txt' is not in the tree artifact produced by //:tree"
@@ -310,7 +252,7 @@ fi
 # bad NAME PACKAGE TEXT: `bazel build --nobuild //PACKAGE:all` fails with TEXT in its output.
 bad() {
     local name=$1 pkg=$2 text=$3
-    if build "$name" --nobuild "//$pkg:all"; then
+    if bzlog "$name" build --nobuild "//$pkg:all"; then
         fail "$name" "bazel build --nobuild //$pkg:all succeeded"
     elif grep -qF "$text" "$T/$name.log"; then
         pass "$name"
@@ -327,8 +269,8 @@ bad bad_paths_empty bad_empty 'project_tree //bad_empty:p: paths must not be emp
 bad src_without_tree notree 'project_tree //notree:p: src //:plain must produce exactly one tree artifact'
 
 # --- 5. without the sandbox ------------------------------------------------------------------------
-(cd "$WS" && bz clean) >"$T/clean.log" 2>&1 || { cat "$T/clean.log"; die clean "bazel clean failed"; }
-if build unsandboxed //:all --spawn_strategy=local; then
+bz_clean clean
+if bzlog unsandboxed build //:all --spawn_strategy=local; then
     expect_file unsandboxed_genrule_reads_a use_a.txt ALPHA2
     expect_file unsandboxed_genrule_reads_sub_b use_b.txt "b: bravo"
 else
@@ -336,10 +278,5 @@ else
     fail unsandboxed "bazel build --spawn_strategy=local failed"
 fi
 
-(cd "$WS" && bz shutdown) >/dev/null 2>&1
-note "total $SECONDS s"
-if [ "$FAILURES" -gt 0 ]; then
-    note "$FAILURES assertion(s) failed"
-    exit 1
-fi
-echo "all passed"
+bz_shutdown
+finish

@@ -29,95 +29,18 @@
 # failure.
 set -uo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-BAZEL=${BAZEL:-/usr/bin/bazel}
-BUILDGRID="$ROOT/tests/peers/buildgrid.sh"
-REMOTE_WORKER="$ROOT/tests/peers/remote_worker.sh"
-FAILURES=0
-T=""
-DAEMON_PID=""
-BG_DIR=""
-RW_PID=""
-WS=""
-
-pass() { printf 'PASS: %s\n' "$1"; }
-fail() { printf 'FAIL: %s: %s\n' "$1" "$2"; FAILURES=$((FAILURES + 1)); }
-note() { printf '# %s\n' "$*"; }
-# Fatal: the rest of the test cannot run.
-die() { fail "$1" "$2"; exit 1; }
-
-stop_daemon() {
-    [ -n "$DAEMON_PID" ] && kill -0 "$DAEMON_PID" 2>/dev/null || return 0
-    kill -TERM "$DAEMON_PID" 2>/dev/null
-    for _ in $(seq 100); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$DAEMON_PID" 2>/dev/null; then
-        note "daemon $DAEMON_PID ignored SIGTERM for 10 s; killing it"
-        kill -KILL "$DAEMON_PID" 2>/dev/null
-    fi
-}
-
-cleanup() {
-    local rc=$?
-    if [ -n "$WS" ] && [ -d "$WS" ]; then
-        (cd "$WS" && bz shutdown >/dev/null 2>&1) || true
-    fi
-    stop_daemon
-    [ -n "$DAEMON_PID" ] && wait "$DAEMON_PID" 2>/dev/null
-    # BuildGrid: `stop` signals the PID in its pid file (after checking it still is that server).
-    if [ -n "$BG_DIR" ] && [ -f "$BG_DIR/buildgrid.pid" ]; then
-        bash "$BUILDGRID" stop "$BG_DIR" || true
-    fi
-    # The remote worker leads its own process group (setsid): its PID stops it and its actions.
-    if [ -n "$RW_PID" ] && kill -0 "$RW_PID" 2>/dev/null; then
-        kill -TERM -- "-$RW_PID" 2>/dev/null || kill -TERM "$RW_PID" 2>/dev/null
-        for _ in $(seq 100); do kill -0 "$RW_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$RW_PID" 2>/dev/null && kill -KILL -- "-$RW_PID" 2>/dev/null
-    fi
-    if [ -n "$T" ] && [ -d "$T" ]; then
-        if [ -n "${KEEP_TMP:-}" ]; then
-            note "kept $T"
-        else
-            chmod -R u+w "$T" 2>/dev/null
-            rm -rf "$T"
-        fi
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# Bazel with everything of its own under $T: its output root, and a HOME with no ~/.bazelrc.
-bz() {
-    HOME="$T/home" "$BAZEL" --output_user_root="$T/bazel-root" "$@"
-}
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # --- peers, clientd ---------------------------------------------------------------------------
-[ -x "$BAZEL" ] || die setup "$BAZEL not found: run tests/setup.sh"
-bash "$BUILDGRID" install || die setup "tests/peers/buildgrid.sh install failed"
-bash "$REMOTE_WORKER" install || die setup "tests/peers/remote_worker.sh install failed"
-
-T=$(mktemp -d "${TMPDIR:-/tmp}/clientd-e2e-proxy.XXXXXX")
-mkdir -p "$T/home" "$T/cache" "$T/config"
-
-if [ -z "${CLIENTD:-}" ]; then
-    start=$SECONDS
-    if ! (cd "$ROOT" && cargo build --release -p clientd) >"$T/cargo.log" 2>&1; then
-        cat "$T/cargo.log"
-        die build "cargo build --release -p clientd failed"
-    fi
-    note "cargo build: $((SECONDS - start)) s"
-    CLIENTD="$ROOT/target/release/clientd"
-fi
+need_bazel
+install_peer buildgrid
+install_peer remote_worker
+make_tmp clientd-e2e-proxy
+build_clientd
 
 # Four distinct free loopback ports: BuildGrid, the remote worker, clientd, and one left dead.
-read -r BG_PORT RW_PORT PORT DEAD_PORT < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(4)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))
-')
+read -r BG_PORT RW_PORT PORT DEAD_PORT < <(free_port 4)
 BG_ENDPOINT="127.0.0.1:$BG_PORT"
 RW_ENDPOINT="127.0.0.1:$RW_PORT"
 DEAD_ENDPOINT="127.0.0.1:$DEAD_PORT"
@@ -128,59 +51,30 @@ RW_DIR="$T/rw"
 start=$SECONDS
 BUILDGRID_WATCH_PID=$$ bash "$BUILDGRID" start "$BG_DIR" "$BG_PORT" main direct >"$T/bg-start.log" 2>&1 &
 bg_starter=$!
-bash "$REMOTE_WORKER" start "$RW_DIR" "$RW_PORT" >"$T/rw-start.log" 2>&1 &
-rw_starter=$!
+run_remote_worker "$RW_DIR" "$RW_PORT"
+rw_rc=$?
 wait "$bg_starter"
 bg_rc=$?
-wait "$rw_starter"
-rw_rc=$?
-[ -f "$RW_DIR/worker.pid" ] && RW_PID=$(cat "$RW_DIR/worker.pid")
 if [ "$bg_rc" -ne 0 ]; then
     cat "$T/bg-start.log"
     die peers_start "BuildGrid did not start on $BG_ENDPOINT"
 fi
-if [ "$rw_rc" -ne 0 ]; then
-    cat "$T/rw-start.log"
-    die peers_start "the remote worker did not start on $RW_ENDPOINT"
-fi
+[ "$rw_rc" -eq 0 ] || die peers_start "the remote worker did not start on $RW_ENDPOINT"
 pass peers_start
 note "BuildGrid pid $(cat "$BG_DIR/buildgrid.pid") at grpc://$BG_ENDPOINT, remote worker pid $RW_PID at grpc://$RW_ENDPOINT ($((SECONDS - start)) s)"
 
-HOME="$T/home" XDG_CACHE_HOME="$T/cache" XDG_CONFIG_HOME="$T/config" NO_COLOR=1 RUST_LOG=info \
-    "$CLIENTD" serve --no-mount --tcp-listen "127.0.0.1:$PORT" \
+start_daemon serve --no-mount --tcp-listen "127.0.0.1:$PORT" \
     --cluster "bg.example.com=grpc://$BG_ENDPOINT" \
     --cluster "rw.example.com=grpc://$RW_ENDPOINT" \
-    --cluster "dead.example.com=grpc://$DEAD_ENDPOINT" \
-    >"$T/daemon.log" 2>&1 &
-DAEMON_PID=$!
-
-ENDPOINT=""
-for _ in $(seq 300); do
-    ENDPOINT=$(grep -o 'serving on grpc://[0-9.]*:[0-9]*' "$T/daemon.log" | head -n 1 | sed 's|^serving on grpc://||')
-    [ -n "$ENDPOINT" ] && break
-    kill -0 "$DAEMON_PID" 2>/dev/null || break
-    sleep 0.1
-done
-if [ -z "$ENDPOINT" ]; then
-    cat "$T/daemon.log"
-    if kill -0 "$DAEMON_PID" 2>/dev/null; then
-        die daemon_start "no 'serving on grpc://' line within 30 s"
-    fi
-    wait "$DAEMON_PID"
-    die daemon_start "daemon exited with status $? before listening"
-fi
+    --cluster "dead.example.com=grpc://$DEAD_ENDPOINT" ||
+    die daemon_start "$DAEMON_ERROR"
 pass daemon_start
 note "daemon pid $DAEMON_PID at grpc://$ENDPOINT"
 
 # --- the workspace ----------------------------------------------------------------------------
 WS="$T/ws"
+new_workspace "$WS" "build --remote_timeout=30"
 mkdir -p "$WS/ok" "$WS/fail"
-: >"$WS/WORKSPACE"
-cat >"$WS/.bazelrc" <<'EOF'
-# Debian's /etc/bazel/bazelrc turns --sandbox_debug on; it keeps sandboxes around.
-build --nosandbox_debug
-build --color=no --curses=no --show_progress_rate_limit=60 --remote_timeout=30
-EOF
 cat >"$WS/ok/BUILD" <<'EOF'
 # Generated by tests/e2e/proxy.sh
 genrule(name = "alpha", outs = ["alpha.txt"], cmd = "echo alpha through the proxy > $@")
@@ -219,43 +113,6 @@ note "workspace $WS: $N_OK genrules in //ok, one failing in //fail"
 BG_CACHE=(--remote_cache="grpc://$BG_ENDPOINT")
 VIA_CLIENTD=(--remote_cache="grpc://$ENDPOINT")
 
-summary_line() { grep -E '^INFO: [0-9]+ process(es)?: ' "$1" | tail -n 1; }
-
-# bzlog LOG TARGETS FLAGS...: runs `bazel build`, output in $T/LOG.log; returns Bazel's status.
-bzlog() {
-    local log=$1 target=$2
-    shift 2
-    local t0=$SECONDS rc
-    (cd "$WS" && bz build "$target" "$@") >"$T/$log.log" 2>&1
-    rc=$?
-    note "build $log: exit $rc in $((SECONDS - t0)) s; $(summary_line "$T/$log.log")"
-    return "$rc"
-}
-
-clean() {
-    (cd "$WS" && bz clean) >"$T/clean.log" 2>&1 || { cat "$T/clean.log"; die clean "bazel clean failed"; }
-}
-
-# count LOG KIND: the number Bazel's process summary gives for KIND ("remote cache hit", "remote",
-# "internal", ...; "non-internal" sums all but internal). -1 when there is no summary.
-count() {
-    summary_line "$1" | python3 -c '
-import re, sys
-line = sys.stdin.read().strip()
-m = re.match(r"INFO: (\d+) process(?:es)?: (.*?)\.?$", line)
-if not m:
-    print(-1); sys.exit()
-parts = {}
-for part in m.group(2).split(","):
-    n, _, kind = part.strip().partition(" ")
-    parts[kind] = parts.get(kind, 0) + int(n)
-if sys.argv[1] == "non-internal":
-    print(sum(n for k, n in parts.items() if k != "internal"))
-else:
-    print(parts.get(sys.argv[1], 0))
-' "$2"
-}
-
 # all_of LOG KIND: every non-internal process of the build was KIND, and there were N_OK of them.
 all_of() {
     local n others
@@ -265,8 +122,6 @@ all_of() {
 }
 
 checksums() { (cd "$WS/bazel-bin/ok" && find -L . -type f | sort | xargs -r sha256sum); }
-
-show_log() { note "last lines of $1:"; tail -n "${2:-30}" "$T/$1.log" | cut -c1-400 | sed 's/^/#   /'; }
 
 # bg_snap NAME [INSTANCE]: BuildGrid's cumulative per-RPC counters (all instances, or INSTANCE) into $T/NAME.bg.
 bg_snap() {
@@ -297,7 +152,7 @@ RW_FILES0=$(rw_files)
 
 # --- 1a. baseline: Bazel -> BuildGrid directly, instance `direct` -----------------------------
 DIRECT=("${BG_CACHE[@]}" --remote_instance_name=direct)
-bzlog direct_cold //ok/... "${DIRECT[@]}" || { show_log direct_cold 40; die direct_cold "direct build against BuildGrid failed"; }
+bzlog direct_cold build //ok/... "${DIRECT[@]}" || { show_log direct_cold 40; die direct_cold "direct build against BuildGrid failed"; }
 checksums >"$T/sums_direct"
 if [ "$(wc -c <"$WS/bazel-bin/ok/big.bin")" -eq 3145728 ] && grep -qx 'ALPHA THROUGH THE PROXY' "$WS/bazel-bin/ok/combined.txt" &&
     [ "$(tail -n 1 "$WS/bazel-bin/ok/combined.txt")" = "$(sha256sum <"$WS/bazel-bin/ok/big.bin" | cut -d' ' -f1 | tr '[:lower:]' '[:upper:]')" ]; then
@@ -307,14 +162,14 @@ else
 fi
 n=$(count "$T/direct_cold.log" non-internal)
 [ "$n" -eq "$N_OK" ] || note "direct cold build ran $n processes, expected $N_OK"
-clean
+bz_clean clean
 bg_snap d1 direct
-bzlog direct_warm //ok/... "${DIRECT[@]}" || { show_log direct_warm 40; die direct_warm "direct build against BuildGrid failed"; }
+bzlog direct_warm build //ok/... "${DIRECT[@]}" || { show_log direct_warm 40; die direct_warm "direct build against BuildGrid failed"; }
 bg_snap d2 direct
 all_of "$T/direct_warm.log" "remote cache hit" || note "direct warm build was not all remote cache hits: $(summary_line "$T/direct_warm.log")"
-clean
+bz_clean clean
 bg_snap d3 direct
-bzlog direct_noaccept //ok/... "${DIRECT[@]}" --noremote_accept_cached ||
+bzlog direct_noaccept build //ok/... "${DIRECT[@]}" --noremote_accept_cached ||
     { show_log direct_noaccept 40; die direct_noaccept "direct build against BuildGrid failed"; }
 bg_snap d4 direct
 DIRECT_READS=$(bg_delta d1 d2 bytestream_reads batch_read_digests)
@@ -327,8 +182,8 @@ PROXY=("${VIA_CLIENTD[@]}" --remote_instance_name=bg.example.com/main)
 bg_snap all0
 bg_snap m0 main
 bg_snap p0 bg.example.com/main
-clean
-if bzlog proxy_cold //ok/... "${PROXY[@]}"; then
+bz_clean clean
+if bzlog proxy_cold build //ok/... "${PROXY[@]}"; then
     pass proxy_cold_build
 else
     show_log proxy_cold 40
@@ -343,9 +198,9 @@ else
     grep -E 'WARNING: .*([Rr]emote|[Uu]pload|[Cc]ache)' "$T/proxy_cold.log" | head -n 5 | cut -c1-400 | sed 's/^/#   /'
 fi
 
-clean
+bz_clean clean
 bg_snap m1 main
-bzlog proxy_warm //ok/... "${PROXY[@]}" || { show_log proxy_warm 40; fail proxy_warm_build "warm build through clientd failed"; }
+bzlog proxy_warm build //ok/... "${PROXY[@]}" || { show_log proxy_warm 40; fail proxy_warm_build "warm build through clientd failed"; }
 bg_snap m2 main
 if all_of "$T/proxy_warm.log" "remote cache hit"; then
     pass proxy_warm_all_hits
@@ -367,9 +222,9 @@ else
     fail proxy_warm_fewer_upstream_reads "BuildGrid served $PROXY_READS blob read(s) through clientd, $DIRECT_READS directly"
 fi
 
-clean
+bz_clean clean
 bg_snap m3 main
-bzlog proxy_noaccept //ok/... "${PROXY[@]}" --noremote_accept_cached ||
+bzlog proxy_noaccept build //ok/... "${PROXY[@]}" --noremote_accept_cached ||
     { show_log proxy_noaccept 40; fail proxy_noaccept_build "--noremote_accept_cached build through clientd failed"; }
 bg_snap m4 main
 PROXY_FMD=$(bg_delta m3 m4 find_missing_digests)
@@ -407,8 +262,8 @@ fi
 # --- 2. remote execution through clientd, instance rw.example.com/x ----------------------------
 EXEC=(--remote_executor="grpc://$ENDPOINT" --remote_instance_name=rw.example.com/x --spawn_strategy=remote)
 bg_snap e0
-clean
-if bzlog exec_ok //ok/... "${EXEC[@]}"; then
+bz_clean clean
+if bzlog exec_ok build //ok/... "${EXEC[@]}"; then
     pass remote_execution_build
 else
     show_log exec_ok 40
@@ -428,7 +283,7 @@ else
     diff "$T/sums_direct" "$T/sums_exec" | head -n 20 | sed 's/^/#   /'
 fi
 
-bzlog exec_fail //fail:boom "${EXEC[@]}"
+bzlog exec_fail build //fail:boom "${EXEC[@]}"
 rc=$?
 grep -E '^ERROR: |^boom$' "$T/exec_fail.log" | cut -c1-300 | sed 's/^/#   /'
 if [ "$rc" -ne 0 ] && grep -q '(Exit 3)' "$T/exec_fail.log" && grep -qx 'boom' "$T/exec_fail.log"; then
@@ -463,9 +318,9 @@ else
 fi
 
 # --- 4. a cluster that is down ----------------------------------------------------------------
-clean
+bz_clean clean
 t0=$(date +%s%N)
-bzlog dead //ok/... "${VIA_CLIENTD[@]}" --remote_instance_name=dead.example.com/x
+bzlog dead build //ok/... "${VIA_CLIENTD[@]}" --remote_instance_name=dead.example.com/x
 rc=$?
 elapsed_ms=$((($(date +%s%N) - t0) / 1000000))
 note "build against dead.example.com/x: exit $rc after $elapsed_ms ms"
@@ -488,8 +343,8 @@ else
 fi
 
 LOCAL=("${VIA_CLIENTD[@]}" --remote_instance_name=local/x)
-clean
-if bzlog local_cold //ok/... "${LOCAL[@]}" && { clean; bzlog local_warm //ok/... "${LOCAL[@]}"; }; then
+bz_clean clean
+if bzlog local_cold build //ok/... "${LOCAL[@]}" && { bz_clean clean; bzlog local_warm build //ok/... "${LOCAL[@]}"; }; then
     if all_of "$T/local_warm.log" "remote cache hit"; then
         pass local_still_works
     else
@@ -504,25 +359,11 @@ checksums >"$T/sums_local"
 cmp -s "$T/sums_direct" "$T/sums_local" || fail local_outputs "outputs of the local/x build differ from the direct build's"
 
 # --- 5. the daemon stayed up; SIGTERM stops it and it logs its stats ---------------------------
-if kill -0 "$DAEMON_PID" 2>/dev/null; then
-    pass daemon_alive
-else
-    fail daemon_alive "the daemon died during the test"
-    tail -n 30 "$T/daemon.log"
-fi
-(cd "$WS" && bz shutdown) >/dev/null 2>&1
-kill -TERM "$DAEMON_PID" 2>/dev/null
-for _ in $(seq 100); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
-if kill -0 "$DAEMON_PID" 2>/dev/null; then
-    fail daemon_sigterm "still running 10 s after SIGTERM"
-else
-    wait "$DAEMON_PID"
-    status=$?
-    DAEMON_PID=""
+check_daemon_alive
+bz_shutdown
+if sigterm_daemon; then
     stats=$(grep -o 'stats: .*' "$T/daemon.log" | tail -n 1)
-    if [ "$status" -ne 0 ]; then
-        fail daemon_sigterm "exit status $status after SIGTERM"
-    elif [ -z "$stats" ]; then
+    if [ -z "$stats" ]; then
         fail daemon_sigterm "no 'stats:' line in the daemon log"
     else
         pass daemon_sigterm
@@ -530,10 +371,4 @@ else
     fi
 fi
 
-note "total $SECONDS s"
-if [ "$FAILURES" -gt 0 ]; then
-    note "$FAILURES assertion(s) failed; daemon log tail:"
-    tail -n 20 "$T/daemon.log" | cut -c1-400 | sed 's/^/#   /'
-    exit 1
-fi
-echo "all passed"
+finish
