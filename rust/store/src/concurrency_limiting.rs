@@ -5,7 +5,7 @@
 //! whole call: until a read's stream ends, until a write commits or is dropped.
 
 use crate::error::{StoreError, StoreResult};
-use crate::traits::{ActionCache, BlobSink, BlobStore, ByteStream};
+use crate::traits::{ActionCache, BlobSink, BlobStore, ByteStream, WrappedSink};
 use async_trait::async_trait;
 use bytes::Bytes;
 use clientd_digest::Digest;
@@ -78,9 +78,10 @@ impl BlobStore for ConcurrencyLimiting<dyn BlobStore> {
     ) -> StoreResult<Box<dyn BlobSink>> {
         let permit = self.permit().await?;
         let inner = self.inner.begin_write(instance_name, digest).await?;
-        Ok(Box::new(PermittedSink {
+        Ok(Box::new(WrappedSink {
             inner,
-            _permit: permit,
+            _keep: permit,
+            on_commit: None,
         }))
     }
 
@@ -93,26 +94,6 @@ impl BlobStore for ConcurrencyLimiting<dyn BlobStore> {
             Ok(_permit) => self.inner.batch_write(instance_name, blobs).await,
             Err(e) => vec![Err(e); blobs.len()],
         }
-    }
-}
-
-struct PermittedSink {
-    inner: Box<dyn BlobSink>,
-    _permit: OwnedSemaphorePermit,
-}
-
-#[async_trait]
-impl BlobSink for PermittedSink {
-    async fn write(&mut self, data: Bytes) -> StoreResult<()> {
-        self.inner.write(data).await
-    }
-
-    fn committed(&self) -> u64 {
-        self.inner.committed()
-    }
-
-    async fn commit(self: Box<Self>) -> StoreResult<()> {
-        self.inner.commit().await
     }
 }
 

@@ -8,7 +8,7 @@
 use crate::clock::Clock;
 use crate::error::StoreResult;
 use crate::stats::Stats;
-use crate::traits::{BlobSink, BlobStore, ByteStream};
+use crate::traits::{BlobSink, BlobStore, ByteStream, WrappedSink};
 use async_trait::async_trait;
 use bytes::Bytes;
 use clientd_digest::Digest;
@@ -139,12 +139,16 @@ impl BlobStore for ExistenceCaching {
         digest: &Digest,
     ) -> StoreResult<Box<dyn BlobSink>> {
         let inner = self.inner.begin_write(instance_name, digest).await?;
-        Ok(Box::new(RememberingSink {
+        // Present once the cluster has accepted it.
+        let (present, instance, digest) =
+            (self.present.clone(), instance_name.to_string(), *digest);
+        let until = self.clock.now() + self.ttl;
+        Ok(Box::new(WrappedSink {
             inner,
-            digest: *digest,
-            instance_name: instance_name.to_string(),
-            until: self.clock.now() + self.ttl,
-            present: self.present.clone(),
+            _keep: (),
+            on_commit: Some(Box::new(move || {
+                remember(&present, &instance, [digest], until)
+            })),
         }))
     }
 
@@ -162,37 +166,6 @@ impl BlobStore for ExistenceCaching {
             .map(|(d, _)| d);
         self.remember(instance_name, written);
         results
-    }
-}
-
-/// A write that marks its blob present once the cluster has accepted it.
-struct RememberingSink {
-    inner: Box<dyn BlobSink>,
-    digest: Digest,
-    instance_name: String,
-    until: SystemTime,
-    present: Arc<Mutex<LruCache<Key, SystemTime>>>,
-}
-
-#[async_trait]
-impl BlobSink for RememberingSink {
-    async fn write(&mut self, data: Bytes) -> StoreResult<()> {
-        self.inner.write(data).await
-    }
-
-    fn committed(&self) -> u64 {
-        self.inner.committed()
-    }
-
-    async fn commit(self: Box<Self>) -> StoreResult<()> {
-        self.inner.commit().await?;
-        remember(
-            &self.present,
-            &self.instance_name,
-            [self.digest],
-            self.until,
-        );
-        Ok(())
     }
 }
 

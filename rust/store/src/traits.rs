@@ -109,6 +109,34 @@ pub trait BlobSink: Send {
     async fn commit(self: Box<Self>) -> StoreResult<()>;
 }
 
+/// A sink that forwards to `inner`, holds `_keep` for as long as the write lasts (a semaphore
+/// permit, say), and runs `on_commit` once the blob is committed. For decorators that only need
+/// to add something around a write.
+pub(crate) struct WrappedSink<K: Send> {
+    pub(crate) inner: Box<dyn BlobSink>,
+    pub(crate) _keep: K,
+    pub(crate) on_commit: Option<Box<dyn FnOnce() + Send>>,
+}
+
+#[async_trait]
+impl<K: Send> BlobSink for WrappedSink<K> {
+    async fn write(&mut self, data: Bytes) -> StoreResult<()> {
+        self.inner.write(data).await
+    }
+
+    fn committed(&self) -> u64 {
+        self.inner.committed()
+    }
+
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        self.inner.commit().await?;
+        if let Some(on_commit) = self.on_commit {
+            on_commit();
+        }
+        Ok(())
+    }
+}
+
 /// The action cache, one namespace per instance name.
 #[async_trait]
 pub trait ActionCache: Send + Sync + 'static {
