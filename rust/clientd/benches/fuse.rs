@@ -72,9 +72,7 @@ async fn main() {
     let home = dir.path().join("home");
     let mnt = home.join("mnt");
     let daemon = Daemon::start(&home, None, &["--mount", mnt.to_str().unwrap()]);
-    while !mnt.join("scratch").exists() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_mount(&mnt);
 
     // One large blob, uploaded; the same bytes in a plain file on the same disk.
     let data = Bytes::from(pseudo_random(42, size));

@@ -14,20 +14,11 @@ use clientd_digest::Digest;
 use clientd_proto::bazel_output_service as pb;
 use clientd_proto::bazel_output_service_rev2 as rev2;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
-use clientd_proto::prost_types::Any;
 use common::*;
 use pb::bazel_output_service_client::BazelOutputServiceClient;
-use prost::Message;
 use std::time::{Duration, Instant};
 
 const BASE: &str = "fedcba9876543210fedcba9876543210";
-
-fn any<M: Message>(name: &str, message: &M) -> Any {
-    Any {
-        type_url: format!("type.googleapis.com/bazel_output_service_rev2.{name}"),
-        value: message.encode_to_vec(),
-    }
-}
 
 fn rss_bytes(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -45,7 +36,7 @@ fn start_request(build_id: &str) -> pb::StartBuildRequest {
         version: 1,
         output_base_id: BASE.into(),
         build_id: build_id.into(),
-        args: Some(any(
+        args: Some(rev2_any(
             "StartBuildArgs",
             &rev2::StartBuildArgs {
                 remote_cache: String::new(),
@@ -94,12 +85,7 @@ async fn main() {
             .iter()
             .map(|&i| pb::stage_artifacts_request::Artifact {
                 path: path(i),
-                locator: Some(any(
-                    "FileArtifactLocator",
-                    &rev2::FileArtifactLocator {
-                        digest: Some(digests[i].to_proto()),
-                    },
-                )),
+                locator: Some(file_locator(&digests[i])),
             })
             .collect();
         let response = service

@@ -5,24 +5,11 @@ mod common;
 
 use clientd_digest::Digest;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
-use common::{sha256, Clients, Daemon};
+use common::{sha256, wait_for_mount, Clients, Daemon, Unmount};
 use prost::Message;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// Lazily unmounts if a test fails before stopping its daemon, so the temp dir can be removed.
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg("-z")
-            .arg(&self.0)
-            .output();
-    }
-}
 
 fn mounted(home: &Path, config: Option<&str>, extra: &[&str]) -> (Daemon, PathBuf, Unmount) {
     let mnt = home.join("mnt");
@@ -32,18 +19,6 @@ fn mounted(home: &Path, config: Option<&str>, extra: &[&str]) -> (Daemon, PathBu
     let daemon = Daemon::start(home, config, &args);
     wait_for_mount(&mnt);
     (daemon, mnt.clone(), Unmount(mnt))
-}
-
-fn wait_for_mount(mnt: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !mnt.join("scratch").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} was not mounted",
-            mnt.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Runs `script` with /bin/sh in `dir`: (success, stdout, stderr).

@@ -11,12 +11,11 @@ use clientd_proto::bazel_output_service_rev2 as rev2;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_proto::clientd::v1 as stats_pb;
 use clientd_proto::prost_types::Any;
-use common::{sha256, Daemon};
+use common::{file_locator, rev2_any, sha256, wait_for_mount, Daemon, Unmount};
 use pb::bazel_output_service_client::BazelOutputServiceClient;
 use prost::Message;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -26,40 +25,12 @@ const BASE: &str = "0123456789abcdef0123456789abcdef";
 const EXECROOT_OUT: &str = "/home/u/.cache/bazel/execroot/ws/bazel-out";
 const FILES: usize = 10_000;
 
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg("-z")
-            .arg(&self.0)
-            .output();
-    }
-}
-
-fn any<M: Message>(name: &str, message: &M) -> Any {
-    Any {
-        type_url: format!("type.googleapis.com/bazel_output_service_rev2.{name}"),
-        value: message.encode_to_vec(),
-    }
-}
-
-fn file_locator(digest: &Digest) -> Any {
-    any(
-        "FileArtifactLocator",
-        &rev2::FileArtifactLocator {
-            digest: Some(digest.to_proto()),
-        },
-    )
-}
-
 fn start_request(build_id: &str, mnt: &Path) -> pb::StartBuildRequest {
     pb::StartBuildRequest {
         version: 1,
         output_base_id: BASE.into(),
         build_id: build_id.into(),
-        args: Some(any(
+        args: Some(rev2_any(
             "StartBuildArgs",
             &rev2::StartBuildArgs {
                 remote_cache: "unix:///unused".into(),
@@ -100,11 +71,7 @@ fn start_proxy(home: &Path, upstream: &Daemon) -> (Daemon, PathBuf) {
         None,
         &["--cluster", &cluster, "--mount", mnt.to_str().unwrap()],
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !mnt.join("scratch").exists() {
-        assert!(Instant::now() < deadline, "not mounted");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_mount(&mnt);
     (daemon, mnt)
 }
 
@@ -184,7 +151,7 @@ async fn bazel_call_sequence_survives_a_restart() {
         Code::InvalidArgument
     );
     let mut bad = start_request("b0", &mnt);
-    bad.args = Some(any(
+    bad.args = Some(rev2_any(
         "FileArtifactLocator",
         &rev2::FileArtifactLocator::default(),
     ));
@@ -238,14 +205,14 @@ async fn bazel_call_sequence_survives_a_restart() {
         path: path.into(),
         locator: Some(locator),
     };
-    let tree_locator = any(
+    let tree_locator = rev2_any(
         "TreeArtifactLocator",
         &rev2::TreeArtifactLocator {
             tree_digest: Some(tree_digest.to_proto()),
             root_directory_digest: Some(root_digest.to_proto()),
         },
     );
-    let wrong_root = any(
+    let wrong_root = rev2_any(
         "TreeArtifactLocator",
         &rev2::TreeArtifactLocator {
             tree_digest: Some(tree_digest.to_proto()),
@@ -535,7 +502,7 @@ async fn output_paths_not_saved_within_the_age_limit_are_dropped_at_start() {
         .await;
     let mut service = client(&daemon).await;
     let mut start = start_request("old", &mnt);
-    start.args = Some(any(
+    start.args = Some(rev2_any(
         "StartBuildArgs",
         &rev2::StartBuildArgs {
             instance_name: "local/x".into(),

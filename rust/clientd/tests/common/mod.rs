@@ -330,3 +330,48 @@ pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Lazily unmounts a mount point when dropped, so a test that fails before stopping its daemon
+/// leaves no mount behind (and its temporary directory can be removed).
+pub struct Unmount(pub PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(&self.0)
+            .output();
+    }
+}
+
+/// Waits until the daemon's file system is mounted at `mnt`.
+pub fn wait_for_mount(mnt: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !mnt.join("scratch").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} was not mounted",
+            mnt.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `bazel_output_service_rev2` message as the `google.protobuf.Any` Bazel sends.
+pub fn rev2_any<M: prost::Message>(name: &str, message: &M) -> clientd_proto::prost_types::Any {
+    clientd_proto::prost_types::Any {
+        type_url: format!("type.googleapis.com/bazel_output_service_rev2.{name}"),
+        value: message.encode_to_vec(),
+    }
+}
+
+/// A FileArtifactLocator for `digest`, as Bazel stages a file.
+pub fn file_locator(digest: &Digest) -> clientd_proto::prost_types::Any {
+    rev2_any(
+        "FileArtifactLocator",
+        &clientd_proto::bazel_output_service_rev2::FileArtifactLocator {
+            digest: Some(digest.to_proto()),
+        },
+    )
+}
