@@ -228,6 +228,42 @@ impl CasView {
         Ok(missing.is_empty())
     }
 
+    /// The Directory message of a Directory or TreeDir node if it is already parsed.
+    fn cached_dir(&self, node: &CasNode) -> Option<VfsResult<Arc<re::Directory>>> {
+        match node {
+            CasNode::Directory { instance, digest } => {
+                let key = (instance.clone(), *digest);
+                Some(Ok(self.directories.lock().unwrap().get(&key)?.clone()))
+            }
+            CasNode::TreeDir {
+                instance,
+                tree,
+                dir,
+            } => {
+                let key = (instance.clone(), *tree);
+                let parsed = self.trees.lock().unwrap().get(&key)?.clone();
+                Some(parsed.dirs.get(dir).cloned().ok_or(Errno::IO))
+            }
+            _ => Some(Err(Errno::NOTDIR)),
+        }
+    }
+
+    /// The Directory message of a Directory or TreeDir node, fetched and parsed if needed.
+    async fn dir_of(&self, node: &CasNode) -> VfsResult<Arc<re::Directory>> {
+        match node {
+            CasNode::Directory { instance, digest } => self.directory(instance, digest).await,
+            CasNode::TreeDir {
+                instance,
+                tree,
+                dir,
+            } => {
+                let parsed = self.tree(instance, tree).await?;
+                parsed.dirs.get(dir).cloned().ok_or(Errno::IO)
+            }
+            _ => Err(Errno::NOTDIR),
+        }
+    }
+
     /// The child `name` of `parent` if it can be known without waiting for anything: the path
     /// grammar, blobs in the local CAS, messages already parsed. None means "ask [`child`]".
     ///
@@ -288,31 +324,9 @@ impl CasView {
                     _ => return None,
                 }
             }
-            CasNode::Directory { instance, digest } => {
-                let dir = self
-                    .directories
-                    .lock()
-                    .unwrap()
-                    .get(&(instance.clone(), *digest))?
-                    .clone();
-                Self::entry(parent, &dir, name)
-            }
-            CasNode::TreeDir {
-                instance,
-                tree,
-                dir,
-            } => {
-                let parsed = self
-                    .trees
-                    .lock()
-                    .unwrap()
-                    .get(&(instance.clone(), *tree))?
-                    .clone();
-                match parsed.dirs.get(dir) {
-                    Some(message) => Self::entry(parent, message, name),
-                    None => Err(Errno::IO),
-                }
-            }
+            CasNode::Directory { .. } | CasNode::TreeDir { .. } => self
+                .cached_dir(parent)?
+                .and_then(|dir| Self::entry(parent, &dir, name)),
             CasNode::File { .. } | CasNode::Symlink(_) | CasNode::Command { .. } => {
                 Err(Errno::NOTDIR)
             }
@@ -330,17 +344,9 @@ impl CasView {
                     Digest::parse_joined(Some(*function), name, '-').map_err(|_| Errno::NOENT)?;
                 self.blob(instance, digest, *kind).await
             }
-            CasNode::Directory { instance, digest } => {
-                let dir = self.directory(instance, digest).await?;
+            CasNode::Directory { .. } | CasNode::TreeDir { .. } => {
+                let dir = self.dir_of(parent).await?;
                 Self::entry(parent, &dir, name)
-            }
-            CasNode::TreeDir {
-                instance,
-                tree,
-                dir,
-            } => {
-                let parsed = self.tree(instance, tree).await?;
-                Self::entry(parent, parsed.dirs.get(dir).ok_or(Errno::IO)?, name)
             }
             _ => Err(Errno::IO),
         }
@@ -435,15 +441,7 @@ impl CasView {
                     })
                     .collect())
             }
-            CasNode::Directory { instance, digest } => self.directory(instance, digest).await?,
-            CasNode::TreeDir {
-                instance,
-                tree,
-                dir,
-            } => {
-                let parsed = self.tree(instance, tree).await?;
-                parsed.dirs.get(dir).ok_or(Errno::IO)?.clone()
-            }
+            CasNode::Directory { .. } | CasNode::TreeDir { .. } => self.dir_of(node).await?,
             CasNode::Instance(_) | CasNode::Blobs(_) | CasNode::KindDir(..) => return Ok(vec![]),
             _ => return Err(Errno::NOTDIR),
         };
