@@ -48,8 +48,9 @@ fi
 (cd "$WS" && bz clean >/dev/null 2>&1)
 out=$(build --execution_log_json_file="$T/exec.json")
 # Every action but the stamped one is a remote cache hit. The stamped genrule reads the volatile
-# workspace status (BUILD_TIMESTAMP), so its cache key changes on every build: what a scrubbing
-# config fixes on Bazel 7+ (see examples/basic/.bazelrc); 4.2.3 cannot scrub.
+# workspace status (BUILD_TIMESTAMP, in seconds), so its cache key changes from one second to the
+# next: what a scrubbing config fixes on Bazel 7+ (see examples/basic/.bazelrc); 4.2.3 cannot
+# scrub. Two builds within the same second do hit for it too, so it may or may not miss.
 misses=$(exec_log "$T/exec.json" | python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -57,10 +58,11 @@ for line in sys.stdin:
     if not spawn.get("remoteCacheHit"):
         print(" ".join(o["path"] for o in spawn.get("actualOutputs", [])))
 ')
-if [ "$misses" = "bazel-out/k8-fastbuild/bin/version.txt" ]; then
+if [ -z "$misses" ] || [ "$misses" = "bazel-out/k8-fastbuild/bin/version.txt" ]; then
+    note "second build: misses: ${misses:-none (the builds fell within one second)}"
     pass second_build_hits_all_but_stamped
 else
-    fail second_build_hits_all_but_stamped "misses: ${misses:-none?} $(printf '%s' "$out" | grep 'processes:')"
+    fail second_build_hits_all_but_stamped "misses: $misses $(printf '%s' "$out" | grep 'processes:')"
 fi
 if out=$(build --config=release) && grep -q "STABLE_VERSION 1.0.0" "$WS/bazel-bin/version.txt"; then
     pass release_stamped
