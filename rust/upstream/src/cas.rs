@@ -5,7 +5,7 @@
 //! digest empty (Bazel's remote worker does). Nothing here verifies hashes: the local CAS in front
 //! does that for reads, and the cluster for writes.
 
-use crate::cluster::{digest_function_field, Cluster};
+use crate::cluster::{digest_function_field, upstream_error, Cluster};
 use async_trait::async_trait;
 use bytes::Bytes;
 use clientd_digest::{Digest, DigestFunction, ReadResource, WriteResource};
@@ -93,15 +93,12 @@ impl UpstreamCas {
             };
             for slot in slots {
                 results[slot] = match &response.status {
-                    Some(status) if status.code != 0 => Err(StoreError::from_status(&Status::new(
+                    Some(status) if status.code != 0 => Err(upstream_error(
+                        &self.cluster.describe(),
+                        format_args!("BatchUpdateBlobs: blob {}", blobs[slot].0),
                         status.code.into(),
-                        format!(
-                            "{}: BatchUpdateBlobs: blob {}: {}",
-                            self.cluster.describe(),
-                            blobs[slot].0,
-                            status.message
-                        ),
-                    ))),
+                        &status.message,
+                    )),
                     _ => Ok(()),
                 };
             }
@@ -206,10 +203,7 @@ impl BlobStore for UpstreamCas {
             .into_inner()
             .map_ok(|r| r.data)
             .map_err(move |status| {
-                StoreError::from_status(&Status::new(
-                    status.code(),
-                    format!("{describe}: {what}: {}", status.message()),
-                ))
+                upstream_error(&describe, &what, status.code(), status.message())
             })
             .boxed())
     }
@@ -372,15 +366,12 @@ impl ByteStreamSink {
     }
 
     fn error(&self, status: &Status) -> StoreError {
-        StoreError::from_status(&Status::new(
+        upstream_error(
+            &self.describe,
+            format_args!("ByteStream.Write of blob {}", self.digest),
             status.code(),
-            format!(
-                "{}: ByteStream.Write of blob {}: {}",
-                self.describe,
-                self.digest,
-                status.message()
-            ),
-        ))
+            status.message(),
+        )
     }
 
     /// Sends one message; false if the call has already ended (for better or worse).

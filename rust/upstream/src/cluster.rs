@@ -39,6 +39,17 @@ pub(crate) fn digest_function_field(function: DigestFunction) -> i32 {
     }
 }
 
+/// A cluster's failure of `what` as a store error whose message names the cluster
+/// (`describe`) and the call, as [`Cluster::call`]'s errors do.
+pub(crate) fn upstream_error(
+    describe: &str,
+    what: impl std::fmt::Display,
+    code: tonic::Code,
+    message: &str,
+) -> StoreError {
+    StoreError::from_status(&Status::new(code, format!("{describe}: {what}: {message}")))
+}
+
 /// How to reach a cluster; built from the daemon's config.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
