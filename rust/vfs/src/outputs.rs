@@ -149,12 +149,12 @@ impl Table {
     }
 
     /// The node at `path` below `root`, without following symlinks.
-    fn walk(&self, root: u64, path: &str) -> VfsResult<u64> {
+    fn walk(&self, root: u64, components: &[&OsStr]) -> VfsResult<u64> {
         let mut ino = root;
-        for name in components(path)? {
+        for name in components {
             ino = match &self.get(ino)?.node {
                 Node::Scratch(ScratchNode::Dir { children, .. }) => {
-                    *children.get(name).ok_or(Errno::NOENT)?
+                    *children.get(*name).ok_or(Errno::NOENT)?
                 }
                 _ => return Err(Errno::NOTDIR),
             };
@@ -295,8 +295,7 @@ impl Vfs {
             return Err(Errno::INVAL);
         };
         let mut table = self.table.lock().unwrap();
-        let parent_path: Vec<&str> = parents.iter().map(|c| c.to_str().unwrap_or("")).collect();
-        let dir = table.walk(root, &parent_path.join("/"))?;
+        let dir = table.walk(root, parents)?;
         let mut stale = Vec::new();
         table.remove_entry(dir, name, &mut stale)?;
         drop(table);
