@@ -1,24 +1,87 @@
 //! Benchmark of the local cache over the UNIX socket, as ratios to the disk itself, measured in
 //! the same run (these machines are shared and noisy):
 //! - ByteStream upload and download of 1 GiB vs. writing (with fsync, as the CAS does) and reading
-//!   the same bytes to and from a file on the same disk;
+//!   the same bytes to and from a file on the same disk. Reads are timed cold (page cache emptied:
+//!   the disk's throughput, the target) and warm (page cache to memory, for information). The
+//!   client uses HTTP/2's default 16 KiB frames for what it receives, as grpc-java (Bazel) and
+//!   grpc-go do;
 //! - FindMissingBlobs for 10,000 digests (half present).
 //!
 //! Run: `cargo bench -p clientd --bench cache` (BENCH_BYTES overrides the 1 GiB).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod disk;
 
 use bytes::Bytes;
 use clientd_digest::Digest;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
-use clientd_proto::google::bytestream as bs;
 use common::*;
-use std::io::{Read, Write};
+use disk::{drop_cache, gib_per_s, read_all, CHUNK};
+use std::io::Write;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn gib_per_s(bytes: usize, time: Duration) -> f64 {
-    bytes as f64 / time.as_secs_f64() / (1u64 << 30) as f64
+/// Rounds of the large-blob measurements. Each round uploads a different blob (its first chunk
+/// differs). Every write and cold read starts from an emptied page cache, and the disk and
+/// clientd alternate which goes first: on these virtual machines a gigabyte's write runs up to
+/// four times slower or faster depending on what the memory was last used for, so a fixed order
+/// would charge that to one side. A first round, not counted, warms both sides up.
+const ROUNDS: usize = 4;
+
+/// The blob of one round, in the chunks both sides write.
+fn round_chunks(data: &Bytes, round: usize) -> Vec<Bytes> {
+    let mut chunks = chunked(data, CHUNK);
+    let mut first = chunks[0].to_vec();
+    first[0] = first[0].wrapping_add(round as u8 + 1);
+    chunks[0] = Bytes::from(first);
+    chunks
+}
+
+/// Times of one side's round: write (with fsync), cold read (from the disk), warm read.
+struct Times {
+    write: Duration,
+    cold: Duration,
+    warm: Duration,
+}
+
+/// Writing the chunks to a file and syncing it, as the CAS does; then reading it back.
+fn disk_round(dir: &Path, chunks: &[Bytes]) -> Times {
+    let file = dir.join("baseline");
+    drop_cache(dir);
+    let start = Instant::now();
+    let mut f = std::fs::File::create(&file).unwrap();
+    for chunk in chunks {
+        f.write_all(chunk).unwrap();
+    }
+    f.sync_data().unwrap();
+    let write = start.elapsed();
+    drop(f);
+    drop_cache(&file);
+    let (_, cold) = read_all(&file);
+    let (_, warm) = read_all(&file);
+    std::fs::remove_file(&file).unwrap();
+    Times { write, cold, warm }
+}
+
+/// A ByteStream upload of the chunks, then downloads of the blob with its file's pages dropped
+/// and kept.
+async fn clientd_round(c: &mut Clients, home: &Path, chunks: &[Bytes]) -> Times {
+    let digest = sha256_of_chunks(chunks);
+    drop_cache(home);
+    let start = Instant::now();
+    c.upload_chunks("local/bench", &digest, chunks).await;
+    let write = start.elapsed();
+    drop_cache(&cas_file(home, &digest));
+    let cold = timed_download(c, &digest).await;
+    let warm = timed_download(c, &digest).await;
+    Times { write, cold, warm }
+}
+
+async fn timed_download(c: &mut Clients, digest: &Digest) -> Duration {
+    let start = Instant::now();
+    assert_eq!(c.download("local/bench", digest).await, digest.size());
+    start.elapsed()
 }
 
 #[tokio::main]
@@ -32,59 +95,42 @@ async fn main() {
     )
     .unwrap();
     let data = Bytes::from(pseudo_random(42, size));
-    let digest = sha256(&data);
-    const CHUNK: usize = 1 << 20;
-
-    // Baseline: the disk.
-    let file = dir.path().join("baseline");
-    let start = Instant::now();
-    let mut f = std::fs::File::create(&file).unwrap();
-    for piece in data.chunks(CHUNK) {
-        f.write_all(piece).unwrap();
-    }
-    f.sync_data().unwrap();
-    let disk_write = start.elapsed();
-    drop(f);
-    let start = Instant::now();
-    let mut f = std::fs::File::open(&file).unwrap();
-    let mut buf = vec![0u8; CHUNK];
-    while f.read(&mut buf).unwrap() > 0 {}
-    let disk_read = start.elapsed();
-    std::fs::remove_file(&file).unwrap();
-
-    // clientd.
-    let daemon = Daemon::start(&dir.path().join("home"), None, &[]);
+    let home = dir.path().join("home");
+    let daemon = Daemon::start(&home, None, &[]);
     let mut c = daemon.clients().await;
-    let name = write_name("local/bench", &digest);
-    let requests = (0..size)
-        .step_by(CHUNK)
-        .map(move |offset| bs::WriteRequest {
-            resource_name: name.clone(),
-            write_offset: offset as i64,
-            finish_write: offset + CHUNK >= size,
-            data: data.slice(offset..(offset + CHUNK).min(size)),
-        });
-    let start = Instant::now();
-    c.bytestream
-        .write(futures::stream::iter(requests))
-        .await
-        .unwrap();
-    let upload = start.elapsed();
-    // Like the baseline's reads into one reused buffer, the chunks are consumed as they arrive
-    // (collecting 1 GiB would time the client's page faults, not the download).
-    let start = Instant::now();
-    let request = bs::ReadRequest {
-        resource_name: format!("local/bench/blobs/{}", digest.resource_tail()),
-        read_offset: 0,
-        read_limit: 0,
-    };
-    let mut stream = c.bytestream.read(request).await.unwrap().into_inner();
-    let mut received = 0;
-    while let Some(message) = stream.message().await.unwrap() {
-        received += message.data.len();
+
+    println!(
+        "bytes: {size}; page cache emptied by {}",
+        drop_cache(dir.path())
+    );
+    let mut totals = Vec::new();
+    for round in 0..=ROUNDS {
+        let chunks = round_chunks(&data, round);
+        let disk_first = round % 2 == 0;
+        let (disk, clientd) = if disk_first {
+            let disk = disk_round(dir.path(), &chunks);
+            (disk, clientd_round(&mut c, &home, &chunks).await)
+        } else {
+            let clientd = clientd_round(&mut c, &home, &chunks).await;
+            (disk_round(dir.path(), &chunks), clientd)
+        };
+        let rate = |t: Duration| gib_per_s(size, t);
+        println!(
+            "{} {round} ({} first), GiB/s disk | clientd: write+fsync {:.2} | upload {:.2}, \
+             cold read {:.2} | download {:.2}, warm read {:.2} | download {:.2}",
+            if round == 0 { "warm-up" } else { "round" },
+            if disk_first { "disk" } else { "clientd" },
+            rate(disk.write),
+            rate(clientd.write),
+            rate(disk.cold),
+            rate(clientd.cold),
+            rate(disk.warm),
+            rate(clientd.warm),
+        );
+        if round > 0 {
+            totals.push((disk, clientd));
+        }
     }
-    let download = start.elapsed();
-    assert_eq!(received, size);
 
     // FindMissingBlobs over 10,000 digests, half of them present.
     let small: Vec<(Digest, Vec<u8>)> = (0..5000u32)
@@ -122,24 +168,28 @@ async fn main() {
         "BatchUpdateBlobs of 5,000 small blobs (1,000 per call): {:.0} blobs/s",
         5000.0 / small_writes.as_secs_f64()
     );
-    println!("bytes: {size}");
+    // Ratios of the total times: each side's throughput over all rounds, both orders included.
+    let ratio = |time: fn(&Times) -> Duration| {
+        let total = |side: fn(&(Times, Times)) -> &Times| {
+            totals
+                .iter()
+                .map(|t| time(side(t)).as_secs_f64())
+                .sum::<f64>()
+        };
+        total(|t| &t.0) / total(|t| &t.1)
+    };
+    println!("over {ROUNDS} rounds, clientd's throughput / the disk's:");
     println!(
-        "disk write+fsync: {:.2} GiB/s, disk read: {:.2} GiB/s",
-        gib_per_s(size, disk_write),
-        gib_per_s(size, disk_read)
+        "  upload / write+fsync: {:.2} (target >= 0.5)",
+        ratio(|t| t.write)
     );
     println!(
-        "ByteStream upload: {:.2} GiB/s, download: {:.2} GiB/s",
-        gib_per_s(size, upload),
-        gib_per_s(size, download)
+        "  download / cold read (from the disk): {:.2} (target >= 0.5)",
+        ratio(|t| t.cold)
     );
     println!(
-        "upload / disk write ratio: {:.2}",
-        disk_write.as_secs_f64() / upload.as_secs_f64()
-    );
-    println!(
-        "download / disk read ratio: {:.2}",
-        disk_read.as_secs_f64() / download.as_secs_f64()
+        "  download / warm read (page cache to memory): {:.2}",
+        ratio(|t| t.warm)
     );
     println!(
         "FindMissingBlobs(10,000 digests) median of 30: {:.2} ms (target < 10 ms)",

@@ -9,56 +9,19 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod disk;
 
 use bytes::Bytes;
 use clientd_digest::Digest;
-use clientd_proto::google::bytestream as bs;
 use common::*;
-use std::io::Read;
-use std::os::unix::io::AsRawFd;
-use std::path::Path;
-use std::time::{Duration, Instant};
+use disk::{drop_cache, gib_per_s, read_all};
+use std::time::Instant;
 
 fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
-}
-
-/// Empties the page cache: all of it as root (`/proc/sys/vm/drop_caches`), else the file's
-/// pages (posix_fadvise, which leaves some of them on some kernels: the run says which it used).
-fn drop_cache(path: &Path) -> &'static str {
-    // SAFETY: sync has no preconditions.
-    unsafe { libc::sync() };
-    if std::fs::write("/proc/sys/vm/drop_caches", "1").is_ok() {
-        return "drop_caches";
-    }
-    let file = std::fs::File::open(path).unwrap();
-    // SAFETY: a valid open descriptor; advice only.
-    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    assert_eq!(rc, 0, "posix_fadvise");
-    "posix_fadvise"
-}
-
-/// Reads a whole file sequentially in 1 MiB calls.
-fn read_all(path: &Path) -> (usize, Duration) {
-    let start = Instant::now();
-    let mut file = std::fs::File::open(path).unwrap();
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut total = 0;
-    loop {
-        let n = file.read(&mut buffer).unwrap();
-        if n == 0 {
-            break;
-        }
-        total += n;
-    }
-    (total, start.elapsed())
-}
-
-fn gib_per_s(bytes: usize, time: Duration) -> f64 {
-    bytes as f64 / time.as_secs_f64() / (1u64 << 30) as f64
 }
 
 #[tokio::main]
@@ -80,26 +43,10 @@ async fn main() {
     let baseline = dir.path().join("baseline");
     std::fs::write(&baseline, &data).unwrap();
     let mut clients = daemon.clients().await;
-    let name = write_name("local/bench", &digest);
-    const CHUNK: usize = 1 << 20;
-    let requests = (0..size)
-        .step_by(CHUNK)
-        .map(move |offset| bs::WriteRequest {
-            resource_name: name.clone(),
-            write_offset: offset as i64,
-            finish_write: offset + CHUNK >= size,
-            data: data.slice(offset..(offset + CHUNK).min(size)),
-        });
     clients
-        .bytestream
-        .write(futures::stream::iter(requests))
-        .await
-        .unwrap();
-    let hash = digest.hash_hex();
-    let cas_file = home
-        .join("cache/clientd/cas/entries/sha256")
-        .join(&hash[..2])
-        .join(digest.file_name());
+        .upload_chunks("local/bench", &digest, &chunked(&data, 1 << 20))
+        .await;
+    let cas_file = cas_file(&home, &digest);
     let through_fuse = mnt
         .join("cas/local/bench/blobs/sha256/file")
         .join(digest.file_name());

@@ -1,6 +1,7 @@
 //! Starts the real `clientd` binary in a temporary home and talks to it over its UNIX socket.
 #![allow(dead_code)] // each test file uses a different part of this module
 
+use bytes::Bytes;
 use clientd_digest::{Digest, DigestFunction};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_proto::google::bytestream as bs;
@@ -229,6 +230,47 @@ impl Clients {
         Ok(data)
     }
 
+    /// Uploads the blob made of `chunks` by ByteStream, one message per chunk, without copying
+    /// them: the benchmarks' uploads.
+    pub async fn upload_chunks(&mut self, instance: &str, digest: &Digest, chunks: &[Bytes]) {
+        let name = write_name(instance, digest);
+        let mut offset = 0;
+        let requests: Vec<bs::WriteRequest> = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, chunk)| {
+                let request = bs::WriteRequest {
+                    resource_name: if i == 0 { name.clone() } else { String::new() },
+                    write_offset: offset,
+                    finish_write: i + 1 == chunks.len(),
+                    data: chunk.clone(),
+                };
+                offset += chunk.len() as i64;
+                request
+            })
+            .collect();
+        self.bytestream
+            .write(futures::stream::iter(requests))
+            .await
+            .unwrap();
+    }
+
+    /// Reads a blob by ByteStream, consuming the messages as they arrive (collecting a large blob
+    /// would time the client's page faults, not the download). Returns the bytes received.
+    pub async fn download(&mut self, instance: &str, digest: &Digest) -> u64 {
+        let request = bs::ReadRequest {
+            resource_name: format!("{instance}/blobs/{}", digest.resource_tail()),
+            read_offset: 0,
+            read_limit: 0,
+        };
+        let mut stream = self.bytestream.read(request).await.unwrap().into_inner();
+        let mut received = 0;
+        while let Some(message) = stream.message().await.unwrap() {
+            received += message.data.len() as u64;
+        }
+        received
+    }
+
     pub async fn find_missing(&mut self, instance: &str, digests: &[Digest]) -> Vec<Digest> {
         let request = re::FindMissingBlobsRequest {
             instance_name: instance.into(),
@@ -316,6 +358,31 @@ pub fn write_requests(
 
 pub fn sha256(data: &[u8]) -> Digest {
     DigestFunction::Sha256.digest_of(data)
+}
+
+/// The SHA-256 digest of the blob made of `chunks`.
+pub fn sha256_of_chunks(chunks: &[Bytes]) -> Digest {
+    let mut hasher = DigestFunction::Sha256.hasher();
+    for chunk in chunks {
+        hasher.update(chunk);
+    }
+    hasher.finish(chunks.iter().map(|c| c.len() as u64).sum())
+}
+
+/// `data` in `chunk`-byte pieces that share its memory.
+pub fn chunked(data: &Bytes, chunk: usize) -> Vec<Bytes> {
+    (0..data.len())
+        .step_by(chunk)
+        .map(|offset| data.slice(offset..(offset + chunk).min(data.len())))
+        .collect()
+}
+
+/// Where the local CAS keeps a blob's file in a daemon's home (for benchmarks that drop its pages).
+pub fn cas_file(home: &Path, digest: &Digest) -> PathBuf {
+    home.join("cache/clientd/cas/entries")
+        .join(digest.function().name())
+        .join(&digest.hash_hex()[..2])
+        .join(digest.file_name())
 }
 
 /// Deterministic pseudo-random bytes.
