@@ -17,6 +17,7 @@ use lru::LruCache;
 use std::fs::{self, File};
 use std::hash::Hash;
 use std::io;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -118,6 +119,23 @@ impl<K: DiskKey> DiskLru<K> {
     /// A temporary file in the store's own directory (same file system, so rename works).
     pub fn temp_file(&self) -> StoreResult<NamedTempFile> {
         NamedTempFile::new_in(&self.tmp).map_err(|e| StoreError::io("creating a temporary file", e))
+    }
+
+    /// Starts writing `len` bytes at `offset` of a temporary file to the disk, without waiting, when
+    /// entries are synced: a large file's fsync in `insert` then has only its tail left to write.
+    pub fn start_writeback(&self, file: &NamedTempFile, offset: u64, len: u64) {
+        if self.options.sync_writes {
+            // SAFETY: a valid open descriptor; the call only schedules writeback. Failure is
+            // harmless: the fsync in `insert` writes whatever is left, and reports errors.
+            unsafe {
+                libc::sync_file_range(
+                    file.as_file().as_raw_fd(),
+                    offset as libc::off64_t,
+                    len as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+        }
     }
 
     /// Makes `file` the entry for `key`. If the key is already present, an immutable key's new file

@@ -21,6 +21,10 @@ use tokio_stream::wrappers::ReceiverStream;
 /// default message limit.
 const READ_CHUNK: usize = 1 << 20;
 
+/// How much of a large upload is written before its writeback to the disk starts, overlapping
+/// the final fsync with the transfer.
+const WRITEBACK_WINDOW: u64 = 16 << 20;
+
 /// Blob files live at `<function>/<first two hex digits>/<hash>-<size>`.
 impl DiskKey for Digest {
     fn rel_path(&self) -> PathBuf {
@@ -135,16 +139,21 @@ impl BlobStore for LocalCas {
         digest: &Digest,
     ) -> StoreResult<Box<dyn BlobSink>> {
         let file = self.blobs.temp_file()?;
-        let (tx, rx) = mpsc::channel::<Bytes>(4);
-        let function = digest.function();
+        let (to_writer, chunks) = mpsc::channel::<Bytes>(4);
         let what = format!("writing blob {digest}");
-        // Writing and hashing run on a blocking thread, pipelined with receiving the next chunk.
-        let writer = tokio::task::spawn_blocking(move || write_and_hash(file, function, rx, &what));
+        let blobs = self.blobs.clone();
+        let writer = tokio::task::spawn_blocking(move || write_chunks(&blobs, file, chunks, &what));
+        // Hashing runs on its own thread, beside the writing: each takes about as long as the
+        // other, and both are pipelined with receiving the next chunk.
+        let (to_hasher, chunks) = mpsc::channel::<Bytes>(4);
+        let function = digest.function();
+        let hasher = tokio::task::spawn_blocking(move || hash_chunks(function, chunks));
         Ok(Box::new(LocalSink {
             blobs: self.blobs.clone(),
             digest: *digest,
-            tx: Some(tx),
+            to: Some([to_writer, to_hasher]),
             writer,
+            hasher,
             committed: 0,
         }))
     }
@@ -178,15 +187,17 @@ impl BlobStore for LocalCas {
 struct LocalSink {
     blobs: Arc<DiskLru<Digest>>,
     digest: Digest,
-    tx: Option<mpsc::Sender<Bytes>>,
-    writer: JoinHandle<StoreResult<(NamedTempFile, Digest)>>,
+    /// The writer's and the hasher's queues; None once committed.
+    to: Option<[mpsc::Sender<Bytes>; 2]>,
+    writer: JoinHandle<StoreResult<NamedTempFile>>,
+    hasher: JoinHandle<Digest>,
     committed: u64,
 }
 
 impl LocalSink {
     /// The writer's error, once it has stopped taking chunks.
     async fn writer_error(&mut self) -> StoreError {
-        self.tx = None;
+        self.to = None;
         match (&mut self.writer).await {
             Ok(Err(e)) => e,
             Ok(Ok(_)) => StoreError::Internal("blob writer stopped early".into()),
@@ -206,8 +217,10 @@ impl BlobSink for LocalSink {
                 self.digest.size()
             )));
         }
-        let tx = self.tx.as_ref().expect("not committed");
-        if tx.send(data).await.is_err() {
+        let [to_writer, to_hasher] = self.to.as_ref().expect("not committed");
+        // The hasher stops only when its queue closes, so only the writer can refuse a chunk.
+        let _ = to_hasher.send(data.clone()).await;
+        if to_writer.send(data).await.is_err() {
             return Err(self.writer_error().await);
         }
         self.committed = end;
@@ -219,8 +232,9 @@ impl BlobSink for LocalSink {
     }
 
     async fn commit(mut self: Box<Self>) -> StoreResult<()> {
-        self.tx = None;
-        let (file, actual) = (&mut self.writer).await.map_err(join_error)??;
+        self.to = None;
+        let file = (&mut self.writer).await.map_err(join_error)??;
+        let actual = (&mut self.hasher).await.map_err(join_error)?;
         if actual != self.digest {
             return Err(mismatch(&self.digest, &actual));
         }
@@ -235,21 +249,34 @@ impl BlobSink for LocalSink {
     }
 }
 
-fn write_and_hash(
+/// Writes the chunks, starting writeback of every WRITEBACK_WINDOW bytes as they fill up.
+fn write_chunks(
+    blobs: &DiskLru<Digest>,
     mut file: NamedTempFile,
-    function: DigestFunction,
     mut chunks: mpsc::Receiver<Bytes>,
     what: &str,
-) -> StoreResult<(NamedTempFile, Digest)> {
+) -> StoreResult<NamedTempFile> {
+    let (mut written, mut flushed) = (0, 0);
+    while let Some(chunk) = chunks.blocking_recv() {
+        file.write_all(&chunk)
+            .map_err(|e| StoreError::io(what, e))?;
+        written += chunk.len() as u64;
+        if written - flushed >= WRITEBACK_WINDOW {
+            blobs.start_writeback(&file, flushed, written - flushed);
+            flushed = written;
+        }
+    }
+    Ok(file)
+}
+
+fn hash_chunks(function: DigestFunction, mut chunks: mpsc::Receiver<Bytes>) -> Digest {
     let mut hasher = function.hasher();
     let mut size = 0u64;
     while let Some(chunk) = chunks.blocking_recv() {
         hasher.update(&chunk);
-        file.write_all(&chunk)
-            .map_err(|e| StoreError::io(what, e))?;
         size += chunk.len() as u64;
     }
-    Ok((file, hasher.finish(size)))
+    hasher.finish(size)
 }
 
 fn stream_file(
