@@ -81,25 +81,13 @@ async fn main() {
     let rss_before = rss_bytes(daemon.pid());
     let start = Instant::now();
     for chunk in (0..files).collect::<Vec<_>>().chunks(1000) {
-        let artifacts = chunk
-            .iter()
-            .map(|&i| pb::stage_artifacts_request::Artifact {
-                path: path(i),
-                locator: Some(file_locator(&digests[i])),
-            })
-            .collect();
-        let response = service
-            .stage_artifacts(pb::StageArtifactsRequest {
-                build_id: "b1".into(),
-                artifacts,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(response
-            .responses
-            .iter()
-            .all(|r| r.status.as_ref().unwrap().code == 0));
+        let codes = stage_files(
+            &mut service,
+            "b1",
+            chunk.iter().map(|&i| (path(i), digests[i])),
+        )
+        .await;
+        assert!(codes.iter().all(|&c| c == 0));
     }
     let stage_time = start.elapsed();
     let rss_after = rss_bytes(daemon.pid());

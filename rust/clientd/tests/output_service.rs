@@ -11,7 +11,7 @@ use clientd_proto::bazel_output_service_rev2 as rev2;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_proto::clientd::v1 as stats_pb;
 use clientd_proto::prost_types::Any;
-use common::{file_locator, rev2_any, sha256, wait_for_mount, Daemon, Unmount};
+use common::{file_locator, rev2_any, sha256, stage_files, wait_for_mount, Daemon, Unmount};
 use pb::bazel_output_service_client::BazelOutputServiceClient;
 use prost::Message;
 use std::collections::{BTreeMap, HashMap};
@@ -179,21 +179,8 @@ async fn bazel_call_sequence_survives_a_restart() {
             let mut service = service.clone();
             let blobs = blobs.clone();
             tokio::spawn(async move {
-                let artifacts = (t * 1000..(t + 1) * 1000)
-                    .map(|i| pb::stage_artifacts_request::Artifact {
-                        path: path_of(i),
-                        locator: Some(file_locator(&blobs[i].0)),
-                    })
-                    .collect();
-                let response = service
-                    .stage_artifacts(pb::StageArtifactsRequest {
-                        build_id: "b1".into(),
-                        artifacts,
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
-                codes(&response)
+                let files = (t * 1000..(t + 1) * 1000).map(|i| (path_of(i), blobs[i].0));
+                stage_files(&mut service, "b1", files).await
             })
         })
         .collect();

@@ -442,3 +442,33 @@ pub fn file_locator(digest: &Digest) -> clientd_proto::prost_types::Any {
         },
     )
 }
+
+/// Stages `files` (path, digest) as CAS files in one StageArtifacts call of build `build_id`;
+/// returns each artifact's status code.
+pub async fn stage_files(
+    service: &mut clientd_proto::bazel_output_service::bazel_output_service_client::BazelOutputServiceClient<Channel>,
+    build_id: &str,
+    files: impl IntoIterator<Item = (String, Digest)>,
+) -> Vec<i32> {
+    use clientd_proto::bazel_output_service as pb;
+    let artifacts = files
+        .into_iter()
+        .map(|(path, digest)| pb::stage_artifacts_request::Artifact {
+            path,
+            locator: Some(file_locator(&digest)),
+        })
+        .collect();
+    let response = service
+        .stage_artifacts(pb::StageArtifactsRequest {
+            build_id: build_id.into(),
+            artifacts,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    response
+        .responses
+        .iter()
+        .map(|r| r.status.as_ref().unwrap().code)
+        .collect()
+}
