@@ -105,3 +105,43 @@ async fn offsets_limits_and_the_empty_blob() {
         .unwrap_err();
     assert!(matches!(err, StoreError::InvalidArgument(_)), "{err:?}");
 }
+
+/// A blob larger than the writeback window and the read prefetch distance, uploaded in chunks
+/// and read back from an offset; a sink whose bytes do not match its digest stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_blob_in_chunks_and_read_from_an_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = DiskLruOptions {
+        max_bytes: 1 << 30,
+        sync_writes: true,
+    };
+    let cas = LocalCas::open(dir.path(), options, Arc::new(SystemClock)).unwrap();
+    let data: Vec<u8> = (0..20u32 << 20).map(|i| (i ^ (i >> 11)) as u8).collect();
+    let digest = DigestFunction::Sha256.digest_of(&data);
+    let upload = |digest: Digest| {
+        let cas = &cas;
+        let data = &data;
+        async move {
+            let mut sink = cas.begin_write("", &digest).await?;
+            for chunk in data.chunks(1 << 20) {
+                sink.write(Bytes::copy_from_slice(chunk)).await?;
+            }
+            sink.commit().await
+        }
+    };
+    upload(digest).await.unwrap();
+    let (offset, limit) = ((1 << 20) + 5, 18 << 20);
+    let mut stream = cas.read("", &digest, offset, Some(limit)).await.unwrap();
+    let mut read = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        read.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(read == data[offset as usize..(offset + limit) as usize]);
+
+    let mut wrong = data.clone();
+    wrong[0] ^= 1;
+    let wrong = DigestFunction::Sha256.digest_of(&wrong);
+    let err = upload(wrong).await.unwrap_err();
+    assert!(matches!(err, StoreError::InvalidArgument(_)), "{err:?}");
+    assert_eq!(cas.find_missing("", &[wrong]).await.unwrap(), vec![wrong]);
+}
