@@ -3,8 +3,8 @@
 
 use crate::config::{ClusterConfig, Config};
 use clientd_grpc::{
-    ActionCacheService, ByteStreamService, CapabilitiesService, CasService, Clusters,
-    ExecutionService, ForwardHeadersLayer, StatsService, MAX_MESSAGE_BYTES,
+    lenient_incoming, ActionCacheService, ByteStreamService, CapabilitiesService, CasService,
+    Clusters, ExecutionService, ForwardHeadersLayer, StatsService, MAX_MESSAGE_BYTES,
 };
 use clientd_outputs::OutputService;
 use clientd_proto::bazel_output_service::bazel_output_service_server::BazelOutputServiceServer;
@@ -34,7 +34,6 @@ use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::sync::Semaphore;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
@@ -231,10 +230,11 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let socket = config.unix_socket().to_path_buf();
     let unix = bind_unix(&socket)?;
     let mut servers = tokio::task::JoinSet::new();
+    // Any :authority is accepted on the socket: real clients send the socket path there.
     servers.spawn(
         server()
             .add_routes(grpc.clone())
-            .serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(stop_rx.clone())),
+            .serve_with_incoming_shutdown(lenient_incoming(unix), stopped(stop_rx.clone())),
     );
     tracing::info!("serving on unix:{}", socket.display());
     for addr in &config.grpc.tcp_listen {

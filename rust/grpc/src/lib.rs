@@ -3,6 +3,7 @@
 //! names) so that stores only ever see well-formed values.
 
 mod action_cache;
+mod authority;
 mod bytestream;
 mod capabilities;
 mod cas;
@@ -13,6 +14,7 @@ mod routes;
 mod stats;
 
 pub use action_cache::ActionCacheService;
+pub use authority::{lenient_incoming, LenientAuthority};
 pub use bytestream::ByteStreamService;
 pub use capabilities::{CapabilitiesService, MAX_BATCH_TOTAL_SIZE_BYTES};
 pub use cas::CasService;
