@@ -27,9 +27,9 @@ impl Connection {
 #[derive(Debug, Clone)]
 pub struct FragmentOptions {
     pub bazel: BazelVersion,
+    /// How Bazel reaches every service, the Output Service included (the daemon serves all of
+    /// them on each listener).
     pub connection: Connection,
-    /// The daemon's UNIX socket (the Output Service is only reached there).
-    pub socket: PathBuf,
     /// `local/<name>` or `<cluster prefix>/<instance>`.
     pub instance_name: String,
     /// For an instance name routed to a cluster: the cluster's `host:port` and the instance name
@@ -81,10 +81,7 @@ pub fn fragment(options: &FragmentOptions) -> Result<String, String> {
     flags.push(format!("--remote_instance_name={}", options.instance_name));
     match &options.mount {
         Some(mount) if options.output_service && at_least(OUTPUT_SERVICE) => {
-            flags.push(format!(
-                "--experimental_remote_output_service=unix:{}",
-                options.socket.display()
-            ));
+            flags.push(format!("--experimental_remote_output_service={service}"));
             flags.push(format!(
                 "--experimental_remote_output_service_output_path_prefix={}",
                 mount.join("outputs").display()
@@ -135,7 +132,6 @@ mod tests {
         FragmentOptions {
             bazel: BazelVersion::parse(version).unwrap(),
             connection: Connection::Unix("/home/u/.cache/clientd/grpc".into()),
-            socket: "/home/u/.cache/clientd/grpc".into(),
             instance_name: "mycluster.example.com/hello".into(),
             cluster: Some(("mycluster.example.com:443".into(), "hello".into())),
             remote_execution: true,
@@ -206,6 +202,13 @@ mod tests {
         assert!(fragment(&tcp)
             .unwrap()
             .contains("--remote_cache=grpc://127.0.0.1:8980\n"));
+        // The Output Service is served on every listener: over TCP it is reached there too.
+        tcp.mount = Some("/home/u/clientd".into());
+        let text = fragment(&tcp).unwrap();
+        assert!(text.contains(
+            "common:clientd --experimental_remote_output_service=grpc://127.0.0.1:8980\n"
+        ));
+        assert!(!text.contains("unix:"), "{text}");
         let mut scrub = local.clone();
         scrub.scrubbing_config = Some("/ws/scrub.txtpb".into());
         assert!(fragment(&scrub)

@@ -2,6 +2,7 @@
 //! Bazel needs, written where `bazel run //:bazelrc` is run from (BUILD_WORKSPACE_DIRECTORY).
 
 use crate::config::Config;
+use crate::daemon;
 use clap::Args;
 use clientd_bazelrc::{
     fragment, scrub_config, BazelVersion, Connection, FragmentOptions, ScrubOptions,
@@ -9,6 +10,7 @@ use clientd_bazelrc::{
 use clientd_digest::validate_instance_name;
 use clientd_store::Router;
 use clientd_upstream::Endpoint;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 #[derive(Args)]
@@ -111,6 +113,75 @@ fn write(text: &str, output: Option<&Path>) -> Result<(), String> {
     }
 }
 
+/// What the fragment needs of the daemon: the running daemon's own answer when one is running
+/// (flags such as --tcp-listen and --cluster are only known to it), else the configuration file.
+struct Daemon {
+    socket: PathBuf,
+    tcp_listeners: Vec<SocketAddr>,
+    mount: Option<PathBuf>,
+    /// Instance-name prefix and endpoint of each cluster.
+    clusters: Vec<(String, String)>,
+    running: bool,
+}
+
+impl Daemon {
+    fn find(config: &Config) -> Result<Daemon, String> {
+        let Some(info) = crate::runtime()?.block_on(daemon::server_info(config)) else {
+            return Ok(Daemon {
+                socket: config.unix_socket().to_path_buf(),
+                tcp_listeners: config.grpc.tcp_listen.clone(),
+                mount: config
+                    .mount
+                    .enabled
+                    .then(|| config.mount_path().to_path_buf()),
+                clusters: config
+                    .clusters
+                    .iter()
+                    .map(|(prefix, c)| (prefix.clone(), c.endpoint.clone()))
+                    .collect(),
+                running: false,
+            });
+        };
+        let tcp_listeners = info
+            .tcp_listeners
+            .iter()
+            .map(|addr| {
+                addr.parse()
+                    .map_err(|e| format!("the daemon reported listener {addr:?}: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Daemon {
+            socket: PathBuf::from(info.unix_socket),
+            tcp_listeners,
+            mount: (!info.mount_path.is_empty()).then(|| PathBuf::from(info.mount_path)),
+            clusters: info
+                .clusters
+                .into_iter()
+                .map(|c| (c.prefix, c.endpoint))
+                .collect(),
+            running: true,
+        })
+    }
+
+    /// How Bazel reaches the daemon: its socket, or with `tcp` its first TCP listener.
+    fn connection(&self, tcp: bool) -> Result<Connection, String> {
+        if !tcp {
+            return Ok(Connection::Unix(self.socket.clone()));
+        }
+        match (self.tcp_listeners.first(), self.running) {
+            (Some(addr), _) => Ok(Connection::Tcp(*addr)),
+            (None, true) => Err(
+                "--tcp: the running daemon has no TCP listener; restart it with \
+                 --tcp-listen 127.0.0.1:8980 (or set grpc.tcp_listen in its configuration)"
+                    .into(),
+            ),
+            (None, false) => Err("--tcp: no daemon is running and its configuration has no \
+                 grpc.tcp_listen address; start it with --tcp-listen 127.0.0.1:8980"
+                .into()),
+        }
+    }
+}
+
 pub fn bazelrc(config: &Config, args: BazelrcArgs) -> Result<(), String> {
     let workspace = workspace();
     let instance = match args.instance {
@@ -126,12 +197,13 @@ pub fn bazelrc(config: &Config, args: BazelrcArgs) -> Result<(), String> {
         }
     };
     validate_instance_name(&instance).map_err(|e| format!("--instance: {e}"))?;
+    let daemon = Daemon::find(config)?;
     let mut routes: Vec<(String, Option<String>)> = vec![("local".into(), None)];
     routes.extend(
-        config
+        daemon
             .clusters
             .iter()
-            .map(|(prefix, c)| (prefix.clone(), Some(c.endpoint.clone()))),
+            .map(|(prefix, endpoint)| (prefix.clone(), Some(endpoint.clone()))),
     );
     let router = Router::new(routes);
     let (endpoint, rest) = router
@@ -143,31 +215,17 @@ pub fn bazelrc(config: &Config, args: BazelrcArgs) -> Result<(), String> {
         }
         _ => None,
     };
-    let connection = if args.tcp {
-        let addr = config
-            .grpc
-            .tcp_listen
-            .first()
-            .ok_or("--tcp: the daemon's configuration has no grpc.tcp_listen address")?;
-        Connection::Tcp(*addr)
-    } else {
-        Connection::Unix(config.unix_socket().to_path_buf())
-    };
     let scrubbing_config = match args.scrubbing_config {
         Some(path) if path.is_relative() => Some(workspace.clone().unwrap_or_default().join(path)),
         other => other,
     };
     let options = FragmentOptions {
         bazel: bazel_version(args.bazel_version.as_deref())?,
-        connection,
-        socket: config.unix_socket().to_path_buf(),
+        connection: daemon.connection(args.tcp)?,
         remote_execution: endpoint.is_some() && !args.cache_only,
         instance_name: instance,
         cluster,
-        mount: config
-            .mount
-            .enabled
-            .then(|| config.mount_path().to_path_buf()),
+        mount: daemon.mount,
         output_service: !args.no_output_service,
         scrubbing_config,
         digest_function: "sha256".into(),

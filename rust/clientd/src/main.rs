@@ -2,6 +2,7 @@
 
 mod bazelrc;
 mod config;
+mod daemon;
 mod server;
 mod stats;
 

@@ -4,7 +4,7 @@
 use crate::config::{ClusterConfig, Config};
 use clientd_grpc::{
     lenient_incoming, ActionCacheService, ByteStreamService, CapabilitiesService, CasService,
-    Clusters, ExecutionService, ForwardHeadersLayer, StatsService, MAX_MESSAGE_BYTES,
+    Clusters, ExecutionService, ForwardHeadersLayer, ServerInfo, StatsService, MAX_MESSAGE_BYTES,
 };
 use clientd_outputs::OutputService;
 use clientd_proto::bazel_output_service::bazel_output_service_server::BazelOutputServiceServer;
@@ -163,6 +163,7 @@ fn grpc_routes(
     composition: &Composition,
     outputs: OutputService,
     clock: Arc<dyn Clock>,
+    info: ServerInfo,
 ) -> Routes {
     let expiry = Duration::from_secs(config.grpc.unfinished_upload_expiry_seconds);
     let stores = &composition.stores;
@@ -193,6 +194,7 @@ fn grpc_routes(
     .add_service(StatsServer::new(StatsService::new(
         composition.stats.clone(),
         composition.clusters.clone(),
+        info,
     )))
 }
 
@@ -216,7 +218,25 @@ pub async fn serve(config: Config) -> Result<(), String> {
         config.outputs.max_size_bytes,
         Duration::from_secs(config.outputs.max_age_seconds),
     )?;
-    let grpc = grpc_routes(&config, &composition, outputs, clock);
+    // Bound before the routes, so that the Stats service can tell `clientd bazelrc` the ports.
+    let mut tcp = Vec::new();
+    for addr in &config.grpc.tcp_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        tcp.push((listener, bound));
+    }
+    let socket = config.unix_socket().to_path_buf();
+    let info = ServerInfo {
+        unix_socket: socket.clone(),
+        tcp_listeners: tcp.iter().map(|(_, bound)| *bound).collect(),
+        mount_path: config
+            .mount
+            .enabled
+            .then(|| config.mount_path().to_path_buf()),
+    };
+    let grpc = grpc_routes(&config, &composition, outputs, clock, info);
     let mount = match config.mount.enabled {
         true => Some(clientd_fuse::mount(
             vfs,
@@ -227,7 +247,6 @@ pub async fn serve(config: Config) -> Result<(), String> {
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let socket = config.unix_socket().to_path_buf();
     let unix = bind_unix(&socket)?;
     let mut servers = tokio::task::JoinSet::new();
     // Any :authority is accepted on the socket: real clients send the socket path there.
@@ -237,14 +256,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
             .serve_with_incoming_shutdown(lenient_incoming(unix), stopped(stop_rx.clone())),
     );
     tracing::info!("serving on unix:{}", socket.display());
-    for addr in &config.grpc.tcp_listen {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        tracing::info!(
-            "serving on grpc://{}",
-            listener.local_addr().map_err(|e| e.to_string())?
-        );
+    for (listener, bound) in tcp {
+        tracing::info!("serving on grpc://{bound}");
         servers.spawn(
             server()
                 .add_routes(grpc.clone())

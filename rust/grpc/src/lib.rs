@@ -21,7 +21,7 @@ pub use cas::CasService;
 pub use execution::ExecutionService;
 pub use forwarding::ForwardHeadersLayer;
 pub use routes::Clusters;
-pub use stats::StatsService;
+pub use stats::{ServerInfo, StatsService};
 
 /// Largest gRPC message accepted or sent: a full batch plus framing, as bb_clientd uses.
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;

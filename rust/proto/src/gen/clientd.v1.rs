@@ -102,6 +102,23 @@ pub mod get_stats_response {
         pub has_credentials: bool,
     }
 }
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetServerInfoRequest {}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct GetServerInfoResponse {
+    /// The UNIX socket's path.
+    #[prost(string, tag = "1")]
+    pub unix_socket: ::prost::alloc::string::String,
+    /// The loopback TCP listeners' bound addresses, e.g. "127.0.0.1:8980".
+    #[prost(string, repeated, tag = "2")]
+    pub tcp_listeners: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Where the file system is mounted; empty when it is not.
+    #[prost(string, tag = "3")]
+    pub mount_path: ::prost::alloc::string::String,
+    /// The configured clusters (credentials are not reported).
+    #[prost(message, repeated, tag = "4")]
+    pub clusters: ::prost::alloc::vec::Vec<get_stats_response::Cluster>,
+}
 /// Generated client implementations.
 pub mod stats_client {
     #![allow(
@@ -217,6 +234,31 @@ pub mod stats_client {
             req.extensions_mut().insert(GrpcMethod::new("clientd.v1.Stats", "GetStats"));
             self.inner.unary(req, path, codec).await
         }
+        /// Where the daemon serves and mounts, as it runs (command-line flags included).
+        pub async fn get_server_info(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetServerInfoRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetServerInfoResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/clientd.v1.Stats/GetServerInfo",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("clientd.v1.Stats", "GetServerInfo"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -238,6 +280,14 @@ pub mod stats_server {
             request: tonic::Request<super::GetStatsRequest>,
         ) -> std::result::Result<
             tonic::Response<super::GetStatsResponse>,
+            tonic::Status,
+        >;
+        /// Where the daemon serves and mounts, as it runs (command-line flags included).
+        async fn get_server_info(
+            &self,
+            request: tonic::Request<super::GetServerInfoRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetServerInfoResponse>,
             tonic::Status,
         >;
     }
@@ -345,6 +395,51 @@ pub mod stats_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GetStatsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/clientd.v1.Stats/GetServerInfo" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetServerInfoSvc<T: Stats>(pub Arc<T>);
+                    impl<
+                        T: Stats,
+                    > tonic::server::UnaryService<super::GetServerInfoRequest>
+                    for GetServerInfoSvc<T> {
+                        type Response = super::GetServerInfoResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetServerInfoRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Stats>::get_server_info(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetServerInfoSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
