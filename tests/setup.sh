@@ -6,7 +6,7 @@
 # Adding an installer: write one `step_NAME` function below and add NAME to STEPS.
 set -euo pipefail
 
-STEPS=(apt peers)
+STEPS=(apt netty_epoll peers)
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -37,6 +37,13 @@ apt_install() {
 # fuse3: fusermount3 for FUSE tests; bazel-bootstrap: Bazel 4.2.3 (and a JDK) as a real REAPI client.
 step_apt() {
     apt_install fuse3 bazel-bootstrap
+}
+
+# Netty's epoll JNI library, which Debian's Bazel 4.2.3 lacks: without it `--remote_cache=unix:...`
+# crashes the Bazel server. Compiled from Debian's netty source package into .tools/netty-epoll/;
+# use it with --host_jvm_args=-Djava.library.path="$(tests/peers/netty_epoll.sh dir):/usr/share/bazel".
+step_netty_epoll() {
+    bash "$(dirname "${BASH_SOURCE[0]}")/peers/netty_epoll.sh" install
 }
 
 # Real upstream clusters for the proxy's end-to-end tests: BuildGrid (a venv under .tools/) and
