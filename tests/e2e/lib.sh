@@ -14,7 +14,8 @@
 #   WS              the workspace bzlog and bz_clean run in (the script sets it)
 #   WORKSPACES      Bazel workspaces, shut down at exit (new_workspace appends; or append yourself)
 #   CLIENTD         the clientd binary (build_clientd, or set beforehand to test a given binary)
-#   DAEMON_PID      the running daemon (start_daemon); ENDPOINT, its HOST:PORT; DAEMON_ERROR, why
+#   DAEMON_PID      the running daemon (start_daemon); DAEMON_SOCKET, the path of its UNIX socket;
+#                   ENDPOINT, the HOST:PORT of its first TCP listener, if any; DAEMON_ERROR, why
 #                   it did not start
 #   DAEMON_DIR      where the daemon's cache/, config/ and daemon.log are (default: $T)
 #   DAEMON_RUST_LOG the daemon's RUST_LOG (default info)
@@ -48,10 +49,12 @@
 #   start_daemon [--mount] ARGS...
 #                      $CLIENTD ARGS... in the background with that environment and
 #                      RUST_LOG=$DAEMON_RUST_LOG, output in $DAEMON_DIR/daemon.log; DAEMON_PID is the
-#                      daemon itself (for SIGTERM). Waits up to 30 s for its `serving on
-#                      grpc://HOST:PORT` line (ENDPOINT=HOST:PORT) and, with --mount, for
-#                      $MNT/scratch and $MNT in /proc/mounts. Returns 0 when so; otherwise prints
-#                      the log, sets DAEMON_ERROR to the reason and returns 1.
+#                      daemon itself (for SIGTERM). Waits up to 30 s for its `serving on unix:PATH`
+#                      line, which it logs after every listener is up, and the socket PATH
+#                      (DAEMON_SOCKET=PATH; ENDPOINT=HOST:PORT of its first `serving on grpc://`
+#                      line, empty without TCP listeners) and, with --mount, for $MNT/scratch and
+#                      $MNT in /proc/mounts. Returns 0 when so; otherwise prints the log, sets
+#                      DAEMON_ERROR to the reason and returns 1.
 #   mounted            whether $MNT is a mount point (the daemon's file system, live or stale).
 #   check_daemon_alive pass daemon_alive, or fail it and print the daemon log's tail.
 #   sigterm_daemon     SIGTERMs the daemon and waits up to 10 s. Returns 0 when it exited with status
@@ -108,6 +111,7 @@ DAEMON_RUST_LOG=info
 DAEMON_ERROR=""
 DAEMON_MOUNT=""
 ENDPOINT=""
+DAEMON_SOCKET=""
 PEER_PIDS=()
 RW_PID=""
 BG_DIR=""
@@ -180,6 +184,14 @@ cl() {
     HOME="$T/home" XDG_CACHE_HOME="$dir/cache" XDG_CONFIG_HOME="$dir/config" NO_COLOR=1 "$CLIENTD" "$@"
 }
 
+# daemon_listening DIR: reads DAEMON_SOCKET and ENDPOINT from DIR/daemon.log; whether the daemon
+# said it serves on its socket, and the socket is there.
+daemon_listening() {
+    ENDPOINT=$(grep -o 'serving on grpc://[0-9.]*:[0-9]*' "$1/daemon.log" 2>/dev/null | head -n 1 | sed 's|^serving on grpc://||')
+    DAEMON_SOCKET=$(sed -n 's|.*serving on unix:\(.*[^[:space:]]\)[[:space:]]*$|\1|p' "$1/daemon.log" 2>/dev/null | head -n 1)
+    [ -n "$DAEMON_SOCKET" ] && [ -S "$DAEMON_SOCKET" ]
+}
+
 start_daemon() {
     local mount="" dir=${DAEMON_DIR:-$T} _
     if [ "${1:-}" = --mount ]; then
@@ -193,17 +205,17 @@ start_daemon() {
         RUST_LOG="$DAEMON_RUST_LOG" "$CLIENTD" "$@" >"$dir/daemon.log" 2>&1 &
     DAEMON_PID=$!
     ENDPOINT=""
+    DAEMON_SOCKET=""
     DAEMON_ERROR=""
     for _ in $(seq 300); do
-        ENDPOINT=$(grep -o 'serving on grpc://[0-9.]*:[0-9]*' "$dir/daemon.log" 2>/dev/null | head -n 1 | sed 's|^serving on grpc://||')
-        [ -n "$ENDPOINT" ] && { [ -z "$mount" ] || [ -d "$MNT/scratch" ]; } && break
+        daemon_listening "$dir" && { [ -z "$mount" ] || [ -d "$MNT/scratch" ]; } && break
         kill -0 "$DAEMON_PID" 2>/dev/null || break
         sleep 0.1
     done
-    if [ -z "$ENDPOINT" ] || { [ -n "$mount" ] && [ ! -d "$MNT/scratch" ]; }; then
+    if ! daemon_listening "$dir" || { [ -n "$mount" ] && [ ! -d "$MNT/scratch" ]; }; then
         cat "$dir/daemon.log"
         if kill -0 "$DAEMON_PID" 2>/dev/null; then
-            DAEMON_ERROR="no 'serving on grpc://' line${mount:+ or no $MNT/scratch} within 30 s"
+            DAEMON_ERROR="no 'serving on unix:' line and socket${mount:+ or no $MNT/scratch} within 30 s"
         else
             wait "$DAEMON_PID"
             DAEMON_ERROR="daemon exited with status $? before listening"

@@ -247,15 +247,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let unix = bind_unix(&socket)?;
     let mut servers = tokio::task::JoinSet::new();
-    // Any :authority is accepted on the socket: real clients send the socket path there.
-    servers.spawn(
-        server()
-            .add_routes(grpc.clone())
-            .serve_with_incoming_shutdown(lenient_incoming(unix), stopped(stop_rx.clone())),
-    );
-    tracing::info!("serving on unix:{}", socket.display());
     for (listener, bound) in tcp {
         tracing::info!("serving on grpc://{bound}");
         servers.spawn(
@@ -269,6 +261,16 @@ pub async fn serve(config: Config) -> Result<(), String> {
                 ),
         );
     }
+
+    let unix = bind_unix(&socket)?;
+    // Any :authority is accepted on the socket: real clients send the socket path there.
+    servers.spawn(
+        server()
+            .add_routes(grpc.clone())
+            .serve_with_incoming_shutdown(lenient_incoming(unix), stopped(stop_rx.clone())),
+    );
+    // Last, so that this line tells a watcher every listener is up.
+    tracing::info!("serving on unix:{}", socket.display());
 
     let signal = wait_for_signal().await;
     tracing::info!("{signal}: shutting down");
