@@ -27,7 +27,8 @@
 #        instance: every action misses, runs locally and is uploaded over the delayed link;
 #   (a2) direct, after `bazel clean`: same instance, every action a remote cache hit, outputs
 #        downloaded over the delayed link (the like-for-like baseline for (c));
-#   (b)  clientd, cold: a fresh clientd (empty cache dir) with --cluster up=grpc://NS_ADDR,
+#   (b)  clientd, cold: a fresh clientd (empty cache dir) with --cluster up=grpc://NS_ADDR, reached
+#        by its UNIX socket (--remote_cache=unix:...),
 #        --remote_instance_name=up/bR, a fresh upstream instance: every action misses, runs
 #        locally, is uploaded through clientd;
 #   (c)  clientd, after `bazel clean`: same clientd and instance, every action a hit, blobs
@@ -298,12 +299,10 @@ TOTAL_BYTES=$(sed -n 's/^# total output bytes: //p' "$WS/BUILD")
 note "workspace: $N_ACTIONS genrules, outputs 8 B .. $MAX_BYTES B, $(awk -v b="$TOTAL_BYTES" 'BEGIN { printf "%.0f", b / 1048576 }') MiB in all"
 
 # --- clientd ----------------------------------------------------------------------------------
-CPORT=""
-# start_clientd DIR: a fresh daemon with its cache (and socket) under DIR; CPORT its port.
+# start_clientd DIR: a fresh daemon with its cache (and socket, DAEMON_SOCKET) under DIR.
 start_clientd() {
     DAEMON_DIR=$1
-    CPORT=$(free_port 1)
-    start_daemon serve --no-mount --tcp-listen "127.0.0.1:$CPORT" --cluster "up=$UPSTREAM" || die "clientd did not start"
+    start_daemon serve --no-mount --cluster "up=$UPSTREAM" || die "clientd did not start"
 }
 # clientd_stats: the running daemon's counters as "name=value ..." (upstream/local only).
 clientd_stats() {
@@ -372,7 +371,7 @@ for r in $(seq "$REPS"); do
     note "upstream calls (a2): $(count_delta "$after_a" "$after_a2")"
 
     start_clientd "$T/clientd-$r"
-    VIA=(--remote_cache="grpc://127.0.0.1:$CPORT")
+    VIA=(--remote_cache="unix:$DAEMON_SOCKET")
     measure b "$r" misses "${VIA[@]}" --remote_instance_name="up/b$r"
     after_b=$(upstream_counts "b$r")
     stats_b=$(clientd_stats)

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# End-to-end: real Bazel 4.2.3 (Debian's bazel-bootstrap) against clientd as its --remote_cache.
+# End-to-end: real Bazel 4.2.3 (Debian's bazel-bootstrap) against clientd as its --remote_cache,
+# through the front door: the daemon's UNIX socket, by the --config=clientd fragment that
+# `clientd bazelrc` writes (the workspace's .bazelrc try-imports it, as the README says).
 #
 # Builds a WORKSPACE-mode workspace of genrules with --remote_instance_name=local/test, cleans,
 # builds again and checks that every action was a remote cache hit with byte-identical outputs;
 # then checks that another namespace (local/other) gets no hits and that an unrouted instance
-# name (elsewhere/x) gets no hits either (and that the daemon's error reaches Bazel).
+# name (elsewhere/x) gets no hits either (and that the daemon's error reaches Bazel). The daemon
+# also listens on loopback TCP (--tcp-listen, no configuration file): `clientd bazelrc --tcp` must
+# name that listener, which it learns from the running daemon.
 #
 # Needs: tests/setup.sh (fuse3, bazel-bootstrap), cargo, python3. KEEP_TMP=1 keeps the temp dir.
 # Prints `PASS: name` / `FAIL: name: reason` per assertion; exits non-zero on any failure.
@@ -22,7 +26,7 @@ build_clientd
 PORT=$(free_port 1)
 start_daemon serve --no-mount --tcp-listen "127.0.0.1:$PORT" || die daemon_start "$DAEMON_ERROR"
 pass daemon_start
-note "daemon pid $DAEMON_PID at grpc://$ENDPOINT"
+note "daemon pid $DAEMON_PID at unix:$DAEMON_SOCKET and grpc://$ENDPOINT"
 
 # --- the workspace ----------------------------------------------------------------------------
 WS="$T/ws"
@@ -109,9 +113,24 @@ EOF
 N_GENRULES=$(cat "$WS/BUILD" "$WS/sub/BUILD" | grep -c '^genrule(')
 note "workspace $WS with $N_GENRULES genrules"
 
-REMOTE=(--remote_cache="grpc://$ENDPOINT" --remote_timeout=30)
+# The fragment, from the running daemon: its socket; and over --tcp, the listener given on its
+# command line (no configuration file names it).
+write_fragment --instance local/test
+if grep -qx "build:clientd --remote_cache=unix:$DAEMON_SOCKET" "$WS/clientd.bazelrc"; then
+    pass fragment_uses_socket
+else
+    fail fragment_uses_socket "want build:clientd --remote_cache=unix:$DAEMON_SOCKET: $(grep -v '^#' "$WS/clientd.bazelrc" | tr '\n' '|')"
+fi
+if out=$(cl bazelrc --bazel-version 4.2.3 --tcp --instance local/test 2>&1) &&
+    printf '%s\n' "$out" | grep -qx "build:clientd --remote_cache=grpc://127.0.0.1:$PORT"; then
+    pass fragment_tcp_from_running_daemon
+else
+    fail fragment_tcp_from_running_daemon "clientd bazelrc --tcp after serve --tcp-listen 127.0.0.1:$PORT: $out"
+fi
+REMOTE=(--config=clientd --remote_timeout=30)
 
-# build LOG INSTANCE [more flags]: runs `bazel build //...`, output in $T/LOG.log; returns Bazel's status.
+# build LOG INSTANCE [more flags]: runs `bazel build --config=clientd //...` with that instance name,
+# output in $T/LOG.log; returns Bazel's status.
 build() {
     local log=$1 instance=$2
     shift 2
@@ -253,8 +272,7 @@ check_daemon_alive
 
 # --- SIGTERM stops the daemon cleanly and removes its socket ---------------------------------
 bz_shutdown
-SOCKET="$T/cache/clientd/grpc"
-[ -S "$SOCKET" ] || note "no socket at $SOCKET while the daemon ran"
+SOCKET=$DAEMON_SOCKET
 if sigterm_daemon; then
     if [ -e "$SOCKET" ]; then
         fail daemon_sigterm "socket $SOCKET left behind"

@@ -2,8 +2,10 @@
 # End-to-end: examples/basic, as a user would run it with Debian's Bazel 4.2.3.
 #
 # A copy of the example (its WORKSPACE pointed at this repository) gets its clientd.bazelrc from
-# `clientd bazelrc --bazel-version 4.2.3 --tcp --instance local/example`; `bazel build
-# --config=clientd //...` builds through a running daemon (project_tree's outputs feed a genrule);
+# `clientd bazelrc --bazel-version 4.2.3 --instance local/example`, and its .bazelrc the startup
+# line that gives Debian's Bazel netty's epoll library (as the README says); `bazel build
+# --config=clientd //...` builds through a running daemon's UNIX socket (project_tree's outputs
+# feed a genrule);
 # after `bazel clean` a second build hits the remote cache for every action but the stamped one
 # (its volatile status input changes every build: the case for scrubbing on Bazel 7+);
 # `--config=release` stamps; `bazel run` of the launcher behind `@clientd//:bazelrc` passes the
@@ -17,12 +19,12 @@ set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 need_bazel
+need_netty_epoll
 make_tmp clientd-e2e-example
 build_clientd
 
-PORT=$(free_port 1)
 cat >"$T/config.json" <<JSON
-{"cache_dir": "$T/cache", "grpc": {"tcp_listen": ["127.0.0.1:$PORT"]}, "mount": {"enabled": false}}
+{"cache_dir": "$T/cache", "mount": {"enabled": false}}
 JSON
 start_daemon serve --config "$T/config.json" || die daemon "clientd did not start"
 
@@ -31,11 +33,13 @@ WS="$T/example"
 cp -r "$ROOT/examples/basic" "$WS"
 WORKSPACES+=("$WS")
 sed -i "s|path = \"../..\"|path = \"$ROOT\"|" "$WS/WORKSPACE"
-if cl bazelrc --config "$T/config.json" --bazel-version 4.2.3 --tcp \
-    --instance local/example --output "$WS/clientd.bazelrc" 2>"$T/bazelrc.err"; then
+echo "$JVM_LINE" >>"$WS/.bazelrc"
+if cl bazelrc --config "$T/config.json" --bazel-version 4.2.3 \
+    --instance local/example --output "$WS/clientd.bazelrc" 2>"$T/bazelrc.err" &&
+    grep -qx "build:clientd --remote_cache=unix:$DAEMON_SOCKET" "$WS/clientd.bazelrc"; then
     pass fragment_written
 else
-    fail fragment_written "$(cat "$T/bazelrc.err")"
+    fail fragment_written "want --remote_cache=unix:$DAEMON_SOCKET: $(cat "$T/bazelrc.err" "$WS/clientd.bazelrc")"
 fi
 
 build() { (cd "$WS" && bz build --config=clientd "$@" //... 2>&1); }

@@ -2,8 +2,10 @@
 # End-to-end proof of the file system with a real client: Bazel 4.2.3 (Debian's bazel-bootstrap)
 # executes genrules remotely on Bazel's own remote worker (tests/peers/remote_worker.sh) through one
 # clientd daemon (cluster prefix rw.example.com, instance rw.example.com/x) that also mounts its
-# file system at $T/mnt, and Bazel downloads nothing: --remote_download_symlink_template points
-# every remote output at $T/mnt/cas/rw.example.com/x/blobs/sha256/executable/{hash}-{size_bytes}.
+# file system at $T/mnt, and Bazel downloads nothing. Bazel reaches the daemon by its UNIX socket
+# with --config=clientd, the fragment `clientd bazelrc --instance rw.example.com/x` writes for
+# 4.2.3: its --remote_download_symlink_template points every remote output at
+# $T/mnt/cas/rw.example.com/x/blobs/sha256/executable/{hash}-{size_bytes}.
 #
 # 0. Reference: the same workspace built purely locally (no clientd, no remote) in a second
 #    workspace copy; its outputs are the expected bytes and digests.
@@ -50,19 +52,17 @@ install_peer buildgrid "needed for its REAPI Python modules"
 make_tmp clientd-e2e-fuse
 build_clientd
 
-# Two distinct free loopback ports: the remote worker and clientd.
-read -r RW_PORT PORT < <(free_port 2)
+RW_PORT=$(free_port 1)
 RW_ENDPOINT="127.0.0.1:$RW_PORT"
 RW_DIR="$T/rw"
 
 start_remote_worker "$RW_DIR" "$RW_PORT"
 
 DAEMON_RUST_LOG=clientd=debug,info
-start_daemon --mount serve --tcp-listen "127.0.0.1:$PORT" --mount "$MNT" \
-    --cluster "rw.example.com=grpc://$RW_ENDPOINT" ||
+start_daemon --mount serve --mount "$MNT" --cluster "rw.example.com=grpc://$RW_ENDPOINT" ||
     die daemon_start "$DAEMON_ERROR"
 pass daemon_start
-note "daemon pid $DAEMON_PID at grpc://$ENDPOINT, file system at $MNT"
+note "daemon pid $DAEMON_PID at unix:$DAEMON_SOCKET, file system at $MNT"
 
 CAS="$MNT/cas/rw.example.com/x/blobs/sha256"
 
@@ -164,10 +164,15 @@ note "reference digests: $(for o in "${OUTS[@]}"; do printf '%s=%s ' "$o" "${WAN
 
 # --- 1. remote execution through clientd, outputs as symlinks into the mount --------------------
 TEMPLATE="$CAS/executable/{hash}-{size_bytes}"
+write_fragment --instance rw.example.com/x
+if grep -qx "build:clientd --remote_executor=unix:$DAEMON_SOCKET" "$WS/clientd.bazelrc" &&
+    grep -qxF "build:clientd --remote_download_symlink_template=$TEMPLATE" "$WS/clientd.bazelrc"; then
+    pass fragment_socket_and_template
+else
+    fail fragment_socket_and_template "want --remote_executor=unix:$DAEMON_SOCKET and the template $TEMPLATE: $(grep -v '^#' "$WS/clientd.bazelrc" | tr '\n' '|')"
+fi
 # shellcheck disable=SC2054 # the comma in --strategy=Genrule=remote,local is Bazel's
-EXEC=(--remote_executor="grpc://$ENDPOINT" --remote_instance_name=rw.example.com/x
-    --spawn_strategy=remote --strategy=Genrule=remote,local
-    --remote_download_symlink_template="$TEMPLATE" --keep_going)
+EXEC=(--config=clientd --spawn_strategy=remote --strategy=Genrule=remote,local --keep_going)
 stats s0
 if bzlog remote build //gen:remote "${EXEC[@]}" --experimental_remote_grpc_log="$T/remote.grpclog"; then
     pass remote_build

@@ -79,8 +79,17 @@
 #   bz ARGS...         $BAZEL ARGS... with everything of its own under $T: HOME=$T/home (no
 #                      ~/.bazelrc) and --output_user_root=$T/bazel-root.
 #   new_workspace DIR [LINE...]
-#                      DIR with an empty WORKSPACE and a .bazelrc (no --sandbox_debug, plain
-#                      output) followed by the LINEs; appended to WORKSPACES.
+#                      DIR with an empty WORKSPACE and a .bazelrc as the README tells users of
+#                      Debian's Bazel: $JVM_LINE (need_netty_epoll), `try-import
+#                      %workspace%/clientd.bazelrc`, no --sandbox_debug, plain output; then the
+#                      LINEs. Appended to WORKSPACES.
+#   need_netty_epoll   tests/peers/netty_epoll.sh install (idempotent; dies `setup` if it fails) and
+#                      JVM_LINE, the .bazelrc line that gives Debian's Bazel 4.2.3 netty's epoll JNI
+#                      library: without it, unix: targets crash that Bazel.
+#   write_fragment ARGS...
+#                      `clientd bazelrc --bazel-version 4.2.3 --output $WS/clientd.bazelrc ARGS...`
+#                      (the daemon's own answer: its socket, listeners, mount and clusters) and
+#                      notes the fragment; dies `fragment` when it fails.
 #   bzlog [-C DIR] LOG ARGS...
 #                      bz ARGS... in DIR (default $WS), all output in $T/LOG.log; notes
 #                      `ARG1 LOG: exit RC in N s; <process summary>`; returns Bazel's status.
@@ -112,6 +121,7 @@ DAEMON_ERROR=""
 DAEMON_MOUNT=""
 ENDPOINT=""
 DAEMON_SOCKET=""
+JVM_LINE=""
 PEER_PIDS=()
 RW_PID=""
 BG_DIR=""
@@ -337,18 +347,36 @@ bz() {
     HOME="$T/home" "$BAZEL" --output_user_root="$T/bazel-root" "$@"
 }
 
+need_netty_epoll() {
+    install_peer netty_epoll "Debian's Bazel needs it for unix: targets"
+    JVM_LINE="startup --host_jvm_args=-Djava.library.path=$(bash "$ROOT/tests/peers/netty_epoll.sh" dir):/usr/share/bazel"
+}
+
 new_workspace() {
     local dir=$1
     shift
+    need_netty_epoll
     mkdir -p "$dir"
     : >"$dir/WORKSPACE"
     {
+        echo "# Debian's Bazel 4.2.3 lacks netty's epoll library, without which unix: targets crash it."
+        echo "$JVM_LINE"
+        echo "# clientd bazelrc writes it; --config=clientd uses it."
+        echo 'try-import %workspace%/clientd.bazelrc'
         echo "# Debian's /etc/bazel/bazelrc turns --sandbox_debug on; it keeps sandboxes around."
         echo 'build --nosandbox_debug'
         echo 'build --color=no --curses=no --show_progress_rate_limit=60'
         [ "$#" -eq 0 ] || printf '%s\n' "$@"
     } >"$dir/.bazelrc"
     WORKSPACES+=("$dir")
+}
+
+write_fragment() {
+    if ! cl bazelrc --bazel-version 4.2.3 --output "$WS/clientd.bazelrc" "$@" 2>"$T/fragment.err"; then
+        cat "$T/fragment.err"
+        die fragment "clientd bazelrc $* failed"
+    fi
+    note "clientd bazelrc $*: $(grep -v '^#' "$WS/clientd.bazelrc" | sed 's/^build:clientd //' | tr '\n' ' ')"
 }
 
 bzlog() {

@@ -7,6 +7,9 @@
 #   rw.example.com   -> Bazel's own remote worker (tests/peers/remote_worker.sh), cache + execution
 #   dead.example.com -> a loopback port nothing listens on
 #
+# Bazel reaches clientd through its UNIX socket with --config=clientd, the fragment `clientd
+# bazelrc --instance ...` writes (regenerated for each instance, from the running daemon's clusters).
+#
 # 1. Remote cache, direct vs through clientd. Bazel -> BuildGrid directly (instance `direct`):
 #    cold build, clean + warm build (all remote cache hits), clean + --noremote_accept_cached build.
 #    The same three builds through clientd (instance bg.example.com/main). Through clientd the warm
@@ -40,7 +43,7 @@ make_tmp clientd-e2e-proxy
 build_clientd
 
 # Four distinct free loopback ports: BuildGrid, the remote worker, clientd, and one left dead.
-read -r BG_PORT RW_PORT PORT DEAD_PORT < <(free_port 4)
+read -r BG_PORT RW_PORT DEAD_PORT < <(free_port 3)
 BG_ENDPOINT="127.0.0.1:$BG_PORT"
 RW_ENDPOINT="127.0.0.1:$RW_PORT"
 DEAD_ENDPOINT="127.0.0.1:$DEAD_PORT"
@@ -63,13 +66,13 @@ fi
 pass peers_start
 note "BuildGrid pid $(cat "$BG_DIR/buildgrid.pid") at grpc://$BG_ENDPOINT, remote worker pid $RW_PID at grpc://$RW_ENDPOINT ($((SECONDS - start)) s)"
 
-start_daemon serve --no-mount --tcp-listen "127.0.0.1:$PORT" \
+start_daemon serve --no-mount \
     --cluster "bg.example.com=grpc://$BG_ENDPOINT" \
     --cluster "rw.example.com=grpc://$RW_ENDPOINT" \
     --cluster "dead.example.com=grpc://$DEAD_ENDPOINT" ||
     die daemon_start "$DAEMON_ERROR"
 pass daemon_start
-note "daemon pid $DAEMON_PID at grpc://$ENDPOINT"
+note "daemon pid $DAEMON_PID at unix:$DAEMON_SOCKET"
 
 # --- the workspace ----------------------------------------------------------------------------
 WS="$T/ws"
@@ -111,7 +114,6 @@ N_OK=$(grep -c '^genrule(' "$WS/ok/BUILD")
 note "workspace $WS: $N_OK genrules in //ok, one failing in //fail"
 
 BG_CACHE=(--remote_cache="grpc://$BG_ENDPOINT")
-VIA_CLIENTD=(--remote_cache="grpc://$ENDPOINT")
 
 # all_of LOG KIND: every non-internal process of the build was KIND, and there were N_OK of them.
 all_of() {
@@ -178,7 +180,8 @@ note "direct: warm build read $DIRECT_READS blob(s) from BuildGrid ($(bg_changes
 note "direct: --noremote_accept_cached build asked about $DIRECT_FMD digest(s) ($(bg_changes d3 d4))"
 
 # --- 1b. the same through clientd, instance bg.example.com/main -------------------------------
-PROXY=("${VIA_CLIENTD[@]}" --remote_instance_name=bg.example.com/main)
+write_fragment --instance bg.example.com/main --cache-only
+PROXY=(--config=clientd)
 bg_snap all0
 bg_snap m0 main
 bg_snap p0 bg.example.com/main
@@ -260,7 +263,8 @@ else
 fi
 
 # --- 2. remote execution through clientd, instance rw.example.com/x ----------------------------
-EXEC=(--remote_executor="grpc://$ENDPOINT" --remote_instance_name=rw.example.com/x --spawn_strategy=remote)
+write_fragment --instance rw.example.com/x
+EXEC=(--config=clientd --spawn_strategy=remote)
 bg_snap e0
 bz_clean clean
 if bzlog exec_ok build //ok/... "${EXEC[@]}"; then
@@ -320,7 +324,8 @@ fi
 # --- 4. a cluster that is down ----------------------------------------------------------------
 bz_clean clean
 t0=$(date +%s%N)
-bzlog dead build //ok/... "${VIA_CLIENTD[@]}" --remote_instance_name=dead.example.com/x
+write_fragment --instance dead.example.com/x --cache-only
+bzlog dead build //ok/... --config=clientd
 rc=$?
 elapsed_ms=$((($(date +%s%N) - t0) / 1000000))
 note "build against dead.example.com/x: exit $rc after $elapsed_ms ms"
@@ -342,7 +347,8 @@ else
     show_log dead 20
 fi
 
-LOCAL=("${VIA_CLIENTD[@]}" --remote_instance_name=local/x)
+write_fragment --instance local/x
+LOCAL=(--config=clientd)
 bz_clean clean
 if bzlog local_cold build //ok/... "${LOCAL[@]}" && { bz_clean clean; bzlog local_warm build //ok/... "${LOCAL[@]}"; }; then
     if all_of "$T/local_warm.log" "remote cache hit"; then

@@ -9,9 +9,11 @@ use prost::Message;
 use re::capabilities_server::CapabilitiesServer;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_stream::wrappers::UnixListenerStream;
 
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
+const GOAWAY: u8 = 0x7;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const ACK: u8 = 0x1;
@@ -86,53 +88,62 @@ async fn a_client_that_leaves_mid_frame_gets_its_bytes_through_then_the_end() {
     assert_eq!(out, input[..cut]);
 }
 
-/// What a real h2 server answered to a GetCapabilities call on stream 1.
+/// What a real h2 server answered to a call on stream 1.
 #[derive(Debug, PartialEq)]
 enum Answer {
     GrpcStatus(String),
     Reset(u32),
+    GoAway(u32),
 }
 
-/// Serves Capabilities on one end of a socket pair (through [`LenientAuthority`] when
-/// `lenient`), sends a handmade GetCapabilities call with `authority` from the other end, and
-/// reads the answer.
-async fn call_with_authority(authority: &str, instance_name: &str, lenient: bool) -> Answer {
-    let (server_end, mut client) = UnixStream::pair().unwrap();
+/// A Capabilities server on a UNIX socket in a temporary directory, each connection through
+/// [`LenientAuthority`] when `lenient`, as the daemon serves its socket.
+fn serve(lenient: bool) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grpc");
+    let listener = UnixListener::bind(&path).unwrap();
     let clusters: Arc<Clusters> = Arc::new(clientd_store::Router::new([("local".into(), None)]));
     let router = tonic::transport::Server::builder()
         .add_service(CapabilitiesServer::new(CapabilitiesService::new(clusters)));
-    let server = tokio::spawn(async move {
-        let result = match lenient {
-            true => {
-                let incoming =
-                    futures::stream::iter([Ok::<_, io::Error>(LenientAuthority::new(server_end))]);
-                router.serve_with_incoming(incoming).await
-            }
+    tokio::spawn(async move {
+        match lenient {
+            true => router.serve_with_incoming(lenient_incoming(listener)).await,
             false => {
-                let incoming = futures::stream::iter([Ok::<_, io::Error>(server_end)]);
-                router.serve_with_incoming(incoming).await
+                router
+                    .serve_with_incoming(UnixListenerStream::new(listener))
+                    .await
             }
-        };
-        result.unwrap();
+        }
     });
+    (dir, path)
+}
 
+/// Sends a handmade GetCapabilities call with `authority` for `instance_name` (or, with
+/// `block`, that header block instead of a proper one) and reads the answer.
+async fn call(
+    socket: &std::path::Path,
+    authority: &str,
+    instance_name: &str,
+    block: Option<&[u8]>,
+) -> Answer {
+    let mut client = UnixStream::connect(socket).await.unwrap();
     let message = re::GetCapabilitiesRequest {
         instance_name: instance_name.into(),
     }
     .encode_to_vec();
     let grpc_message = [&[0u8][..], &(message.len() as u32).to_be_bytes(), &message].concat();
-    let block = encode(&mut Encoder::new(), &request(Some(authority)));
+    let proper = encode(&mut Encoder::new(), &request(Some(authority)));
     let sent = [
         connection_start(),
         frame(SETTINGS, ACK, 0, &[]),
-        frame(HEADERS, END_HEADERS, 1, &block),
+        frame(HEADERS, END_HEADERS, 1, block.unwrap_or(&proper)),
         frame(DATA, END_STREAM, 1, &grpc_message),
     ]
     .concat();
     client.write_all(&sent).await.unwrap();
 
     let mut decoder = Decoder::new();
-    let answer = loop {
+    loop {
         let mut header = [0u8; 9];
         client.read_exact(&mut header).await.unwrap();
         let len =
@@ -140,29 +151,27 @@ async fn call_with_authority(authority: &str, instance_name: &str, lenient: bool
         let mut payload = vec![0; len];
         client.read_exact(&mut payload).await.unwrap();
         let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
+        let code = |at: usize| u32::from_be_bytes(payload[at..at + 4].try_into().unwrap());
         match (header[3], stream) {
-            (RST_STREAM, 1) => {
-                break Answer::Reset(u32::from_be_bytes(payload[..4].try_into().unwrap()))
-            }
+            (RST_STREAM, 1) => return Answer::Reset(code(0)),
+            (GOAWAY, 0) => return Answer::GoAway(code(4)),
             (HEADERS, 1) => {
                 assert_ne!(header[4] & END_HEADERS, 0, "small blocks come whole");
                 let headers = decoder.decode(&payload).unwrap();
                 if let Some((_, status)) = headers.iter().find(|(n, _)| n == b"grpc-status") {
-                    break Answer::GrpcStatus(String::from_utf8(status.clone()).unwrap());
+                    return Answer::GrpcStatus(String::from_utf8(status.clone()).unwrap());
                 }
             }
             _ => {}
         }
-    };
-    drop(client);
-    server.abort();
-    answer
+    }
 }
 
 const PROTOCOL_ERROR: u32 = 0x1;
 
 #[tokio::test]
 async fn the_server_answers_calls_with_the_authorities_real_clients_send() {
+    let (_dir, socket) = serve(true);
     // grpc-java (Bazel), grpc C-core (grpcio), empty, grpc-go.
     for authority in [
         "/home/me/.cache/clientd/grpc",
@@ -171,14 +180,14 @@ async fn the_server_answers_calls_with_the_authorities_real_clients_send() {
         "localhost",
     ] {
         assert_eq!(
-            call_with_authority(authority, "local/x", true).await,
+            call(&socket, authority, "local/x", None).await,
             Answer::GrpcStatus("0".into()),
             "{authority:?}"
         );
     }
     // Bad content still gets its own status: INVALID_ARGUMENT (3) for an unknown instance.
     assert_eq!(
-        call_with_authority("/tmp/x/grpc", "nowhere/x", true).await,
+        call(&socket, "/tmp/x/grpc", "nowhere/x", None).await,
         Answer::GrpcStatus("3".into())
     );
 }
@@ -186,8 +195,31 @@ async fn the_server_answers_calls_with_the_authorities_real_clients_send() {
 /// The failure the wrapper exists for, so the test above is known to exercise it.
 #[tokio::test]
 async fn without_the_wrapper_h2_resets_the_socket_path_authority() {
+    let (_dir, socket) = serve(false);
     assert_eq!(
-        call_with_authority("/home/me/.cache/clientd/grpc", "local/x", false).await,
+        call(&socket, "/home/me/.cache/clientd/grpc", "local/x", None).await,
         Answer::Reset(PROTOCOL_ERROR)
+    );
+}
+
+/// A header block that does not decode is the server's to refuse, as it would without the
+/// wrapper: it ends that connection (GOAWAY), and goes on serving the others.
+#[tokio::test]
+async fn a_malformed_block_ends_its_connection_only() {
+    let garbage: &[u8] = &[0xff, 0xff, 0xff, 0xff];
+    let (_strict_dir, strict) = serve(false);
+    let refused = call(&strict, "localhost", "local/x", Some(garbage)).await;
+    assert!(
+        matches!(refused, Answer::GoAway(code) if code != 0),
+        "{refused:?}"
+    );
+    let (_dir, socket) = serve(true);
+    assert_eq!(
+        call(&socket, "/tmp/x/grpc", "local/x", Some(garbage)).await,
+        refused
+    );
+    assert_eq!(
+        call(&socket, "/tmp/x/grpc", "local/x", None).await,
+        Answer::GrpcStatus("0".into())
     );
 }
