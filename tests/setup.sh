@@ -10,29 +10,8 @@ STEPS=(apt netty_epoll peers)
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
-# Run a command quietly; on failure print what it said and fail.
-quiet() {
-    local out
-    if ! out=$("$@" 2>&1); then
-        printf '%s\n' "$out" >&2
-        log "failed: $*"
-        return 1
-    fi
-}
-
-APT_UPDATED=0
-apt_install() {
-    local missing=() pkg
-    for pkg in "$@"; do
-        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-    done
-    [ "${#missing[@]}" -eq 0 ] && return 0
-    if [ "$APT_UPDATED" -eq 0 ]; then
-        quiet apt-get update
-        APT_UPDATED=1
-    fi
-    quiet env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
-}
+# shellcheck source-path=SCRIPTDIR source=install_lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/install_lib.sh"
 
 # fuse3: fusermount3 for FUSE tests; bazel-bootstrap: Bazel 4.2.3 (and a JDK) as a real REAPI client.
 step_apt() {

@@ -36,34 +36,8 @@ LDFLAGS=('-Wl,--no-as-needed' -lrt)
 log() { printf 'netty_epoll: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
-# Run a command quietly; on failure print what it said and fail.
-quiet() {
-    local out
-    if ! out=$("$@" 2>&1); then
-        printf '%s\n' "$out" >&2
-        log "failed: $*"
-        return 1
-    fi
-}
-
-# DPkg::Lock::Timeout: wait for another apt/dpkg (tests/setup.sh's own apt step, say) to finish.
-APT=(apt-get -o DPkg::Lock::Timeout=300)
-APT_UPDATED=0
-apt_update() {
-    log "apt-get update"
-    quiet "${APT[@]}" update
-    APT_UPDATED=1
-}
-apt_install() {
-    local missing=() pkg
-    for pkg in "$@"; do
-        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-    done
-    [ "${#missing[@]}" -eq 0 ] && return 0
-    [ "$APT_UPDATED" -eq 1 ] || apt_update
-    log "apt-get install ${missing[*]}"
-    quiet env DEBIAN_FRONTEND=noninteractive "${APT[@]}" install -y "${missing[@]}"
-}
+# shellcheck source-path=SCRIPTDIR source=../install_lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../install_lib.sh"
 
 # netty's name for the architecture (PlatformDependent.normalizedArch).
 netty_arch() {

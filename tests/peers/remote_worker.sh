@@ -29,25 +29,8 @@ START_TIMEOUT=${REMOTE_WORKER_START_TIMEOUT:-60}
 log() { printf 'remote_worker: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
-# Run a command quietly; on failure print what it said and fail.
-quiet() {
-    local out
-    if ! out=$("$@" 2>&1); then
-        printf '%s\n' "$out" >&2
-        log "failed: $*"
-        return 1
-    fi
-}
-
-apt_install() {
-    local missing=() pkg
-    for pkg in "$@"; do
-        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-    done
-    [ "${#missing[@]}" -eq 0 ] && return 0
-    quiet apt-get update
-    quiet env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
-}
+# shellcheck source-path=SCRIPTDIR source=../install_lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../install_lib.sh"
 
 # Where bazel-bootstrap-source put the worker's Java sources.
 worker_src_dir() {

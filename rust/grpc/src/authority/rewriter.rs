@@ -14,10 +14,10 @@ use loona_hpack::{Decoder, Encoder};
 /// The client connection preface ("PRI * HTTP/2.0...") that precedes the first frame.
 const PREFACE_LEN: usize = 24;
 const FRAME_HEADER_LEN: usize = 9;
-const HEADERS: u8 = 0x1;
+pub(super) const HEADERS: u8 = 0x1;
 const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
+pub(super) const END_STREAM: u8 = 0x1;
+pub(super) const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
 /// The stream dependency and weight a HEADERS frame with PRIORITY carries before its block.

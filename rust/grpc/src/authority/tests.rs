@@ -1,6 +1,7 @@
 use super::rewriter::tests::{
     connection_start, encode, frame, request, rewrite_all, server_view, DATA, SETTINGS,
 };
+use super::rewriter::{END_HEADERS, END_STREAM, HEADERS};
 use super::*;
 use crate::{CapabilitiesService, Clusters};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
@@ -11,11 +12,8 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::wrappers::UnixListenerStream;
 
-const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const GOAWAY: u8 = 0x7;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
 const ACK: u8 = 0x1;
 
 /// Gives its bytes `chunk` at a time, as a socket may.
