@@ -171,6 +171,8 @@ class Checks:
             ("bytestream_resumable_write", self.bs_resumable),
             ("bytestream_digest_mismatch", self.bs_mismatch),
             ("bytestream_malformed_resource_name", self.bs_malformed),
+            ("cas_batch_limits", self.batch_limits),
+            ("long_input_short_error", self.long_input),
             ("action_cache_round_trip", self.ac_round_trip),
             ("action_cache_not_found", self.ac_not_found),
             ("execution_local_unimplemented", self.execute_local),
@@ -234,6 +236,40 @@ class Checks:
         assert r is not None, "no response for the absent blob"
         assert r.status.code == grpc.StatusCode.NOT_FOUND.value[0], \
             f"absent blob: status {r.status.code} {r.status.message}, expected NOT_FOUND"
+
+    def batch_limits(self):
+        """Batches over the advertised 4 MiB are refused (REAPI: INVALID_ARGUMENT), and client sizes
+        that would wrap a 64-bit sum are no way around it."""
+        blobs = [os.urandom(MIB) for _ in range(5)]
+        requests = [re_pb.BatchUpdateBlobsRequest.Request(digest=sha256(b), data=b) for b in blobs]
+        e = expect_code(grpc.StatusCode.INVALID_ARGUMENT,
+                        lambda: self.cas.BatchUpdateBlobs(
+                            re_pb.BatchUpdateBlobsRequest(instance_name=INSTANCE, requests=requests),
+                            timeout=TIMEOUT),
+                        "BatchUpdateBlobs of 5 MiB")
+        assert "max_batch_total_size_bytes" in e.details(), e.details()
+        huge = (1 << 63) - 1
+        digests = [re_pb.Digest(hash="a" * 64, size_bytes=huge), re_pb.Digest(hash="b" * 64, size_bytes=huge),
+                   re_pb.Digest(hash="c" * 64, size_bytes=3)]
+        expect_code(grpc.StatusCode.INVALID_ARGUMENT,
+                    lambda: self.cas.BatchReadBlobs(
+                        re_pb.BatchReadBlobsRequest(instance_name=INSTANCE, digests=digests), timeout=TIMEOUT),
+                    "BatchReadBlobs of sizes that wrap to 1")
+
+    def long_input(self):
+        """A 100 KB instance name or resource name gets INVALID_ARGUMENT with a short message (a
+        message quoting it whole would exceed the client's 8 KiB header limit)."""
+        long = "nowhere/" + "x" * 100_000
+        e = expect_code(grpc.StatusCode.INVALID_ARGUMENT,
+                        lambda: self.cas.FindMissingBlobs(
+                            re_pb.FindMissingBlobsRequest(instance_name=long), timeout=TIMEOUT),
+                        "FindMissingBlobs with a 100 KB instance name")
+        assert len(e.details()) < 1000, f"{len(e.details())}-character message"
+        name = f"{INSTANCE}/blobs/{'a' * 64}/1/" + "y" * 100_000
+        e = expect_code(grpc.StatusCode.INVALID_ARGUMENT,
+                        lambda: list(self.bs.Read(bs_pb.ReadRequest(resource_name=name), timeout=TIMEOUT)),
+                        "Read with a 100 KB trailing segment")
+        assert len(e.details()) < 1000, f"{len(e.details())}-character message"
 
     def get_tree(self):
         a, b = self.small["a"], self.small["b"]

@@ -1,4 +1,4 @@
-use crate::error::DigestError;
+use crate::error::{truncate, DigestError};
 use crate::function::DigestFunction;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use std::fmt;
@@ -169,14 +169,6 @@ impl fmt::Display for Digest {
 impl fmt::Debug for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
-    }
-}
-
-/// Hostile input can be megabytes long; error messages quote at most 100 characters of it.
-pub(crate) fn truncate(text: &str) -> String {
-    match text.char_indices().nth(100) {
-        Some((at, _)) => format!("{}...", &text[..at]),
-        None => text.to_string(),
     }
 }
 

@@ -1,4 +1,4 @@
-use crate::digest::truncate;
+use crate::error::truncate;
 use crate::error::DigestError;
 
 /// Path segments REAPI reserves: an instance name may not contain them, because ByteStream

@@ -12,7 +12,7 @@ mod instance;
 mod resource;
 
 pub use digest::{Digest, HashBytes};
-pub use error::DigestError;
+pub use error::{truncate, DigestError};
 pub use function::DigestFunction;
 pub use hasher::Hasher;
 pub use instance::{validate_instance_name, RESERVED_SEGMENTS};

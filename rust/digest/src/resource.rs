@@ -4,7 +4,8 @@
 //! and the `compressed-blobs/{compressor}/` variants of both. Instance names may contain slashes;
 //! they end at the first reserved segment.
 
-use crate::digest::{truncate, Digest};
+use crate::digest::Digest;
+use crate::error::truncate;
 use crate::error::DigestError;
 use crate::function::DigestFunction;
 use crate::instance::{validate_instance_name, RESERVED_SEGMENTS};
@@ -151,7 +152,7 @@ impl<'a> Parser<'a> {
     fn expect(&mut self, keyword: &str) -> Result<(), DigestError> {
         let got = self.next(keyword)?;
         if got != keyword {
-            return Err(self.error(format!("expected {keyword:?}, found {got:?}")));
+            return Err(self.error(format!("expected {keyword:?}, found {:?}", truncate(got))));
         }
         Ok(())
     }
@@ -184,14 +185,14 @@ impl<'a> Parser<'a> {
             "blobs" => None,
             "compressed-blobs" => {
                 let name = self.next("a compressor")?;
-                Some(
-                    Compressor::from_name(name)
-                        .ok_or_else(|| self.error(format!("unknown compressor {name:?}")))?,
-                )
+                Some(Compressor::from_name(name).ok_or_else(|| {
+                    self.error(format!("unknown compressor {:?}", truncate(name)))
+                })?)
             }
             other => {
                 return Err(self.error(format!(
-                    "expected \"blobs\" or \"compressed-blobs\", found {other:?}"
+                    "expected \"blobs\" or \"compressed-blobs\", found {:?}",
+                    truncate(other)
                 )))
             }
         };
@@ -210,7 +211,10 @@ impl<'a> Parser<'a> {
     fn end(&mut self) -> Result<(), DigestError> {
         match self.segments.next() {
             None => Ok(()),
-            Some(extra) => Err(self.error(format!("unexpected segment {extra:?} after the size"))),
+            Some(extra) => Err(self.error(format!(
+                "unexpected segment {:?} after the size",
+                truncate(extra)
+            ))),
         }
     }
 }

@@ -1,4 +1,5 @@
 use crate::request;
+use clientd_digest::truncate;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_store::ActionCache;
 use re::action_cache_server::ActionCache as ActionCacheRpc;
@@ -28,7 +29,8 @@ impl ActionCacheRpc for ActionCacheService {
         match self.cache.get(instance_name, &action).await? {
             Some(result) => Ok(Response::new(result)),
             None => Err(Status::not_found(format!(
-                "no action result for {action} in instance {instance_name:?}"
+                "no action result for {action} in instance {:?}",
+                truncate(instance_name)
             ))),
         }
     }
@@ -49,7 +51,7 @@ impl ActionCacheRpc for ActionCacheService {
             request::digest(
                 function,
                 file.digest.as_ref(),
-                &format!("output file {:?}", file.path),
+                &format!("output file {:?}", truncate(&file.path)),
             )?;
         }
         self.cache.put(instance_name, &action, &result).await?;

@@ -2,7 +2,7 @@
 
 use crate::request;
 use bs::byte_stream_server::ByteStream;
-use clientd_digest::{Compressor, DigestError, ReadResource, WriteResource};
+use clientd_digest::{truncate, Compressor, DigestError, ReadResource, WriteResource};
 use clientd_proto::google::bytestream as bs;
 use clientd_store::{BlobSink, BlobStore, Clock};
 use futures::stream::{BoxStream, StreamExt};
@@ -72,14 +72,18 @@ impl ByteStreamService {
             committed_size: size,
         };
         let slot = self.slot(&name);
-        let mut guard = slot
-            .try_lock()
-            .map_err(|_| Status::aborted(format!("another Write to {name} is in progress")))?;
+        let mut guard = slot.try_lock().map_err(|_| {
+            Status::aborted(format!(
+                "another Write to {} is in progress",
+                truncate(&name)
+            ))
+        })?;
         let resumable = guard.as_ref().map_or(0, |u| u.sink.committed());
         if first.write_offset != 0 && first.write_offset as u64 != resumable {
             return Err(Status::invalid_argument(format!(
-                "write_offset {} does not match the committed size {resumable} of {name}",
-                first.write_offset
+                "write_offset {} does not match the committed size {resumable} of {}",
+                first.write_offset,
+                truncate(&name)
             )));
         }
         if first.write_offset == 0 {
@@ -108,8 +112,9 @@ impl ByteStreamService {
             let upload = guard.as_mut().expect("set above");
             if !message.resource_name.is_empty() && message.resource_name != name {
                 return Err(Status::invalid_argument(format!(
-                    "resource_name changed within one Write from {name:?} to {:?}",
-                    message.resource_name
+                    "resource_name changed within one Write from {:?} to {:?}",
+                    truncate(&name),
+                    truncate(&message.resource_name)
                 )));
             }
             if message.write_offset as u64 != upload.sink.committed() {
@@ -138,8 +143,9 @@ impl ByteStreamService {
                 Some(next) => next,
                 None => {
                     return Err(Status::invalid_argument(format!(
-                        "Write stream for {name} ended without finish_write; resume from committed_size"
-                    )))
+                    "Write stream for {} ended without finish_write; resume from committed_size",
+                    truncate(&name)
+                )))
                 }
             };
         }
@@ -249,7 +255,8 @@ impl ByteStream for ByteStreamService {
             }));
         }
         Err(Status::not_found(format!(
-            "no upload in progress for {name}"
+            "no upload in progress for {}",
+            truncate(name)
         )))
     }
 }

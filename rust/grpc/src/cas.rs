@@ -1,6 +1,6 @@
 use crate::capabilities::MAX_BATCH_TOTAL_SIZE_BYTES;
 use crate::request;
-use clientd_digest::{Digest, DigestFunction};
+use clientd_digest::{truncate, Digest, DigestFunction};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_store::{BlobStore, StoreError, BATCH_CONCURRENCY};
 use futures::stream::{self, BoxStream, StreamExt};
@@ -21,6 +21,19 @@ impl CasService {
     pub fn new(cas: Arc<dyn BlobStore>) -> Self {
         CasService { cas }
     }
+}
+
+/// Refuses a batch whose blobs add up to more than Capabilities advertises (INVALID_ARGUMENT, as
+/// REAPI says for both batch calls). Sizes are the client's: the sum saturates instead of wrapping
+/// ([2^63-1, 2^63-1, 3] must not come to 1).
+fn check_batch_total(sizes: impl Iterator<Item = u64>) -> Result<(), Status> {
+    let total = sizes.fold(0u64, u64::saturating_add);
+    if total > MAX_BATCH_TOTAL_SIZE_BYTES as u64 {
+        return Err(Status::invalid_argument(format!(
+            "batch of {total} bytes exceeds max_batch_total_size_bytes {MAX_BATCH_TOTAL_SIZE_BYTES}; use ByteStream"
+        )));
+    }
+    Ok(())
 }
 
 fn parse_digests(
@@ -58,6 +71,7 @@ impl ContentAddressableStorage for CasService {
         let request = request.into_inner();
         let instance_name = request::instance_name(&request.instance_name)?;
         let function = request::digest_function(request.digest_function)?;
+        check_batch_total(request.requests.iter().map(|r| r.data.len() as u64))?;
         // Entries that fail validation get their status here; the rest are written as one batch.
         let mut statuses: Vec<Option<Status>> = Vec::with_capacity(request.requests.len());
         let mut blobs = Vec::new();
@@ -112,12 +126,7 @@ impl ContentAddressableStorage for CasService {
         let instance_name = request::instance_name(&request.instance_name)?;
         let function = request::digest_function(request.digest_function)?;
         let digests = parse_digests(function, &request.digests)?;
-        let total: u64 = digests.iter().map(Digest::size).sum();
-        if total > MAX_BATCH_TOTAL_SIZE_BYTES as u64 {
-            return Err(Status::invalid_argument(format!(
-                "batch of {total} bytes exceeds max_batch_total_size_bytes {MAX_BATCH_TOTAL_SIZE_BYTES}; use ByteStream"
-            )));
-        }
+        check_batch_total(digests.iter().map(Digest::size))?;
         let cas = &self.cas;
         let responses = stream::iter(digests)
             .map(|digest| async move {
@@ -154,7 +163,8 @@ impl ContentAddressableStorage for CasService {
             "" => 0,
             token => token.parse().map_err(|_| {
                 Status::invalid_argument(format!(
-                    "page_token {token:?} was not issued by this server"
+                    "page_token {:?} was not issued by this server",
+                    truncate(token)
                 ))
             })?,
         };
@@ -258,5 +268,22 @@ impl TreeWalk {
             return Ok(Some(directory));
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_totals_are_checked_without_wrapping() {
+        let max = MAX_BATCH_TOTAL_SIZE_BYTES as u64;
+        assert!(check_batch_total([max / 2, max / 2].into_iter()).is_ok());
+        let over = check_batch_total([max, 1].into_iter()).unwrap_err();
+        assert_eq!(over.code(), tonic::Code::InvalidArgument);
+        // Wrapping arithmetic would make this 1 byte.
+        let huge = (1u64 << 63) - 1;
+        let wrapped = check_batch_total([huge, huge, 3].into_iter()).unwrap_err();
+        assert_eq!(wrapped.code(), tonic::Code::InvalidArgument);
     }
 }

@@ -7,6 +7,7 @@
 
 use crate::request;
 use crate::routes::Clusters;
+use clientd_digest::truncate;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_proto::google::longrunning::Operation;
 use futures::stream::{BoxStream, StreamExt};
@@ -54,8 +55,9 @@ impl Execution for ExecutionService {
         let (prefix, cluster, rest) = self.clusters.route_with_prefix(instance_name)?;
         let Some(cluster) = cluster else {
             return Err(Status::unimplemented(format!(
-                "instance name {instance_name:?} is a local cache and cannot execute actions; \
-                 use an instance name that routes to a cluster"
+                "instance name {:?} is a local cache and cannot execute actions; \
+                 use an instance name that routes to a cluster",
+                truncate(instance_name)
             )));
         };
         let prefix = prefix.to_string();
@@ -83,7 +85,7 @@ impl Execution for ExecutionService {
         let not_ours = || {
             Status::not_found(format!(
                 "operation {:?} was not started through this daemon",
-                request.name
+                truncate(&request.name)
             ))
         };
         let (prefix, name) = request.name.split_once(OPERATIONS).ok_or_else(not_ours)?;

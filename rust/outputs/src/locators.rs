@@ -1,6 +1,6 @@
 //! The rev2 locators carried in `google.protobuf.Any`.
 
-use clientd_digest::{Digest, DigestFunction};
+use clientd_digest::{truncate, Digest, DigestFunction};
 use clientd_proto::bazel_output_service_rev2 as rev2;
 use prost::Message;
 use prost_types::Any;
@@ -51,7 +51,10 @@ impl Locator {
                     root,
                 })
             }
-            _ => Err(format!("unknown locator type {:?}", any.type_url)),
+            _ => Err(format!(
+                "unknown locator type {:?}",
+                truncate(&any.type_url)
+            )),
         }
     }
 }
@@ -73,7 +76,7 @@ pub fn start_build_args(any: Option<&Any>) -> Result<rev2::StartBuildArgs, Strin
     if type_name(any) != Some("StartBuildArgs") {
         return Err(format!(
             "args has type {:?}, expected {PREFIX}StartBuildArgs",
-            any.type_url
+            truncate(&any.type_url)
         ));
     }
     rev2::StartBuildArgs::decode(&any.value[..])

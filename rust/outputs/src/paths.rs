@@ -1,8 +1,20 @@
 //! Artifact paths: relative to the output path, never escaping it; and the resolution of
 //! symlinks for BatchStat, with Bazel's `output_path_aliases` for absolute targets.
 
-/// Checks that `path` is relative, with no empty, `.` or `..` components.
+use clientd_digest::truncate;
+
+/// The longest path accepted: Linux's PATH_MAX, beyond which no file could be opened anyway.
+const MAX_PATH_BYTES: usize = 4096;
+
+/// Checks that `path` is relative, with no empty, `.` or `..` components, and no longer than
+/// PATH_MAX (so that error messages naming it stay short enough for a gRPC status).
 pub fn check(path: &str) -> Result<(), String> {
+    if path.len() > MAX_PATH_BYTES {
+        return Err(format!(
+            "path {:?} is longer than {MAX_PATH_BYTES} bytes",
+            truncate(path)
+        ));
+    }
     if path.is_empty() || path.starts_with('/') {
         return Err(format!("path {path:?} must be relative to the output path"));
     }

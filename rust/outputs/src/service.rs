@@ -4,7 +4,7 @@
 use crate::locators::{self, Locator};
 use crate::paths;
 use crate::state::{self, LastBuild};
-use clientd_digest::{validate_instance_name, Digest, DigestFunction};
+use clientd_digest::{truncate, validate_instance_name, Digest, DigestFunction};
 use clientd_proto::bazel_output_service as pb;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_proto::google::rpc::Status as RpcStatus;
@@ -185,7 +185,7 @@ impl OutputService {
                 Status::internal(format!("cannot create the output path's storage: {e}"))
             })?;
         let root = self.vfs.output_root(id, pool.clone()).map_err(|e| {
-            Status::invalid_argument(format!("output_base_id {id:?}: errno {}", e.0))
+            Status::invalid_argument(format!("output_base_id {:?}: errno {}", truncate(id), e.0))
         })?;
         bases.insert(
             id.to_string(),
@@ -209,7 +209,8 @@ impl OutputService {
             .cloned()
             .ok_or_else(|| {
                 Status::failed_precondition(format!(
-                    "build {build_id:?} is not running: StartBuild first (or it was finalized)"
+                    "build {:?} is not running: StartBuild first (or it was finalized)",
+                    truncate(build_id)
                 ))
             })
     }
@@ -265,7 +266,7 @@ impl OutputService {
                     .map_err(|e| {
                         Status::new(
                             Status::from(e.clone()).code(),
-                            format!("checking staged outputs in {instance:?}: {e}"),
+                            format!("checking staged outputs in {:?}: {e}", truncate(&instance)),
                         )
                     })?;
                 let missing: std::collections::HashSet<Digest> = missing.into_iter().collect();
@@ -463,7 +464,8 @@ impl BazelOutputService for OutputService {
         let id = request.output_base_id.clone();
         if id.contains('/') {
             return Err(Status::invalid_argument(format!(
-                "output_base_id {id:?} must be one path component"
+                "output_base_id {:?} must be one path component",
+                truncate(&id)
             )));
         }
         paths::check(&id).map_err(Status::invalid_argument)?;
@@ -635,7 +637,8 @@ impl BazelOutputService for OutputService {
                 (None, true) => return Ok(Response::new(pb::FinalizeBuildResponse {})),
                 (None, false) => {
                     return Err(Status::failed_precondition(format!(
-                        "build {build_id:?} was never started"
+                        "build {:?} was never started",
+                        truncate(build_id)
                     )))
                 }
             }

@@ -5,6 +5,7 @@
 //! prefix `a.example.com` reaches that target as instance `x`.
 
 use crate::error::{StoreError, StoreResult};
+use clientd_digest::truncate;
 
 pub struct Router<T> {
     /// Sorted longest prefix first, so the first match is the longest.
@@ -42,8 +43,9 @@ impl<T> Router<T> {
         let mut known: Vec<String> = self.routes.iter().map(|(p, _)| format!("{p:?}")).collect();
         known.sort();
         Err(StoreError::InvalidArgument(format!(
-            "instance name {instance_name:?} matches no configured prefix; known prefixes: {} \
+            "instance name {:?} matches no configured prefix; known prefixes: {} \
              (a local cache is e.g. local/<project>)",
+            truncate(instance_name),
             known.join(", ")
         )))
     }
