@@ -298,8 +298,10 @@ fn file_system(config: &Config, composition: &Composition) -> Result<Arc<Vfs>, S
     let scratch = config.cache_dir().join("scratch");
     let pool = Pool::open_empty(&scratch, config.mount.scratch_max_size_bytes)
         .map_err(|e| format!("cannot prepare {}: {e}", scratch.display()))?;
+    let routes = composition.stores.clone();
     let cas = CasView::new(
         composition.stores.clone(),
+        Box::new(move |instance_name| routes.route(instance_name).is_ok()),
         composition.local_cas.clone(),
         Duration::from_secs(config.mount.fetch_timeout_seconds),
     );

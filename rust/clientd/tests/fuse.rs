@@ -182,6 +182,8 @@ async fn cas_shows_files_directories_trees_and_runnable_commands() {
         format!("{blobs}/file/not-a-digest"),
         format!("{blobs}/nosuchkind/{}", name(&action.a)),
         "cas/local/x/blobs/nosuchfunction".to_string(),
+        // An instance name the gRPC front refuses: the local blob is not shown under it.
+        format!("cas/nosuch/x/blobs/sha256/file/{}", name(&action.a)),
     ] {
         let (success, _, stderr) = sh(&mnt, &format!("stat {path}"));
         assert!(
@@ -189,6 +191,15 @@ async fn cas_shows_files_directories_trees_and_runnable_commands() {
             "{path}: {stderr}"
         );
     }
+    // cas/ files are immutable: chown to another owner is refused like other changes.
+    let (success, _, stderr) = sh(
+        &mnt,
+        &format!("chown 12345 {blobs}/file/{}", name(&action.a)),
+    );
+    assert!(
+        !success && stderr.contains("Operation not permitted"),
+        "{stderr}"
+    );
     // A blob that is not a Directory: EINVAL.
     let (success, _, stderr) = sh(&mnt, &format!("ls {blobs}/directory/{}", name(&action.a)));
     assert!(!success && stderr.contains("Invalid argument"), "{stderr}");

@@ -163,8 +163,8 @@ impl Filesystem for Adapter {
         _req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
@@ -178,6 +178,8 @@ impl Filesystem for Adapter {
     ) {
         let changes = SetAttr {
             mode,
+            uid,
+            gid,
             size,
             atime: atime.map(time),
             mtime: mtime.map(time),

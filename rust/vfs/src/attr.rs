@@ -69,6 +69,9 @@ pub const MUTABLE_TTL: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SetAttr {
     pub mode: Option<u32>,
+    /// A new owner (chown): only the daemon's own user and group can own anything here.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
     pub size: Option<u64>,
     pub atime: Option<SystemTime>,
     pub mtime: Option<SystemTime>,

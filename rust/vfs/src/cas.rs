@@ -114,8 +114,13 @@ const TREE_CACHE: usize = 64;
 /// Parsed messages by instance name and digest.
 type MessageCache<T> = LruCache<(Arc<str>, Digest), Arc<T>>;
 
+/// Whether the gRPC front serves an instance name (it routes to the local cache or a cluster):
+/// cas/ resolves no others, so a path there names what a gRPC call with that name would read.
+pub type Serves = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
 pub struct CasView {
     stores: Arc<dyn BlobStore>,
+    serves: Serves,
     local: Arc<LocalCas>,
     timeout: Duration,
     directories: Mutex<MessageCache<re::Directory>>,
@@ -135,9 +140,15 @@ fn errno(err: &StoreError) -> Errno {
 impl CasView {
     /// `stores` routes instance names (the daemon's composition); `local` is the local CAS that
     /// read caching fills, whose files are handed to readers.
-    pub fn new(stores: Arc<dyn BlobStore>, local: Arc<LocalCas>, timeout: Duration) -> Self {
+    pub fn new(
+        stores: Arc<dyn BlobStore>,
+        serves: Serves,
+        local: Arc<LocalCas>,
+        timeout: Duration,
+    ) -> Self {
         CasView {
             stores,
+            serves,
             local,
             timeout,
             directories: Mutex::new(LruCache::new(NonZeroUsize::new(MESSAGE_CACHE).unwrap())),
@@ -272,7 +283,10 @@ impl CasView {
         Some(match parent {
             CasNode::Instance(prefix) => {
                 if name == "blobs" {
-                    return Some(Ok(CasNode::Blobs(prefix.clone())));
+                    return Some(match (self.serves)(prefix) {
+                        true => Ok(CasNode::Blobs(prefix.clone())),
+                        false => Err(Errno::NOENT),
+                    });
                 }
                 if name.is_empty()
                     || name == "."

@@ -711,8 +711,14 @@ impl Vfs {
     /// Changes a scratch/ node. On cas/ files a chmod or utimens is accepted and ignored: Bazel
     /// calls `chmod` on every output it symlinks into cas/ (`setExecutable`), even when nothing
     /// changes, and fails the action if that fails. Their content cannot change: truncation is
-    /// refused.
+    /// refused. Every node belongs to the daemon's user: a chown to anyone else is refused (EPERM),
+    /// one to that same owner changes nothing, as POSIX allows.
     pub fn setattr(&self, ino: u64, changes: SetAttr) -> VfsResult<Attr> {
+        if changes.uid.is_some_and(|uid| uid != self.uid)
+            || changes.gid.is_some_and(|gid| gid != self.gid)
+        {
+            return Err(Errno::PERM);
+        }
         let mut table = self.table.lock().unwrap();
         let node = match &mut table.get_mut(ino)?.node {
             Node::Scratch(node) => node,
@@ -778,7 +784,14 @@ mod tests {
         };
         let local =
             Arc::new(LocalCas::open(&dir.join("cas"), options, Arc::new(SystemClock)).unwrap());
-        let cas = CasView::new(local.clone(), local.clone(), Duration::from_secs(5));
+        // The front serves local and local/...; cas/ follows it.
+        let serves = |name: &str| name == "local" || name.starts_with("local/");
+        let cas = CasView::new(
+            local.clone(),
+            Box::new(serves),
+            local.clone(),
+            Duration::from_secs(5),
+        );
         let pool = Pool::open_empty(&dir.join("pool"), pool_bytes).unwrap();
         (Vfs::new(cas, pool, 1000, 1000), local)
     }
@@ -841,6 +854,29 @@ mod tests {
         );
     }
 
+    /// cas/ resolves the instance names the gRPC front serves, and no others: a local blob is
+    /// not readable under a name a gRPC call would be refused for.
+    #[tokio::test]
+    async fn cas_serves_only_routable_instance_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vfs, local) = vfs(dir.path(), 1 << 20);
+        let data = bytes::Bytes::from_static(b"content");
+        let digest = clientd_digest::DigestFunction::Sha256.digest_of(&data);
+        local.write_bytes("", &digest, data).await.unwrap();
+        let nosuch = vfs.lookup(CAS_ROOT, name("nosuch")).await.unwrap().ino;
+        let x = vfs.lookup(nosuch, name("x")).await.unwrap().ino;
+        assert_eq!(vfs.lookup(x, name("blobs")).await.err(), Some(Errno::NOENT));
+        assert_eq!(
+            vfs.lookup(CAS_ROOT, name("blobs")).await.err(),
+            Some(Errno::NOENT)
+        );
+        let mut ino = CAS_ROOT;
+        for part in ["local", "x", "blobs", "sha256", "file"] {
+            ino = vfs.lookup(ino, name(part)).await.unwrap().ino;
+        }
+        assert!(vfs.lookup(ino, name(&digest.file_name())).await.is_ok());
+    }
+
     #[tokio::test]
     async fn cas_nodes_link_into_scratch_but_stay_read_only() {
         let dir = tempfile::tempdir().unwrap();
@@ -874,6 +910,21 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(vfs.setattr(file.ino, truncate).err(), Some(Errno::PERM));
+        // chown to another owner is refused, to the owner it has accepted.
+        for (uid, gid) in [(Some(0), None), (None, Some(0))] {
+            let chown = SetAttr {
+                uid,
+                gid,
+                ..Default::default()
+            };
+            assert_eq!(vfs.setattr(file.ino, chown).err(), Some(Errno::PERM));
+        }
+        let same = SetAttr {
+            uid: Some(1000),
+            gid: Some(1000),
+            ..Default::default()
+        };
+        assert_eq!(vfs.setattr(file.ino, same).unwrap().uid, 1000);
         let fh = vfs.open(file.ino, false, false).await.unwrap();
         assert_eq!(vfs.read(fh, 0, 100).unwrap(), b"content");
         // The kernel forgets the cas/ path; the scratch/ link keeps the node.
