@@ -301,13 +301,44 @@ async fn interrupted_writes_resume_from_the_committed_size() {
         (half as i64, false)
     );
     assert_eq!(c.find_missing("local/p", &[digest]).await, vec![digest]);
+    // The resumed Write's stream stays open after its first chunk: QueryWriteStatus answers at
+    // once meanwhile (the Write holds the upload for its whole stream) with what has arrived.
     let rest = write_requests(&name, &data, half, 1 << 20, true);
-    let done = c
-        .bytestream
-        .write(futures::stream::iter(rest))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    tx.unbounded_send(rest[0].clone()).unwrap();
+    let mut writer = c.bytestream.clone();
+    let write = tokio::spawn(async move { writer.write(rx).await });
+    let probe = || {
+        let mut query = c.bytestream.clone();
+        let name = name.clone();
+        async move {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                query.query_write_status(bs::QueryWriteStatusRequest {
+                    resource_name: name,
+                }),
+            )
+            .await
+            .expect("QueryWriteStatus waited for the Write")
+            .unwrap()
+            .into_inner()
+        }
+    };
+    let want = (half + rest[0].data.len()) as i64;
+    let mut status = probe().await;
+    for _ in 0..100 {
+        if status.committed_size == want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        status = probe().await;
+    }
+    assert_eq!((status.committed_size, status.complete), (want, false));
+    for request in &rest[1..] {
+        tx.unbounded_send(request.clone()).unwrap();
+    }
+    drop(tx);
+    let done = write.await.unwrap().unwrap().into_inner();
     assert_eq!(done.committed_size, data.len() as i64);
     assert_eq!(c.read("local/p", &digest, 0, 0).await.unwrap(), data);
     let status = c

@@ -7,6 +7,7 @@ use clientd_proto::google::bytestream as bs;
 use clientd_store::{BlobSink, BlobStore, Clock};
 use futures::stream::{BoxStream, StreamExt};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tonic::{Request, Response, Status, Streaming};
@@ -19,14 +20,20 @@ struct PartialUpload {
     last_active: SystemTime,
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<PartialUpload>>>;
+/// One resource name's upload. A Write holds `upload` for its whole stream; `committed` follows
+/// the upload's committed size, so that QueryWriteStatus answers at once while a Write runs.
+#[derive(Default)]
+struct Slot {
+    upload: tokio::sync::Mutex<Option<PartialUpload>>,
+    committed: AtomicU64,
+}
 
 pub struct ByteStreamService {
     cas: Arc<dyn BlobStore>,
     clock: Arc<dyn Clock>,
     /// Unfinished uploads by resource name. A Write holds its slot's lock while it runs, so the
     /// state survives even when the client's cancellation drops the handler mid-stream.
-    uploads: Mutex<HashMap<String, Slot>>,
+    uploads: Mutex<HashMap<String, Arc<Slot>>>,
     /// Unfinished uploads idle for longer than this are discarded.
     upload_expiry: Duration,
 }
@@ -42,10 +49,10 @@ impl ByteStreamService {
     }
 
     /// The slot for `name`, created if absent; expired idle uploads are dropped on the way.
-    fn slot(&self, name: &str) -> Slot {
+    fn slot(&self, name: &str) -> Arc<Slot> {
         let now = self.clock.now();
         let mut uploads = self.uploads.lock().unwrap();
-        uploads.retain(|_, slot| match slot.try_lock() {
+        uploads.retain(|_, slot| match slot.upload.try_lock() {
             Ok(guard) => guard.as_ref().is_some_and(|u| {
                 now.duration_since(u.last_active).unwrap_or_default() < self.upload_expiry
             }),
@@ -72,7 +79,7 @@ impl ByteStreamService {
             committed_size: size,
         };
         let slot = self.slot(&name);
-        let mut guard = slot.try_lock().map_err(|_| {
+        let mut guard = slot.upload.try_lock().map_err(|_| {
             Status::aborted(format!(
                 "another Write to {} is in progress",
                 truncate(&name)
@@ -88,6 +95,7 @@ impl ByteStreamService {
         }
         if first.write_offset == 0 {
             *guard = None;
+            slot.committed.store(0, Ordering::Release);
             // Another client already uploaded it: finish at once, as REAPI allows.
             if self
                 .cas
@@ -128,15 +136,21 @@ impl ByteStreamService {
                 let written = upload.sink.write(message.data).await;
                 if let Err(e) = written {
                     *guard = None;
+                    slot.committed.store(0, Ordering::Release);
                     return Err(e.into());
                 }
+                slot.committed
+                    .store(upload.sink.committed(), Ordering::Release);
                 upload.last_active = self.clock.now();
             }
             if message.finish_write {
+                // The slot stays (locked) until the blob is visible: a QueryWriteStatus meanwhile
+                // sees the bytes received, never a NOT_FOUND.
                 let upload = guard.take().expect("set above");
+                let committed = upload.sink.commit().await;
                 drop(guard);
                 self.forget(&name);
-                upload.sink.commit().await?;
+                committed?;
                 return Ok(done);
             }
             message = match stream.message().await? {
@@ -236,10 +250,14 @@ impl ByteStream for ByteStreamService {
         let resource = WriteResource::parse(name).map_err(invalid)?;
         let slot = self.uploads.lock().unwrap().get(name).cloned();
         if let Some(slot) = slot {
-            let guard = slot.lock().await;
-            if let Some(upload) = guard.as_ref() {
+            // A Write in progress holds the lock: answer from what it has received so far.
+            let in_progress = match slot.upload.try_lock() {
+                Ok(guard) => guard.as_ref().map(|upload| upload.sink.committed()),
+                Err(_) => Some(slot.committed.load(Ordering::Acquire)),
+            };
+            if let Some(committed) = in_progress {
                 return Ok(Response::new(bs::QueryWriteStatusResponse {
-                    committed_size: upload.sink.committed() as i64,
+                    committed_size: committed as i64,
                     complete: false,
                 }));
             }
