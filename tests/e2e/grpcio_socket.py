@@ -173,6 +173,7 @@ class Checks:
             ("bytestream_malformed_resource_name", self.bs_malformed),
             ("cas_batch_limits", self.batch_limits),
             ("long_input_short_error", self.long_input),
+            ("message_over_limit_resource_exhausted", self.message_limit),
             ("action_cache_round_trip", self.ac_round_trip),
             ("action_cache_not_found", self.ac_not_found),
             ("execution_local_unimplemented", self.execute_local),
@@ -255,6 +256,23 @@ class Checks:
                     lambda: self.cas.BatchReadBlobs(
                         re_pb.BatchReadBlobsRequest(instance_name=INSTANCE, digests=digests), timeout=TIMEOUT),
                     "BatchReadBlobs of sizes that wrap to 1")
+
+    def message_limit(self):
+        """A message over the 16 MiB limit gets RESOURCE_EXHAUSTED (gRPC's "send less"), unary or
+        in a stream; OUT_OF_RANGE means a read offset past the end in REAPI."""
+        big = os.urandom(17 * MIB)
+        d = sha256(big)
+        expect_code(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    lambda: self.cas.BatchUpdateBlobs(
+                        re_pb.BatchUpdateBlobsRequest(
+                            instance_name=INSTANCE,
+                            requests=[re_pb.BatchUpdateBlobsRequest.Request(digest=d, data=big)]),
+                        timeout=TIMEOUT),
+                    "BatchUpdateBlobs of one 17 MiB message")
+        expect_code(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    lambda: self.bs.Write(iter([bs_pb.WriteRequest(resource_name=self.upload_name(d), data=big,
+                                                                   finish_write=True)]), timeout=TIMEOUT),
+                    "Write of one 17 MiB message")
 
     def long_input(self):
         """A 100 KB instance name or resource name gets INVALID_ARGUMENT with a short message (a

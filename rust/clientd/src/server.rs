@@ -4,7 +4,8 @@
 use crate::config::{ClusterConfig, Config};
 use clientd_grpc::{
     lenient_incoming, ActionCacheService, ByteStreamService, CapabilitiesService, CasService,
-    Clusters, ExecutionService, ForwardHeadersLayer, ServerInfo, StatsService, MAX_MESSAGE_BYTES,
+    Clusters, ExecutionService, ForwardHeadersLayer, MessageLimitLayer, ServerInfo, StatsService,
+    MAX_MESSAGE_BYTES,
 };
 use clientd_outputs::OutputService;
 use clientd_proto::bazel_output_service::bazel_output_service_server::BazelOutputServiceServer;
@@ -319,10 +320,15 @@ fn log_stats(stats: &Stats) {
     tracing::info!("stats: {}", counters.join(" "));
 }
 
-fn server() -> Server<tower::layer::util::Stack<ForwardHeadersLayer, tower::layer::util::Identity>>
-{
+type Layers = tower::layer::util::Stack<
+    MessageLimitLayer,
+    tower::layer::util::Stack<ForwardHeadersLayer, tower::layer::util::Identity>,
+>;
+
+fn server() -> Server<Layers> {
     Server::builder()
         .layer(ForwardHeadersLayer)
+        .layer(MessageLimitLayer)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)

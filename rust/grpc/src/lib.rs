@@ -9,6 +9,7 @@ mod capabilities;
 mod cas;
 mod execution;
 mod forwarding;
+mod message_limit;
 mod request;
 mod routes;
 mod stats;
@@ -20,6 +21,7 @@ pub use capabilities::{CapabilitiesService, MAX_BATCH_TOTAL_SIZE_BYTES};
 pub use cas::CasService;
 pub use execution::ExecutionService;
 pub use forwarding::ForwardHeadersLayer;
+pub use message_limit::MessageLimitLayer;
 pub use routes::Clusters;
 pub use stats::{ServerInfo, StatsService};
 
