@@ -151,6 +151,11 @@ pub struct ClusterConfig {
     /// Seconds to wait for a connection before the cluster counts as unavailable. Example: `5`.
     #[serde(default = "default_connect_timeout_seconds")]
     pub connect_timeout_seconds: u64,
+    /// Seconds a call to this cluster may wait for its answer (a client's shorter deadline wins),
+    /// and a streamed read for its next chunk: a cluster that hangs fails the call instead of
+    /// stalling the build. Bazel's own `--remote_timeout` is 60 s. Example: `60`.
+    #[serde(default = "default_request_timeout_seconds")]
+    pub request_timeout_seconds: u64,
 }
 
 fn default_max_concurrent_requests() -> usize {
@@ -161,6 +166,9 @@ fn default_max_attempts() -> u32 {
 }
 fn default_connect_timeout_seconds() -> u64 {
     5
+}
+fn default_request_timeout_seconds() -> u64 {
+    60
 }
 
 impl ClusterConfig {
@@ -173,6 +181,7 @@ impl ClusterConfig {
             max_concurrent_requests: default_max_concurrent_requests(),
             max_attempts: default_max_attempts(),
             connect_timeout_seconds: default_connect_timeout_seconds(),
+            request_timeout_seconds: default_request_timeout_seconds(),
         }
     }
 }
@@ -311,9 +320,13 @@ impl Config {
                 ));
             }
             Endpoint::parse(&cluster.endpoint).map_err(|e| format!("{field}.endpoint: {e}"))?;
-            if cluster.max_concurrent_requests == 0 || cluster.max_attempts == 0 {
+            if cluster.max_concurrent_requests == 0
+                || cluster.max_attempts == 0
+                || cluster.request_timeout_seconds == 0
+            {
                 return Err(format!(
-                    "{field}: max_concurrent_requests and max_attempts must be at least 1"
+                    "{field}: max_concurrent_requests, max_attempts and request_timeout_seconds \
+                     must be at least 1"
                 ));
             }
         }

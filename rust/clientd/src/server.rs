@@ -149,6 +149,7 @@ fn cluster_options(prefix: &str, config: &ClusterConfig) -> Result<ClusterOption
             ..RetryPolicy::default()
         },
         connect_timeout: Duration::from_secs(config.connect_timeout_seconds),
+        request_timeout: Duration::from_secs(config.request_timeout_seconds),
     })
 }
 

@@ -273,6 +273,88 @@ async fn a_dead_cluster_is_unavailable_quickly_and_local_keeps_working() {
     );
 }
 
+/// A cluster that hangs (SIGSTOP: as a frozen server or a dead VPN behaves) fails each call
+/// within `request_timeout_seconds`, not at the client's own deadline; blobs already local are
+/// still served; once the cluster answers again, so do the calls.
+#[tokio::test]
+async fn a_hung_cluster_fails_calls_within_the_request_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Daemon::start(&dir.path().join("up"), None, &[]);
+    let config = format!(
+        r#"{{"clusters": {{"up.example.com": {{"endpoint": "unix:{}", "request_timeout_seconds": 2}}}}}}"#,
+        upstream.socket.display()
+    );
+    let proxy = Daemon::start(&dir.path().join("proxy"), Some(&config), &[]);
+    let mut clients = proxy.clients().await;
+    let local = pseudo_random(40, 1000);
+    clients.write(PROXIED, &local, 1000).await.unwrap();
+    let uncached = pseudo_random(41, 1000);
+    upstream
+        .clients()
+        .await
+        .write(UPSTREAM, &uncached, 1000)
+        .await
+        .unwrap();
+
+    let stop = |signal: &str| {
+        let pid = upstream.pid().to_string();
+        assert!(std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    stop("-STOP");
+    let within = |start: Instant| {
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(6), "took {took:?}");
+    };
+    // A unary call and a read that needs the cluster: DEADLINE_EXCEEDED naming the cluster.
+    let start = Instant::now();
+    let err = clients
+        .cas
+        .find_missing_blobs(re::FindMissingBlobsRequest {
+            instance_name: PROXIED.into(),
+            blob_digests: vec![sha256(b"never seen").to_proto()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    within(start);
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("cluster up.example.com"), "{err:?}");
+    let start = Instant::now();
+    let err = clients
+        .read(PROXIED, &sha256(&uncached), 0, 0)
+        .await
+        .unwrap_err();
+    within(start);
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    // An upload the cluster stops taking: UNAVAILABLE once it stalls.
+    let start = Instant::now();
+    let err = clients
+        .write(PROXIED, &pseudo_random(42, 8 << 20), 1 << 20)
+        .await
+        .unwrap_err();
+    within(start);
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("stalled"), "{err:?}");
+    // What is local is still served.
+    assert_eq!(
+        clients.read(PROXIED, &sha256(&local), 0, 0).await.unwrap(),
+        local
+    );
+
+    stop("-CONT");
+    assert_eq!(
+        clients
+            .read(PROXIED, &sha256(&uncached), 0, 0)
+            .await
+            .unwrap(),
+        uncached
+    );
+}
+
 #[tokio::test]
 async fn a_corrupt_blob_from_the_cluster_is_refused_and_not_kept() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,6 +6,7 @@
 //! spawn it with [`spawn`] so the headers go along.
 
 use std::future::Future;
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tonic::metadata::MetadataMap;
 
@@ -15,14 +16,16 @@ pub const FORWARDED_HEADERS: [&str; 2] = [
     "build.bazel.remote.execution.v2.requestmetadata-bin",
 ];
 
-/// The forwarded headers of one client call.
+/// The forwarded headers of one client call, and its deadline.
 #[derive(Debug, Clone, Default)]
 pub struct RequestContext {
     pub metadata: MetadataMap,
+    /// When the client stops waiting (its `grpc-timeout`): calls made for it need not last longer.
+    pub deadline: Option<Instant>,
 }
 
 impl RequestContext {
-    /// Keeps only the [`FORWARDED_HEADERS`] of `headers`.
+    /// Keeps only the [`FORWARDED_HEADERS`] of `headers`, and the deadline `grpc-timeout` sets.
     pub fn from_headers(headers: &http::HeaderMap) -> Self {
         let mut kept = http::HeaderMap::new();
         for name in FORWARDED_HEADERS {
@@ -30,10 +33,34 @@ impl RequestContext {
                 kept.insert(name, value.clone());
             }
         }
+        let deadline = headers
+            .get("grpc-timeout")
+            .and_then(|v| grpc_timeout(v.to_str().ok()?))
+            .and_then(|timeout| Instant::now().checked_add(timeout));
         RequestContext {
             metadata: MetadataMap::from_headers(kept),
+            deadline,
         }
     }
+}
+
+/// A `grpc-timeout` value: 1 to 8 digits and a unit (Hours, Minutes, Seconds, milliseconds,
+/// microseconds, nanoseconds), as the gRPC HTTP/2 protocol spells it.
+fn grpc_timeout(text: &str) -> Option<Duration> {
+    let (digits, unit) = text.split_at_checked(text.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 tokio::task_local! {
@@ -59,5 +86,41 @@ where
     match current() {
         Some(context) => tokio::spawn(CONTEXT.scope(context, future)),
         None => tokio::spawn(future),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_in_every_unit() {
+        assert_eq!(grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(grpc_timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(grpc_timeout("60S"), Some(Duration::from_secs(60)));
+        assert_eq!(grpc_timeout("1500m"), Some(Duration::from_millis(1500)));
+        assert_eq!(grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(
+            grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in ["", "S", "123456789S", "1x", "-1S", "1.5S", "é"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_context_keeps_forwarded_headers_and_the_deadline() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("authorization", "Bearer x".parse().unwrap());
+        headers.insert("grpc-timeout", "10S".parse().unwrap());
+        headers.insert("x-other", "y".parse().unwrap());
+        let before = Instant::now();
+        let context = RequestContext::from_headers(&headers);
+        let after = Instant::now();
+        assert_eq!(context.metadata.len(), 1);
+        let deadline = context.deadline.unwrap();
+        let ten = Duration::from_secs(10);
+        assert!(before + ten <= deadline && deadline <= after + ten);
     }
 }

@@ -5,7 +5,9 @@
 //! digest empty (Bazel's remote worker does). Nothing here verifies hashes: the local CAS in front
 //! does that for reads, and the cluster for writes.
 
-use crate::cluster::{digest_function_field, upstream_error, Cluster};
+use crate::cluster::{
+    broken_connection_is_unavailable, digest_function_field, upstream_error, Cluster,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use clientd_digest::{Digest, DigestFunction, ReadResource, WriteResource};
@@ -15,6 +17,7 @@ use clientd_store::{BlobSink, BlobStore, ByteStream, StoreError, StoreResult};
 use futures::{stream, StreamExt, TryStreamExt};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::Status;
@@ -199,8 +202,9 @@ impl BlobStore for UpstreamCas {
             })
             .await?;
         let describe = self.cluster.describe();
-        Ok(response
-            .into_inner()
+        Ok(self
+            .cluster
+            .progressing(response.into_inner())
             .map_ok(|r| r.data)
             .map_err(move |status| {
                 upstream_error(&describe, &what, status.code(), status.message())
@@ -338,6 +342,10 @@ struct ByteStreamSink {
     offset: u64,
     chunks: Option<mpsc::Sender<WriteRequest>>,
     call: JoinHandle<Result<WriteResponse, Status>>,
+    /// How long the cluster may take to accept a chunk, or to answer once all are sent.
+    stall: Duration,
+    /// The call's outcome once known (the call's handle can be awaited only once).
+    outcome: Option<StoreResult<()>>,
 }
 
 impl ByteStreamSink {
@@ -362,6 +370,8 @@ impl ByteStreamSink {
             offset: 0,
             chunks: Some(tx),
             call,
+            stall: cluster.stall_timeout(),
+            outcome: None,
         }
     }
 
@@ -374,7 +384,8 @@ impl ByteStreamSink {
         )
     }
 
-    /// Sends one message; false if the call has already ended (for better or worse).
+    /// Sends one message; false if the call has already ended (for better or worse), or the
+    /// cluster took nothing for the stall timeout (the call is then ended as UNAVAILABLE).
     async fn send(&mut self, data: Bytes, finish_write: bool) -> bool {
         let request = WriteRequest {
             resource_name: self.resource_name.take().unwrap_or_default(),
@@ -383,26 +394,52 @@ impl ByteStreamSink {
             data,
         };
         self.offset += request.data.len() as u64;
-        match &self.chunks {
-            Some(chunks) => chunks.send(request).await.is_ok(),
-            None => false,
+        let Some(chunks) = &self.chunks else {
+            return false;
+        };
+        match tokio::time::timeout(self.stall, chunks.send(request)).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                self.stalled();
+                false
+            }
         }
     }
 
-    /// The call's outcome, once it has ended.
+    /// Ends a call the cluster stopped taking data for, or answering: UNAVAILABLE.
+    fn stalled(&mut self) {
+        self.call.abort();
+        let status = Status::unavailable(format!(
+            "the upload stalled: the cluster took nothing for {:?}",
+            self.stall
+        ));
+        self.outcome = Some(Err(self.error(&status)));
+    }
+
+    /// The call's outcome, once it has ended (or stalled).
     async fn outcome(&mut self) -> StoreResult<()> {
         self.chunks = None;
-        let response = (&mut self.call)
-            .await
-            .unwrap_or_else(|e| Err(Status::internal(format!("upload task failed: {e}"))));
-        match response {
-            Ok(r) if r.committed_size == self.digest.size() as i64 => Ok(()),
-            Ok(r) => Err(StoreError::Internal(format!(
-                "{}: ByteStream.Write of blob {}: committed {} bytes",
-                self.describe, self.digest, r.committed_size
-            ))),
-            Err(status) => Err(self.error(&status)),
+        if self.outcome.is_none() {
+            match tokio::time::timeout(self.stall, &mut self.call).await {
+                Ok(joined) => {
+                    let response = joined
+                        .unwrap_or_else(|e| {
+                            Err(Status::internal(format!("upload task failed: {e}")))
+                        })
+                        .map_err(broken_connection_is_unavailable);
+                    self.outcome = Some(match response {
+                        Ok(r) if r.committed_size == self.digest.size() as i64 => Ok(()),
+                        Ok(r) => Err(StoreError::Internal(format!(
+                            "{}: ByteStream.Write of blob {}: committed {} bytes",
+                            self.describe, self.digest, r.committed_size
+                        ))),
+                        Err(status) => Err(self.error(&status)),
+                    });
+                }
+                Err(_) => self.stalled(),
+            }
         }
+        self.outcome.clone().expect("set above")
     }
 }
 

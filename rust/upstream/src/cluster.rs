@@ -7,6 +7,7 @@ use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_proto::google::bytestream::byte_stream_client::ByteStreamClient;
 use clientd_proto::google::longrunning::Operation;
 use clientd_store::{context, StoreError};
+use futures::stream::{self, BoxStream, Stream, StreamExt};
 use prost::Message;
 use re::action_cache_client::ActionCacheClient;
 use re::capabilities_client::CapabilitiesClient;
@@ -15,7 +16,7 @@ use re::execution_client::ExecutionClient;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, BinaryMetadataValue};
 use tonic::transport::Channel;
 use tonic::{Request, Status, Streaming};
@@ -36,6 +37,18 @@ pub(crate) fn digest_function_field(function: DigestFunction) -> i32 {
         function.to_proto()
     } else {
         0
+    }
+}
+
+/// A status of a call whose connection broke (the cluster went away mid-call) as UNAVAILABLE,
+/// the code clients retry; tonic reports it as UNKNOWN or INTERNAL with the transport error as its
+/// source. Statuses the cluster itself sent have no source and are kept.
+pub(crate) fn broken_connection_is_unavailable(status: Status) -> Status {
+    let transport = std::error::Error::source(&status).is_some();
+    if transport && matches!(status.code(), tonic::Code::Unknown | tonic::Code::Internal) {
+        Status::unavailable(format!("the connection broke: {}", status.message()))
+    } else {
+        status
     }
 }
 
@@ -62,6 +75,8 @@ pub struct ClusterOptions {
     pub headers: Vec<(String, String)>,
     pub retry: RetryPolicy,
     pub connect_timeout: Duration,
+    /// How long a call may wait for its answer, and a stream for its next message.
+    pub request_timeout: Duration,
 }
 
 pub struct Cluster {
@@ -70,6 +85,7 @@ pub struct Cluster {
     channel: Channel,
     headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
     retry: RetryPolicy,
+    request_timeout: Duration,
     /// The last `authorization` a client sent for this cluster. Memory only, never written to disk:
     /// the file system uses it to fetch blobs when no client call is in progress.
     authorization: Mutex<Option<AsciiMetadataValue>>,
@@ -108,6 +124,7 @@ impl Cluster {
             channel,
             headers,
             retry: options.retry,
+            request_timeout: options.request_timeout,
             authorization: Mutex::new(None),
             own_request_metadata: BinaryMetadataValue::from_bytes(
                 &re::RequestMetadata {
@@ -172,20 +189,75 @@ impl Cluster {
         self.authorization.lock().unwrap().is_some()
     }
 
-    /// Runs one call with retries; errors name the cluster and the call.
-    pub async fn call<T, F, Fut>(&self, what: &str, call: F) -> Result<T, Status>
+    /// How long a call made now may wait for its answer: the configured request timeout, or
+    /// less when the client call it serves has a sooner deadline.
+    pub fn call_timeout(&self) -> Duration {
+        let client_deadline = context::current().and_then(|c| c.deadline);
+        match client_deadline {
+            Some(deadline) => deadline
+                .saturating_duration_since(Instant::now())
+                .min(self.request_timeout),
+            None => self.request_timeout,
+        }
+    }
+
+    /// How long a stream from this cluster may go without a message, or an upload without the
+    /// cluster taking data, before it counts as stalled.
+    pub fn stall_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// Runs one call with retries, within [`Cluster::call_timeout`] in all (a cluster that hangs
+    /// gives DEADLINE_EXCEEDED then, not a stalled build); errors name the cluster and the call.
+    pub async fn call<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T, Status>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
-        self.retry.run(call).await.map_err(|status| {
-            let mut out = Status::new(
-                status.code(),
-                format!("{}: {what}: {}", self.describe(), status.message()),
-            );
-            *out.metadata_mut() = status.metadata().clone();
-            out
+        let timeout = self.call_timeout();
+        let attempts = self.retry.run(|| {
+            let attempt = call();
+            async move { attempt.await.map_err(broken_connection_is_unavailable) }
+        });
+        let status = match tokio::time::timeout(timeout, attempts).await {
+            Ok(Ok(response)) => return Ok(response),
+            Ok(Err(status)) => status,
+            Err(_) => Status::deadline_exceeded(format!("no answer within {timeout:?}")),
+        };
+        let mut out = Status::new(
+            status.code(),
+            format!("{}: {what}: {}", self.describe(), status.message()),
+        );
+        *out.metadata_mut() = status.metadata().clone();
+        Err(out)
+    }
+
+    /// `stream` as it arrives, failing with UNAVAILABLE when the cluster sends nothing for
+    /// [`Cluster::stall_timeout`], or the connection breaks: a stream is bounded by its progress,
+    /// not by its length (a 10 GiB read that keeps moving is fine).
+    pub fn progressing<T: Send + 'static>(
+        &self,
+        stream: impl Stream<Item = Result<T, Status>> + Send + 'static,
+    ) -> BoxStream<'static, Result<T, Status>> {
+        let stall = self.stall_timeout();
+        let stream = stream.boxed();
+        stream::unfold(Some(stream), move |stream| async move {
+            let mut stream = stream?;
+            match tokio::time::timeout(stall, stream.next()).await {
+                Ok(Some(Ok(item))) => Some((Ok(item), Some(stream))),
+                Ok(Some(Err(status))) => {
+                    Some((Err(broken_connection_is_unavailable(status)), None))
+                }
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(Status::unavailable(format!(
+                        "the stream stalled: nothing for {stall:?}"
+                    ))),
+                    None,
+                )),
+            }
         })
+        .boxed()
     }
 
     /// [`Cluster::call`] with the error as a [`StoreError`].
@@ -288,5 +360,85 @@ impl Cluster {
         ExecutionClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(request_timeout: Duration) -> Cluster {
+        Cluster::new(ClusterOptions {
+            prefix: "c.example.com".into(),
+            endpoint: Endpoint::parse("unix:/nonexistent/grpc").unwrap(),
+            ca_file: None,
+            headers: vec![],
+            retry: RetryPolicy::default(),
+            connect_timeout: Duration::from_secs(1),
+            request_timeout,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_keeps_moving_is_fine_and_one_that_stalls_is_unavailable() {
+        let cluster = cluster(Duration::from_secs(2));
+        // Ten messages a second apart: 10 s in all, never 2 s without progress.
+        let moving = stream::iter(0..10).then(|i| async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<_, Status>(i)
+        });
+        let got: Vec<_> = cluster.progressing(moving).collect().await;
+        assert_eq!(got.len(), 10);
+        assert!(got.iter().all(Result::is_ok));
+        // One message, then nothing.
+        let stalling = stream::iter([Ok::<_, Status>(1)]).chain(stream::pending());
+        let got: Vec<_> = cluster.progressing(stalling).collect().await;
+        assert_eq!(got.len(), 2);
+        let err = got[1].as_ref().unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(err.message().contains("stalled"), "{err:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_without_an_answer_ends_at_the_timeout_or_the_client_deadline() {
+        let cluster = cluster(Duration::from_secs(60));
+        let hang = || std::future::pending::<Result<(), Status>>();
+        let start = tokio::time::Instant::now();
+        let err = cluster.call("Hang", hang).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+        assert!(
+            err.message()
+                .starts_with("cluster c.example.com (unix:/nonexistent/grpc): Hang:"),
+            "{err:?}"
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(60));
+        // A client that waits 5 s: the call need not outlive it.
+        let mut headers = http::HeaderMap::new();
+        headers.insert("grpc-timeout", "5S".parse().unwrap());
+        let client = context::RequestContext::from_headers(&headers);
+        let start = tokio::time::Instant::now();
+        let err = context::scope(client, cluster.call("Hang", hang))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+        assert!(start.elapsed() <= Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_broken_connection_is_unavailable_and_a_cluster_s_own_status_is_kept() {
+        let broken = Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset by peer",
+        )));
+        assert_eq!(
+            broken_connection_is_unavailable(broken).code(),
+            tonic::Code::Unavailable
+        );
+        let own = Status::internal("the cluster's own failure");
+        assert_eq!(
+            broken_connection_is_unavailable(own).code(),
+            tonic::Code::Internal
+        );
     }
 }

@@ -34,6 +34,7 @@ fn cluster(endpoint: Endpoint) -> Cluster {
         headers: vec![("X-Api-Key".into(), "k1".into())],
         retry: RetryPolicy::default(),
         connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(60),
     })
     .unwrap()
 }

@@ -97,5 +97,6 @@ fn options_for(endpoint: &str) -> ClusterOptions {
         headers: vec![],
         retry: RetryPolicy::default(),
         connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(60),
     }
 }
