@@ -494,6 +494,73 @@ async fn eviction_at_the_configured_bound() {
     assert_eq!(err.code(), Code::ResourceExhausted);
 }
 
+/// Bytes of uploads in progress count against `cas.max_size_bytes`: a Write whose declared
+/// size cannot fit is refused before any byte is stored, and interrupted uploads give their room
+/// to a new one that needs it, so the bound holds on disk.
+#[tokio::test]
+async fn uploads_in_progress_count_against_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = r#"{"cas": {"max_size_bytes": 16000000, "sync_writes": false}}"#;
+    let daemon = Daemon::start(dir.path(), Some(config), &[]);
+    let mut c = daemon.clients().await;
+    let on_disk = || {
+        let mut total = 0;
+        let mut dirs = vec![dir.path().join("cache/clientd/cas")];
+        while let Some(d) = dirs.pop() {
+            for entry in std::fs::read_dir(d).unwrap() {
+                let entry = entry.unwrap();
+                let meta = entry.metadata().unwrap();
+                if meta.is_dir() {
+                    dirs.push(entry.path());
+                } else {
+                    total += meta.len();
+                }
+            }
+        }
+        total
+    };
+
+    // Declares 64 MiB: refused at the first message.
+    let big = pseudo_random(30, 64 << 20);
+    let name = write_name("local/b", &sha256(&big));
+    let first = write_requests(&name, &big[..1 << 20], 0, 1 << 20, false);
+    let err = c
+        .bytestream
+        .write(futures::stream::iter(first))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    assert_eq!(on_disk(), 0);
+
+    // Two 7 MB uploads interrupted half-way hold 14 MB of the 16; a third needs 7.
+    for seed in [31, 32] {
+        let data = pseudo_random(seed, 7_000_000);
+        let name = write_name("local/b", &sha256(&data));
+        let half = write_requests(&name, &data[..3_500_000], 0, 1 << 20, false);
+        let err = c
+            .bytestream
+            .write(futures::stream::iter(half))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    }
+    let third = pseudo_random(33, 7_000_000);
+    c.write("local/b", &third, 1 << 20).await.unwrap();
+    assert_eq!(
+        c.read("local/b", &sha256(&third), 0, 0).await.unwrap(),
+        third
+    );
+    let mut used = on_disk();
+    for _ in 0..100 {
+        if used <= 16_000_000 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        used = on_disk();
+    }
+    assert!(used <= 16_000_000, "{used} bytes on disk");
+}
+
 #[tokio::test]
 async fn socket_is_private_restart_keeps_blobs_and_sigterm_cleans_up() {
     let dir = tempfile::tempdir().unwrap();

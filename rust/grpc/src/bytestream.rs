@@ -4,7 +4,7 @@ use crate::request;
 use bs::byte_stream_server::ByteStream;
 use clientd_digest::{truncate, Compressor, DigestError, ReadResource, WriteResource};
 use clientd_proto::google::bytestream as bs;
-use clientd_store::{BlobSink, BlobStore, Clock};
+use clientd_store::{BlobSink, BlobStore, Clock, StoreError};
 use futures::stream::{BoxStream, StreamExt};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,6 +61,22 @@ impl ByteStreamService {
         uploads.entry(name.to_string()).or_default().clone()
     }
 
+    /// Drops every interrupted upload no Write is using (they give back the room they hold);
+    /// how many there were.
+    fn drop_idle_uploads(&self) -> usize {
+        let mut uploads = self.uploads.lock().unwrap();
+        let before = uploads.len();
+        uploads.retain(|_, slot| match slot.upload.try_lock() {
+            Ok(guard) => guard.is_none(),
+            Err(_) => true, // in use
+        });
+        let dropped = before - uploads.len();
+        if dropped > 0 {
+            tracing::info!("dropped {dropped} interrupted upload(s) to make room for a new one");
+        }
+        dropped
+    }
+
     fn forget(&self, name: &str) {
         self.uploads.lock().unwrap().remove(name);
     }
@@ -106,10 +122,15 @@ impl ByteStreamService {
                 self.forget(&name);
                 return Ok(done);
             }
-            let sink = self
-                .cas
-                .begin_write(&resource.instance_name, &digest)
-                .await?;
+            let begin = || self.cas.begin_write(&resource.instance_name, &digest);
+            let sink = match begin().await {
+                // Interrupted uploads waiting to be resumed hold room in the bound: a new
+                // upload that needs it takes it from them.
+                Err(StoreError::ResourceExhausted(_)) if self.drop_idle_uploads() > 0 => {
+                    begin().await?
+                }
+                other => other?,
+            };
             *guard = Some(PartialUpload {
                 sink,
                 last_active: self.clock.now(),

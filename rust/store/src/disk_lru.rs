@@ -10,6 +10,8 @@
 //!   readable until closed: a blob being read is never deleted under its reader.
 //! - At start the directory is scanned (names and sizes, no hashing) and ordered by mtime, which
 //!   reads refresh at most every [`TOUCH_INTERVAL`], so LRU order survives restarts.
+//! - Every byte on disk counts against the bound: an entry being written holds a [`Reservation`]
+//!   of its length from before its first byte until it is inserted or abandoned.
 
 use crate::clock::Clock;
 use crate::error::{StoreError, StoreResult};
@@ -19,6 +21,7 @@ use std::hash::Hash;
 use std::io;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tempfile::NamedTempFile;
@@ -67,6 +70,22 @@ pub struct DiskLru<K: DiskKey> {
     options: DiskLruOptions,
     clock: Arc<dyn Clock>,
     index: Mutex<Index<K>>,
+    /// Bytes reserved by entries being written; they count against the bound with the entries.
+    reserved: Arc<AtomicU64>,
+}
+
+/// Room for an entry being written, taken from the store's bound before its first byte. Dropping
+/// it (an abandoned write) gives the room back; [`DiskLru::insert`] turns it into the entry's own.
+#[must_use]
+pub struct Reservation {
+    reserved: Arc<AtomicU64>,
+    len: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.reserved.fetch_sub(self.len, Ordering::AcqRel);
+    }
 }
 
 impl<K: DiskKey> DiskLru<K> {
@@ -111,9 +130,42 @@ impl<K: DiskKey> DiskLru<K> {
             options,
             clock,
             index: Mutex::new(index),
+            reserved: Arc::new(AtomicU64::new(0)),
         };
         store.evict(&mut store.index.lock().unwrap())?;
         Ok(store)
+    }
+
+    /// Reserves room for an entry of `len` bytes about to be written, evicting the least recently
+    /// used entries to make it. RESOURCE_EXHAUSTED, before anything is written, when `len` exceeds
+    /// the bound or the room is held by other writes in progress.
+    pub fn reserve(&self, len: u64) -> StoreResult<Reservation> {
+        let max = self.options.max_bytes;
+        if len > max {
+            return Err(StoreError::ResourceExhausted(format!(
+                "{len} bytes do not fit in the store's bound of {max} bytes"
+            )));
+        }
+        let mut index = self.index.lock().unwrap();
+        let held = self.reserved.load(Ordering::Acquire);
+        if held.saturating_add(len) > max {
+            return Err(StoreError::ResourceExhausted(format!(
+                "writes in progress hold {held} of the store's {max} bytes; {len} more do not fit"
+            )));
+        }
+        let reservation = Reservation {
+            reserved: self.reserved.clone(),
+            len,
+        };
+        self.reserved.fetch_add(len, Ordering::AcqRel);
+        self.evict(&mut index)
+            .map_err(|e| StoreError::io("evicting", e))?;
+        Ok(reservation)
+    }
+
+    /// Bytes reserved by writes in progress.
+    pub fn reserved(&self) -> u64 {
+        self.reserved.load(Ordering::Acquire)
     }
 
     /// A temporary file in the store's own directory (same file system, so rename works).
@@ -138,9 +190,15 @@ impl<K: DiskKey> DiskLru<K> {
         }
     }
 
-    /// Makes `file` the entry for `key`. If the key is already present, an immutable key's new file
-    /// is discarded (equal keys mean equal content); a mutable key's entry is replaced atomically.
-    pub fn insert(&self, key: &K, file: NamedTempFile) -> StoreResult<()> {
+    /// Makes `file` the entry for `key`, in the room `reservation` held for it. If the key is
+    /// already present, an immutable key's new file is discarded (equal keys mean equal content);
+    /// a mutable key's entry is replaced atomically.
+    pub fn insert(
+        &self,
+        key: &K,
+        file: NamedTempFile,
+        reservation: Reservation,
+    ) -> StoreResult<()> {
         let what = || format!("storing {}", key.rel_path().display());
         let len = file
             .as_file()
@@ -183,6 +241,7 @@ impl<K: DiskKey> DiskLru<K> {
         let touched = self.now_secs();
         index.bytes += len;
         index.lru.put(key.clone(), Entry { len, touched });
+        drop(reservation);
         self.evict(&mut index)
             .map_err(|e| StoreError::io("evicting", e))
     }
@@ -239,8 +298,9 @@ impl<K: DiskKey> DiskLru<K> {
         (index.lru.len(), index.bytes)
     }
 
+    /// Evicts least recently used entries until they and the reservations fit the bound.
     fn evict(&self, index: &mut Index<K>) -> io::Result<()> {
-        while index.bytes > self.options.max_bytes {
+        while index.bytes + self.reserved.load(Ordering::Acquire) > self.options.max_bytes {
             let Some((key, entry)) = index.lru.pop_lru() else {
                 break;
             };
@@ -302,9 +362,10 @@ mod tests {
     }
 
     fn put(store: &DiskLru<Name>, name: &str, data: &[u8]) -> StoreResult<()> {
+        let reservation = store.reserve(data.len() as u64)?;
         let mut file = store.temp_file()?;
         file.write_all(data).unwrap();
-        store.insert(&Name(name.into()), file)
+        store.insert(&Name(name.into()), file, reservation)
     }
 
     fn read(store: &DiskLru<Name>, name: &str) -> Option<Vec<u8>> {
@@ -345,6 +406,36 @@ mod tests {
         assert!(matches!(err, StoreError::ResourceExhausted(_)), "{err:?}");
         assert_eq!(store.usage(), (0, 0));
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    /// Entries being written count against the bound from before their first byte: room is
+    /// made by evicting, refused when other writes hold it, and given back when a write is
+    /// abandoned.
+    #[test]
+    fn writes_in_progress_count_against_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskLru::<Name>::open(dir.path(), options(30), clock()).unwrap();
+        put(&store, "a", &[1; 10]).unwrap();
+        put(&store, "b", &[2; 10]).unwrap();
+        let first = store.reserve(15).unwrap(); // evicts a: 10 + 15 <= 30
+        assert_eq!(store.usage(), (1, 10));
+        assert_eq!(store.reserved(), 15);
+        let second = store.reserve(15).unwrap(); // evicts b
+        assert_eq!(store.usage(), (0, 0));
+        let err = store.reserve(1).err().unwrap();
+        assert!(matches!(err, StoreError::ResourceExhausted(_)), "{err:?}");
+        drop(first); // abandoned: its room is free again
+        assert_eq!(store.reserved(), 15);
+        let third = store.reserve(15).unwrap();
+        let mut file = store.temp_file().unwrap();
+        file.write_all(&[3; 15]).unwrap();
+        store.insert(&Name("c".into()), file, third).unwrap();
+        assert_eq!((store.usage(), store.reserved()), ((1, 15), 15));
+        drop(second);
+        assert_eq!(store.reserved(), 0);
+        // A declared length over the bound is refused at once.
+        let err = store.reserve(31).err().unwrap();
+        assert!(matches!(err, StoreError::ResourceExhausted(_)), "{err:?}");
     }
 
     #[test]

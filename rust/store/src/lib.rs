@@ -26,7 +26,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use completeness::CompletenessChecking;
 pub use concurrency_limiting::ConcurrencyLimiting;
 pub use demultiplexing::{Backend, Demultiplexing};
-pub use disk_lru::{DiskKey, DiskLru, DiskLruOptions};
+pub use disk_lru::{DiskKey, DiskLru, DiskLruOptions, Reservation};
 pub use error::{StoreError, StoreResult};
 pub use existence_caching::ExistenceCaching;
 pub use local_ac::LocalActionCache;

@@ -101,11 +101,12 @@ impl ActionCache for LocalActionCache {
         let entries = self.entries.clone();
         let data = result.encode_to_vec();
         let action = *action;
+        let reservation = entries.reserve(data.len() as u64)?;
         tokio::task::spawn_blocking(move || {
             let mut file = entries.temp_file()?;
             file.write_all(&data)
                 .map_err(|e| StoreError::io(format!("writing action result {action}"), e))?;
-            entries.insert(&key, file)
+            entries.insert(&key, file, reservation)
         })
         .await
         .map_err(join_error)?

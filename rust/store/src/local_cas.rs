@@ -1,7 +1,7 @@
 //! The local content-addressable storage: a [`DiskLru`] of blobs, verified on the way in.
 
 use crate::clock::Clock;
-use crate::disk_lru::{DiskKey, DiskLru, DiskLruOptions};
+use crate::disk_lru::{DiskKey, DiskLru, DiskLruOptions, Reservation};
 use crate::error::{StoreError, StoreResult};
 use crate::traits::{mismatch, BlobSink, BlobStore, ByteStream};
 use async_trait::async_trait;
@@ -142,6 +142,9 @@ impl BlobStore for LocalCas {
         _instance_name: &str,
         digest: &Digest,
     ) -> StoreResult<Box<dyn BlobSink>> {
+        // The declared size is reserved before any byte arrives: a blob that cannot fit is
+        // refused at once, and uploads in progress count against the bound.
+        let reservation = self.blobs.reserve(digest.size())?;
         let file = self.blobs.temp_file()?;
         let (to_writer, chunks) = mpsc::channel::<Bytes>(4);
         let what = format!("writing blob {digest}");
@@ -154,6 +157,7 @@ impl BlobStore for LocalCas {
         let hasher = tokio::task::spawn_blocking(move || hash_chunks(function, chunks));
         Ok(Box::new(LocalSink {
             blobs: self.blobs.clone(),
+            reservation,
             digest: *digest,
             to: Some([to_writer, to_hasher]),
             writer,
@@ -177,11 +181,12 @@ impl BlobStore for LocalCas {
         }
         let blobs = self.blobs.clone();
         let digest = *digest;
+        let reservation = blobs.reserve(digest.size())?;
         tokio::task::spawn_blocking(move || {
             let mut file = blobs.temp_file()?;
             file.write_all(&data)
                 .map_err(|e| StoreError::io(format!("writing blob {digest}"), e))?;
-            blobs.insert(&digest, file)
+            blobs.insert(&digest, file, reservation)
         })
         .await
         .map_err(join_error)?
@@ -190,6 +195,8 @@ impl BlobStore for LocalCas {
 
 struct LocalSink {
     blobs: Arc<DiskLru<Digest>>,
+    /// The blob's room in the bound, held until it is stored or the upload is dropped.
+    reservation: Reservation,
     digest: Digest,
     /// The writer's and the hasher's queues; None once committed.
     to: Option<[mpsc::Sender<Bytes>; 2]>,
@@ -245,9 +252,13 @@ impl BlobSink for LocalSink {
         if self.digest.is_empty_blob() {
             return Ok(());
         }
-        let blobs = self.blobs.clone();
-        let digest = self.digest;
-        tokio::task::spawn_blocking(move || blobs.insert(&digest, file))
+        let LocalSink {
+            blobs,
+            reservation,
+            digest,
+            ..
+        } = *self;
+        tokio::task::spawn_blocking(move || blobs.insert(&digest, file, reservation))
             .await
             .map_err(join_error)?
     }
