@@ -15,8 +15,8 @@ pub async fn print(config: &Config) -> Result<(), String> {
             "no credentials seen"
         };
         println!(
-            "cluster {} {} ({credentials})",
-            cluster.prefix, cluster.endpoint
+            "cluster {} {} {} ({credentials})",
+            cluster.prefix, cluster.endpoint, cluster.state
         );
     }
     Ok(())

@@ -273,21 +273,42 @@ async fn a_dead_cluster_is_unavailable_quickly_and_local_keeps_working() {
     );
 }
 
-/// A cluster that hangs (SIGSTOP: as a frozen server or a dead VPN behaves) fails each call
-/// within `request_timeout_seconds`, not at the client's own deadline; blobs already local are
-/// still served; once the cluster answers again, so do the calls.
+/// A cluster that hangs (SIGSTOP: as a frozen server or a dropped VPN behaves): the first call
+/// fails within `request_timeout_seconds` (not at the client's own deadline) and marks it down;
+/// then calls fail at once while what is local is still served, action results whose outputs are
+/// local included (offline mode); once it answers again, a probe brings it back.
 #[tokio::test]
-async fn a_hung_cluster_fails_calls_within_the_request_timeout() {
+async fn a_hung_cluster_is_marked_down_and_comes_back() {
     let dir = tempfile::tempdir().unwrap();
     let upstream = Daemon::start(&dir.path().join("up"), None, &[]);
     let config = format!(
-        r#"{{"clusters": {{"up.example.com": {{"endpoint": "unix:{}", "request_timeout_seconds": 2}}}}}}"#,
+        r#"{{"clusters": {{"up.example.com": {{"endpoint": "unix:{}", "request_timeout_seconds": 2}}}},
+            "existence_cache": {{"ttl_seconds": 1}}}}"#,
         upstream.socket.display()
     );
     let proxy = Daemon::start(&dir.path().join("proxy"), Some(&config), &[]);
     let mut clients = proxy.clients().await;
     let local = pseudo_random(40, 1000);
     clients.write(PROXIED, &local, 1000).await.unwrap();
+    let action = sha256(b"an action built before the VPN dropped");
+    let result = re::ActionResult {
+        output_files: vec![re::OutputFile {
+            path: "out".into(),
+            digest: Some(sha256(&local).to_proto()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    clients
+        .ac
+        .update_action_result(re::UpdateActionResultRequest {
+            instance_name: PROXIED.into(),
+            action_digest: Some(action.to_proto()),
+            action_result: Some(result.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let uncached = pseudo_random(41, 1000);
     upstream
         .clients()
@@ -295,8 +316,10 @@ async fn a_hung_cluster_fails_calls_within_the_request_timeout() {
         .write(UPSTREAM, &uncached, 1000)
         .await
         .unwrap();
+    // Past the existence-cache TTL: every answer about the cluster's contents is stale.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
 
-    let stop = |signal: &str| {
+    let signal = |signal: &str| {
         let pid = upstream.pid().to_string();
         assert!(std::process::Command::new("kill")
             .args([signal, &pid])
@@ -304,12 +327,12 @@ async fn a_hung_cluster_fails_calls_within_the_request_timeout() {
             .unwrap()
             .success());
     };
-    stop("-STOP");
-    let within = |start: Instant| {
+    let timed = |start: Instant, most: Duration| {
         let took = start.elapsed();
-        assert!(took < Duration::from_secs(6), "took {took:?}");
+        assert!(took < most, "took {took:?}");
     };
-    // A unary call and a read that needs the cluster: DEADLINE_EXCEEDED naming the cluster.
+    signal("-STOP");
+    // The first call waits out the request timeout: DEADLINE_EXCEEDED naming the cluster.
     let start = Instant::now();
     let err = clients
         .cas
@@ -320,32 +343,53 @@ async fn a_hung_cluster_fails_calls_within_the_request_timeout() {
         })
         .await
         .unwrap_err();
-    within(start);
+    timed(start, Duration::from_secs(6));
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     assert!(err.message().contains("cluster up.example.com"), "{err:?}");
+    // Now it is down: what needs it fails at once, UNAVAILABLE.
     let start = Instant::now();
     let err = clients
         .read(PROXIED, &sha256(&uncached), 0, 0)
         .await
         .unwrap_err();
-    within(start);
-    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
-    // An upload the cluster stops taking: UNAVAILABLE once it stalls.
+    timed(start, Duration::from_secs(2));
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("is down"), "{err:?}");
     let start = Instant::now();
     let err = clients
         .write(PROXIED, &pseudo_random(42, 8 << 20), 1 << 20)
         .await
         .unwrap_err();
-    within(start);
+    timed(start, Duration::from_secs(2));
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert!(err.message().contains("stalled"), "{err:?}");
-    // What is local is still served.
+    let state = cluster_state(&proxy).await;
+    assert!(state.starts_with("down for"), "{state}");
+    // What is local is still served: blobs, and the action result whose outputs are local.
     assert_eq!(
         clients.read(PROXIED, &sha256(&local), 0, 0).await.unwrap(),
         local
     );
+    let start = Instant::now();
+    let offline = clients
+        .ac
+        .get_action_result(re::GetActionResultRequest {
+            instance_name: PROXIED.into(),
+            action_digest: Some(action.to_proto()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    timed(start, Duration::from_secs(2));
+    assert_eq!(offline, result);
+    assert_eq!(stats(&proxy).await["action_results_offline"], 1);
 
-    stop("-CONT");
+    signal("-CONT");
+    let start = Instant::now();
+    while !cluster_state(&proxy).await.starts_with("up") {
+        assert!(start.elapsed() < Duration::from_secs(10), "still down");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(
         clients
             .read(PROXIED, &sha256(&uncached), 0, 0)
@@ -353,6 +397,16 @@ async fn a_hung_cluster_fails_calls_within_the_request_timeout() {
             .unwrap(),
         uncached
     );
+}
+
+/// The proxy's only cluster's state, as `clientd stats` shows it.
+async fn cluster_state(daemon: &Daemon) -> String {
+    let response = pb::stats_client::StatsClient::new(daemon.channel().await)
+        .get_stats(pb::GetStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    response.clusters[0].state.clone()
 }
 
 #[tokio::test]

@@ -44,6 +44,7 @@ impl StatsService {
                 prefix: cluster.prefix().to_string(),
                 endpoint: cluster.endpoint().to_string(),
                 has_credentials: cluster.has_credentials(),
+                state: cluster.state(),
             })
             .collect()
     }

@@ -6,10 +6,14 @@
 //! served while every blob it names is in the local CAS, so Bazel can always download its
 //! outputs. A cluster's action cache stays the authority: uploads go through to it, and after
 //! `ttl` the cluster is asked again.
+//!
+//! Offline mode: a result past its `ttl` is kept (the LRU bounds them), and served when the
+//! cluster does not answer (UNAVAILABLE or DEADLINE_EXCEEDED: down, hung, the VPN dropped) as long
+//! as its blobs are all local, so a developer keeps getting cache hits for what was built before.
 
 use crate::clock::Clock;
 use crate::completeness::referenced_digests;
-use crate::error::StoreResult;
+use crate::error::{StoreError, StoreResult};
 use crate::stats::Stats;
 use crate::traits::{ActionCache, BlobStore};
 use async_trait::async_trait;
@@ -50,6 +54,21 @@ impl ActionResultCaching {
         }
     }
 
+    /// Whether every blob `result` names is in the local CAS (Bazel can download its outputs).
+    async fn complete(
+        &self,
+        instance_name: &str,
+        action: &Digest,
+        result: &ActionResult,
+    ) -> StoreResult<bool> {
+        let outputs = referenced_digests(action, result)?;
+        Ok(self
+            .local_cas
+            .find_missing(instance_name, &outputs)
+            .await?
+            .is_empty())
+    }
+
     fn remember(&self, instance_name: &str, action: &Digest, result: ActionResult) {
         let until = self.clock.now() + self.ttl;
         self.results
@@ -63,34 +82,35 @@ impl ActionResultCaching {
 impl ActionCache for ActionResultCaching {
     async fn get(&self, instance_name: &str, action: &Digest) -> StoreResult<Option<ActionResult>> {
         let key = (Arc::<str>::from(instance_name), *action);
-        let remembered = {
-            let mut results = self.results.lock().unwrap();
-            match results.get(&key) {
-                Some((result, until)) if *until > self.clock.now() => Some(result.clone()),
-                Some(_) => {
-                    results.pop(&key);
-                    None
-                }
-                None => None,
-            }
-        };
-        if let Some(result) = remembered {
-            let outputs = referenced_digests(action, &result)?;
-            if self
-                .local_cas
-                .find_missing(instance_name, &outputs)
-                .await?
-                .is_empty()
-            {
+        let remembered = self.results.lock().unwrap().get(&key).cloned();
+        let fresh = remembered
+            .as_ref()
+            .is_some_and(|(_, until)| *until > self.clock.now());
+        if fresh {
+            let (result, _) = remembered.as_ref().expect("fresh");
+            if self.complete(instance_name, action, result).await? {
                 Stats::add(&self.stats.action_results_local, 1);
-                return Ok(Some(ActionResult::clone(&result)));
+                return Ok(Some(ActionResult::clone(result)));
             }
         }
-        let result = self.inner.get(instance_name, action).await?;
-        if let Some(result) = &result {
-            self.remember(instance_name, action, result.clone());
+        match self.inner.get(instance_name, action).await {
+            Ok(result) => {
+                if let Some(result) = &result {
+                    self.remember(instance_name, action, result.clone());
+                }
+                Ok(result)
+            }
+            Err(e @ (StoreError::Unavailable(_) | StoreError::DeadlineExceeded(_))) => {
+                match remembered {
+                    Some((result, _)) if self.complete(instance_name, action, &result).await? => {
+                        Stats::add(&self.stats.action_results_offline, 1);
+                        Ok(Some(ActionResult::clone(&result)))
+                    }
+                    _ => Err(e),
+                }
+            }
+            Err(e) => Err(e),
         }
-        Ok(result)
     }
 
     async fn put(
@@ -178,5 +198,97 @@ mod tests {
             Some(ActionResult::default())
         );
         assert_eq!(local_hits(), 1);
+    }
+
+    /// An action cache whose cluster can be switched off.
+    struct Switchable {
+        inner: LocalActionCache,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait]
+    impl ActionCache for Switchable {
+        async fn get(&self, i: &str, action: &Digest) -> StoreResult<Option<ActionResult>> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("cluster c: down".into()));
+            }
+            self.inner.get(i, action).await
+        }
+        async fn put(&self, i: &str, action: &Digest, result: &ActionResult) -> StoreResult<()> {
+            self.inner.put(i, action, result).await
+        }
+    }
+
+    /// Offline mode: past its TTL a remembered result is served while the cluster does not
+    /// answer, if its outputs are local; otherwise the cluster's error goes through.
+    #[tokio::test]
+    async fn remembered_results_are_served_while_the_cluster_is_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH));
+        let options = DiskLruOptions {
+            max_bytes: 1 << 20,
+            sync_writes: false,
+        };
+        let cluster = Arc::new(Switchable {
+            inner: LocalActionCache::open(&dir.path().join("ac"), options, clock.clone()).unwrap(),
+            down: false.into(),
+        });
+        let local =
+            Arc::new(LocalCas::open(&dir.path().join("cas"), options, clock.clone()).unwrap());
+        let stats = Arc::new(Stats::default());
+        let caching = ActionResultCaching::new(
+            cluster.clone(),
+            local.clone(),
+            NonZeroUsize::new(10).unwrap(),
+            Duration::from_secs(300),
+            clock.clone(),
+            stats.clone(),
+        );
+        let output = bytes::Bytes::from_static(b"output");
+        let output_digest = DigestFunction::Sha256.digest_of(&output);
+        let result = ActionResult {
+            output_files: vec![OutputFile {
+                path: "o".into(),
+                digest: Some(output_digest.to_proto()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let (built, elsewhere) = (
+            DigestFunction::Sha256.digest_of(b"built here"),
+            DigestFunction::Sha256.digest_of(b"outputs not local"),
+        );
+        caching.put("i", &built, &result).await.unwrap();
+        caching
+            .put(
+                "i",
+                &elsewhere,
+                &ActionResult {
+                    output_files: vec![OutputFile {
+                        path: "p".into(),
+                        digest: Some(DigestFunction::Sha256.digest_of(b"never local").to_proto()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        local.write_bytes("", &output_digest, output).await.unwrap();
+        clock.advance(Duration::from_secs(3600));
+        cluster
+            .down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(caching.get("i", &built).await.unwrap(), Some(result));
+        assert_eq!(
+            stats
+                .action_results_offline
+                .load(std::sync::atomic::Ordering::SeqCst),
+            1
+        );
+        let err = caching.get("i", &elsewhere).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        let never = DigestFunction::Sha256.digest_of(b"never built");
+        assert!(caching.get("i", &never).await.is_err());
     }
 }

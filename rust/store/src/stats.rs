@@ -35,6 +35,8 @@ counters! {
     find_missing_upstream,
     /// GetActionResult calls for clusters answered from remembered results.
     action_results_local,
+    /// GetActionResult calls answered from remembered results while their cluster did not answer.
+    action_results_offline,
     /// Blobs uploaded to a cluster.
     upstream_writes,
     /// Bytes of those uploads.

@@ -8,6 +8,7 @@
 use crate::cluster::{
     broken_connection_is_unavailable, digest_function_field, upstream_error, Cluster,
 };
+use crate::health::Watch;
 use async_trait::async_trait;
 use bytes::Bytes;
 use clientd_digest::{Digest, DigestFunction, ReadResource, WriteResource};
@@ -230,6 +231,9 @@ impl BlobStore for UpstreamCas {
                 data: bytes::BytesMut::new(),
             }));
         }
+        self.cluster
+            .check_up(format_args!("ByteStream.Write of blob {digest}"))
+            .map_err(|s| StoreError::from_status(&s))?;
         Ok(Box::new(ByteStreamSink::start(
             &self.cluster,
             instance_name,
@@ -346,6 +350,8 @@ struct ByteStreamSink {
     stall: Duration,
     /// The call's outcome once known (the call's handle can be awaited only once).
     outcome: Option<StoreResult<()>>,
+    /// Told when the cluster stops answering.
+    watch: Watch,
 }
 
 impl ByteStreamSink {
@@ -372,6 +378,7 @@ impl ByteStreamSink {
             call,
             stall: cluster.stall_timeout(),
             outcome: None,
+            watch: cluster.watch().clone(),
         }
     }
 
@@ -413,6 +420,7 @@ impl ByteStreamSink {
             "the upload stalled: the cluster took nothing for {:?}",
             self.stall
         ));
+        self.watch.failed(&status);
         self.outcome = Some(Err(self.error(&status)));
     }
 
@@ -433,7 +441,10 @@ impl ByteStreamSink {
                             "{}: ByteStream.Write of blob {}: committed {} bytes",
                             self.describe, self.digest, r.committed_size
                         ))),
-                        Err(status) => Err(self.error(&status)),
+                        Err(status) => {
+                            self.watch.failed(&status);
+                            Err(self.error(&status))
+                        }
                     });
                 }
                 Err(_) => self.stalled(),

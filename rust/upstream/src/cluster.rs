@@ -1,6 +1,7 @@
 //! One configured cluster: its channel, the headers its calls carry, retries and capabilities.
 
 use crate::endpoint::Endpoint;
+use crate::health::Watch;
 use crate::retry::RetryPolicy;
 use clientd_digest::DigestFunction;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
@@ -17,7 +18,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, BinaryMetadataValue};
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, BinaryMetadataValue, MetadataMap};
 use tonic::transport::Channel;
 use tonic::{Request, Status, Streaming};
 
@@ -94,6 +95,8 @@ pub struct Cluster {
     own_request_metadata: BinaryMetadataValue,
     /// Capabilities by (stripped) instance name, fetched once.
     capabilities: tokio::sync::Mutex<HashMap<String, re::ServerCapabilities>>,
+    /// Whether it answers; calls fail at once while it does not.
+    watch: Watch,
 }
 
 impl Cluster {
@@ -103,7 +106,7 @@ impl Cluster {
             .endpoint
             .channel(options.ca_file.as_deref(), options.connect_timeout)
             .map_err(|e| format!("cluster {:?}: {e}", options.prefix))?;
-        let headers = options
+        let headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)> = options
             .headers
             .iter()
             .map(|(name, value)| {
@@ -118,24 +121,32 @@ impl Cluster {
                 }
             })
             .collect::<Result<_, _>>()?;
+        let own_request_metadata = BinaryMetadataValue::from_bytes(
+            &re::RequestMetadata {
+                tool_details: Some(re::ToolDetails {
+                    tool_name: "clientd".into(),
+                    tool_version: env!("CARGO_PKG_VERSION").into(),
+                }),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        let mut probe_metadata = MetadataMap::new();
+        for (key, value) in &headers {
+            probe_metadata.insert(key.clone(), value.clone());
+        }
+        probe_metadata.insert_bin(REQUEST_METADATA, own_request_metadata.clone());
+        let describe = format!("cluster {} ({})", options.prefix, options.endpoint);
         Ok(Cluster {
             prefix: options.prefix,
             endpoint: options.endpoint,
+            watch: Watch::new(describe, channel.clone(), probe_metadata),
             channel,
             headers,
             retry: options.retry,
             request_timeout: options.request_timeout,
             authorization: Mutex::new(None),
-            own_request_metadata: BinaryMetadataValue::from_bytes(
-                &re::RequestMetadata {
-                    tool_details: Some(re::ToolDetails {
-                        tool_name: "clientd".into(),
-                        tool_version: env!("CARGO_PKG_VERSION").into(),
-                    }),
-                    ..Default::default()
-                }
-                .encode_to_vec(),
-            ),
+            own_request_metadata,
             capabilities: Default::default(),
         })
     }
@@ -184,6 +195,16 @@ impl Cluster {
         request
     }
 
+    /// "up", or "down for N s: why" (shown by `clientd stats`).
+    pub fn state(&self) -> String {
+        self.watch.health.describe()
+    }
+
+    /// Marks the cluster down and brings it back (see [`Watch::failed`]).
+    pub(crate) fn watch(&self) -> &Watch {
+        &self.watch
+    }
+
     /// Whether credentials from a client are remembered (shown by `clientd stats`).
     pub fn has_credentials(&self) -> bool {
         self.authorization.lock().unwrap().is_some()
@@ -215,14 +236,25 @@ impl Cluster {
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let timeout = self.call_timeout();
-        let attempts = self.retry.run(|| {
-            let attempt = call();
-            async move { attempt.await.map_err(broken_connection_is_unavailable) }
-        });
-        let status = match tokio::time::timeout(timeout, attempts).await {
-            Ok(Ok(response)) => return Ok(response),
-            Ok(Err(status)) => status,
-            Err(_) => Status::deadline_exceeded(format!("no answer within {timeout:?}")),
+        let status = match self.watch.health.refusal() {
+            Some(refusal) => refusal,
+            None => {
+                let attempts = self.retry.run(|| {
+                    let attempt = call();
+                    async move { attempt.await.map_err(broken_connection_is_unavailable) }
+                });
+                let status = match tokio::time::timeout(timeout, attempts).await {
+                    Ok(Ok(response)) => return Ok(response),
+                    Ok(Err(status)) => status,
+                    Err(_) => Status::deadline_exceeded(format!("no answer within {timeout:?}")),
+                };
+                // A client's own short deadline passing says nothing about the cluster.
+                if status.code() != tonic::Code::DeadlineExceeded || timeout == self.request_timeout
+                {
+                    self.watch.failed(&status);
+                }
+                status
+            }
         };
         let mut out = Status::new(
             status.code(),
@@ -230,6 +262,19 @@ impl Cluster {
         );
         *out.metadata_mut() = status.metadata().clone();
         Err(out)
+    }
+
+    /// UNAVAILABLE at once, naming the cluster and `what`, while the cluster is down: for calls
+    /// that do not go through [`Cluster::call`] (a streamed upload).
+    pub(crate) fn check_up(&self, what: impl std::fmt::Display) -> Result<(), Status> {
+        match self.watch.health.refusal() {
+            Some(refusal) => Err(Status::unavailable(format!(
+                "{}: {what}: {}",
+                self.describe(),
+                refusal.message()
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// `stream` as it arrives, failing with UNAVAILABLE when the cluster sends nothing for
@@ -241,20 +286,21 @@ impl Cluster {
     ) -> BoxStream<'static, Result<T, Status>> {
         let stall = self.stall_timeout();
         let stream = stream.boxed();
-        stream::unfold(Some(stream), move |stream| async move {
-            let mut stream = stream?;
-            match tokio::time::timeout(stall, stream.next()).await {
-                Ok(Some(Ok(item))) => Some((Ok(item), Some(stream))),
-                Ok(Some(Err(status))) => {
-                    Some((Err(broken_connection_is_unavailable(status)), None))
-                }
-                Ok(None) => None,
-                Err(_) => Some((
-                    Err(Status::unavailable(format!(
-                        "the stream stalled: nothing for {stall:?}"
-                    ))),
-                    None,
-                )),
+        let watch = self.watch.clone();
+        stream::unfold(Some(stream), move |stream| {
+            let watch = watch.clone();
+            async move {
+                let mut stream = stream?;
+                let status = match tokio::time::timeout(stall, stream.next()).await {
+                    Ok(Some(Ok(item))) => return Some((Ok(item), Some(stream))),
+                    Ok(None) => return None,
+                    Ok(Some(Err(status))) => broken_connection_is_unavailable(status),
+                    Err(_) => {
+                        Status::unavailable(format!("the stream stalled: nothing for {stall:?}"))
+                    }
+                };
+                watch.failed(&status);
+                Some((Err(status), None))
             }
         })
         .boxed()
@@ -404,16 +450,8 @@ mod tests {
     async fn a_call_without_an_answer_ends_at_the_timeout_or_the_client_deadline() {
         let cluster = cluster(Duration::from_secs(60));
         let hang = || std::future::pending::<Result<(), Status>>();
-        let start = tokio::time::Instant::now();
-        let err = cluster.call("Hang", hang).await.unwrap_err();
-        assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
-        assert!(
-            err.message()
-                .starts_with("cluster c.example.com (unix:/nonexistent/grpc): Hang:"),
-            "{err:?}"
-        );
-        assert_eq!(start.elapsed(), Duration::from_secs(60));
-        // A client that waits 5 s: the call need not outlive it.
+        // A client that waits 5 s: the call need not outlive it, and the cluster is not judged
+        // by the client's impatience.
         let mut headers = http::HeaderMap::new();
         headers.insert("grpc-timeout", "5S".parse().unwrap());
         let client = context::RequestContext::from_headers(&headers);
@@ -423,6 +461,28 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
         assert!(start.elapsed() <= Duration::from_secs(5));
+        assert_eq!(cluster.state(), "up");
+        // No answer within the request timeout: DEADLINE_EXCEEDED, and the cluster is down.
+        let start = tokio::time::Instant::now();
+        let err = cluster.call("Hang", hang).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+        assert!(
+            err.message()
+                .starts_with("cluster c.example.com (unix:/nonexistent/grpc): Hang:"),
+            "{err:?}"
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(60));
+        assert!(
+            cluster.state().starts_with("down for"),
+            "{}",
+            cluster.state()
+        );
+        // While it is down, calls fail at once.
+        let start = tokio::time::Instant::now();
+        let err = cluster.call("Hang", hang).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(err.message().contains("the cluster is down"), "{err:?}");
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 
     #[test]

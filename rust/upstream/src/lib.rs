@@ -11,6 +11,7 @@ mod action_cache;
 mod cas;
 mod cluster;
 mod endpoint;
+mod health;
 mod retry;
 
 pub use action_cache::UpstreamActionCache;

@@ -100,6 +100,9 @@ pub mod get_stats_response {
         /// Whether a client's credentials are remembered (in memory) for background reads.
         #[prost(bool, tag = "3")]
         pub has_credentials: bool,
+        /// "up", or "down for N s: <why>" while calls fail at once and clientd probes it.
+        #[prost(string, tag = "4")]
+        pub state: ::prost::alloc::string::String,
     }
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
