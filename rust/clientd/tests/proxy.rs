@@ -399,6 +399,77 @@ async fn a_hung_cluster_is_marked_down_and_comes_back() {
     );
 }
 
+/// A streamed fetch from the cluster that stalls (the cluster SIGSTOPped mid-stream) or breaks
+/// (the cluster killed mid-stream) fails with UNAVAILABLE, the code clients retry, and leaves no
+/// blob behind.
+#[tokio::test]
+async fn a_fetch_that_stalls_or_breaks_mid_stream_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let no_sync = r#"{"cas": {"sync_writes": false}}"#;
+    let upstream = Daemon::start(&dir.path().join("up"), Some(no_sync), &[]);
+    let config = format!(
+        r#"{{"clusters": {{"up.example.com": {{"endpoint": "unix:{}", "request_timeout_seconds": 2}}}},
+            "cas": {{"sync_writes": false}}}}"#,
+        upstream.socket.display()
+    );
+    let proxy = Daemon::start(&dir.path().join("proxy"), Some(&config), &[]);
+    // Large enough that a fetch is seen under way (its temporary file has bytes) before it ends.
+    let blobs: Vec<Vec<u8>> = (0..2).map(|i| pseudo_random(50 + i, 64 << 20)).collect();
+    let mut up = upstream.clients().await;
+    for blob in &blobs {
+        up.write(UPSTREAM, blob, 1 << 20).await.unwrap();
+    }
+    let tmp = proxy.home.join("cache/clientd/cas/tmp");
+    let pid = upstream.pid().to_string();
+    for (blob, signal) in blobs.iter().zip(["-STOP", "-KILL"]) {
+        let digest = sha256(blob);
+        let mut clients = proxy.clients().await;
+        let read = tokio::spawn(async move { clients.read(PROXIED, &digest, 0, 0).await });
+        // Wait until the fetch is under way: its temporary file has bytes.
+        let start = Instant::now();
+        while !std::fs::read_dir(&tmp)
+            .unwrap()
+            .any(|e| e.unwrap().metadata().unwrap().len() > 0)
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no fetch started"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let start = Instant::now();
+        let err = read.await.unwrap().unwrap_err();
+        assert!(
+            start.elapsed() < Duration::from_secs(6),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(err.code(), Code::Unavailable, "{signal}: {err:?}");
+        assert!(
+            !cas_file(&proxy, &digest).exists(),
+            "{signal}: a partial blob was kept"
+        );
+        if signal == "-STOP" {
+            // Let it go on, and wait for the proxy's probe to find it answering again.
+            let status = std::process::Command::new("kill")
+                .args(["-CONT", &pid])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            let start = Instant::now();
+            while !cluster_state(&proxy).await.starts_with("up") {
+                assert!(start.elapsed() < Duration::from_secs(10), "still down");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// The proxy's only cluster's state, as `clientd stats` shows it.
 async fn cluster_state(daemon: &Daemon) -> String {
     let response = pb::stats_client::StatsClient::new(daemon.channel().await)
