@@ -41,6 +41,11 @@ pub(crate) fn digest_function_field(function: DigestFunction) -> i32 {
     }
 }
 
+/// `cluster PREFIX (ENDPOINT)`, the start of every error about a cluster.
+fn describe(prefix: &str, endpoint: &Endpoint) -> String {
+    format!("cluster {prefix} ({endpoint})")
+}
+
 /// A status of a call whose connection broke (the cluster went away mid-call) as UNAVAILABLE,
 /// the code clients retry; tonic reports it as UNKNOWN or INTERNAL with the transport error as its
 /// source. Statuses the cluster itself sent have no source and are kept.
@@ -136,11 +141,14 @@ impl Cluster {
             probe_metadata.insert(key.clone(), value.clone());
         }
         probe_metadata.insert_bin(REQUEST_METADATA, own_request_metadata.clone());
-        let describe = format!("cluster {} ({})", options.prefix, options.endpoint);
         Ok(Cluster {
+            watch: Watch::new(
+                describe(&options.prefix, &options.endpoint),
+                channel.clone(),
+                probe_metadata,
+            ),
             prefix: options.prefix,
             endpoint: options.endpoint,
-            watch: Watch::new(describe, channel.clone(), probe_metadata),
             channel,
             headers,
             retry: options.retry,
@@ -161,7 +169,7 @@ impl Cluster {
 
     /// `cluster PREFIX (ENDPOINT)`, the start of every error about this cluster.
     pub fn describe(&self) -> String {
-        format!("cluster {} ({})", self.prefix, self.endpoint)
+        describe(&self.prefix, &self.endpoint)
     }
 
     /// A request carrying the static headers and the forwarded ones: those of the client call in
