@@ -11,12 +11,12 @@
     )
 
 External crates come from Cargo.toml through crate_universe's all_crate_deps() (for the
-package of the BUILD file that calls the macro); `deps` are the internal path
-dependencies. tests/check_bazel_sync.py evaluates this file to check each crate against
+package of the BUILD file that calls the macro), with their Cargo names from aliases();
+`deps` are the internal path dependencies. tests/check_bazel_sync.py evaluates this file to check each crate against
 its Cargo.toml, so a change here is checked like a change in a BUILD file.
 """
 
-load("@crates//:defs.bzl", "all_crate_deps")
+load("@crates//:defs.bzl", "aliases", "all_crate_deps")
 load("@rules_rust//rust:defs.bzl", "rust_library", "rust_test")
 
 def clientd_crate(name, deps = []):
@@ -38,6 +38,8 @@ def clientd_crate(name, deps = []):
     rust_library(
         name = name,
         srcs = native.glob(["src/**/*.rs"]),
+        # Renamed dependencies (`hex = { package = "const-hex" }`) keep their Cargo names.
+        aliases = aliases(),
         crate_name = name,
         edition = "2021",
         proc_macro_deps = all_crate_deps(proc_macro = True),
@@ -47,6 +49,10 @@ def clientd_crate(name, deps = []):
 
     rust_test(
         name = name + "_test",
+        aliases = aliases(
+            normal = True,
+            normal_dev = True,
+        ),
         crate = ":" + name,
         proc_macro_deps = all_crate_deps(proc_macro_dev = True),
         deps = all_crate_deps(normal_dev = True),
@@ -56,6 +62,10 @@ def clientd_crate(name, deps = []):
         rust_test(
             name = src[len("tests/"):-len(".rs")],
             srcs = [src] + native.glob(["tests/common/**/*.rs"], allow_empty = True),
+            aliases = aliases(
+                normal = True,
+                normal_dev = True,
+            ),
             crate_root = src,
             edition = "2021",
             proc_macro_deps = all_crate_deps(

@@ -63,6 +63,8 @@ def _impl(ctx):
 
 def _attrs(kind):
     attrs = {
+        # rules_rust's type: crate label -> the name the crate is known by.
+        "aliases": attr.label_keyed_string_dict(),
         "compile_data": attr.label_list(allow_files = True),
         "crate_name": attr.string(),
         "crate_root": attr.label(allow_single_file = [".rs"]),
@@ -99,6 +101,10 @@ stub_exe = rule(implementation = _exe_impl, executable = True)
 '''
 
 CRATES_DEFS = r'''
+def aliases(normal = False, normal_dev = False, proc_macro = False, proc_macro_dev = False, build = False, build_proc_macro = False, package_name = None):
+    """Like crate_universe's: renamed crates' labels -> their Cargo names (none are modelled here)."""
+    return {}
+
 def all_crate_deps(normal = False, normal_dev = False, proc_macro = False, proc_macro_dev = False, build = False, build_proc_macro = False, package_name = None):
     """Like crate_universe's: labels of the package's direct external crates of the kinds asked for."""
     if package_name == None:

@@ -14,7 +14,9 @@ For every workspace member (the root Cargo.toml's `members` globs) this checks:
   d. external crates come from all_crate_deps(normal = True) in deps and
      all_crate_deps(proc_macro = True) in proc_macro_deps (or explicit
      @crates//:name labels equal to Cargo's external dependencies), and no
-     dev-only crates leak into a library or binary;
+     dev-only crates leak into a library or binary; a target whose crate
+     renames a crates.io package (`hex = { package = "const-hex" }`) passes
+     aliases = aliases(...) of those kinds, or rustc would not know the name;
   e. every Cargo integration test (tests/*.rs, tests/*/main.rs, [[test]]) has a
      rust_test with that crate root, and the crate has a unit-test rust_test
      (crate = ":<lib>", or crate_root = the binary's root); tests take
@@ -80,6 +82,16 @@ class CrateDeps:
 
     def __repr__(self) -> str:
         return "all_crate_deps(%s)" % ", ".join("%s = True" % k for k in sorted(self.kinds))
+
+
+@dataclass(frozen=True)
+class CrateAliases:
+    """What aliases(...) returns: a marker with the kinds asked for."""
+
+    kinds: frozenset[str]
+
+    def __repr__(self) -> str:
+        return "aliases(%s)" % ", ".join("%s = True" % k for k in sorted(self.kinds))
 
 
 @dataclass
@@ -169,7 +181,7 @@ class _Unbound:
 
 UNBOUND = _Unbound()
 LOADING = "loading"  # in Evaluator.modules while a .bzl file is being evaluated (load cycles)
-CRATES_FUNCTIONS = ("all_crate_deps", "crate_deps")  # from @crates//:defs.bzl
+CRATES_FUNCTIONS = ("aliases", "all_crate_deps", "crate_deps")  # from @crates//:defs.bzl
 
 
 @dataclass
@@ -488,6 +500,9 @@ class Evaluator:
         if fn == "all_crate_deps":
             kinds = frozenset(k for k, v in kwargs.items() if v is True and k != "package_name")
             return [CrateDeps(kinds or frozenset({"normal"}))]
+        if fn == "aliases":
+            kinds = frozenset(k for k, v in kwargs.items() if v is True and k != "package_name")
+            return CrateAliases(kinds or frozenset({"normal"}))
         if fn == "crate_deps":
             return [f"@{CRATES_REPO}//:{n}" for n in args[0]]
         if fn == "select":
@@ -878,6 +893,22 @@ class Checker:
         for name in sorted(explicit - external):
             self.problem(where, f"{what} has @{CRATES_REPO}//:{name} that Cargo.toml does not list")
 
+    def check_aliases(self, where: str, t: Target, renamed: dict[str, set[str]], what: str) -> None:
+        """renamed: kind ("normal", "normal_dev") -> crates.io packages the Cargo.toml renames.
+        crate_universe's targets carry the package's name; a renamed dependency is only known by
+        its Cargo name through the target's `aliases` (crate_universe's aliases())."""
+        need = {k for k, names in renamed.items() if names}
+        if not need:
+            return
+        have = t.attrs.get("aliases")
+        have_kinds = have.kinds if isinstance(have, CrateAliases) else frozenset()
+        missing = sorted(need - have_kinds)
+        if missing:
+            names = sorted(set().union(*renamed.values()))
+            want = ", ".join(f"{k} = True" for k in sorted(need))
+            self.problem(where, f"{what} depends on renamed crate(s) {', '.join(names)} but lacks aliases = aliases({want}): "
+                                f"without it rustc knows them by their package name only")
+
     def check_no_dev(self, where: str, deps, pmdeps, what: str) -> None:
         for k in sorted((_crate_kinds(deps) | _crate_kinds(pmdeps)) & {"normal_dev", "proc_macro_dev"}):
             self.problem(where, f"{what} takes [dev-dependencies] (all_crate_deps({k} = True)); Cargo does not")
@@ -902,6 +933,11 @@ class Checker:
         bin_only_rs = {f for f in src_rs if f == "src/main.rs" or f.startswith("src/bin/")}
         normal_int, normal_ext = self.internal_expected(m, m.deps, f"{m.rel}/Cargo.toml", by_dir)
         dev_int, dev_ext = self.internal_expected(m, m.dev_deps, f"{m.rel}/Cargo.toml", by_dir)
+        renamed = {
+            "normal": {d.package for d in m.deps if d.path is None and d.key != d.package},
+            "normal_dev": {d.package for d in m.dev_deps if d.path is None and d.key != d.package},
+        }
+        renamed_normal = {"normal": renamed["normal"]}
 
         if "Cargo.toml" not in b.exported:
             self.problem(where, 'does not exports_files(["Cargo.toml"]) (crate.from_cargo reads it)')
@@ -930,6 +966,7 @@ class Checker:
                 pmdeps = _labels(lib_target.attrs.get("proc_macro_deps"), pkg)
                 self.compare_internal(where, _internal(deps) | _internal(pmdeps), normal_int, lt)
                 self.check_external(where, lib_target, deps, pmdeps, normal_ext, ("normal", "proc_macro"), lt)
+                self.check_aliases(where, lib_target, renamed_normal, lt)
                 self.check_no_dev(where, deps, pmdeps, lt)
 
         bin_targets = {}
@@ -957,6 +994,7 @@ class Checker:
                 want.add(f"//{pkg}:{lib_target.name}")
             self.compare_internal(where, _internal(deps) | _internal(pmdeps), want, bt)
             self.check_external(where, t, deps, pmdeps, normal_ext, ("normal", "proc_macro"), bt)
+            self.check_aliases(where, t, renamed_normal, bt)
             self.check_no_dev(where, deps, pmdeps, bt)
 
         tests = b.by_kind("rust_test")
@@ -972,6 +1010,7 @@ class Checker:
                 # The library's own deps come with `crate`; dev-only path deps must be added.
                 self.compare_internal(where, _internal(deps) | _internal(pmdeps), dev_int - normal_int, tt, normal_int)
                 self.check_external(where, t, deps, pmdeps, dev_ext, ("normal_dev", "proc_macro_dev"), tt)
+                self.check_aliases(where, t, renamed, tt)
         for cb in m.bins:
             if cb.name not in bin_targets or not cb.test:
                 continue
@@ -986,6 +1025,7 @@ class Checker:
                     self.problem(where, f"{tt} does not compile all of {bt.name}'s sources: {', '.join(missing)}")
                 self.check_edition(where, t, m, tt)
                 self.check_test_deps(where, t, m, normal_int, dev_int, normal_ext, dev_ext, lib_target)
+                self.check_aliases(where, t, renamed, tt)
 
         # Integration tests.
         for ct in m.tests:
@@ -997,6 +1037,7 @@ class Checker:
                 tt = t.describe()
                 self.check_edition(where, t, m, tt)
                 self.check_test_deps(where, t, m, normal_int, dev_int, normal_ext, dev_ext, lib_target)
+                self.check_aliases(where, t, renamed, tt)
                 for bname, bt in bin_targets.items():
                     self.check_bin_exe(where, t, m, bname, bt)
 
@@ -1258,6 +1299,15 @@ def drift_cases(root: Path) -> list[Case]:
             f"{macro_rel}: the library no longer takes external crates",
             lambda t: edit(t / macro_rel, "deps = deps + all_crate_deps(normal = True),", "deps = deps,"),
             [f"{e_member.rel}/BUILD.bazel", f"{via} does not take its external crates", "all_crate_deps(normal = True)"],
+        ))
+    # A macro-built library with a renamed crates.io dependency (hex = { package = "const-hex" }).
+    r_member = next((x for x in by_macro if x.lib and any(d.path is None and d.key != d.package for d in x.deps)), None)
+    if r_member is not None:
+        r_name = next(d.package for d in r_member.deps if d.path is None and d.key != d.package)
+        cases.append(Case(
+            f"{macro_rel}: the library no longer passes aliases() for a renamed crate",
+            lambda t: edit(t / macro_rel, "        aliases = aliases(),\n", ""),
+            [f"{r_member.rel}/BUILD.bazel", f"{via} depends on renamed crate(s) {r_name}", "aliases = aliases(normal = True)"],
         ))
     if i_member is not None:
         i_test = i_member.tests[0].name
