@@ -16,7 +16,7 @@ package of the BUILD file that calls the macro), with their Cargo names from ali
 its Cargo.toml, so a change here is checked like a change in a BUILD file.
 """
 
-load("@crates//:defs.bzl", "aliases", "all_crate_deps")
+load("@clientd_crates//:defs.bzl", "aliases", "all_crate_deps")
 load("@rules_rust//rust:defs.bzl", "rust_library", "rust_test")
 
 def clientd_crate(name, deps = []):

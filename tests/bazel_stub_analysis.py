@@ -8,7 +8,7 @@ workspace where
     rust_test have rules_rust's attributes and enforce what rules_rust enforces
     at analysis (proc-macros only in proc_macro_deps, $(rootpath ...) in
     rustc_env only for declared data/compile_data, a crate root it can find);
-  * @crates//:defs.bzl is a stub all_crate_deps() whose per-package maps come
+  * @clientd_crates//:defs.bzl is a stub all_crate_deps() whose per-package maps come
     from `cargo metadata` (normal / dev / proc-macro, exactly as crate_universe
     splits them), with one stub target per external crate;
 and runs `bazel build --nobuild //...`. That evaluates every BUILD file (globs,
@@ -126,7 +126,7 @@ def write_stub_workspace(out: Path, meta: dict) -> Path:
     shutil.copytree(REPO, ws, ignore=shutil.ignore_patterns(*IGNORE), symlinks=True)
     (ws / "WORKSPACE").write_text(
         f'local_repository(name = "rules_rust", path = "{rr}")\n'
-        f'local_repository(name = "crates", path = "{crates}")\n'
+        f'local_repository(name = "clientd_crates", path = "{crates}")\n'
         # Test rules depend on it implicitly; the real one is downloaded.
         f'local_repository(name = "remote_coverage_tools", path = "{cov}")\n'
     )
@@ -162,7 +162,7 @@ def write_stub_workspace(out: Path, meta: dict) -> Path:
                 if dk["kind"] == "build":
                     continue
                 kind = ("proc_macro" if proc_macro else "normal") + ("_dev" if dk["kind"] == "dev" else "")
-                maps[kind][rel][p["name"]] = f"@crates//:{target}"
+                maps[kind][rel][p["name"]] = f"@clientd_crates//:{target}"
     (crates / "BUILD.bazel").write_text(
         'load("@rules_rust//rust:defs.bzl", "external_crate")\n'
         + "".join(

@@ -13,7 +13,7 @@ For every workspace member (the root Cargo.toml's `members` globs) this checks:
      deps, and no internal label is in deps that Cargo does not list;
   d. external crates come from all_crate_deps(normal = True) in deps and
      all_crate_deps(proc_macro = True) in proc_macro_deps (or explicit
-     @crates//:name labels equal to Cargo's external dependencies), and no
+     @clientd_crates//:name labels equal to Cargo's external dependencies), and no
      dev-only crates leak into a library or binary; a target whose crate
      renames a crates.io package (`hex = { package = "const-hex" }`) passes
      aliases = aliases(...) of those kinds, or rustc would not know the name;
@@ -61,7 +61,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_NAMES = ("BUILD.bazel", "BUILD")
-CRATES_REPO = "crates"  # crate.from_cargo(name = ...) / load("@crates//:defs.bzl", ...)
+# crate.from_cargo(name = ...) / load("@clientd_crates//:defs.bzl", ...): the project's own hub
+# name, since crate_universe's default, "crates", collides with a user module's hub.
+CRATES_REPO = "clientd_crates"
 SKIP_DIRS = {"target", "node_modules", ".git", ".tools"}
 
 
@@ -1097,7 +1099,10 @@ class Checker:
             except (ValueError, TypeError, SyntaxError):
                 return None
 
-        if const(kw.get("name")) != CRATES_REPO:
+        if const(kw.get("name")) == "crates":
+            self.problem("MODULE.bazel", 'crate.from_cargo name is "crates", crate_universe\'s default: a user module '
+                                         f'that uses the default too cannot depend on clientd; name it "{CRATES_REPO}"')
+        elif const(kw.get("name")) != CRATES_REPO:
             self.problem("MODULE.bazel", f'crate.from_cargo name is {const(kw.get("name"))!r}, BUILD files load "@{CRATES_REPO}//:defs.bzl"')
         lock = const(kw.get("cargo_lockfile"))
         if lock is None or norm_label(lock, "") != "//:Cargo.lock":
@@ -1265,6 +1270,11 @@ def drift_cases(root: Path) -> list[Case]:
             "tests/*.rs file without a rust_test",
             new_test(t_member),
             [f"{t_member.rel}/BUILD.bazel", "tests/drift_check.rs has no rust_test"],
+        ),
+        Case(
+            "the crate_universe hub named with the default, crates",
+            lambda t: edit(t / "MODULE.bazel", f'name = "{CRATES_REPO}"', 'name = "crates"'),
+            ["MODULE.bazel", "crate_universe's default"],
         ),
         Case(
             "manifest dropped from MODULE.bazel",
