@@ -464,9 +464,9 @@ class Checks:
         # Bazel joins prefix and suffix: with the mount's outputs/ as prefix, the suffix is the id.
         assert response.output_path_suffix == self.output_base_id, \
             f"output_path_suffix {response.output_path_suffix!r}, expected {self.output_base_id!r}"
-        contents = response.initial_output_path_contents
-        assert contents.build_id == self.build_id and not contents.modified_path_prefixes, \
-            f"initial_output_path_contents {contents}"
+        # A new, empty output path: the protocol requires initial_output_path_contents unset.
+        assert not response.HasField("initial_output_path_contents"), \
+            f"initial_output_path_contents {response.initial_output_path_contents}"
 
     @staticmethod
     def file_locator(digest):

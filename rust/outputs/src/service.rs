@@ -488,11 +488,11 @@ impl BazelOutputService for OutputService {
             );
             self.finalize(&previous)?;
         }
-        let modified = self.drop_missing(root).await?;
-        if !modified.is_empty() {
+        let gone = self.drop_missing(root).await?;
+        if !gone.is_empty() {
             tracing::info!(
                 "outputs/{id}: {} staged outputs are gone from the CAS",
-                modified.len()
+                gone.len()
             );
         }
         let build = Build {
@@ -511,11 +511,11 @@ impl BazelOutputService for OutputService {
         } else {
             id
         };
+        // Unset, as the protocol requires of a server that does not track every change to the
+        // output path (clientd keeps no dirty bits): Bazel then checks the contents itself.
+        // Files whose blobs are gone were removed above all the same.
         Ok(Response::new(pb::StartBuildResponse {
-            initial_output_path_contents: Some(pb::InitialOutputPathContents {
-                build_id: request.build_id,
-                modified_path_prefixes: modified,
-            }),
+            initial_output_path_contents: None,
             output_path_suffix: suffix,
         }))
     }
@@ -608,11 +608,12 @@ impl BazelOutputService for OutputService {
         }))
     }
 
+    /// Nothing to do (clientd keeps no dirty bits). An unknown build id is fine too: after a
+    /// daemon restart in the middle of a build, failing would fail Bazel's action for nothing.
     async fn finalize_artifacts(
         &self,
-        request: Request<pb::FinalizeArtifactsRequest>,
+        _request: Request<pb::FinalizeArtifactsRequest>,
     ) -> Result<Response<pb::FinalizeArtifactsResponse>, Status> {
-        self.build(&request.get_ref().build_id)?;
         Ok(Response::new(pb::FinalizeArtifactsResponse {}))
     }
 
@@ -635,11 +636,14 @@ impl BazelOutputService for OutputService {
                 (Some(build), _) => build,
                 // Idempotent: finalizing a finished build again is fine.
                 (None, true) => return Ok(Response::new(pb::FinalizeBuildResponse {})),
+                // A build this daemon does not know (it restarted mid-build, or the output
+                // base was cleaned): nothing to save, and failing would fail Bazel's build.
                 (None, false) => {
-                    return Err(Status::failed_precondition(format!(
-                        "build {:?} was never started",
+                    tracing::info!(
+                        "FinalizeBuild of build {:?}, which is not running here; nothing to do",
                         truncate(build_id)
-                    )))
+                    );
+                    return Ok(Response::new(pb::FinalizeBuildResponse {}));
                 }
             }
         };
