@@ -284,6 +284,12 @@ async fn bazel_call_sequence_survives_a_restart() {
     )
     .unwrap();
     std::os::unix::fs::symlink("pkg2", out.join("k8-fastbuild/bin/rel-link")).unwrap();
+    // An absolute link through the output path itself (output_path_prefix/suffix), no alias.
+    std::os::unix::fs::symlink(
+        out.join("k8-fastbuild/bin/pkg3"),
+        out.join("k8-fastbuild/bin/prefix-link"),
+    )
+    .unwrap();
     service
         .finalize_build(pb::FinalizeBuildRequest {
             build_id: "b1".into(),
@@ -360,6 +366,7 @@ async fn bazel_call_sequence_survives_a_restart() {
             "k8-fastbuild/bin/abs-link",
             "k8-fastbuild/bin/abs-link/file1.txt",
             "k8-fastbuild/bin/rel-link/file2.txt",
+            "k8-fastbuild/bin/prefix-link/file3.txt",
             "k8-fastbuild/bin/nothing",
         ]
         .map(String::from),
@@ -417,7 +424,12 @@ async fn bazel_call_sequence_survives_a_restart() {
         Some(blobs[2].0),
         "through a relative symlink"
     );
-    assert!(extra[6].stat.is_none());
+    assert_eq!(
+        digest_of(&extra[6].stat),
+        Some(blobs[3].0),
+        "through an absolute symlink into the output path, via output_path_prefix"
+    );
+    assert!(extra[7].stat.is_none());
     assert_eq!(
         counters(&proxy).await["upstream_fetches"],
         0,

@@ -13,7 +13,7 @@ use clientd_vfs::{Errno, Lstat, OutputEntry, OutputStat, Pool, Vfs};
 use pb::bazel_output_service_server::BazelOutputService;
 use prost::Message;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tonic::{Code, Request, Response, Status};
@@ -495,12 +495,23 @@ impl BazelOutputService for OutputService {
                 gone.len()
             );
         }
+        // Absolute symlink targets resolve through Bazel's aliases, and through the output path's
+        // own absolute path (where a link made by a tool inside the output path points).
+        let mut aliases: Vec<(String, String)> = request.output_path_aliases.into_iter().collect();
+        if !request.output_path_prefix.is_empty() {
+            let own = Path::new(&request.output_path_prefix).join(&id);
+            aliases.push((own.to_string_lossy().into_owned(), ".".into()));
+        }
+        aliases.push((
+            self.mount_outputs.join(&id).to_string_lossy().into_owned(),
+            ".".into(),
+        ));
         let build = Build {
             output_base_id: id.clone(),
             build_id: request.build_id.clone(),
             instance_name: args.instance_name.as_str().into(),
             function,
-            aliases: request.output_path_aliases.into_iter().collect(),
+            aliases,
             root,
         };
         if let Some(base) = self.bases.lock().unwrap().get_mut(&id) {
