@@ -498,6 +498,67 @@ async fn bazel_call_sequence_survives_a_restart() {
     assert!(proxy.stop().success());
 }
 
+/// Files staged for one instance name (or digest function) are gone when a build of another
+/// starts: BatchStat would otherwise answer with digests that build cannot use.
+#[tokio::test]
+async fn files_staged_for_another_instance_or_function_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let mnt = home.join("mnt");
+    let daemon = Daemon::start(&home, None, &["--mount", mnt.to_str().unwrap()]);
+    wait_for_mount(&mnt);
+    let data = b"staged for local/x".to_vec();
+    let digest = sha256(&data);
+    daemon
+        .clients()
+        .await
+        .batch_update("local/x", &[(digest, data)])
+        .await;
+    let mut service = client(&daemon).await;
+    let start = |build_id: &str, instance_name: &str, function: re::digest_function::Value| {
+        let mut request = start_request(build_id, &mnt);
+        request.args = Some(rev2_any(
+            "StartBuildArgs",
+            &rev2::StartBuildArgs {
+                instance_name: instance_name.into(),
+                digest_function: function as i32,
+                ..Default::default()
+            },
+        ));
+        request
+    };
+    let sha256 = re::digest_function::Value::Sha256;
+    let out = mnt.join("outputs").join(BASE).join("k8/bin/a");
+    for (build, instance, function) in [
+        ("same", "local/x", sha256),
+        ("other instance", "local/y", sha256),
+        (
+            "other function",
+            "local/x",
+            re::digest_function::Value::Blake3,
+        ),
+    ] {
+        service
+            .start_build(start(&format!("{build} 1"), "local/x", sha256))
+            .await
+            .unwrap();
+        let staged = stage_files(
+            &mut service,
+            &format!("{build} 1"),
+            [("k8/bin/a".to_string(), digest)],
+        )
+        .await;
+        assert_eq!(staged, vec![0]);
+        service
+            .start_build(start(&format!("{build} 2"), instance, function))
+            .await
+            .unwrap();
+        assert_eq!(out.exists(), build == "same", "{build}");
+    }
+    drop(service);
+    assert!(daemon.stop().success());
+}
+
 #[tokio::test]
 async fn output_paths_not_saved_within_the_age_limit_are_dropped_at_start() {
     let dir = tempfile::tempdir().unwrap();

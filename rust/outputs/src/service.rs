@@ -241,21 +241,34 @@ impl OutputService {
         Ok(())
     }
 
-    /// Removes staged CAS files whose blobs no longer exist; returns their paths.
-    async fn drop_missing(&self, root: u64) -> Result<Vec<String>, Status> {
+    /// Removes staged CAS files that this build cannot use: staged for another instance name or
+    /// digest function, or whose blobs no longer exist. Returns their paths.
+    async fn drop_stale(
+        &self,
+        root: u64,
+        instance_name: &str,
+        function: DigestFunction,
+    ) -> Result<Vec<String>, Status> {
         let mut by_instance: HashMap<Arc<str>, Vec<(String, Digest)>> = HashMap::new();
+        let mut removed = Vec::new();
         for (path, entry) in self.vfs.snapshot(root) {
             if let OutputEntry::CasFile {
                 instance, digest, ..
             } = entry
             {
+                // Staged for another instance name or digest function: BatchStat would answer
+                // with a digest this build cannot use.
+                if &*instance != instance_name || digest.function() != function {
+                    let _ = self.vfs.remove_output(root, &path);
+                    removed.push(path);
+                    continue;
+                }
                 by_instance
                     .entry(instance)
                     .or_default()
                     .push((path, digest));
             }
         }
-        let mut removed = Vec::new();
         for (instance, files) in by_instance {
             for chunk in files.chunks(CHECK_CHUNK) {
                 let digests: Vec<Digest> = chunk.iter().map(|(_, d)| *d).collect();
@@ -488,7 +501,7 @@ impl BazelOutputService for OutputService {
             );
             self.finalize(&previous)?;
         }
-        let gone = self.drop_missing(root).await?;
+        let gone = self.drop_stale(root, &args.instance_name, function).await?;
         if !gone.is_empty() {
             tracing::info!(
                 "outputs/{id}: {} staged outputs are gone from the CAS",
