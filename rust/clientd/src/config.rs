@@ -90,6 +90,9 @@ pub struct OutputsConfig {
     /// Bound on the bytes of files Bazel's local actions write into one output path.
     /// Default: 100 GiB. Example: `107374182400`.
     pub max_size_bytes: u64,
+    /// Largest REv2 Tree message a TreeArtifactLocator may name: a tree is read into memory and
+    /// expanded at once. Default: 256 MiB, as bb_clientd. Example: `268435456`.
+    pub max_tree_size_bytes: u64,
 }
 
 impl Default for OutputsConfig {
@@ -97,6 +100,7 @@ impl Default for OutputsConfig {
         OutputsConfig {
             max_age_seconds: 7 * 24 * 3600,
             max_size_bytes: 100 << 30,
+            max_tree_size_bytes: 256 << 20,
         }
     }
 }

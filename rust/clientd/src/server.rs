@@ -219,6 +219,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         config.mount_path().join("outputs"),
         config.outputs.max_size_bytes,
         Duration::from_secs(config.outputs.max_age_seconds),
+        config.outputs.max_tree_size_bytes,
     )?;
     // Bound before the routes, so that the Stats service can tell `clientd bazelrc` the ports.
     let mut tcp = Vec::new();

@@ -559,6 +559,71 @@ async fn files_staged_for_another_instance_or_function_are_dropped() {
     assert!(daemon.stop().success());
 }
 
+/// A TreeArtifactLocator naming a Tree larger than `outputs.max_tree_size_bytes` is refused with
+/// RESOURCE_EXHAUSTED before the tree is read (it would be read into memory and expanded at once).
+#[tokio::test]
+async fn a_tree_over_the_bound_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let mnt = home.join("mnt");
+    let config = r#"{"outputs": {"max_tree_size_bytes": 200}, "mount": {"enabled": false}}"#;
+    let daemon = Daemon::start(&home, Some(config), &[]);
+    let root = re::Directory {
+        files: (0..20)
+            .map(|i| re::FileNode {
+                name: format!("file-with-a-long-name-{i}.txt"),
+                digest: Some(sha256(b"x").to_proto()),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let tree = re::Tree {
+        root: Some(root),
+        children: vec![],
+    }
+    .encode_to_vec();
+    assert!(tree.len() > 200);
+    let tree_digest = sha256(&tree);
+    daemon
+        .clients()
+        .await
+        .batch_update("local/x", &[(tree_digest, tree)])
+        .await;
+    let mut service = client(&daemon).await;
+    let mut start = start_request("b", &mnt);
+    start.args = Some(rev2_any(
+        "StartBuildArgs",
+        &rev2::StartBuildArgs {
+            instance_name: "local/x".into(),
+            ..Default::default()
+        },
+    ));
+    service.start_build(start).await.unwrap();
+    let response = service
+        .stage_artifacts(pb::StageArtifactsRequest {
+            build_id: "b".into(),
+            artifacts: vec![pb::stage_artifacts_request::Artifact {
+                path: "k8/bin/tree".into(),
+                locator: Some(rev2_any(
+                    "TreeArtifactLocator",
+                    &rev2::TreeArtifactLocator {
+                        tree_digest: Some(tree_digest.to_proto()),
+                        root_directory_digest: None,
+                    },
+                )),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let status = response.responses[0].status.as_ref().unwrap();
+    assert_eq!(status.code, Code::ResourceExhausted as i32, "{status:?}");
+    assert!(status.message.contains("max_tree_size_bytes"), "{status:?}");
+    drop(service);
+    assert!(daemon.stop().success());
+}
+
 #[tokio::test]
 async fn output_paths_not_saved_within_the_age_limit_are_dropped_at_start() {
     let dir = tempfile::tempdir().unwrap();

@@ -52,6 +52,8 @@ pub struct OutputService {
     /// `<mount>/outputs`, for absolute output path suffixes.
     mount_outputs: PathBuf,
     pool_max_bytes: u64,
+    /// Largest Tree a TreeArtifactLocator may name.
+    max_tree_bytes: u64,
     bases: Mutex<HashMap<String, Base>>,
 }
 
@@ -86,6 +88,7 @@ impl OutputService {
         mount_outputs: PathBuf,
         pool_max_bytes: u64,
         max_age: Duration,
+        max_tree_bytes: u64,
     ) -> Result<Self, String> {
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -95,6 +98,7 @@ impl OutputService {
             dir,
             mount_outputs,
             pool_max_bytes,
+            max_tree_bytes,
             bases: Mutex::new(HashMap::new()),
         };
         service.restore_all(max_age)?;
@@ -303,6 +307,16 @@ impl OutputService {
         tree: &Digest,
         expected_root: Option<&Digest>,
     ) -> Result<Vec<(String, OutputEntry)>, RpcStatus> {
+        if tree.size() > self.max_tree_bytes {
+            return Err(status(
+                Code::ResourceExhausted,
+                format!(
+                    "{path}: tree {tree} is larger than outputs.max_tree_size_bytes ({} bytes): \
+                     it is read into memory to be staged",
+                    self.max_tree_bytes
+                ),
+            ));
+        }
         let bytes = self
             .stores
             .read_bytes(&build.instance_name, tree)
