@@ -25,7 +25,19 @@ const BASE: &str = "0123456789abcdef0123456789abcdef";
 const EXECROOT_OUT: &str = "/home/u/.cache/bazel/execroot/ws/bazel-out";
 const FILES: usize = 10_000;
 
+const SHA256: re::digest_function::Value = re::digest_function::Value::Sha256;
+
 fn start_request(build_id: &str, mnt: &Path) -> pb::StartBuildRequest {
+    start_request_for(build_id, mnt, INSTANCE, SHA256)
+}
+
+/// A StartBuild as Bazel sends it, for a build of `instance_name` with `function`.
+fn start_request_for(
+    build_id: &str,
+    mnt: &Path,
+    instance_name: &str,
+    function: re::digest_function::Value,
+) -> pb::StartBuildRequest {
     pb::StartBuildRequest {
         version: 1,
         output_base_id: BASE.into(),
@@ -34,8 +46,8 @@ fn start_request(build_id: &str, mnt: &Path) -> pb::StartBuildRequest {
             "StartBuildArgs",
             &rev2::StartBuildArgs {
                 remote_cache: "unix:///unused".into(),
-                instance_name: INSTANCE.into(),
-                digest_function: re::digest_function::Value::Sha256 as i32,
+                instance_name: instance_name.into(),
+                digest_function: function as i32,
             },
         )),
         output_path_prefix: mnt.join("outputs").to_string_lossy().into_owned(),
@@ -515,23 +527,13 @@ async fn files_staged_for_another_instance_or_function_are_dropped() {
         .batch_update("local/x", &[(digest, data)])
         .await;
     let mut service = client(&daemon).await;
-    let start = |build_id: &str, instance_name: &str, function: re::digest_function::Value| {
-        let mut request = start_request(build_id, &mnt);
-        request.args = Some(rev2_any(
-            "StartBuildArgs",
-            &rev2::StartBuildArgs {
-                instance_name: instance_name.into(),
-                digest_function: function as i32,
-                ..Default::default()
-            },
-        ));
-        request
+    let start = |build_id: &str, instance_name: &str, function| {
+        start_request_for(build_id, &mnt, instance_name, function)
     };
-    let sha256 = re::digest_function::Value::Sha256;
     let out = mnt.join("outputs").join(BASE).join("k8/bin/a");
     for (build, instance, function) in [
-        ("same", "local/x", sha256),
-        ("other instance", "local/y", sha256),
+        ("same", "local/x", SHA256),
+        ("other instance", "local/y", SHA256),
         (
             "other function",
             "local/x",
@@ -539,7 +541,7 @@ async fn files_staged_for_another_instance_or_function_are_dropped() {
         ),
     ] {
         service
-            .start_build(start(&format!("{build} 1"), "local/x", sha256))
+            .start_build(start(&format!("{build} 1"), "local/x", SHA256))
             .await
             .unwrap();
         let staged = stage_files(
@@ -591,15 +593,10 @@ async fn a_tree_over_the_bound_is_refused() {
         .batch_update("local/x", &[(tree_digest, tree)])
         .await;
     let mut service = client(&daemon).await;
-    let mut start = start_request("b", &mnt);
-    start.args = Some(rev2_any(
-        "StartBuildArgs",
-        &rev2::StartBuildArgs {
-            instance_name: "local/x".into(),
-            ..Default::default()
-        },
-    ));
-    service.start_build(start).await.unwrap();
+    service
+        .start_build(start_request_for("b", &mnt, "local/x", SHA256))
+        .await
+        .unwrap();
     let response = service
         .stage_artifacts(pb::StageArtifactsRequest {
             build_id: "b".into(),
@@ -638,14 +635,7 @@ async fn output_paths_not_saved_within_the_age_limit_are_dropped_at_start() {
         .batch_update("local/x", &[(digest, data)])
         .await;
     let mut service = client(&daemon).await;
-    let mut start = start_request("old", &mnt);
-    start.args = Some(rev2_any(
-        "StartBuildArgs",
-        &rev2::StartBuildArgs {
-            instance_name: "local/x".into(),
-            ..Default::default()
-        },
-    ));
+    let mut start = start_request_for("old", &mnt, "local/x", SHA256);
     service.start_build(start.clone()).await.unwrap();
     let artifacts = vec![pb::stage_artifacts_request::Artifact {
         path: "k8/bin/a".into(),

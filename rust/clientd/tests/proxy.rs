@@ -319,14 +319,7 @@ async fn a_hung_cluster_is_marked_down_and_comes_back() {
     // Past the existence-cache TTL: every answer about the cluster's contents is stale.
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
-    let signal = |signal: &str| {
-        let pid = upstream.pid().to_string();
-        assert!(std::process::Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .unwrap()
-            .success());
-    };
+    let signal = |name: &str| signal(&upstream, name);
     let timed = |start: Instant, most: Duration| {
         let took = start.elapsed();
         assert!(took < most, "took {took:?}");
@@ -420,7 +413,6 @@ async fn a_fetch_that_stalls_or_breaks_mid_stream_is_unavailable() {
         up.write(UPSTREAM, blob, 1 << 20).await.unwrap();
     }
     let tmp = proxy.home.join("cache/clientd/cas/tmp");
-    let pid = upstream.pid().to_string();
     for (blob, signal) in blobs.iter().zip(["-STOP", "-KILL"]) {
         let digest = sha256(blob);
         let mut clients = proxy.clients().await;
@@ -437,11 +429,7 @@ async fn a_fetch_that_stalls_or_breaks_mid_stream_is_unavailable() {
             );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let status = std::process::Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        self::signal(&upstream, signal);
         let start = Instant::now();
         let err = read.await.unwrap().unwrap_err();
         assert!(
@@ -456,11 +444,7 @@ async fn a_fetch_that_stalls_or_breaks_mid_stream_is_unavailable() {
         );
         if signal == "-STOP" {
             // Let it go on, and wait for the proxy's probe to find it answering again.
-            let status = std::process::Command::new("kill")
-                .args(["-CONT", &pid])
-                .status()
-                .unwrap();
-            assert!(status.success());
+            self::signal(&upstream, "-CONT");
             let start = Instant::now();
             while !cluster_state(&proxy).await.starts_with("up") {
                 assert!(start.elapsed() < Duration::from_secs(10), "still down");
@@ -468,6 +452,15 @@ async fn a_fetch_that_stalls_or_breaks_mid_stream_is_unavailable() {
             }
         }
     }
+}
+
+/// Sends `name` (`-STOP`, `-CONT`, `-KILL`) to a daemon.
+fn signal(daemon: &Daemon, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([name, &daemon.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {name}");
 }
 
 /// The proxy's only cluster's state, as `clientd stats` shows it.

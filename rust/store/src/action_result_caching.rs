@@ -135,39 +135,94 @@ mod tests {
     use clientd_digest::DigestFunction;
     use clientd_proto::build::bazel::remote::execution::v2::OutputFile;
 
-    #[tokio::test]
-    async fn remembered_results_expire_and_need_local_outputs() {
+    /// An action cache whose cluster can be switched off.
+    struct Switchable {
+        inner: LocalActionCache,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait]
+    impl ActionCache for Switchable {
+        async fn get(&self, i: &str, action: &Digest) -> StoreResult<Option<ActionResult>> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("cluster c: down".into()));
+            }
+            self.inner.get(i, action).await
+        }
+        async fn put(&self, i: &str, action: &Digest, result: &ActionResult) -> StoreResult<()> {
+            self.inner.put(i, action, result).await
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        clock: Arc<ManualClock>,
+        cluster: Arc<Switchable>,
+        local: Arc<LocalCas>,
+        stats: Arc<Stats>,
+        caching: ActionResultCaching,
+    }
+
+    /// ActionResultCaching (TTL 300 s) over a cluster that is up, with an empty local CAS.
+    fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH));
         let options = DiskLruOptions {
             max_bytes: 1 << 20,
             sync_writes: false,
         };
-        let cluster_ac = Arc::new(
-            LocalActionCache::open(&dir.path().join("ac"), options, clock.clone()).unwrap(),
-        );
+        let cluster = Arc::new(Switchable {
+            inner: LocalActionCache::open(&dir.path().join("ac"), options, clock.clone()).unwrap(),
+            down: false.into(),
+        });
         let local =
             Arc::new(LocalCas::open(&dir.path().join("cas"), options, clock.clone()).unwrap());
         let stats = Arc::new(Stats::default());
         let caching = ActionResultCaching::new(
-            cluster_ac.clone(),
+            cluster.clone(),
             local.clone(),
             NonZeroUsize::new(10).unwrap(),
             Duration::from_secs(300),
             clock.clone(),
             stats.clone(),
         );
-        let output = bytes::Bytes::from_static(b"output");
-        let output_digest = DigestFunction::Sha256.digest_of(&output);
-        let action = DigestFunction::Sha256.digest_of(b"action");
+        Fixture {
+            _dir: dir,
+            clock,
+            cluster,
+            local,
+            stats,
+            caching,
+        }
+    }
+
+    /// A result with one output file of `content`.
+    fn result_with(content: &'static [u8]) -> (bytes::Bytes, Digest, ActionResult) {
+        let output = bytes::Bytes::from_static(content);
+        let digest = DigestFunction::Sha256.digest_of(&output);
         let result = ActionResult {
             output_files: vec![OutputFile {
                 path: "o".into(),
-                digest: Some(output_digest.to_proto()),
+                digest: Some(digest.to_proto()),
                 ..Default::default()
             }],
             ..Default::default()
         };
+        (output, digest, result)
+    }
+
+    #[tokio::test]
+    async fn remembered_results_expire_and_need_local_outputs() {
+        let Fixture {
+            clock,
+            cluster: cluster_ac,
+            local,
+            stats,
+            caching,
+            _dir,
+        } = fixture();
+        let (output, output_digest, result) = result_with(b"output");
+        let action = DigestFunction::Sha256.digest_of(b"action");
         caching.put("i", &action, &result).await.unwrap();
         let local_hits = || {
             stats
@@ -200,80 +255,26 @@ mod tests {
         assert_eq!(local_hits(), 1);
     }
 
-    /// An action cache whose cluster can be switched off.
-    struct Switchable {
-        inner: LocalActionCache,
-        down: std::sync::atomic::AtomicBool,
-    }
-
-    #[async_trait]
-    impl ActionCache for Switchable {
-        async fn get(&self, i: &str, action: &Digest) -> StoreResult<Option<ActionResult>> {
-            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(StoreError::Unavailable("cluster c: down".into()));
-            }
-            self.inner.get(i, action).await
-        }
-        async fn put(&self, i: &str, action: &Digest, result: &ActionResult) -> StoreResult<()> {
-            self.inner.put(i, action, result).await
-        }
-    }
-
     /// Offline mode: past its TTL a remembered result is served while the cluster does not
     /// answer, if its outputs are local; otherwise the cluster's error goes through.
     #[tokio::test]
     async fn remembered_results_are_served_while_the_cluster_is_down() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH));
-        let options = DiskLruOptions {
-            max_bytes: 1 << 20,
-            sync_writes: false,
-        };
-        let cluster = Arc::new(Switchable {
-            inner: LocalActionCache::open(&dir.path().join("ac"), options, clock.clone()).unwrap(),
-            down: false.into(),
-        });
-        let local =
-            Arc::new(LocalCas::open(&dir.path().join("cas"), options, clock.clone()).unwrap());
-        let stats = Arc::new(Stats::default());
-        let caching = ActionResultCaching::new(
-            cluster.clone(),
-            local.clone(),
-            NonZeroUsize::new(10).unwrap(),
-            Duration::from_secs(300),
-            clock.clone(),
-            stats.clone(),
-        );
-        let output = bytes::Bytes::from_static(b"output");
-        let output_digest = DigestFunction::Sha256.digest_of(&output);
-        let result = ActionResult {
-            output_files: vec![OutputFile {
-                path: "o".into(),
-                digest: Some(output_digest.to_proto()),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
+        let Fixture {
+            clock,
+            cluster,
+            local,
+            stats,
+            caching,
+            _dir,
+        } = fixture();
+        let (output, output_digest, result) = result_with(b"output");
         let (built, elsewhere) = (
             DigestFunction::Sha256.digest_of(b"built here"),
             DigestFunction::Sha256.digest_of(b"outputs not local"),
         );
         caching.put("i", &built, &result).await.unwrap();
-        caching
-            .put(
-                "i",
-                &elsewhere,
-                &ActionResult {
-                    output_files: vec![OutputFile {
-                        path: "p".into(),
-                        digest: Some(DigestFunction::Sha256.digest_of(b"never local").to_proto()),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        let (_, _, not_local) = result_with(b"never local");
+        caching.put("i", &elsewhere, &not_local).await.unwrap();
         local.write_bytes("", &output_digest, output).await.unwrap();
         clock.advance(Duration::from_secs(3600));
         cluster
