@@ -215,6 +215,13 @@ else
     sed 's/^/#   /' "$T/exec2.misses"
 fi
 
+# `clientd stats` counts what Bazel got from the local cache.
+ac_hits=$(cl stats | awk '$1 == "action_cache_hits" { print $2 }')
+if [ "${ac_hits:-0}" -ge "$N_SPAWNS" ]; then
+    pass stats_count_local_hits
+else
+    fail stats_count_local_hits "clientd stats: action_cache_hits ${ac_hits:-none}, want >= $N_SPAWNS"
+fi
 checksums >"$T/sums2"
 if cmp -s "$T/sums1" "$T/sums2"; then
     pass warm_outputs_identical

@@ -13,7 +13,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(version, about, args_conflicts_with_subcommands = true)]
+/// A local companion for Bazel remote caching and execution: one UNIX socket in front of a bounded,
+/// verified local cache and your remote clusters, with the CAS and bazel-out in a FUSE mount.
+/// Without a command, runs the daemon (`clientd serve`).
+#[command(version, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -30,8 +33,8 @@ enum Command {
     /// Print the running daemon's counters: local hits, upstream fetches, bytes, FindMissingBlobs
     /// digests answered locally, and the configured clusters.
     Stats(ConfigArgs),
-    /// Print (or write) a .bazelrc fragment for `--config=clientd` with this configuration's
-    /// socket and mount, for the user's Bazel version.
+    /// Print (or write) a .bazelrc fragment for `--config=clientd`: the running daemon's socket (or
+    /// TCP listener), mount and clusters, in the flags the user's Bazel version knows.
     Bazelrc {
         #[command(flatten)]
         config: ConfigArgs,
@@ -110,7 +113,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                // fuser's own lines repeat ours ("Mounting ...").
+                .unwrap_or_else(|_| "info,fuser=warn".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

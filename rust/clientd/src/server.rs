@@ -175,9 +175,12 @@ fn grpc_routes(
     let bytestream = ByteStreamServer::new(ByteStreamService::new(stores.clone(), clock, expiry))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let action_cache = ActionCacheServer::new(ActionCacheService::new(stores.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let action_cache = ActionCacheServer::new(ActionCacheService::new(
+        stores.clone(),
+        composition.stats.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let execution = ExecutionServer::new(ExecutionService::new(composition.clusters.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -274,6 +277,11 @@ pub async fn serve(config: Config) -> Result<(), String> {
     );
     // Last, so that this line tells a watcher every listener is up.
     tracing::info!("serving on unix:{}", socket.display());
+    tracing::info!(
+        "ready: `clientd bazelrc --output clientd.bazelrc` writes Bazel's --config=clientd \
+         (or use --remote_cache=unix:{}); Ctrl-C or SIGTERM stops the daemon",
+        socket.display()
+    );
 
     let signal = wait_for_signal().await;
     tracing::info!("{signal}: shutting down");

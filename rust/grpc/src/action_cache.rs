@@ -1,18 +1,20 @@
 use crate::request;
 use clientd_digest::truncate;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
-use clientd_store::ActionCache;
+use clientd_store::{ActionCache, Stats};
 use re::action_cache_server::ActionCache as ActionCacheRpc;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 pub struct ActionCacheService {
     cache: Arc<dyn ActionCache>,
+    /// Hits and misses as clients see them, local cache and clusters alike.
+    stats: Arc<Stats>,
 }
 
 impl ActionCacheService {
-    pub fn new(cache: Arc<dyn ActionCache>) -> Self {
-        ActionCacheService { cache }
+    pub fn new(cache: Arc<dyn ActionCache>, stats: Arc<Stats>) -> Self {
+        ActionCacheService { cache, stats }
     }
 }
 
@@ -27,11 +29,17 @@ impl ActionCacheRpc for ActionCacheService {
         let function = request::digest_function(request.digest_function)?;
         let action = request::digest(function, request.action_digest.as_ref(), "action_digest")?;
         match self.cache.get(instance_name, &action).await? {
-            Some(result) => Ok(Response::new(result)),
-            None => Err(Status::not_found(format!(
-                "no action result for {action} in instance {:?}",
-                truncate(instance_name)
-            ))),
+            Some(result) => {
+                Stats::add(&self.stats.action_cache_hits, 1);
+                Ok(Response::new(result))
+            }
+            None => Err({
+                Stats::add(&self.stats.action_cache_misses, 1);
+                Status::not_found(format!(
+                    "no action result for {action} in instance {:?}",
+                    truncate(instance_name)
+                ))
+            }),
         }
     }
 

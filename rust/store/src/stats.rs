@@ -21,6 +21,10 @@ macro_rules! counters {
 }
 
 counters! {
+    /// GetActionResult calls answered with a result (a cache hit for the client), any instance.
+    action_cache_hits,
+    /// GetActionResult calls answered NOT_FOUND.
+    action_cache_misses,
     /// Reads of cluster blobs served from the local CAS.
     local_hits,
     /// Blobs fetched from a cluster into the local CAS (one per distinct concurrent read).
