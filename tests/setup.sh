@@ -39,7 +39,9 @@ main() {
     if [ "$#" -gt 0 ]; then STEPS=("$@"); fi
     for step in "${STEPS[@]}"; do
         declare -F "step_$step" >/dev/null || { log "unknown step: $step"; return 2; }
+        local start=$SECONDS
         "step_$step"
+        log "$step: ready ($((SECONDS - start)) s)"
     done
 }
 
