@@ -99,7 +99,9 @@ pub struct Cluster {
     /// without a RequestMetadata.
     own_request_metadata: BinaryMetadataValue,
     /// Capabilities by (stripped) instance name, fetched once.
-    capabilities: tokio::sync::Mutex<HashMap<String, re::ServerCapabilities>>,
+    /// Not held across the call: concurrent first askers each ask (the answers are equal), and
+    /// none waits behind another's slow call.
+    capabilities: Mutex<HashMap<String, re::ServerCapabilities>>,
     /// Whether it answers; calls fail at once while it does not.
     watch: Watch,
 }
@@ -348,8 +350,7 @@ impl Cluster {
         &self,
         instance_name: &str,
     ) -> Result<re::ServerCapabilities, Status> {
-        let mut cache = self.capabilities.lock().await;
-        if let Some(capabilities) = cache.get(instance_name) {
+        if let Some(capabilities) = self.capabilities.lock().unwrap().get(instance_name) {
             return Ok(capabilities.clone());
         }
         let capabilities = self
@@ -362,7 +363,10 @@ impl Cluster {
             })
             .await?
             .into_inner();
-        cache.insert(instance_name.to_string(), capabilities.clone());
+        self.capabilities
+            .lock()
+            .unwrap()
+            .insert(instance_name.to_string(), capabilities.clone());
         Ok(capabilities)
     }
 
