@@ -266,23 +266,24 @@ impl Cluster {
                 status
             }
         };
+        Err(self.named(what, &status))
+    }
+
+    /// `status` with a message that names the cluster and `what` failed (its metadata kept).
+    fn named(&self, what: impl std::fmt::Display, status: &Status) -> Status {
         let mut out = Status::new(
             status.code(),
             format!("{}: {what}: {}", self.describe(), status.message()),
         );
         *out.metadata_mut() = status.metadata().clone();
-        Err(out)
+        out
     }
 
     /// UNAVAILABLE at once, naming the cluster and `what`, while the cluster is down: for calls
     /// that do not go through [`Cluster::call`] (a streamed upload).
     pub(crate) fn check_up(&self, what: impl std::fmt::Display) -> Result<(), Status> {
         match self.watch.health.refusal() {
-            Some(refusal) => Err(Status::unavailable(format!(
-                "{}: {what}: {}",
-                self.describe(),
-                refusal.message()
-            ))),
+            Some(refusal) => Err(self.named(what, &refusal)),
             None => Ok(()),
         }
     }
