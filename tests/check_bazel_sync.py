@@ -25,7 +25,10 @@ For every workspace member (the root Cargo.toml's `members` globs) this checks:
   f. MODULE.bazel's crate.from_cargo lists exactly //:Cargo.toml and every
      member's Cargo.toml, with cargo_lockfile = "//:Cargo.lock"; the manifests
      and lockfile are exported by their packages;
-  g. Cargo.lock exists and names every member.
+  g. Cargo.lock exists and names every member;
+  h. crate.from_cargo has lockfile = "//:cargo-bazel-lock.json" (without it `bazel_dep` on this
+     module fails) and that file is current against Cargo.lock (tests/bazel_lockfile.py, which
+     also regenerates it).
 
 BUILD files are Starlark, which parses as Python: they are read with `ast` and
 evaluated by a small interpreter that understands what these files use (rule
@@ -58,6 +61,8 @@ import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import bazel_lockfile
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_NAMES = ("BUILD.bazel", "BUILD")
@@ -835,6 +840,7 @@ class Checker:
         self.check_module(members)
         self.check_root_build()
         self.check_lock(members)
+        self.problems.extend(bazel_lockfile.staleness(root))
         return self.problems
 
     # -- helpers --
@@ -1107,6 +1113,12 @@ class Checker:
         lock = const(kw.get("cargo_lockfile"))
         if lock is None or norm_label(lock, "") != "//:Cargo.lock":
             self.problem("MODULE.bazel", f'crate.from_cargo cargo_lockfile is {lock!r}, expected "//:Cargo.lock"')
+        lockfile = const(kw.get("lockfile"))
+        if lockfile is None:
+            self.problem("MODULE.bazel", f'crate.from_cargo has no lockfile: a module that depends on clientd fails '
+                                         f'("non-root module but has no lockfile"); add lockfile = "{bazel_lockfile.LOCKFILE_LABEL}"')
+        elif norm_label(lockfile, "") != bazel_lockfile.LOCKFILE_LABEL:
+            self.problem("MODULE.bazel", f'crate.from_cargo lockfile is {lockfile!r}, expected "{bazel_lockfile.LOCKFILE_LABEL}"')
         manifests = const(kw.get("manifests"))
         if not isinstance(manifests, list):
             self.problem("MODULE.bazel", "crate.from_cargo manifests is not a literal list of labels")
@@ -1163,8 +1175,8 @@ def check(root: Path) -> list[str]:
 
 
 def copy_tree(src: Path, dst: Path) -> None:
-    """The files the check reads: manifests, lockfile, BUILD files and the .bzl files they load, member sources."""
-    for name in ("Cargo.toml", "Cargo.lock", "MODULE.bazel", *BUILD_NAMES):
+    """The files the check reads: manifests, lockfiles, BUILD files and the .bzl files they load, member sources."""
+    for name in ("Cargo.toml", "Cargo.lock", bazel_lockfile.LOCKFILE, "MODULE.bazel", *BUILD_NAMES):
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
     problems: list[str] = []
@@ -1277,6 +1289,21 @@ def drift_cases(root: Path) -> list[Case]:
             ["MODULE.bazel", "crate_universe's default"],
         ),
         Case(
+            "crate.from_cargo without its lockfile",
+            lambda t: edit(t / "MODULE.bazel", f'    lockfile = "{bazel_lockfile.LOCKFILE_LABEL}",\n', ""),
+            ["MODULE.bazel", "has no lockfile"],
+        ),
+        Case(
+            "a crate updated in Cargo.lock but not in the lockfile",
+            bump_locked_crate,
+            [bazel_lockfile.LOCKFILE, "which Cargo.lock pins"],
+        ),
+        Case(
+            "a crates.io dependency added to a member (Cargo.lock updated, lockfile not)",
+            add_locked_dependency,
+            [bazel_lockfile.LOCKFILE, "which Cargo.lock lists"],
+        ),
+        Case(
             "manifest dropped from MODULE.bazel",
             lambda t: edit(t / "MODULE.bazel", f'        "//{manifest.rel}:Cargo.toml",\n', ""),
             ["MODULE.bazel", f"lacks //{manifest.rel}:Cargo.toml"],
@@ -1345,6 +1372,25 @@ def drift_cases(root: Path) -> list[Case]:
         cases.append(Case("CARGO_BIN_EXE_* no longer set for integration tests", drop_env,
                           [f"{bin_exe.rel}/BUILD.bazel", "rustc_env does not set it"]))
     return cases
+
+
+def bump_locked_crate(t: Path) -> None:
+    """Give the first crates.io package in Cargo.lock another version, as `cargo update` would."""
+    text = (t / "Cargo.lock").read_text()
+    package = next(p for p in tomllib.loads(text)["package"] if p.get("source") == bazel_lockfile.CRATES_IO_PREFIX)
+    old = f'name = "{package["name"]}"\nversion = "{package["version"]}"'
+    edit(t / "Cargo.lock", old, f'name = "{package["name"]}"\nversion = "{package["version"]}-drift"')
+
+
+def add_locked_dependency(t: Path) -> None:
+    """List one more crates.io package among a member's dependencies in Cargo.lock."""
+    lock = tomllib.loads((t / "Cargo.lock").read_text())
+    members = [p for p in lock["package"] if "source" not in p and p.get("dependencies")]
+    names = {d.split(" ")[0] for d in members[0]["dependencies"]}
+    extra = next(p["name"] for p in lock["package"] if p.get("source") and p["name"] not in names)
+    first = members[0]["dependencies"][0]
+    old = f'name = "{members[0]["name"]}"\nversion = "{members[0]["version"]}"\ndependencies = [\n "{first}",\n'
+    edit(t / "Cargo.lock", old, old + f' "{extra}",\n')
 
 
 def self_test(root: Path) -> int:
