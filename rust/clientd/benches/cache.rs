@@ -4,8 +4,9 @@
 //!   the same bytes to and from a file on the same disk. Reads are timed cold (page cache emptied:
 //!   the disk's throughput, the target) and warm (page cache to memory, for information). The
 //!   client uses HTTP/2's default 16 KiB frames for what it receives, as grpc-java (Bazel) and
-//!   grpc-go do;
-//! - FindMissingBlobs for 10,000 digests (half present).
+//!   grpc-go do.
+//!
+//! Small blobs (BatchUpdateBlobs, BatchReadBlobs, FindMissingBlobs) are `benches/small_blobs.rs`.
 //!
 //! Run: `cargo bench -p clientd --bench cache` (BENCH_BYTES overrides the 1 GiB).
 
@@ -15,7 +16,6 @@ mod disk;
 
 use bytes::Bytes;
 use clientd_digest::Digest;
-use clientd_proto::build::bazel::remote::execution::v2 as re;
 use common::*;
 use disk::{drop_cache, gib_per_s, read_all, CHUNK};
 use std::io::Write;
@@ -132,42 +132,6 @@ async fn main() {
         }
     }
 
-    // FindMissingBlobs over 10,000 digests, half of them present.
-    let small: Vec<(Digest, Vec<u8>)> = (0..5000u32)
-        .map(|i| i.to_le_bytes().to_vec())
-        .map(|d| (sha256(&d), d))
-        .collect();
-    let start = Instant::now();
-    for batch in small.chunks(1000) {
-        c.batch_update("local/bench", batch).await;
-    }
-    let small_writes = start.elapsed();
-    let mut digests: Vec<Digest> = small.iter().map(|(d, _)| *d).collect();
-    digests.extend((0..5000u32).map(|i| sha256(format!("absent {i}").as_bytes())));
-    let request = re::FindMissingBlobsRequest {
-        instance_name: "local/bench".into(),
-        blob_digests: digests.iter().map(Digest::to_proto).collect(),
-        ..Default::default()
-    };
-    let mut times = Vec::new();
-    for _ in 0..30 {
-        let start = Instant::now();
-        let response = c
-            .cas
-            .find_missing_blobs(request.clone())
-            .await
-            .unwrap()
-            .into_inner();
-        times.push(start.elapsed());
-        assert_eq!(response.missing_blob_digests.len(), 5000);
-    }
-    times.sort();
-    let median = times[times.len() / 2];
-
-    println!(
-        "BatchUpdateBlobs of 5,000 small blobs (1,000 per call): {:.0} blobs/s",
-        5000.0 / small_writes.as_secs_f64()
-    );
     // Ratios of the total times: each side's throughput over all rounds, both orders included.
     let ratio = |time: fn(&Times) -> Duration| {
         let total = |side: fn(&(Times, Times)) -> &Times| {
@@ -190,9 +154,5 @@ async fn main() {
     println!(
         "  download / warm read (page cache to memory): {:.2}",
         ratio(|t| t.warm)
-    );
-    println!(
-        "FindMissingBlobs(10,000 digests) median of 30: {:.2} ms (target < 10 ms)",
-        median.as_secs_f64() * 1e3
     );
 }

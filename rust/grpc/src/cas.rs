@@ -2,7 +2,7 @@ use crate::capabilities::MAX_BATCH_TOTAL_SIZE_BYTES;
 use crate::request;
 use clientd_digest::{truncate, Digest, DigestFunction};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
-use clientd_store::{BlobStore, StoreError, BATCH_CONCURRENCY};
+use clientd_store::{BlobStore, StoreError};
 use futures::stream::{self, BoxStream, StreamExt};
 use prost::Message;
 use re::content_addressable_storage_server::ContentAddressableStorage;
@@ -127,10 +127,12 @@ impl ContentAddressableStorage for CasService {
         let function = request::digest_function(request.digest_function)?;
         let digests = parse_digests(function, &request.digests)?;
         check_batch_total(digests.iter().map(Digest::size))?;
-        let cas = &self.cas;
-        let responses = stream::iter(digests)
-            .map(|digest| async move {
-                let (data, status) = match cas.read_bytes(instance_name, &digest).await {
+        let read = self.cas.batch_read(instance_name, digests.clone()).await;
+        let responses = digests
+            .into_iter()
+            .zip(read)
+            .map(|(digest, read)| {
+                let (data, status) = match read {
                     Ok(data) => (data, request::ok_status()),
                     Err(e) => (Default::default(), request::rpc_status(&e.into())),
                 };
@@ -141,9 +143,7 @@ impl ContentAddressableStorage for CasService {
                     ..Default::default()
                 }
             })
-            .buffered(BATCH_CONCURRENCY)
-            .collect()
-            .await;
+            .collect();
         Ok(Response::new(re::BatchReadBlobsResponse { responses }))
     }
 

@@ -84,6 +84,17 @@ impl BlobStore for Demultiplexing {
         backend.cas.write_bytes(rest, digest, data).await
     }
 
+    async fn batch_read(
+        &self,
+        instance_name: &str,
+        digests: Vec<Digest>,
+    ) -> Vec<StoreResult<Bytes>> {
+        match self.route(instance_name) {
+            Ok((backend, rest)) => backend.cas.batch_read(rest, digests).await,
+            Err(e) => vec![Err(e); digests.len()],
+        }
+    }
+
     async fn batch_write(
         &self,
         instance_name: &str,

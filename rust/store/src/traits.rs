@@ -54,6 +54,20 @@ pub trait BlobStore: Send + Sync + 'static {
         Ok(data.freeze())
     }
 
+    /// Reads many small blobs into memory; one result per digest, in order. The local CAS
+    /// overrides it to read them all on one blocking thread.
+    async fn batch_read(
+        &self,
+        instance_name: &str,
+        digests: Vec<Digest>,
+    ) -> Vec<StoreResult<Bytes>> {
+        futures::stream::iter(digests)
+            .map(|digest| async move { self.read_bytes(instance_name, &digest).await })
+            .buffered(BATCH_CONCURRENCY)
+            .collect()
+            .await
+    }
+
     /// Writes a whole in-memory blob.
     async fn write_bytes(
         &self,

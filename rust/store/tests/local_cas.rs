@@ -145,3 +145,79 @@ async fn large_blob_in_chunks_and_read_from_an_offset() {
     assert!(matches!(err, StoreError::InvalidArgument(_)), "{err:?}");
     assert_eq!(cas.find_missing("", &[wrong]).await.unwrap(), vec![wrong]);
 }
+
+/// BatchUpdateBlobs' path: every blob gets its own outcome, in order, across group commits; a
+/// blob whose bytes do not match its digest is refused and the rest are stored.
+#[tokio::test]
+async fn batch_write_stores_each_blob_with_its_own_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = DiskLruOptions {
+        max_bytes: 1 << 30,
+        sync_writes: true,
+    };
+    let cas = LocalCas::open(dir.path(), options, Arc::new(SystemClock)).unwrap();
+    let mut blobs: Vec<(Digest, Bytes)> = (0..300u64)
+        .map(|i| {
+            let data = i.to_le_bytes().repeat(1 + i as usize % 50);
+            (DigestFunction::Sha256.digest_of(&data), Bytes::from(data))
+        })
+        .collect();
+    // A wrong body, the empty blob and a blob sent twice in the same batch.
+    let wrong = blobs[150].0;
+    blobs[150].1 = Bytes::from_static(b"not these bytes");
+    blobs[7] = (DigestFunction::Sha256.digest_of(b""), Bytes::new());
+    blobs[299] = blobs[3].clone();
+    let outcomes = cas.batch_write("", blobs.clone()).await;
+    assert_eq!(outcomes.len(), blobs.len());
+    for (i, outcome) in outcomes.iter().enumerate() {
+        if i == 150 {
+            assert!(
+                matches!(outcome, Err(StoreError::InvalidArgument(_))),
+                "{outcome:?}"
+            );
+        } else {
+            assert!(outcome.is_ok(), "blob {i}: {outcome:?}");
+        }
+    }
+    let digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+    assert_eq!(cas.find_missing("", &digests).await.unwrap(), vec![wrong]);
+    for (digest, data) in blobs.iter().filter(|(d, _)| *d != wrong) {
+        assert_eq!(&cas.read_bytes("", digest).await.unwrap(), data);
+    }
+}
+
+/// BatchReadBlobs' path: one outcome per digest, in order, the empty blob included and a
+/// missing blob NOT_FOUND without failing the others.
+#[tokio::test]
+async fn batch_read_returns_each_blob_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = DiskLruOptions {
+        max_bytes: 1 << 30,
+        sync_writes: false,
+    };
+    let cas = LocalCas::open(dir.path(), options, Arc::new(SystemClock)).unwrap();
+    let blobs: Vec<(Digest, Bytes)> = (0..50u64)
+        .map(|i| Bytes::from(blob(i)))
+        .map(|data| (DigestFunction::Sha256.digest_of(&data), data))
+        .collect();
+    for (digest, data) in &blobs {
+        cas.write_bytes("", digest, data.clone()).await.unwrap();
+    }
+    let absent = DigestFunction::Sha256.digest_of(b"never written");
+    let empty = DigestFunction::Sha256.digest_of(b"");
+    let mut digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+    digests.insert(10, absent);
+    digests.push(empty);
+    let read = cas.batch_read("", digests.clone()).await;
+    assert_eq!(read.len(), digests.len());
+    assert!(
+        matches!(read[10], Err(StoreError::NotFound(_))),
+        "{:?}",
+        read[10]
+    );
+    assert_eq!(read[digests.len() - 1].as_ref().unwrap().len(), 0);
+    for (i, (_, data)) in blobs.iter().enumerate() {
+        let at = if i < 10 { i } else { i + 1 };
+        assert_eq!(read[at].as_ref().unwrap(), data, "blob {i}");
+    }
+}

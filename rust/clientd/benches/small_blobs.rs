@@ -1,0 +1,204 @@
+//! Benchmark of small blobs in the local cache over the UNIX socket, each figure next to a
+//! baseline measured in the same run (these machines are shared and noisy):
+//! - BatchUpdateBlobs of 20,000 distinct blobs of 100 B to 4 KiB, 1,000 per call, against writing
+//!   the same blobs to files with an fsync each (what the CAS promises: every acknowledged blob
+//!   survives power loss), file by file and with one writer per core;
+//! - BatchReadBlobs of 1,000 of them in one call, against opening and reading their files in the
+//!   CAS directory directly (warm: both from the page cache), alternating which goes first;
+//! - FindMissingBlobs for 10,000 digests, half of them present.
+//!
+//! Run: `cargo bench -p clientd --bench small_blobs` (BENCH_DIR: where the cache lives).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use clientd_digest::Digest;
+use clientd_proto::build::bazel::remote::execution::v2 as re;
+use common::*;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const ROUNDS: usize = 4;
+const BLOBS_PER_ROUND: usize = 20_000;
+const PER_CALL: usize = 1_000;
+
+/// Blobs of round `round`: distinct across rounds, 100 B to 4 KiB.
+fn blobs(round: usize) -> Vec<(Digest, Vec<u8>)> {
+    let data = pseudo_random(round as u64 + 7, BLOBS_PER_ROUND * 4096);
+    (0..BLOBS_PER_ROUND)
+        .map(|i| {
+            let len = 100 + (i * 7919) % 3997;
+            let mut blob = data[i * 4096..i * 4096 + len].to_vec();
+            blob[..8].copy_from_slice(&((round * BLOBS_PER_ROUND + i) as u64).to_le_bytes());
+            (sha256(&blob), blob)
+        })
+        .collect()
+}
+
+/// Writes each blob to its own file and fsyncs it, from `writers` threads.
+fn disk_writes(dir: &Path, blobs: &[(Digest, Vec<u8>)], writers: usize) -> Duration {
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for part in blobs.chunks(blobs.len().div_ceil(writers)) {
+            s.spawn(move || {
+                for (digest, data) in part {
+                    let mut f = std::fs::File::create(dir.join(digest.hash_hex())).unwrap();
+                    f.write_all(data).unwrap();
+                    f.sync_data().unwrap();
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+async fn upload(c: &mut Clients, blobs: &[(Digest, Vec<u8>)]) -> Duration {
+    let start = Instant::now();
+    for call in blobs.chunks(PER_CALL) {
+        let codes = c.batch_update("local/bench", call).await;
+        assert!(codes.iter().all(|&code| code == 0), "{codes:?}");
+    }
+    start.elapsed()
+}
+
+async fn batch_read(c: &mut Clients, digests: &[Digest]) -> Duration {
+    let request = re::BatchReadBlobsRequest {
+        instance_name: "local/bench".into(),
+        digests: digests.iter().map(Digest::to_proto).collect(),
+        ..Default::default()
+    };
+    let start = Instant::now();
+    let response = c.cas.batch_read_blobs(request).await.unwrap().into_inner();
+    let elapsed = start.elapsed();
+    assert_eq!(response.responses.len(), digests.len());
+    assert!(response
+        .responses
+        .iter()
+        .all(|r| r.status.as_ref().unwrap().code == 0));
+    elapsed
+}
+
+fn file_reads(home: &Path, digests: &[Digest]) -> Duration {
+    let start = Instant::now();
+    let mut buffer = Vec::new();
+    for digest in digests {
+        buffer.clear();
+        std::fs::File::open(cas_file(home, digest))
+            .unwrap()
+            .read_to_end(&mut buffer)
+            .unwrap();
+        assert_eq!(buffer.len() as u64, digest.size());
+    }
+    start.elapsed()
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let dir = tempfile::tempdir_in(
+        std::env::var("BENCH_DIR").unwrap_or_else(|_| env!("CARGO_TARGET_TMPDIR").into()),
+    )
+    .unwrap();
+    let home = dir.path().join("home");
+    let daemon = Daemon::start(&home, None, &[]);
+    let mut c = daemon.clients().await;
+    let writers = std::thread::available_parallelism().map_or(2, |n| n.get());
+
+    // BatchUpdateBlobs against fsynced files, rounds alternating which goes first.
+    let (mut clientd, mut serial, mut parallel) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let mut present = Vec::new();
+    for round in 0..ROUNDS {
+        let blobs = blobs(round);
+        let baseline = dir.path().join(format!("files-{round}"));
+        std::fs::create_dir(&baseline).unwrap();
+        let (u, s, p) = if round % 2 == 0 {
+            let u = upload(&mut c, &blobs).await;
+            let s = disk_writes(&baseline, &blobs[..BLOBS_PER_ROUND / 2], 1);
+            let p = disk_writes(&baseline, &blobs[BLOBS_PER_ROUND / 2..], writers);
+            (u, s, p)
+        } else {
+            let s = disk_writes(&baseline, &blobs[..BLOBS_PER_ROUND / 2], 1);
+            let p = disk_writes(&baseline, &blobs[BLOBS_PER_ROUND / 2..], writers);
+            (upload(&mut c, &blobs).await, s, p)
+        };
+        let rate = |n: usize, t: Duration| n as f64 / t.as_secs_f64();
+        println!(
+            "round {round}: BatchUpdateBlobs {:.0} blobs/s; files with an fsync each: {:.0} blobs/s \
+             (1 writer), {:.0} blobs/s ({writers} writers)",
+            rate(BLOBS_PER_ROUND, u),
+            rate(BLOBS_PER_ROUND / 2, s),
+            rate(BLOBS_PER_ROUND / 2, p),
+        );
+        clientd += u;
+        serial += s;
+        parallel += p;
+        std::fs::remove_dir_all(&baseline).unwrap();
+        present.extend(blobs.into_iter().take(2 * PER_CALL).map(|(d, _)| d));
+    }
+
+    // BatchReadBlobs of 1,000 blobs against reading their files, warm, alternating.
+    let digests = &present[..PER_CALL];
+    file_reads(&home, digests);
+    batch_read(&mut c, digests).await;
+    let (mut reads, mut files) = (Vec::new(), Vec::new());
+    for round in 0..20 {
+        if round % 2 == 0 {
+            reads.push(batch_read(&mut c, digests).await);
+            files.push(file_reads(&home, digests));
+        } else {
+            files.push(file_reads(&home, digests));
+            reads.push(batch_read(&mut c, digests).await);
+        }
+    }
+    let (reads, files) = (median(reads), median(files));
+
+    // FindMissingBlobs over 10,000 digests, half of them present.
+    let mut digests: Vec<Digest> = present.iter().cycle().take(5000).copied().collect();
+    digests.sort();
+    digests.dedup();
+    let n_present = digests.len();
+    digests
+        .extend((0..10_000 - n_present as u32).map(|i| sha256(format!("absent {i}").as_bytes())));
+    let request = re::FindMissingBlobsRequest {
+        instance_name: "local/bench".into(),
+        blob_digests: digests.iter().map(Digest::to_proto).collect(),
+        ..Default::default()
+    };
+    let mut times = Vec::new();
+    for _ in 0..30 {
+        let start = Instant::now();
+        let response = c.cas.find_missing_blobs(request.clone()).await.unwrap();
+        times.push(start.elapsed());
+        assert_eq!(
+            response.into_inner().missing_blob_digests.len(),
+            10_000 - n_present
+        );
+    }
+
+    let n = (ROUNDS * BLOBS_PER_ROUND) as f64;
+    let half = (ROUNDS * BLOBS_PER_ROUND / 2) as f64;
+    println!("over {ROUNDS} rounds:");
+    println!(
+        "  BatchUpdateBlobs: {:.0} blobs/s (target >= 20,000); files with an fsync each: {:.0} \
+         blobs/s (1 writer), {:.0} blobs/s ({writers} writers)",
+        n / clientd.as_secs_f64(),
+        half / serial.as_secs_f64(),
+        half / parallel.as_secs_f64(),
+    );
+    println!(
+        "  BatchReadBlobs of 1,000 blobs: {:.1} ms, opening and reading the files {:.1} ms: \
+         {:.2} x (target <= 1.5; medians of 20)",
+        reads.as_secs_f64() * 1e3,
+        files.as_secs_f64() * 1e3,
+        reads.as_secs_f64() / files.as_secs_f64(),
+    );
+    println!(
+        "  FindMissingBlobs(10,000 digests, {n_present} present): {:.2} ms (median of 30; target < 10 ms)",
+        median(times).as_secs_f64() * 1e3
+    );
+}
