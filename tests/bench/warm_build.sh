@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Benchmark (not part of tests/run): Bazel 4.2.3 builds the same workspace with clientd as its
+# cache, the way users run it (the UNIX socket, `--config=clientd` from the fragment `clientd
+# bazelrc` writes, a `local/` instance), and with Bazel's own `--disk_cache`; prints the ratios.
+#
+#   tests/bench/warm_build.sh
+#
+# The workspace: N_ACTIONS genrules (default 500; tests/bench/genrule_workspace.py), outputs from
+# 8 B to MAX_BYTES (4 MiB). Each round times `bazel build //...` by wall clock, after `bazel clean`
+# and a `bazel build --nobuild //...` with the same flags (so the Bazel server, loading and
+# analysis are not in the timing):
+#   none:          no cache at all (what filling a cache costs is measured against it);
+#   disk cold:     --disk_cache=DIR, DIR empty: every action runs and is stored;
+#   disk warm:     after `bazel clean`: every action a cache hit, outputs copied from DIR;
+#   clientd cold:  a fresh daemon (empty cache) and --config=clientd: every action runs and is
+#                  uploaded over the socket;
+#   clientd warm:  after `bazel clean`: every action a hit, outputs downloaded over the socket.
+# The disk and clientd take turns going first (these machines are shared and noisy); the table
+# gives every round, and the ratios are medians of the per-round ratios [min..max].
+#
+# Environment: ROUNDS (5), N_ACTIONS (500), MAX_BYTES (4194304), JOBS (Bazel's --jobs; default:
+# Bazel's), CLIENTD (a binary instead of building this tree's), KEEP_TMP=1 (keep the temp dir:
+# Bazel logs and --profile files, the daemon's log). Needs tests/setup.sh (Bazel, netty's epoll
+# library), python3, cargo. About 6 minutes on 2 CPUs with the defaults. Exits non-zero when a
+# build fails; a warm build that is not all cache hits is reported.
+set -uo pipefail
+
+# shellcheck source-path=SCRIPTDIR source=../e2e/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../e2e/lib.sh"
+# A benchmark, not a test: a fatal error is `FATAL: reason` on stderr (lib.sh's calls pass NAME REASON).
+die() { printf 'FATAL: %s\n' "${@: -1}" >&2; exit 1; }
+
+ROUNDS=${ROUNDS:-5}
+N_ACTIONS=${N_ACTIONS:-500}
+MAX_BYTES=${MAX_BYTES:-4194304}
+
+need_bazel
+make_tmp clientd-bench-warm
+mkdir -p "$T/logs"
+build_clientd
+
+WS="$T/ws"
+new_workspace "$WS"
+python3 "$ROOT/tests/bench/genrule_workspace.py" "$N_ACTIONS" "$MAX_BYTES" >"$WS/BUILD" ||
+    die "cannot write the workspace"
+TOTAL_BYTES=$(sed -n 's/^# total output bytes: //p' "$WS/BUILD")
+note "workspace: $N_ACTIONS genrules, outputs 8 B .. $MAX_BYTES B, $((TOTAL_BYTES >> 20)) MiB in all"
+
+JOB_FLAGS=()
+[ -n "${JOBS:-}" ] && JOB_FLAGS=(--jobs="$JOBS")
+RESULTS="$T/times"
+: >"$RESULTS"
+
+# measure ROUND SCENARIO FLAGS...: clean, analyse, then time the build; appends "SCENARIO ROUND SECS".
+measure() {
+    local round=$1 scenario=$2 log t0 t1 rc hits
+    shift 2
+    log="$T/logs/$scenario-$round"
+    (cd "$WS" && bz clean) >"$log.clean" 2>&1 || { cat "$log.clean"; die "bazel clean failed"; }
+    (cd "$WS" && bz build --nobuild //... "$@" "${JOB_FLAGS[@]}") >"$log.nobuild" 2>&1 ||
+        { tail -n 20 "$log.nobuild"; die "bazel build --nobuild failed ($scenario)"; }
+    t0=$EPOCHREALTIME
+    (cd "$WS" && bz build //... "$@" "${JOB_FLAGS[@]}" --profile="$log.profile.json") >"$log.log" 2>&1
+    rc=$?
+    t1=$EPOCHREALTIME
+    if [ "$rc" -ne 0 ]; then
+        tail -n 30 "$log.log" | sed 's/^/#   /'
+        die "($scenario) bazel build failed"
+    fi
+    local secs
+    secs=$(python3 -c "print('%.2f' % ($t1 - $t0))")
+    echo "$scenario $round $secs" >>"$RESULTS"
+    hits=$(count "$log.log" "remote cache hit")
+    note "round $round $scenario: $secs s; $(summary_line "$log.log")"
+    case $scenario in *warm)
+        [ "$hits" -ge "$N_ACTIONS" ] || note "round $round $scenario: NOT all cache hits ($hits of $N_ACTIONS)"
+        ;;
+    esac
+}
+
+disk_side() {
+    local round=$1 dir="$T/disk-cache-$1"
+    measure "$round" "disk-cold" --disk_cache="$dir"
+    measure "$round" "disk-warm" --disk_cache="$dir"
+    rm -rf "$dir"
+}
+
+clientd_side() {
+    local round=$1
+    DAEMON_DIR="$T/clientd-$round"
+    mkdir -p "$DAEMON_DIR"
+    start_daemon serve --no-mount || die "clientd did not start"
+    write_fragment >/dev/null
+    measure "$round" "clientd-cold" --config=clientd
+    measure "$round" "clientd-warm" --config=clientd
+    stop_daemon
+    rm -rf "$DAEMON_DIR"
+}
+
+(cd "$WS" && bz info release) >"$T/logs/bazel-info.log" 2>&1 || { cat "$T/logs/bazel-info.log"; die "bazel does not start"; }
+for round in $(seq "$ROUNDS"); do
+    measure "$round" none
+    if [ $((round % 2)) -eq 1 ]; then
+        disk_side "$round"
+        clientd_side "$round"
+    else
+        clientd_side "$round"
+        disk_side "$round"
+    fi
+done
+
+python3 - "$RESULTS" "$N_ACTIONS" "$TOTAL_BYTES" "${JOBS:-default}" <<'EOF'
+import collections, statistics, sys
+path, n, total, jobs = sys.argv[1:]
+times = collections.defaultdict(dict)
+for line in open(path):
+    scenario, rnd, secs = line.split()
+    times[scenario][int(rnd)] = float(secs)
+rounds = sorted(times["none"])
+print()
+print("warm_build: %s actions, %.0f MiB of outputs, --jobs %s, %d rounds" % (n, int(total) / 2**20, jobs, len(rounds)))
+print("%-14s %s" % ("seconds", " ".join("%7s" % ("r%d" % r) for r in rounds)))
+for s in ("none", "disk-cold", "clientd-cold", "disk-warm", "clientd-warm"):
+    print("%-14s %s" % (s, " ".join("%7.2f" % times[s][r] for r in rounds)))
+def summary(values):
+    return "%.2f [%.2f..%.2f]" % (statistics.median(values), min(values), max(values))
+ratio = lambda a, b: [times[a][r] / times[b][r] for r in rounds]
+print()
+print("clientd / disk cache, warm (all hits):  %s   (target <= 1.00)" % summary(ratio("clientd-warm", "disk-warm")))
+print("clientd / disk cache, cold (empty):     %s   (target <= 1.10)" % summary(ratio("clientd-cold", "disk-cold")))
+print("filling the cache vs none: clientd %s, disk cache %s" % (
+    summary([t - 1 for t in ratio("clientd-cold", "none")]), summary([t - 1 for t in ratio("disk-cold", "none")])))
+per_action = lambda s: [1000 * times[s][r] / int(n) for r in rounds]
+print("warm, ms per action: clientd %s, disk cache %s" % (summary(per_action("clientd-warm")), summary(per_action("disk-warm"))))
+EOF
