@@ -90,6 +90,7 @@ clientd_side() {
     DAEMON_DIR="$T/clientd-$round"
     mkdir -p "$DAEMON_DIR"
     start_daemon serve --no-mount || die "clientd did not start"
+    # shellcheck disable=SC2119 # the default fragment: no extra arguments
     write_fragment >/dev/null
     measure "$round" "clientd-cold" --config=clientd
     measure "$round" "clientd-warm" --config=clientd

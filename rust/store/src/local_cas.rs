@@ -10,6 +10,7 @@ use clientd_digest::{Digest, DigestFunction};
 use futures::StreamExt;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -124,6 +125,15 @@ impl BlobStore for LocalCas {
         }
         let blobs = self.blobs.clone();
         let digest = *digest;
+        if len <= READ_CHUNK as u64 {
+            // One piece: opened and read in one blocking hop, with no channel (most blobs Bazel
+            // downloads are small, and a hop costs about as much as the read).
+            let data =
+                tokio::task::spawn_blocking(move || read_range(&blobs, &digest, offset, len))
+                    .await
+                    .map_err(join_error)??;
+            return Ok(futures::stream::once(async move { Ok(data) }).boxed());
+        }
         let file = tokio::task::spawn_blocking(move || blobs.open_file(&digest))
             .await
             .map_err(join_error)??
@@ -210,18 +220,28 @@ fn read_whole(blobs: &DiskLru<Digest>, digest: &Digest) -> StoreResult<Bytes> {
     if digest.is_empty_blob() {
         return Ok(Bytes::new());
     }
-    let mut file = blobs
+    read_range(blobs, digest, 0, digest.size())
+}
+
+/// `len` bytes of a blob from `offset`, read from its file in one call.
+fn read_range(
+    blobs: &DiskLru<Digest>,
+    digest: &Digest,
+    offset: u64,
+    len: u64,
+) -> StoreResult<Bytes> {
+    let file = blobs
         .open_file(digest)?
         .ok_or_else(|| StoreError::blob_not_found(digest))?;
-    let mut data = Vec::with_capacity(digest.size() as usize);
-    file.read_to_end(&mut data)
-        .map_err(|e| StoreError::io(format!("reading blob {digest}"), e))?;
-    if data.len() as u64 != digest.size() {
-        return Err(StoreError::Internal(format!(
-            "blob {digest} has {} bytes on disk",
-            data.len()
-        )));
-    }
+    let mut data = vec![0; len as usize];
+    file.read_exact_at(&mut data, offset).map_err(|e| {
+        let e = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            std::io::Error::new(e.kind(), "blob file is shorter than its size")
+        } else {
+            e
+        };
+        StoreError::io(format!("reading blob {digest}"), e)
+    })?;
     Ok(Bytes::from(data))
 }
 
