@@ -44,7 +44,19 @@ struct Build {
     root: u64,
 }
 
-pub struct OutputService {
+/// The service. Its RPCs run the file system's work (the output tree's lock, hashing local
+/// files, saving state, removing trees) on blocking threads, never on the runtime's.
+pub struct OutputService(Arc<Shared>);
+
+impl std::ops::Deref for OutputService {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What the RPCs share, reachable from blocking threads.
+pub struct Shared {
     vfs: Arc<Vfs>,
     stores: Arc<dyn BlobStore>,
     /// `<cache_dir>/outputs`: one directory per output base (state and files/).
@@ -92,7 +104,7 @@ impl OutputService {
     ) -> Result<Self, String> {
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let service = OutputService {
+        let service = OutputService(Arc::new(Shared {
             vfs,
             stores,
             dir,
@@ -100,11 +112,71 @@ impl OutputService {
             pool_max_bytes,
             max_tree_bytes,
             bases: Mutex::new(HashMap::new()),
-        };
+        }));
         service.restore_all(max_age)?;
         Ok(service)
     }
 
+    /// Runs `f` on a blocking thread.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Shared) -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let shared = self.0.clone();
+        tokio::task::spawn_blocking(move || f(&shared))
+            .await
+            .map_err(|e| Status::internal(format!("output service task failed: {e}")))
+    }
+
+    /// Removes staged CAS files that this build cannot use: staged for another instance name or
+    /// digest function, or whose blobs no longer exist. Returns their paths.
+    async fn drop_stale(
+        &self,
+        root: u64,
+        instance_name: Arc<str>,
+        function: DigestFunction,
+    ) -> Result<Vec<String>, Status> {
+        let (mut removed, by_instance) = self
+            .blocking(move |s| s.drop_foreign(root, &instance_name, function))
+            .await?;
+        let mut gone = Vec::new();
+        for (instance, files) in by_instance {
+            for chunk in files.chunks(CHECK_CHUNK) {
+                let digests: Vec<Digest> = chunk.iter().map(|(_, d)| *d).collect();
+                let missing = self
+                    .stores
+                    .find_missing(&instance, &digests)
+                    .await
+                    .map_err(|e| {
+                        Status::new(
+                            Status::from(e.clone()).code(),
+                            format!("checking staged outputs in {:?}: {e}", truncate(&instance)),
+                        )
+                    })?;
+                let missing: std::collections::HashSet<Digest> = missing.into_iter().collect();
+                gone.extend(
+                    chunk
+                        .iter()
+                        .filter(|(_, d)| missing.contains(d))
+                        .map(|(path, _)| path.clone()),
+                );
+            }
+        }
+        removed.extend(
+            self.blocking(move |s| {
+                for path in &gone {
+                    let _ = s.vfs.remove_output(root, path);
+                }
+                gone
+            })
+            .await?,
+        );
+        removed.sort();
+        Ok(removed)
+    }
+}
+
+impl Shared {
     fn restore_all(&self, max_age: Duration) -> Result<(), String> {
         let entries =
             std::fs::read_dir(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
@@ -245,14 +317,16 @@ impl OutputService {
         Ok(())
     }
 
-    /// Removes staged CAS files that this build cannot use: staged for another instance name or
-    /// digest function, or whose blobs no longer exist. Returns their paths.
-    async fn drop_stale(
+    /// Removes staged CAS files staged for another instance name or digest function (BatchStat
+    /// would answer with digests this build cannot use). Returns their paths, and the other CAS
+    /// files by instance name, for the existence check.
+    #[allow(clippy::type_complexity)]
+    fn drop_foreign(
         &self,
         root: u64,
         instance_name: &str,
         function: DigestFunction,
-    ) -> Result<Vec<String>, Status> {
+    ) -> (Vec<String>, HashMap<Arc<str>, Vec<(String, Digest)>>) {
         let mut by_instance: HashMap<Arc<str>, Vec<(String, Digest)>> = HashMap::new();
         let mut removed = Vec::new();
         for (path, entry) in self.vfs.snapshot(root) {
@@ -260,8 +334,6 @@ impl OutputService {
                 instance, digest, ..
             } = entry
             {
-                // Staged for another instance name or digest function: BatchStat would answer
-                // with a digest this build cannot use.
                 if &*instance != instance_name || digest.function() != function {
                     let _ = self.vfs.remove_output(root, &path);
                     removed.push(path);
@@ -273,30 +345,7 @@ impl OutputService {
                     .push((path, digest));
             }
         }
-        for (instance, files) in by_instance {
-            for chunk in files.chunks(CHECK_CHUNK) {
-                let digests: Vec<Digest> = chunk.iter().map(|(_, d)| *d).collect();
-                let missing = self
-                    .stores
-                    .find_missing(&instance, &digests)
-                    .await
-                    .map_err(|e| {
-                        Status::new(
-                            Status::from(e.clone()).code(),
-                            format!("checking staged outputs in {:?}: {e}", truncate(&instance)),
-                        )
-                    })?;
-                let missing: std::collections::HashSet<Digest> = missing.into_iter().collect();
-                for (path, digest) in chunk {
-                    if missing.contains(digest) {
-                        let _ = self.vfs.remove_output(root, path);
-                        removed.push(path.clone());
-                    }
-                }
-            }
-        }
-        removed.sort();
-        Ok(removed)
+        (removed, by_instance)
     }
 
     /// The entries a Tree expands to below `path`.
@@ -414,6 +463,24 @@ impl OutputService {
         Ok(out)
     }
 
+    /// Forgets output base `id`: its tree, its files and its saved state.
+    fn clean(&self, id: &str) -> Result<(), Status> {
+        if let Some(base) = self.bases.lock().unwrap().remove(id) {
+            drop(base.pool);
+        }
+        self.vfs.remove_output_root(id);
+        match std::fs::remove_dir_all(self.dir.join(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Status::internal(format!(
+                    "cannot remove the saved state of {id}: {e}"
+                )))
+            }
+            _ => {}
+        }
+        tracing::info!("outputs/{id}: cleaned");
+        Ok(())
+    }
+
     /// lstat of `path`, following intermediate symlinks (through the aliases for absolute ones).
     fn stat(&self, build: &Build, path: &str) -> Option<pb::batch_stat_response::Stat> {
         use pb::batch_stat_response::stat;
@@ -461,19 +528,7 @@ impl BazelOutputService for OutputService {
     ) -> Result<Response<pb::CleanResponse>, Status> {
         let id = request.into_inner().output_base_id;
         paths::check(&id).map_err(Status::invalid_argument)?;
-        if let Some(base) = self.bases.lock().unwrap().remove(&id) {
-            drop(base.pool);
-        }
-        self.vfs.remove_output_root(&id);
-        match std::fs::remove_dir_all(self.dir.join(&id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(Status::internal(format!(
-                    "cannot remove the saved state of {id}: {e}"
-                )))
-            }
-            _ => {}
-        }
-        tracing::info!("outputs/{id}: cleaned");
+        self.blocking(move |s| s.clean(&id)).await??;
         Ok(Response::new(pb::CleanResponse {}))
     }
 
@@ -507,15 +562,23 @@ impl BazelOutputService for OutputService {
             .map_err(|e| Status::invalid_argument(e.to_string()))?
             .unwrap_or(DigestFunction::Sha256);
 
-        let (root, unfinished) = self.base(&id)?;
-        if let Some(previous) = unfinished {
-            tracing::info!(
-                "outputs/{id}: build {} was not finalized; finalizing it",
-                previous.build_id
-            );
-            self.finalize(&previous)?;
-        }
-        let gone = self.drop_stale(root, &args.instance_name, function).await?;
+        let base_id = id.clone();
+        let root = self
+            .blocking(move |s| {
+                let (root, unfinished) = s.base(&base_id)?;
+                if let Some(previous) = unfinished {
+                    tracing::info!(
+                        "outputs/{base_id}: build {} was not finalized; finalizing it",
+                        previous.build_id
+                    );
+                    s.finalize(&previous)?;
+                }
+                Ok::<_, Status>(root)
+            })
+            .await??;
+        let gone = self
+            .drop_stale(root, args.instance_name.as_str().into(), function)
+            .await?;
         if !gone.is_empty() {
             tracing::info!(
                 "outputs/{id}: {} staged outputs are gone from the CAS",
@@ -624,9 +687,10 @@ impl BazelOutputService for OutputService {
         let spans: Vec<(usize, usize)> = staged.iter().map(|(i, e)| (*i, e.len())).collect();
         let entries: Vec<(String, OutputEntry)> = staged.into_iter().flat_map(|(_, e)| e).collect();
         let paths_of: Vec<String> = entries.iter().map(|(p, _)| p.clone()).collect();
+        let root = build.root;
         let mut results = self
-            .vfs
-            .stage(build.root, entries)
+            .blocking(move |s| s.vfs.stage(root, entries))
+            .await?
             .into_iter()
             .zip(paths_of);
         for (i, count) in spans {
@@ -685,7 +749,7 @@ impl BazelOutputService for OutputService {
                 }
             }
         };
-        self.finalize(&build)?;
+        self.blocking(move |s| s.finalize(&build)).await??;
         Ok(Response::new(pb::FinalizeBuildResponse {}))
     }
 
@@ -695,15 +759,18 @@ impl BazelOutputService for OutputService {
     ) -> Result<Response<pb::BatchStatResponse>, Status> {
         let request = request.into_inner();
         let build = self.build(&request.build_id)?;
-        let responses = request
-            .paths
-            .iter()
-            .map(|path| pb::batch_stat_response::StatResponse {
-                stat: paths::check(path)
-                    .ok()
-                    .and_then(|()| self.stat(&build, path)),
+        // Lookups under the tree's lock, and hashes of files Bazel wrote: blocking work.
+        let responses = self
+            .blocking(move |s| {
+                request
+                    .paths
+                    .iter()
+                    .map(|path| pb::batch_stat_response::StatResponse {
+                        stat: paths::check(path).ok().and_then(|()| s.stat(&build, path)),
+                    })
+                    .collect()
             })
-            .collect();
+            .await?;
         Ok(Response::new(pb::BatchStatResponse { responses }))
     }
 }
