@@ -19,7 +19,8 @@
 # gives every round, and the ratios are medians of the per-round ratios [min..max].
 #
 # Environment: ROUNDS (5), N_ACTIONS (500), MAX_BYTES (4194304), JOBS (Bazel's --jobs; default:
-# Bazel's), CLIENTD (a binary instead of building this tree's), KEEP_TMP=1 (keep the temp dir:
+# Bazel's), CLIENTD (a binary instead of building this tree's), CLIENTD_CONFIG (a config.json for
+# the daemon instead of its defaults, e.g. to measure without sync_writes), KEEP_TMP=1 (keep the temp dir:
 # Bazel logs and --profile files, the daemon's log). Needs tests/setup.sh (Bazel, netty's epoll
 # library), python3, cargo. About 6 minutes on 2 CPUs with the defaults. Exits non-zero when a
 # build fails; a warm build that is not all cache hits is reported.
@@ -88,7 +89,8 @@ disk_side() {
 clientd_side() {
     local round=$1
     DAEMON_DIR="$T/clientd-$round"
-    mkdir -p "$DAEMON_DIR"
+    mkdir -p "$DAEMON_DIR/config/clientd"
+    [ -z "${CLIENTD_CONFIG:-}" ] || cp "$CLIENTD_CONFIG" "$DAEMON_DIR/config/clientd/config.json"
     start_daemon serve --no-mount || die "clientd did not start"
     # shellcheck disable=SC2119 # the default fragment: no extra arguments
     write_fragment >/dev/null
