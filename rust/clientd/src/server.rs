@@ -2,10 +2,11 @@
 //! daemon's architecture at a glance.
 
 use crate::config::{ClusterConfig, Config};
+use clientd_digest::DigestFunction;
 use clientd_grpc::{
-    lenient_incoming, ActionCacheService, ByteStreamService, CapabilitiesService, CasService,
-    Clusters, ExecutionService, ForwardHeadersLayer, MessageLimitLayer, ServerInfo, StatsService,
-    MAX_MESSAGE_BYTES,
+    lenient_incoming, served_capabilities, ActionCacheService, ByteStreamService,
+    CapabilitiesService, CasService, Clusters, ExecutionService, ForwardHeadersLayer,
+    MessageLimitLayer, ServerInfo, StatsService, MAX_MESSAGE_BYTES,
 };
 use clientd_outputs::OutputService;
 use clientd_proto::bazel_output_service::bazel_output_service_server::BazelOutputServiceServer;
@@ -20,7 +21,7 @@ use clientd_store::{
 use clientd_upstream::{
     Cluster, ClusterOptions, Endpoint, RetryPolicy, UpstreamActionCache, UpstreamCas,
 };
-use clientd_vfs::{CasView, Pool, Vfs};
+use clientd_vfs::{CasView, DigestFunctions, Pool, Routing, Vfs};
 use re::action_cache_server::ActionCacheServer;
 use re::capabilities_server::CapabilitiesServer;
 use re::content_addressable_storage_server::ContentAddressableStorageServer;
@@ -309,16 +310,48 @@ fn file_system(config: &Config, composition: &Composition) -> Result<Arc<Vfs>, S
     let scratch = config.cache_dir().join("scratch");
     let pool = Pool::open_empty(&scratch, config.mount.scratch_max_size_bytes)
         .map_err(|e| format!("cannot prepare {}: {e}", scratch.display()))?;
-    let routes = composition.stores.clone();
+    let routing = FrontRouting {
+        stores: composition.stores.clone(),
+        clusters: composition.clusters.clone(),
+    };
     let cas = CasView::new(
         composition.stores.clone(),
-        Box::new(move |instance_name| routes.route(instance_name).is_ok()),
+        Box::new(routing),
         composition.local_cas.clone(),
         Duration::from_secs(config.mount.fetch_timeout_seconds),
     );
     // SAFETY: getuid and getgid cannot fail and have no preconditions.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     Ok(Arc::new(Vfs::new(cas, pool, uid, gid)))
+}
+
+/// cas/ follows the gRPC front: the instance names it routes, the digest functions its
+/// Capabilities offer.
+struct FrontRouting {
+    stores: Arc<Demultiplexing>,
+    clusters: Arc<Clusters>,
+}
+
+impl Routing for FrontRouting {
+    fn serves(&self, instance_name: &str) -> bool {
+        self.stores.route(instance_name).is_ok()
+    }
+
+    fn digest_functions<'a>(&'a self, instance_name: &'a str) -> DigestFunctions<'a> {
+        Box::pin(async move {
+            let capabilities = served_capabilities(&self.clusters, instance_name)
+                .await
+                .map_err(|e| tracing::warn!("cas/{instance_name}/blobs: Capabilities: {e}"))
+                .ok()?;
+            let functions = capabilities.cache_capabilities?.digest_functions;
+            Some(
+                functions
+                    .into_iter()
+                    .filter_map(|f| DigestFunction::from_proto(f).ok().flatten())
+                    .collect(),
+            )
+        })
+    }
 }
 
 fn log_stats(stats: &Stats) {

@@ -204,6 +204,17 @@ async fn cas_shows_files_directories_trees_and_runnable_commands() {
     let (success, _, stderr) = sh(&mnt, &format!("ls {blobs}/directory/{}", name(&action.a)));
     assert!(!success && stderr.contains("Invalid argument"), "{stderr}");
     assert_eq!(ok(&mnt, "ls -A cas | wc -l"), "0\n");
+    // blobs/ lists the digest functions the instance offers (the local cache: all of clientd's),
+    // each function its kinds; instance-name levels stay lookup only.
+    assert_eq!(
+        ok(&mnt, "ls cas/local/x/blobs"),
+        "blake3\nmd5\nsha1\nsha256\nsha384\nsha512\n"
+    );
+    assert_eq!(
+        ok(&mnt, "ls cas/local/x/blobs/sha256"),
+        "command\ndirectory\nexecutable\nfile\ntree\n"
+    );
+    assert_eq!(ok(&mnt, "ls -A cas/local/x | wc -l"), "0\n");
 
     // cp -lr of the input root into scratch/, then the command script reproduces the action.
     let input = format!("{blobs}/directory/{}", name(&action.root));
@@ -317,6 +328,11 @@ async fn cluster_blobs_are_fetched_on_first_read_and_a_stuck_cluster_gives_eio()
     ));
     assert!(std::fs::read(&path).unwrap() == data);
     assert!(std::fs::read(&path).unwrap() == data);
+    // A cluster's blobs/ lists what its Capabilities offer (this one is a clientd: all of them).
+    assert_eq!(
+        ok(&mnt, "ls cas/up.example.com/local/x/blobs"),
+        "blake3\nmd5\nsha1\nsha256\nsha384\nsha512\n"
+    );
 
     // The stuck cluster (a blob not in the local CAS): the lookup fails with EIO after the
     // timeout, and meanwhile other calls are answered at once.

@@ -38,14 +38,22 @@ impl Capabilities for CapabilitiesService {
         request: Request<re::GetCapabilitiesRequest>,
     ) -> Result<Response<re::ServerCapabilities>, Status> {
         let instance_name = request::instance_name(&request.get_ref().instance_name)?;
-        let local = local_capabilities();
-        match self.clusters.route(instance_name)? {
-            (None, _) => Ok(Response::new(local)),
-            (Some(cluster), rest) => {
-                let upstream = cluster.capabilities(rest).await?;
-                Ok(Response::new(limit(upstream, local)))
-            }
-        }
+        Ok(Response::new(
+            served_capabilities(&self.clusters, instance_name).await?,
+        ))
+    }
+}
+
+/// What GetCapabilities answers for an instance name (the file system's `blobs/` lists its
+/// digest functions).
+pub async fn served_capabilities(
+    clusters: &Clusters,
+    instance_name: &str,
+) -> Result<re::ServerCapabilities, Status> {
+    let local = local_capabilities();
+    match clusters.route(instance_name)? {
+        (None, _) => Ok(local),
+        (Some(cluster), rest) => Ok(limit(cluster.capabilities(rest).await?, local)),
     }
 }
 

@@ -17,7 +17,7 @@ mod stats;
 pub use action_cache::ActionCacheService;
 pub use authority::{lenient_incoming, LenientAuthority};
 pub use bytestream::ByteStreamService;
-pub use capabilities::{CapabilitiesService, MAX_BATCH_TOTAL_SIZE_BYTES};
+pub use capabilities::{served_capabilities, CapabilitiesService, MAX_BATCH_TOTAL_SIZE_BYTES};
 pub use cas::CasService;
 pub use execution::ExecutionService;
 pub use forwarding::ForwardHeadersLayer;

@@ -1,9 +1,10 @@
 //! `cas/`: every blob of every instance name, resolved lazily by path.
 //!
 //! `cas/<instance name...>/blobs/<digest function>/<kind>/<hash>-<size>`. Instance names may
-//! contain slashes, so components are instance name until the reserved `blobs`. Nothing is listed
-//! above the blob kinds: the view is lookup only, and a name is checked (and its message fetched)
-//! when it is looked up. Blob content comes from the local CAS, or from the cluster the instance
+//! contain slashes, so components are instance name until the reserved `blobs`. `cas/` and the
+//! instance-name levels list nothing (they are unbounded: the view is lookup only there, and a
+//! name is checked when it is looked up); `blobs/` lists the digest functions the instance offers,
+//! each function its kinds. Blob content comes from the local CAS, or from the cluster the instance
 //! name routes to, fetched once into the local CAS (the stores' read caching does that).
 
 use crate::attr::{Errno, VfsResult};
@@ -11,6 +12,7 @@ use crate::command;
 use clientd_digest::{Digest, DigestFunction, RESERVED_SEGMENTS};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_store::{BlobStore, LocalCas, StoreError};
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use lru::LruCache;
 use prost::Message;
@@ -114,13 +116,23 @@ const TREE_CACHE: usize = 64;
 /// Parsed messages by instance name and digest.
 type MessageCache<T> = LruCache<(Arc<str>, Digest), Arc<T>>;
 
-/// Whether the gRPC front serves an instance name (it routes to the local cache or a cluster):
-/// cas/ resolves no others, so a path there names what a gRPC call with that name would read.
-pub type Serves = Box<dyn Fn(&str) -> bool + Send + Sync>;
+/// What the gRPC front serves: cas/ resolves no other instance names, so a path there names what
+/// a gRPC call with that name would read, and `blobs/` lists what Capabilities would offer.
+pub trait Routing: Send + Sync {
+    /// Whether the front serves an instance name (it routes to the local cache or a cluster).
+    fn serves(&self, instance_name: &str) -> bool;
+    /// The digest functions offered for an instance name the front serves (for a cluster, those
+    /// its Capabilities offer that clientd supports); None when that cannot be known now (the
+    /// cluster does not answer).
+    fn digest_functions<'a>(&'a self, instance_name: &'a str) -> DigestFunctions<'a>;
+}
+
+/// What [`Routing::digest_functions`] returns.
+pub type DigestFunctions<'a> = BoxFuture<'a, Option<Vec<DigestFunction>>>;
 
 pub struct CasView {
     stores: Arc<dyn BlobStore>,
-    serves: Serves,
+    routing: Box<dyn Routing>,
     local: Arc<LocalCas>,
     timeout: Duration,
     directories: Mutex<MessageCache<re::Directory>>,
@@ -142,13 +154,13 @@ impl CasView {
     /// read caching fills, whose files are handed to readers.
     pub fn new(
         stores: Arc<dyn BlobStore>,
-        serves: Serves,
+        routing: Box<dyn Routing>,
         local: Arc<LocalCas>,
         timeout: Duration,
     ) -> Self {
         CasView {
             stores,
-            serves,
+            routing,
             local,
             timeout,
             directories: Mutex::new(LruCache::new(NonZeroUsize::new(MESSAGE_CACHE).unwrap())),
@@ -283,7 +295,7 @@ impl CasView {
         Some(match parent {
             CasNode::Instance(prefix) => {
                 if name == "blobs" {
-                    return Some(match (self.serves)(prefix) {
+                    return Some(match self.routing.serves(prefix) {
                         true => Ok(CasNode::Blobs(prefix.clone())),
                         false => Err(Errno::NOENT),
                     });
@@ -444,6 +456,19 @@ impl CasView {
     /// The entries of a directory node, by name. Lookup-only levels list nothing.
     pub async fn list(&self, node: &CasNode) -> VfsResult<Vec<(String, CasNode)>> {
         let dir = match node {
+            CasNode::Blobs(instance) => {
+                let functions =
+                    tokio::time::timeout(self.timeout, self.routing.digest_functions(instance))
+                        .await;
+                let Ok(Some(functions)) = functions else {
+                    tracing::warn!("cas/{instance}/blobs: the digest functions it offers are unknown (no answer within {:?})", self.timeout);
+                    return Err(Errno::IO);
+                };
+                return Ok(functions
+                    .into_iter()
+                    .map(|f| (f.name().to_string(), CasNode::Function(instance.clone(), f)))
+                    .collect());
+            }
             CasNode::Function(instance, function) => {
                 return Ok(Kind::ALL
                     .into_iter()
@@ -456,7 +481,7 @@ impl CasView {
                     .collect())
             }
             CasNode::Directory { .. } | CasNode::TreeDir { .. } => self.dir_of(node).await?,
-            CasNode::Instance(_) | CasNode::Blobs(_) | CasNode::KindDir(..) => return Ok(vec![]),
+            CasNode::Instance(_) | CasNode::KindDir(..) => return Ok(vec![]),
             _ => return Err(Errno::NOTDIR),
         };
         let names = dir

@@ -297,12 +297,13 @@ impl Vfs {
             Node::Root => fixed(FileKind::Directory, 0, 0o555, 5),
             Node::Outputs { .. } => fixed(FileKind::Directory, 0, 0o555, 2),
             Node::Cas(cas) => match cas {
-                CasNode::Instance(_) | CasNode::Blobs(_) | CasNode::KindDir(..) => {
+                CasNode::Instance(_) | CasNode::KindDir(..) => {
                     fixed(FileKind::Directory, 0, 0o111, 2)
                 }
-                CasNode::Function(..) | CasNode::Directory { .. } | CasNode::TreeDir { .. } => {
-                    fixed(FileKind::Directory, 0, 0o555, 2)
-                }
+                CasNode::Blobs(_)
+                | CasNode::Function(..)
+                | CasNode::Directory { .. }
+                | CasNode::TreeDir { .. } => fixed(FileKind::Directory, 0, 0o555, 2),
                 CasNode::File {
                     digest, executable, ..
                 } => {
@@ -774,21 +775,41 @@ fn perm(mode: u32) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cas::{DigestFunctions, Routing};
+    use clientd_digest::DigestFunction;
     use clientd_store::{BlobStore, DiskLruOptions, LocalCas, SystemClock};
     use std::time::Duration;
 
+    /// The front serves local and local/... with every digest function; cas/ follows it.
+    struct LocalOnly;
+
+    impl Routing for LocalOnly {
+        fn serves(&self, name: &str) -> bool {
+            name == "local" || name.starts_with("local/")
+        }
+        fn digest_functions<'a>(&'a self, _name: &'a str) -> DigestFunctions<'a> {
+            Box::pin(async { Some(DigestFunction::ALL.to_vec()) })
+        }
+    }
+
     fn vfs(dir: &std::path::Path, pool_bytes: u64) -> (Vfs, Arc<LocalCas>) {
+        vfs_with(dir, pool_bytes, Box::new(LocalOnly))
+    }
+
+    fn vfs_with(
+        dir: &std::path::Path,
+        pool_bytes: u64,
+        routing: Box<dyn Routing>,
+    ) -> (Vfs, Arc<LocalCas>) {
         let options = DiskLruOptions {
             max_bytes: 1 << 20,
             sync_writes: false,
         };
         let local =
             Arc::new(LocalCas::open(&dir.join("cas"), options, Arc::new(SystemClock)).unwrap());
-        // The front serves local and local/...; cas/ follows it.
-        let serves = |name: &str| name == "local" || name.starts_with("local/");
         let cas = CasView::new(
             local.clone(),
-            Box::new(serves),
+            routing,
             local.clone(),
             Duration::from_secs(5),
         );
@@ -875,6 +896,40 @@ mod tests {
             ino = vfs.lookup(ino, name(part)).await.unwrap().ino;
         }
         assert!(vfs.lookup(ino, name(&digest.file_name())).await.is_ok());
+    }
+
+    /// blobs/ lists the digest functions offered for its instance name: those of a cluster that
+    /// offers one, EIO while a cluster's offer is unknown (it does not answer).
+    #[tokio::test]
+    async fn blobs_lists_the_offered_digest_functions() {
+        struct Offers;
+        impl Routing for Offers {
+            fn serves(&self, _name: &str) -> bool {
+                true
+            }
+            fn digest_functions<'a>(&'a self, name: &'a str) -> DigestFunctions<'a> {
+                Box::pin(async move { (name == "one").then(|| vec![DigestFunction::Sha256]) })
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (vfs, _) = vfs_with(dir.path(), 1 << 20, Box::new(Offers));
+        let blobs = |instance: &'static str| {
+            let vfs = &vfs;
+            async move {
+                let top = vfs.lookup(CAS_ROOT, name(instance)).await.unwrap().ino;
+                let blobs = vfs.lookup(top, name("blobs")).await.unwrap();
+                assert_eq!(blobs.perm, 0o555);
+                vfs.readdir(blobs.ino).await
+            }
+        };
+        let listed: Vec<OsString> = blobs("one")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.2)
+            .collect();
+        assert_eq!(listed, vec![OsString::from("sha256")]);
+        assert_eq!(blobs("down").await.err(), Some(Errno::IO));
     }
 
     #[tokio::test]
