@@ -83,10 +83,11 @@ def label_path(root: Path, label: str) -> Path:
 def staleness(root: Path) -> list[str]:
     """What makes cargo-bazel-lock.json disagree with Cargo.lock; empty when it is current.
 
-    Compares what Cargo.lock pins: every crates.io package (name, version, checksum), the
-    workspace members, and each member's crates.io dependencies. Enough to catch a `cargo update` or an
-    added dependency without a regenerated lockfile; the rest of the file is derived by
-    cargo-bazel from the same inputs.
+    Compares what Cargo.lock pins, every crates.io package (name, version, checksum) and the
+    workspace members, and what each member's Cargo.toml asks for: its crates.io dependencies and
+    dev-dependencies, by kind. Enough to catch a `cargo update`, an added dependency or one moved
+    between kinds without a regenerated lockfile; the rest of the file is derived by cargo-bazel
+    from the same inputs.
     """
     where = LOCKFILE
     path = root / LOCKFILE
@@ -126,38 +127,54 @@ def staleness(root: Path) -> list[str]:
     for name in sorted(in_lockfile - local.keys()):
         problems.append(f"{where}: has workspace member {name}, which Cargo.lock does not list")
 
+    paths = {ident.split(" ")[0]: rel for ident, rel in members.items()}
+    root_deps = tomllib.loads((root / "Cargo.toml").read_text()).get("workspace", {}).get("dependencies", {})
     for name in sorted(local.keys() & in_lockfile):
         ident = f"{name} {local[name]['version']}"
         crate = crates.get(ident)
         if crate is None:
             problems.append(f"{where}: has no crate entry for workspace member {ident}")
             continue
-        # Dependencies between workspace members are rendered from the manifests, not recorded.
-        want_deps = {d.split(" ")[0] for d in local[name].get("dependencies", [])} - local.keys()
-        have_deps = {ref.split(" ")[0] for ref in dependency_ids(crate)}
-        for dep in sorted(want_deps - have_deps):
-            problems.append(f"{where}: {name} lacks dependency {dep}, which Cargo.lock lists")
-        for dep in sorted(have_deps - want_deps):
-            problems.append(f"{where}: {name} has dependency {dep}, which Cargo.lock does not list")
+        manifest = tomllib.loads((root / paths[name] / "Cargo.toml").read_text())
+        normal = external_packages(manifest.get("dependencies", {}), root_deps)
+        dev = external_packages(manifest.get("dev-dependencies", {}), root_deps) - normal
+        for kind, want, have in (
+            ("dependency", normal, dependency_names(crate, ("deps", "proc_macro_deps"))),
+            ("dev-dependency", dev, dependency_names(crate, ("deps_dev", "proc_macro_deps_dev"))),
+        ):
+            for dep in sorted(want - have):
+                problems.append(f"{where}: {name} lacks {kind} {dep}, which its Cargo.toml lists")
+            for dep in sorted(have - want):
+                problems.append(f"{where}: {name} has {kind} {dep}, which its Cargo.toml does not list")
     return problems
 
 
-def dependency_ids(crate: dict) -> set[str]:
-    """The "name version" ids of every dependency kind a crate entry records, on any platform."""
+def external_packages(table: dict, root_deps: dict) -> set[str]:
+    """The crates.io package names of a manifest's dependency table (path dependencies left out;
+    `workspace = true` entries resolved through the root's [workspace.dependencies])."""
+    out = set()
+    for key, spec in table.items():
+        if isinstance(spec, dict) and spec.get("workspace"):
+            spec = root_deps.get(key, {})
+        if isinstance(spec, dict):
+            if "path" in spec:
+                continue
+            out.add(spec.get("package", key))
+        else:
+            out.add(key)
+    return out
+
+
+def dependency_names(crate: dict, kinds: tuple[str, ...]) -> set[str]:
+    """The package names of the dependencies of these kinds a crate entry records, any platform."""
     attrs = crate.get("common_attrs", {})
-    ids = set()
-    for kind in ("deps", "deps_dev", "proc_macro_deps", "proc_macro_deps_dev"):
+    names = set()
+    for kind in kinds:
         select = attrs.get(kind) or {}
         groups = [select.get("common", [])] + list((select.get("selects") or {}).values())
         for group in groups:
-            ids.update(d["id"] for d in group)
-    build = crate.get("build_script_attrs") or {}
-    for kind in ("deps", "proc_macro_deps"):
-        select = build.get(kind) or {}
-        groups = [select.get("common", [])] + list((select.get("selects") or {}).values())
-        for group in groups:
-            ids.update(d["id"] for d in group)
-    return ids
+            names.update(d["id"].split(" ")[0] for d in group)
+    return names
 
 
 # --------------------------------------------------------------------------

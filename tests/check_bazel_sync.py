@@ -1299,9 +1299,9 @@ def drift_cases(root: Path) -> list[Case]:
             [bazel_lockfile.LOCKFILE, "which Cargo.lock pins"],
         ),
         Case(
-            "a crates.io dependency added to a member (Cargo.lock updated, lockfile not)",
-            add_locked_dependency,
-            [bazel_lockfile.LOCKFILE, "which Cargo.lock lists"],
+            "a crates.io dependency added to a member's Cargo.toml, the lockfile not regenerated",
+            add_manifest_dependency,
+            [bazel_lockfile.LOCKFILE, "lacks dependency libc, which its Cargo.toml lists"],
         ),
         Case(
             "manifest dropped from MODULE.bazel",
@@ -1382,15 +1382,16 @@ def bump_locked_crate(t: Path) -> None:
     edit(t / "Cargo.lock", old, f'name = "{package["name"]}"\nversion = "{package["version"]}-drift"')
 
 
-def add_locked_dependency(t: Path) -> None:
-    """List one more crates.io package among a member's dependencies in Cargo.lock."""
+def add_manifest_dependency(t: Path) -> None:
+    """Give the first member without it a crates.io dependency that Cargo.lock already pins."""
     lock = tomllib.loads((t / "Cargo.lock").read_text())
-    members = [p for p in lock["package"] if "source" not in p and p.get("dependencies")]
-    names = {d.split(" ")[0] for d in members[0]["dependencies"]}
-    extra = next(p["name"] for p in lock["package"] if p.get("source") and p["name"] not in names)
-    first = members[0]["dependencies"][0]
-    old = f'name = "{members[0]["name"]}"\nversion = "{members[0]["version"]}"\ndependencies = [\n "{first}",\n'
-    edit(t / "Cargo.lock", old, old + f' "{extra}",\n')
+    pinned = next(p for p in lock["package"] if p.get("source") and p["name"] == "libc")
+    for manifest in sorted(t.glob("rust/*/Cargo.toml")):
+        text = manifest.read_text()
+        if "\nlibc" not in text and "[dependencies]\n" in text:
+            edit(manifest, "[dependencies]\n", f'[dependencies]\nlibc = "={pinned["version"]}"\n')
+            return
+    raise AssertionError("self-test fixture: every member already depends on libc")
 
 
 def self_test(root: Path) -> int:
