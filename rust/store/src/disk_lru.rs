@@ -9,7 +9,9 @@
 //! - Readers open files and read outside the lock. Eviction unlinks, and an open file stays
 //!   readable until closed: a blob being read is never deleted under its reader.
 //! - At start the directory is scanned (names and sizes, no hashing) and ordered by mtime, which
-//!   reads refresh at most every [`TOUCH_INTERVAL`], so LRU order survives restarts.
+//!   reads refresh at most every [`TOUCH_INTERVAL`], so LRU order survives restarts. The scan runs
+//!   in the background, so the store answers at once whatever it holds: until it ends, a key the
+//!   index lacks is looked up on disk, and eviction waits for the scan's byte count.
 //! - Every byte on disk counts against the bound: an entry being written holds a [`Reservation`]
 //!   of its length from before its first byte until it is inserted or abandoned.
 
@@ -21,13 +23,16 @@ use std::hash::Hash;
 use std::io;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tempfile::NamedTempFile;
 
 /// How stale a file's mtime may get before a read refreshes it.
 pub const TOUCH_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Entries indexed per hold of the index lock while loading, so requests interleave with the scan.
+const LOAD_CHUNK: usize = 4096;
 
 /// A key that names an entry's file under the store's root, and back.
 pub trait DiskKey: Clone + Eq + Hash + Send + Sync + 'static {
@@ -72,6 +77,8 @@ pub struct DiskLru<K: DiskKey> {
     index: Mutex<Index<K>>,
     /// Bytes reserved by entries being written; they count against the bound with the entries.
     reserved: Arc<AtomicU64>,
+    /// True until the entries found on disk at start are all in the index.
+    loading: AtomicBool,
 }
 
 /// Room for an entry being written, taken from the store's bound before its first byte. Dropping
@@ -90,8 +97,26 @@ impl Drop for Reservation {
 
 impl<K: DiskKey> DiskLru<K> {
     /// Opens (creating if needed) the store at `root`: removes leftover temporary files, and
-    /// rebuilds the index from the files present.
-    pub fn open(root: &Path, options: DiskLruOptions, clock: Arc<dyn Clock>) -> io::Result<Self> {
+    /// starts rebuilding the index from the files present on a thread of its own.
+    pub fn open(
+        root: &Path,
+        options: DiskLruOptions,
+        clock: Arc<dyn Clock>,
+    ) -> io::Result<Arc<Self>> {
+        let store = Self::open_unloaded(root, options, clock)?;
+        let loader = store.clone();
+        std::thread::Builder::new()
+            .name("index-load".into())
+            .spawn(move || loader.load())?;
+        Ok(store)
+    }
+
+    /// The store with an empty index, loading: [`DiskLru::load`] has yet to run.
+    fn open_unloaded(
+        root: &Path,
+        options: DiskLruOptions,
+        clock: Arc<dyn Clock>,
+    ) -> io::Result<Arc<Self>> {
         let tmp = root.join("tmp");
         let entries = root.join("entries");
         if tmp.exists() {
@@ -99,41 +124,86 @@ impl<K: DiskKey> DiskLru<K> {
         }
         fs::create_dir_all(&tmp)?;
         fs::create_dir_all(&entries)?;
-        let mut found = Vec::new();
-        scan(&entries, &mut found)?;
-        found.sort_by_key(|(_, _, mtime)| *mtime);
-        let mut index = Index {
-            lru: LruCache::unbounded(),
-            bytes: 0,
-        };
-        let mut dropped = 0usize;
-        for (path, len, mtime) in found {
-            let rel = path.strip_prefix(&entries).expect("scanned below root");
-            match K::from_rel_path(rel) {
-                Some(key) if key.expected_len().is_none_or(|want| want == len) => {
-                    index.bytes += len;
-                    let touched = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-                    index.lru.put(key, Entry { len, touched });
-                }
-                _ => {
-                    dropped += 1;
-                    fs::remove_file(&path)?;
-                }
-            }
-        }
-        if dropped > 0 {
-            tracing::warn!(root = %root.display(), dropped, "removed files that are not valid entries");
-        }
-        let store = DiskLru {
+        let store = Arc::new(DiskLru {
             root: entries,
             tmp,
             options,
             clock,
-            index: Mutex::new(index),
+            index: Mutex::new(Index {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+            }),
             reserved: Arc::new(AtomicU64::new(0)),
-        };
-        store.evict(&mut store.index.lock().unwrap())?;
+            loading: AtomicBool::new(true),
+        });
         Ok(store)
+    }
+
+    /// Indexes the entries on disk, oldest last in LRU order and behind every entry written since
+    /// start; drops files that are not valid entries; then evicts down to the bound.
+    fn load(&self) {
+        let start = std::time::Instant::now();
+        let mut found = Vec::new();
+        if let Err(e) = scan(&self.root, &mut found) {
+            tracing::warn!(root = %self.root.display(), "scanning the store: {e}; entries not found are not used");
+        }
+        // Newest first, each moved to the LRU end: the oldest ends up evicted first.
+        found.sort_by_key(|(_, _, mtime)| std::cmp::Reverse(*mtime));
+        let mut junk = Vec::new();
+        for chunk in found.chunks(LOAD_CHUNK) {
+            let mut index = self.index.lock().unwrap();
+            for (path, len, mtime) in chunk {
+                let rel = path.strip_prefix(&self.root).expect("scanned below root");
+                match K::from_rel_path(rel) {
+                    Some(key) if key.expected_len().is_none_or(|want| want == *len) => {
+                        if index.lru.contains(&key) {
+                            continue; // written again since start
+                        }
+                        index.bytes += len;
+                        let touched = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                        index.lru.put(key.clone(), Entry { len: *len, touched });
+                        index.lru.demote(&key);
+                    }
+                    _ => junk.push(path),
+                }
+            }
+        }
+        for path in &junk {
+            let _ = fs::remove_file(path);
+        }
+        if !junk.is_empty() {
+            tracing::warn!(root = %self.root.display(), dropped = junk.len(), "removed files that are not valid entries");
+        }
+        let mut index = self.index.lock().unwrap();
+        self.loading.store(false, Ordering::Release);
+        if let Err(e) = self.evict(&mut index) {
+            tracing::warn!(root = %self.root.display(), "evicting after the scan: {e}");
+        }
+        tracing::debug!(root = %self.root.display(), entries = index.lru.len(), bytes = index.bytes, "indexed in {:?}", start.elapsed());
+    }
+
+    /// Whether the scan at start is still running.
+    pub fn loading(&self) -> bool {
+        self.loading.load(Ordering::Acquire)
+    }
+
+    /// Waits for the scan at start to end (tests and benchmarks).
+    pub fn wait_loaded(&self) {
+        while self.loading() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// While the scan runs: the file of an entry the index does not have yet, if it is on disk.
+    fn unindexed(&self, key: &K) -> Option<File> {
+        if !self.loading() {
+            return None;
+        }
+        let file = File::open(self.root.join(key.rel_path())).ok()?;
+        let len = file.metadata().ok()?.len();
+        key.expected_len()
+            .is_none_or(|want| want == len)
+            .then_some(file)
     }
 
     /// Reserves room for an entry of `len` bytes about to be written, evicting the least recently
@@ -252,7 +322,10 @@ impl<K: DiskKey> DiskLru<K> {
         let touch = {
             let mut index = self.index.lock().unwrap();
             match index.lru.get_mut(key) {
-                None => return Ok(None),
+                None => {
+                    drop(index);
+                    return Ok(self.unindexed(key));
+                }
                 Some(entry) if now.saturating_sub(entry.touched) >= TOUCH_INTERVAL.as_secs() => {
                     entry.touched = now;
                     true
@@ -280,8 +353,16 @@ impl<K: DiskKey> DiskLru<K> {
 
     /// For each key, whether it is present; present ones count as recently used.
     pub fn contains(&self, keys: &[K]) -> Vec<bool> {
-        let mut index = self.index.lock().unwrap();
-        keys.iter().map(|k| index.lru.get(k).is_some()).collect()
+        let mut present: Vec<bool> = {
+            let mut index = self.index.lock().unwrap();
+            keys.iter().map(|k| index.lru.get(k).is_some()).collect()
+        };
+        if self.loading() {
+            for (key, present) in keys.iter().zip(&mut present) {
+                *present = *present || self.unindexed(key).is_some();
+            }
+        }
+        present
     }
 
     /// Removes an entry from the index only (its file is already gone).
@@ -300,6 +381,10 @@ impl<K: DiskKey> DiskLru<K> {
 
     /// Evicts least recently used entries until they and the reservations fit the bound.
     fn evict(&self, index: &mut Index<K>) -> io::Result<()> {
+        if self.loading() {
+            // The index does not hold every entry yet: the scan evicts when it ends.
+            return Ok(());
+        }
         while index.bytes + self.reserved.load(Ordering::Acquire) > self.options.max_bytes {
             let Some((key, entry)) = index.lru.pop_lru() else {
                 break;
@@ -375,6 +460,12 @@ mod tests {
         Some(data)
     }
 
+    /// The store once its index is loaded.
+    fn opened(store: Arc<DiskLru<Name>>) -> Arc<DiskLru<Name>> {
+        store.wait_loaded();
+        store
+    }
+
     fn clock() -> Arc<ManualClock> {
         Arc::new(ManualClock::new(
             UNIX_EPOCH + Duration::from_secs(1_000_000_000),
@@ -384,7 +475,7 @@ mod tests {
     #[test]
     fn evicts_least_recently_used_at_the_bound() {
         let dir = tempfile::tempdir().unwrap();
-        let store = DiskLru::<Name>::open(dir.path(), options(30), clock()).unwrap();
+        let store = opened(DiskLru::<Name>::open(dir.path(), options(30), clock()).unwrap());
         put(&store, "a", &[1; 10]).unwrap();
         put(&store, "b", &[2; 10]).unwrap();
         put(&store, "c", &[3; 10]).unwrap();
@@ -401,7 +492,7 @@ mod tests {
     #[test]
     fn refuses_entries_larger_than_the_bound() {
         let dir = tempfile::tempdir().unwrap();
-        let store = DiskLru::<Name>::open(dir.path(), options(5), clock()).unwrap();
+        let store = opened(DiskLru::<Name>::open(dir.path(), options(5), clock()).unwrap());
         let err = put(&store, "big", &[0; 6]).unwrap_err();
         assert!(matches!(err, StoreError::ResourceExhausted(_)), "{err:?}");
         assert_eq!(store.usage(), (0, 0));
@@ -414,7 +505,7 @@ mod tests {
     #[test]
     fn writes_in_progress_count_against_the_bound() {
         let dir = tempfile::tempdir().unwrap();
-        let store = DiskLru::<Name>::open(dir.path(), options(30), clock()).unwrap();
+        let store = opened(DiskLru::<Name>::open(dir.path(), options(30), clock()).unwrap());
         put(&store, "a", &[1; 10]).unwrap();
         put(&store, "b", &[2; 10]).unwrap();
         let first = store.reserve(15).unwrap(); // evicts a: 10 + 15 <= 30
@@ -441,7 +532,7 @@ mod tests {
     #[test]
     fn open_reader_survives_eviction() {
         let dir = tempfile::tempdir().unwrap();
-        let store = DiskLru::<Name>::open(dir.path(), options(10), clock()).unwrap();
+        let store = opened(DiskLru::<Name>::open(dir.path(), options(10), clock()).unwrap());
         put(&store, "a", b"0123456789").unwrap();
         let mut reader = store.open_file(&Name("a".into())).unwrap().unwrap();
         put(&store, "b", b"abcdefghij").unwrap(); // evicts a while it is open
@@ -456,7 +547,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = clock();
         {
-            let store = DiskLru::<Name>::open(dir.path(), options(100), clock.clone()).unwrap();
+            let store =
+                opened(DiskLru::<Name>::open(dir.path(), options(100), clock.clone()).unwrap());
             put(&store, "old", &[1; 10]).unwrap();
             clock.advance(Duration::from_secs(60));
             put(&store, "new", &[2; 10]).unwrap();
@@ -468,7 +560,7 @@ mod tests {
             fs::write(dir.path().join("entries/stray"), b"not an entry").unwrap();
         }
         // Reopen with room for one entry: the older one goes.
-        let store = DiskLru::<Name>::open(dir.path(), options(10), clock).unwrap();
+        let store = opened(DiskLru::<Name>::open(dir.path(), options(10), clock).unwrap());
         assert_eq!(store.usage(), (1, 10));
         assert_eq!(read(&store, "new").unwrap(), vec![2; 10]);
         assert!(read(&store, "old").is_none());
@@ -476,11 +568,49 @@ mod tests {
         assert!(!dir.path().join("entries/stray").exists());
     }
 
+    /// Until the scan at start has indexed them, entries on disk are found all the same (the
+    /// store answers at once whatever it holds); new writes go first in LRU order, and the scan
+    /// then evicts the oldest entries down to the bound.
+    #[test]
+    fn entries_are_found_while_the_index_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = clock();
+        {
+            let store =
+                opened(DiskLru::<Name>::open(dir.path(), options(100), clock.clone()).unwrap());
+            put(&store, "a", &[1; 10]).unwrap();
+            put(&store, "b", &[2; 10]).unwrap();
+            put(&store, "c", &[3; 10]).unwrap();
+            for (name, secs) in [("a", 100), ("b", 200), ("c", 300)] {
+                File::open(dir.path().join("entries/d").join(name))
+                    .unwrap()
+                    .set_modified(UNIX_EPOCH + Duration::from_secs(secs))
+                    .unwrap();
+            }
+        }
+        let store = DiskLru::<Name>::open_unloaded(dir.path(), options(25), clock).unwrap();
+        assert!(store.loading());
+        assert_eq!(
+            store.contains(&[Name("a".into()), Name("zz".into())]),
+            vec![true, false]
+        );
+        assert_eq!(read(&store, "b").unwrap(), vec![2; 10]);
+        assert_eq!(store.usage(), (0, 0));
+        put(&store, "d", &[4; 10]).unwrap(); // no eviction yet: the count is not complete
+        assert!(read(&store, "a").is_some());
+        store.load();
+        assert!(!store.loading());
+        // 40 bytes on disk, room for 25: the two oldest of a, b, c go; d, written since, stays.
+        assert_eq!(store.usage(), (2, 20));
+        assert!(read(&store, "d").is_some());
+        assert!(store.contains(&[Name("c".into())])[0]);
+    }
+
     #[test]
     fn reads_refresh_mtime_at_most_every_interval() {
         let dir = tempfile::tempdir().unwrap();
         let clock = clock();
-        let store = DiskLru::<Name>::open(dir.path(), options(100), clock.clone()).unwrap();
+        let store = opened(DiskLru::<Name>::open(dir.path(), options(100), clock.clone()).unwrap());
         put(&store, "a", b"x").unwrap();
         let path = dir.path().join("entries/d/a");
         let before = fs::metadata(&path).unwrap().modified().unwrap();
@@ -497,7 +627,7 @@ mod tests {
     #[test]
     fn file_removed_by_hand_is_forgotten() {
         let dir = tempfile::tempdir().unwrap();
-        let store = DiskLru::<Name>::open(dir.path(), options(100), clock()).unwrap();
+        let store = opened(DiskLru::<Name>::open(dir.path(), options(100), clock()).unwrap());
         put(&store, "a", b"x").unwrap();
         fs::remove_file(dir.path().join("entries/d/a")).unwrap();
         assert!(read(&store, "a").is_none());

@@ -61,7 +61,7 @@ impl LocalActionCache {
         clock: Arc<dyn Clock>,
     ) -> std::io::Result<Self> {
         Ok(LocalActionCache {
-            entries: Arc::new(DiskLru::open(root, options, clock)?),
+            entries: DiskLru::open(root, options, clock)?,
         })
     }
 }

@@ -64,7 +64,7 @@ impl LocalCas {
         clock: Arc<dyn Clock>,
     ) -> std::io::Result<Self> {
         Ok(LocalCas {
-            blobs: Arc::new(DiskLru::open(root, options, clock)?),
+            blobs: DiskLru::open(root, options, clock)?,
         })
     }
 
