@@ -50,10 +50,8 @@
 # does not get the cache hits/misses it is defined by; missed targets are reported, not fatal.
 set -uo pipefail
 
-# shellcheck source-path=SCRIPTDIR source=../e2e/lib.sh
-. "$(dirname "${BASH_SOURCE[0]}")/../e2e/lib.sh"
-# A benchmark, not a test: a fatal error is `FATAL: reason` on stderr (lib.sh's calls pass NAME REASON).
-die() { printf 'FATAL: %s\n' "${@: -1}" >&2; exit 1; }
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DELAY_MS=${DELAY_MS:-10}
 DELAY_METHOD=${DELAY_METHOD:-auto}
@@ -284,24 +282,17 @@ clientd_stats() {
 }
 
 # --- builds -----------------------------------------------------------------------------------
-JOB_FLAGS=()
-[ -n "${JOBS:-}" ] && JOB_FLAGS=(--jobs="$JOBS")
 declare -A TIMES
 FAILED=0
 
-# measure SCENARIO REP EXPECT(hits|misses) FLAGS...: clean, analyse, then time the build.
+# measure SCENARIO REP EXPECT(hits|misses) FLAGS...: times one build (timed_build).
 measure() {
     local scenario=$1 rep=$2 expect=$3
     shift 3
-    local log="$T/logs/$scenario-$rep" t0 t1 rc hits executed secs
-    (cd "$WS" && bz clean) >"$log.clean" 2>&1 || { cat "$log.clean"; die "bazel clean failed"; }
-    (cd "$WS" && bz build --nobuild //... "$@" "${JOB_FLAGS[@]}") >"$log.nobuild" 2>&1 ||
-        { tail -n 20 "$log.nobuild"; die "bazel build --nobuild failed ($scenario)"; }
-    t0=$EPOCHREALTIME
-    (cd "$WS" && bz build //... "$@" "${JOB_FLAGS[@]}" --profile="$log.profile.json") >"$log.log" 2>&1
-    rc=$?
-    t1=$EPOCHREALTIME
-    secs=$(python3 -c "print('%.2f' % ($t1 - $t0))")
+    local log="$T/logs/$scenario-$rep" rc hits executed secs
+    timed_build "$log" "$@"
+    rc=$BUILD_RC
+    secs=$BUILD_SECS
     TIMES[$scenario,$rep]=$secs
     hits=$(count "$log.log" "remote cache hit")
     executed=$(count "$log.log" executed)

@@ -26,10 +26,8 @@
 # build fails; a warm build that is not all cache hits is reported.
 set -uo pipefail
 
-# shellcheck source-path=SCRIPTDIR source=../e2e/lib.sh
-. "$(dirname "${BASH_SOURCE[0]}")/../e2e/lib.sh"
-# A benchmark, not a test: a fatal error is `FATAL: reason` on stderr (lib.sh's calls pass NAME REASON).
-die() { printf 'FATAL: %s\n' "${@: -1}" >&2; exit 1; }
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ROUNDS=${ROUNDS:-5}
 N_ACTIONS=${N_ACTIONS:-500}
@@ -47,32 +45,22 @@ python3 "$ROOT/tests/bench/genrule_workspace.py" "$N_ACTIONS" "$MAX_BYTES" >"$WS
 TOTAL_BYTES=$(sed -n 's/^# total output bytes: //p' "$WS/BUILD")
 note "workspace: $N_ACTIONS genrules, outputs 8 B .. $MAX_BYTES B, $((TOTAL_BYTES >> 20)) MiB in all"
 
-JOB_FLAGS=()
-[ -n "${JOBS:-}" ] && JOB_FLAGS=(--jobs="$JOBS")
 RESULTS="$T/times"
 : >"$RESULTS"
 
-# measure ROUND SCENARIO FLAGS...: clean, analyse, then time the build; appends "SCENARIO ROUND SECS".
+# measure ROUND SCENARIO FLAGS...: times one build (timed_build); appends "SCENARIO ROUND SECS".
 measure() {
-    local round=$1 scenario=$2 log t0 t1 rc hits
+    local round=$1 scenario=$2 log hits
     shift 2
     log="$T/logs/$scenario-$round"
-    (cd "$WS" && bz clean) >"$log.clean" 2>&1 || { cat "$log.clean"; die "bazel clean failed"; }
-    (cd "$WS" && bz build --nobuild //... "$@" "${JOB_FLAGS[@]}") >"$log.nobuild" 2>&1 ||
-        { tail -n 20 "$log.nobuild"; die "bazel build --nobuild failed ($scenario)"; }
-    t0=$EPOCHREALTIME
-    (cd "$WS" && bz build //... "$@" "${JOB_FLAGS[@]}" --profile="$log.profile.json") >"$log.log" 2>&1
-    rc=$?
-    t1=$EPOCHREALTIME
-    if [ "$rc" -ne 0 ]; then
+    timed_build "$log" "$@"
+    if [ "$BUILD_RC" -ne 0 ]; then
         tail -n 30 "$log.log" | sed 's/^/#   /'
         die "($scenario) bazel build failed"
     fi
-    local secs
-    secs=$(python3 -c "print('%.2f' % ($t1 - $t0))")
-    echo "$scenario $round $secs" >>"$RESULTS"
+    echo "$scenario $round $BUILD_SECS" >>"$RESULTS"
     hits=$(count "$log.log" "remote cache hit")
-    note "round $round $scenario: $secs s; $(summary_line "$log.log")"
+    note "round $round $scenario: $BUILD_SECS s; $(summary_line "$log.log")"
     case $scenario in *warm)
         [ "$hits" -ge "$N_ACTIONS" ] || note "round $round $scenario: NOT all cache hits ($hits of $N_ACTIONS)"
         ;;

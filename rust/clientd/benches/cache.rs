@@ -86,14 +86,8 @@ async fn timed_download(c: &mut Clients, digest: &Digest) -> Duration {
 
 #[tokio::main]
 async fn main() {
-    let size: usize = std::env::var("BENCH_BYTES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1 << 30);
-    let dir = tempfile::tempdir_in(
-        std::env::var("BENCH_DIR").unwrap_or_else(|_| env!("CARGO_TARGET_TMPDIR").into()),
-    )
-    .unwrap();
+    let size: usize = env_number("BENCH_BYTES", 1 << 30);
+    let dir = bench_dir();
     let data = Bytes::from(pseudo_random(42, size));
     let home = dir.path().join("home");
     let daemon = Daemon::start(&home, None, &[]);

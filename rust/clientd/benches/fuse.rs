@@ -17,21 +17,11 @@ use common::*;
 use disk::{drop_cache, gib_per_s, read_all};
 use std::time::Instant;
 
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
 #[tokio::main]
 async fn main() {
     let size = env_number("BENCH_BYTES", 1 << 30);
     let stats = env_number("BENCH_STATS", 100_000);
-    let dir = tempfile::tempdir_in(
-        std::env::var("BENCH_DIR").unwrap_or_else(|_| env!("CARGO_TARGET_TMPDIR").into()),
-    )
-    .unwrap();
+    let dir = bench_dir();
     let home = dir.path().join("home");
     let mnt = home.join("mnt");
     let daemon = Daemon::start(&home, None, &["--mount", mnt.to_str().unwrap()]);

@@ -48,10 +48,7 @@ async fn ask(clients: &mut Clients, round: usize, i: usize) -> (Result<(), Code>
 
 #[tokio::main]
 async fn main() {
-    let rounds: usize = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let rounds: usize = env_number("BENCH_ROUNDS", 3);
     let dir = tempfile::tempdir().unwrap();
     let upstream = Daemon::start(&dir.path().join("up"), None, &[]);
     let config = format!(

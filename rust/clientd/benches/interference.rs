@@ -14,8 +14,6 @@ mod common;
 use bytes::Bytes;
 use clientd_digest::Digest;
 use clientd_proto::bazel_output_service as pb;
-use clientd_proto::bazel_output_service_rev2 as rev2;
-use clientd_proto::build::bazel::remote::execution::v2 as re;
 use common::*;
 use pb::bazel_output_service_client::BazelOutputServiceClient;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,34 +54,10 @@ fn percentiles(mut times: Vec<Duration>) -> String {
     )
 }
 
-fn start_request() -> pb::StartBuildRequest {
-    pb::StartBuildRequest {
-        version: 1,
-        output_base_id: BASE.into(),
-        build_id: "b1".into(),
-        args: Some(rev2_any(
-            "StartBuildArgs",
-            &rev2::StartBuildArgs {
-                remote_cache: String::new(),
-                instance_name: INSTANCE.into(),
-                digest_function: re::digest_function::Value::Sha256 as i32,
-            },
-        )),
-        output_path_prefix: "/unused".into(),
-        output_path_aliases: Default::default(),
-    }
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
-    let files: usize = std::env::var("BENCH_FILES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000);
-    let dir = tempfile::tempdir_in(
-        std::env::var("BENCH_DIR").unwrap_or_else(|_| env!("CARGO_TARGET_TMPDIR").into()),
-    )
-    .unwrap();
+    let files: usize = env_number("BENCH_FILES", 100_000);
+    let dir = bench_dir();
     let home = dir.path().join("home");
     let mnt = dir.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
@@ -124,7 +98,10 @@ async fn main() {
     let outputs_dir = mnt.join("outputs").join(BASE);
     let staging = tokio::spawn(async move {
         let start = Instant::now();
-        service.start_build(start_request()).await.unwrap();
+        service
+            .start_build(start_build_request(BASE, "b1", INSTANCE))
+            .await
+            .unwrap();
         let path = |i: usize| format!("bin/dir{}/file{i}", i % 300);
         for (n, chunk) in outputs.chunks(1000).enumerate() {
             let files = chunk

@@ -12,8 +12,6 @@ mod common;
 
 use clientd_digest::Digest;
 use clientd_proto::bazel_output_service as pb;
-use clientd_proto::bazel_output_service_rev2 as rev2;
-use clientd_proto::build::bazel::remote::execution::v2 as re;
 use common::*;
 use pb::bazel_output_service_client::BazelOutputServiceClient;
 use std::time::{Duration, Instant};
@@ -31,34 +29,10 @@ fn rss_bytes(pid: i32) -> u64 {
         * 1024
 }
 
-fn start_request(build_id: &str) -> pb::StartBuildRequest {
-    pb::StartBuildRequest {
-        version: 1,
-        output_base_id: BASE.into(),
-        build_id: build_id.into(),
-        args: Some(rev2_any(
-            "StartBuildArgs",
-            &rev2::StartBuildArgs {
-                remote_cache: String::new(),
-                instance_name: "local/bench".into(),
-                digest_function: re::digest_function::Value::Sha256 as i32,
-            },
-        )),
-        output_path_prefix: "/unused".into(),
-        output_path_aliases: Default::default(),
-    }
-}
-
 #[tokio::main]
 async fn main() {
-    let files: usize = std::env::var("BENCH_FILES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000);
-    let dir = tempfile::tempdir_in(
-        std::env::var("BENCH_DIR").unwrap_or_else(|_| env!("CARGO_TARGET_TMPDIR").into()),
-    )
-    .unwrap();
+    let files: usize = env_number("BENCH_FILES", 100_000);
+    let dir = bench_dir();
     let home = dir.path().join("home");
     let daemon = Daemon::start(&home, None, &[]);
     let mut clients = daemon.clients().await;
@@ -76,7 +50,10 @@ async fn main() {
     let mut service = BazelOutputServiceClient::new(daemon.channel().await)
         .max_decoding_message_size(256 << 20)
         .max_encoding_message_size(256 << 20);
-    service.start_build(start_request("b1")).await.unwrap();
+    service
+        .start_build(start_build_request(BASE, "b1", "local/bench"))
+        .await
+        .unwrap();
 
     let rss_before = rss_bytes(daemon.pid());
     let start = Instant::now();

@@ -102,10 +102,7 @@ fn median(mut times: Vec<Duration>) -> Duration {
 
 #[tokio::main]
 async fn main() {
-    let dir = tempfile::tempdir_in(
-        std::env::var("BENCH_DIR").unwrap_or_else(|_| env!("CARGO_TARGET_TMPDIR").into()),
-    )
-    .unwrap();
+    let dir = bench_dir();
     let home = dir.path().join("home");
     let daemon = Daemon::start(&home, None, &[]);
     let mut c = daemon.clients().await;
@@ -217,14 +214,8 @@ async fn main() {
 /// A daemon started on a cache that holds many blobs (written straight into its directory, as
 /// an earlier run leaves them): (blobs, time to the first answer, time until all are found).
 async fn startup() -> (usize, Duration, Duration) {
-    let n: usize = std::env::var("BENCH_STARTUP_BLOBS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000);
-    let dir = tempfile::tempdir_in(
-        std::env::var("BENCH_DIR").unwrap_or_else(|_| env!("CARGO_TARGET_TMPDIR").into()),
-    )
-    .unwrap();
+    let n: usize = env_number("BENCH_STARTUP_BLOBS", 100_000);
+    let dir = bench_dir();
     let home = dir.path().join("home");
     let digests: Vec<Digest> = (0..n as u64)
         .map(|i| {

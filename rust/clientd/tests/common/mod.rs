@@ -445,6 +445,31 @@ pub fn file_locator(digest: &Digest) -> clientd_proto::prost_types::Any {
 
 /// Stages `files` (path, digest) as CAS files in one StageArtifacts call of build `build_id`;
 /// returns each artifact's status code.
+/// A StartBuild for output base `base` whose files are staged from `instance_name` (SHA-256),
+/// with no output path prefix Bazel would resolve links through.
+pub fn start_build_request(
+    base: &str,
+    build_id: &str,
+    instance_name: &str,
+) -> clientd_proto::bazel_output_service::StartBuildRequest {
+    use clientd_proto::bazel_output_service_rev2 as rev2;
+    clientd_proto::bazel_output_service::StartBuildRequest {
+        version: 1,
+        output_base_id: base.into(),
+        build_id: build_id.into(),
+        args: Some(rev2_any(
+            "StartBuildArgs",
+            &rev2::StartBuildArgs {
+                remote_cache: String::new(),
+                instance_name: instance_name.into(),
+                digest_function: re::digest_function::Value::Sha256 as i32,
+            },
+        )),
+        output_path_prefix: "/unused".into(),
+        output_path_aliases: Default::default(),
+    }
+}
+
 pub async fn stage_files(
     service: &mut clientd_proto::bazel_output_service::bazel_output_service_client::BazelOutputServiceClient<Channel>,
     build_id: &str,
@@ -471,4 +496,21 @@ pub async fn stage_files(
         .iter()
         .map(|r| r.status.as_ref().unwrap().code)
         .collect()
+}
+
+/// A benchmark's number from the environment variable `name`, or `default`.
+pub fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A benchmark's working directory, removed at the end: under BENCH_DIR if set (to measure
+/// another disk), else under cargo's target directory.
+pub fn bench_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(
+        std::env::var("BENCH_DIR").unwrap_or_else(|_| env!("CARGO_TARGET_TMPDIR").into()),
+    )
+    .unwrap()
 }

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Shared by the Bazel benchmarks (tests/bench/*.sh): the end-to-end tests' lib.sh, and one timed
+# build. Sourced, not run.
+
+# shellcheck source-path=SCRIPTDIR source=../e2e/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../e2e/lib.sh"
+# A benchmark, not a test: a fatal error is `FATAL: reason` on stderr (lib.sh's calls pass NAME REASON).
+die() { printf 'FATAL: %s\n' "${@: -1}" >&2; exit 1; }
+
+# Bazel's --jobs when JOBS is set; Bazel's default otherwise.
+JOB_FLAGS=()
+[ -n "${JOBS:-}" ] && JOB_FLAGS=(--jobs="$JOBS")
+
+# timed_build LOG FLAGS...: in $WS, `bazel clean` and `bazel build --nobuild //... FLAGS` (so the
+# Bazel server, loading and analysis are not timed), then `bazel build //... FLAGS` timed by wall
+# clock, with its output in LOG.log and its profile in LOG.profile.json. Sets BUILD_SECS (two
+# decimals) and BUILD_RC.
+timed_build() {
+    local log=$1 t0 t1
+    shift
+    (cd "$WS" && bz clean) >"$log.clean" 2>&1 || { cat "$log.clean"; die "bazel clean failed"; }
+    (cd "$WS" && bz build --nobuild //... "$@" "${JOB_FLAGS[@]}") >"$log.nobuild" 2>&1 ||
+        { tail -n 20 "$log.nobuild"; die "bazel build --nobuild failed ($log)"; }
+    t0=$EPOCHREALTIME
+    (cd "$WS" && bz build //... "$@" "${JOB_FLAGS[@]}" --profile="$log.profile.json") >"$log.log" 2>&1
+    # shellcheck disable=SC2034 # read by the benchmarks that source this file
+    BUILD_RC=$?
+    t1=$EPOCHREALTIME
+    # shellcheck disable=SC2034 # read by the benchmarks that source this file
+    BUILD_SECS=$(python3 -c "print('%.2f' % ($t1 - $t0))")
+}
