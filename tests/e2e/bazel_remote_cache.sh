@@ -215,12 +215,14 @@ else
     sed 's/^/#   /' "$T/exec2.misses"
 fi
 
-# `clientd stats` counts what Bazel got from the local cache.
-ac_hits=$(cl stats | awk '$1 == "action_cache_hits" { print $2 }')
-if [ "${ac_hits:-0}" -ge "$N_SPAWNS" ]; then
+# `clientd stats` counts what Bazel got from the local cache (a hit and an output downloaded per
+# spawn) and what it stored there.
+read -r ac_hits served stored < <(cl stats |
+    awk '{ v[$1] = $2 } END { print v["action_cache_hits"] + 0, v["blobs_served"] + 0, v["blobs_stored"] + 0 }')
+if [ "$ac_hits" -ge "$N_SPAWNS" ] && [ "$served" -ge "$N_SPAWNS" ] && [ "$stored" -gt 0 ]; then
     pass stats_count_local_hits
 else
-    fail stats_count_local_hits "clientd stats: action_cache_hits ${ac_hits:-none}, want >= $N_SPAWNS"
+    fail stats_count_local_hits "clientd stats: action_cache_hits $ac_hits, blobs_served $served (want >= $N_SPAWNS each), blobs_stored $stored (want > 0)"
 fi
 checksums >"$T/sums2"
 if cmp -s "$T/sums1" "$T/sums2"; then

@@ -170,12 +170,20 @@ fn grpc_routes(
 ) -> Routes {
     let expiry = Duration::from_secs(config.grpc.unfinished_upload_expiry_seconds);
     let stores = &composition.stores;
-    let cas = ContentAddressableStorageServer::new(CasService::new(stores.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let bytestream = ByteStreamServer::new(ByteStreamService::new(stores.clone(), clock, expiry))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let cas = ContentAddressableStorageServer::new(CasService::new(
+        stores.clone(),
+        composition.stats.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let bytestream = ByteStreamServer::new(ByteStreamService::new(
+        stores.clone(),
+        clock,
+        expiry,
+        composition.stats.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let action_cache = ActionCacheServer::new(ActionCacheService::new(
         stores.clone(),
         composition.stats.clone(),

@@ -4,7 +4,7 @@ use crate::request;
 use bs::byte_stream_server::ByteStream;
 use clientd_digest::{truncate, Compressor, DigestError, ReadResource, WriteResource};
 use clientd_proto::google::bytestream as bs;
-use clientd_store::{BlobSink, BlobStore, Clock, StoreError};
+use clientd_store::{BlobSink, BlobStore, Clock, Stats, StoreError};
 use futures::stream::{BoxStream, StreamExt};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +31,8 @@ struct Slot {
 pub struct ByteStreamService {
     cas: Arc<dyn BlobStore>,
     clock: Arc<dyn Clock>,
+    /// Blobs and bytes served and stored, as clients see them.
+    stats: Arc<Stats>,
     /// Unfinished uploads by resource name. A Write holds its slot's lock while it runs, so the
     /// state survives even when the client's cancellation drops the handler mid-stream.
     uploads: Mutex<HashMap<String, Arc<Slot>>>,
@@ -39,10 +41,16 @@ pub struct ByteStreamService {
 }
 
 impl ByteStreamService {
-    pub fn new(cas: Arc<dyn BlobStore>, clock: Arc<dyn Clock>, upload_expiry: Duration) -> Self {
+    pub fn new(
+        cas: Arc<dyn BlobStore>,
+        clock: Arc<dyn Clock>,
+        upload_expiry: Duration,
+        stats: Arc<Stats>,
+    ) -> Self {
         ByteStreamService {
             cas,
             clock,
+            stats,
             uploads: Mutex::new(HashMap::new()),
             upload_expiry,
         }
@@ -172,6 +180,8 @@ impl ByteStreamService {
                 drop(guard);
                 self.forget(&name);
                 committed?;
+                Stats::add(&self.stats.blobs_stored, 1);
+                Stats::add(&self.stats.bytes_stored, digest.size());
                 return Ok(done);
             }
             message = match stream.message().await? {
@@ -237,8 +247,13 @@ impl ByteStream for ByteStreamService {
                 limit,
             )
             .await?;
-        let responses = chunks.map(|chunk| match chunk {
-            Ok(data) => Ok(bs::ReadResponse { data }),
+        Stats::add(&self.stats.blobs_served, 1);
+        let stats = self.stats.clone();
+        let responses = chunks.map(move |chunk| match chunk {
+            Ok(data) => {
+                Stats::add(&stats.bytes_served, data.len() as u64);
+                Ok(bs::ReadResponse { data })
+            }
             Err(e) => Err(e.into()),
         });
         Ok(Response::new(responses.boxed()))

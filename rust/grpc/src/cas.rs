@@ -2,7 +2,7 @@ use crate::capabilities::MAX_BATCH_TOTAL_SIZE_BYTES;
 use crate::request;
 use clientd_digest::{truncate, Digest, DigestFunction};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
-use clientd_store::{BlobStore, StoreError};
+use clientd_store::{BlobStore, Stats, StoreError};
 use futures::stream::{self, BoxStream, StreamExt};
 use prost::Message;
 use re::content_addressable_storage_server::ContentAddressableStorage;
@@ -15,11 +15,13 @@ const DEFAULT_TREE_PAGE: usize = 1000;
 
 pub struct CasService {
     cas: Arc<dyn BlobStore>,
+    /// Blobs and bytes served and stored, as clients see them.
+    stats: Arc<Stats>,
 }
 
 impl CasService {
-    pub fn new(cas: Arc<dyn BlobStore>) -> Self {
-        CasService { cas }
+    pub fn new(cas: Arc<dyn BlobStore>, stats: Arc<Stats>) -> Self {
+        CasService { cas, stats }
     }
 }
 
@@ -103,6 +105,10 @@ impl ContentAddressableStorage for CasService {
                         written
                             .next()
                             .expect("one result per blob")
+                            .map(|()| {
+                                Stats::add(&self.stats.blobs_stored, 1);
+                                Stats::add(&self.stats.bytes_stored, entry.data.len() as u64);
+                            })
                             .map_err(Status::from)
                     },
                     Err,
@@ -133,7 +139,11 @@ impl ContentAddressableStorage for CasService {
             .zip(read)
             .map(|(digest, read)| {
                 let (data, status) = match read {
-                    Ok(data) => (data, request::ok_status()),
+                    Ok(data) => {
+                        Stats::add(&self.stats.blobs_served, 1);
+                        Stats::add(&self.stats.bytes_served, data.len() as u64);
+                        (data, request::ok_status())
+                    }
                     Err(e) => (Default::default(), request::rpc_status(&e.into())),
                 };
                 re::batch_read_blobs_response::Response {

@@ -25,6 +25,16 @@ counters! {
     action_cache_hits,
     /// GetActionResult calls answered NOT_FOUND.
     action_cache_misses,
+    /// Blobs sent to clients by BatchReadBlobs and ByteStream.Read, any instance (the local
+    /// cache's included).
+    blobs_served,
+    /// Bytes of those blobs.
+    bytes_served,
+    /// Blobs received from clients by BatchUpdateBlobs and ByteStream.Write and stored, any
+    /// instance.
+    blobs_stored,
+    /// Bytes of those blobs.
+    bytes_stored,
     /// Reads of cluster blobs served from the local CAS.
     local_hits,
     /// Blobs fetched from a cluster into the local CAS (one per distinct concurrent read).
