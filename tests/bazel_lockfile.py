@@ -121,15 +121,15 @@ def staleness(root: Path) -> list[str]:
             problems.append(f"{where}: {key[0]} {key[1]} has checksum {have[key]}, Cargo.lock {want[key]}")
 
     local = {p["name"]: p for p in packages if "source" not in p}
-    in_lockfile = {ident.split(" ")[0] for ident in members}
-    for name in sorted(local.keys() - in_lockfile):
+    # Member name -> its directory, as the lockfile records them.
+    paths = {ident.split(" ")[0]: rel for ident, rel in members.items()}
+    for name in sorted(local.keys() - paths.keys()):
         problems.append(f"{where}: lacks workspace member {name}")
-    for name in sorted(in_lockfile - local.keys()):
+    for name in sorted(paths.keys() - local.keys()):
         problems.append(f"{where}: has workspace member {name}, which Cargo.lock does not list")
 
-    paths = {ident.split(" ")[0]: rel for ident, rel in members.items()}
     root_deps = tomllib.loads((root / "Cargo.toml").read_text()).get("workspace", {}).get("dependencies", {})
-    for name in sorted(local.keys() & in_lockfile):
+    for name in sorted(local.keys() & paths.keys()):
         ident = f"{name} {local[name]['version']}"
         crate = crates.get(ident)
         if crate is None:

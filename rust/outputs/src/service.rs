@@ -136,31 +136,33 @@ impl OutputService {
         instance_name: Arc<str>,
         function: DigestFunction,
     ) -> Result<Vec<String>, Status> {
-        let (mut removed, by_instance) = self
-            .blocking(move |s| s.drop_foreign(root, &instance_name, function))
+        let instance = instance_name.clone();
+        let (mut removed, kept) = self
+            .blocking(move |s| s.drop_foreign(root, &instance, function))
             .await?;
         let mut gone = Vec::new();
-        for (instance, files) in by_instance {
-            for chunk in files.chunks(CHECK_CHUNK) {
-                let digests: Vec<Digest> = chunk.iter().map(|(_, d)| *d).collect();
-                let missing = self
-                    .stores
-                    .find_missing(&instance, &digests)
-                    .await
-                    .map_err(|e| {
-                        Status::new(
-                            Status::from(e.clone()).code(),
-                            format!("checking staged outputs in {:?}: {e}", truncate(&instance)),
-                        )
-                    })?;
-                let missing: std::collections::HashSet<Digest> = missing.into_iter().collect();
-                gone.extend(
-                    chunk
-                        .iter()
-                        .filter(|(_, d)| missing.contains(d))
-                        .map(|(path, _)| path.clone()),
-                );
-            }
+        for chunk in kept.chunks(CHECK_CHUNK) {
+            let digests: Vec<Digest> = chunk.iter().map(|(_, d)| *d).collect();
+            let missing = self
+                .stores
+                .find_missing(&instance_name, &digests)
+                .await
+                .map_err(|e| {
+                    Status::new(
+                        Status::from(e.clone()).code(),
+                        format!(
+                            "checking staged outputs in {:?}: {e}",
+                            truncate(&instance_name)
+                        ),
+                    )
+                })?;
+            let missing: std::collections::HashSet<Digest> = missing.into_iter().collect();
+            gone.extend(
+                chunk
+                    .iter()
+                    .filter(|(_, d)| missing.contains(d))
+                    .map(|(path, _)| path.clone()),
+            );
         }
         removed.extend(
             self.blocking(move |s| {
@@ -318,16 +320,15 @@ impl Shared {
     }
 
     /// Removes staged CAS files staged for another instance name or digest function (BatchStat
-    /// would answer with digests this build cannot use). Returns their paths, and the other CAS
-    /// files by instance name, for the existence check.
-    #[allow(clippy::type_complexity)]
+    /// would answer with digests this build cannot use). Returns their paths, and the CAS files
+    /// kept (all of `instance_name`), for the existence check.
     fn drop_foreign(
         &self,
         root: u64,
         instance_name: &str,
         function: DigestFunction,
-    ) -> (Vec<String>, HashMap<Arc<str>, Vec<(String, Digest)>>) {
-        let mut by_instance: HashMap<Arc<str>, Vec<(String, Digest)>> = HashMap::new();
+    ) -> (Vec<String>, Vec<(String, Digest)>) {
+        let mut kept = Vec::new();
         let mut removed = Vec::new();
         for (path, entry) in self.vfs.snapshot(root) {
             if let OutputEntry::CasFile {
@@ -339,13 +340,10 @@ impl Shared {
                     removed.push(path);
                     continue;
                 }
-                by_instance
-                    .entry(instance)
-                    .or_default()
-                    .push((path, digest));
+                kept.push((path, digest));
             }
         }
-        (removed, by_instance)
+        (removed, kept)
     }
 
     /// The entries a Tree expands to below `path`.

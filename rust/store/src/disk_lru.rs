@@ -183,12 +183,13 @@ impl<K: DiskKey> DiskLru<K> {
     }
 
     /// Whether the scan at start is still running.
-    pub fn loading(&self) -> bool {
+    fn loading(&self) -> bool {
         self.loading.load(Ordering::Acquire)
     }
 
-    /// Waits for the scan at start to end (tests and benchmarks).
-    pub fn wait_loaded(&self) {
+    /// Waits for the scan at start to end.
+    #[cfg(test)]
+    fn wait_loaded(&self) {
         while self.loading() {
             std::thread::sleep(Duration::from_millis(1));
         }

@@ -375,10 +375,8 @@ fn stream_file(
 ) -> std::io::Result<()> {
     file.seek(SeekFrom::Start(offset))?;
     let end = offset + len;
-    if len > READ_CHUNK as u64 {
-        // (A blob read in one piece has nothing to overlap.)
-        prefetch(&file, offset, PREFETCH.min(len));
-    }
+    // Only reads longer than one chunk are streamed (see `read`), so there is always more to come.
+    prefetch(&file, offset, PREFETCH.min(len));
     while len > 0 {
         let n = (len as usize).min(READ_CHUNK);
         let ahead = end - len + PREFETCH;

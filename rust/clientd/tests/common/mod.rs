@@ -443,8 +443,6 @@ pub fn file_locator(digest: &Digest) -> clientd_proto::prost_types::Any {
     )
 }
 
-/// Stages `files` (path, digest) as CAS files in one StageArtifacts call of build `build_id`;
-/// returns each artifact's status code.
 /// A StartBuild for output base `base` whose files are staged from `instance_name` (SHA-256),
 /// with no output path prefix Bazel would resolve links through.
 pub fn start_build_request(
@@ -470,6 +468,8 @@ pub fn start_build_request(
     }
 }
 
+/// Stages `files` (path, digest) as CAS files in one StageArtifacts call of build `build_id`;
+/// returns each artifact's status code.
 pub async fn stage_files(
     service: &mut clientd_proto::bazel_output_service::bazel_output_service_client::BazelOutputServiceClient<Channel>,
     build_id: &str,
