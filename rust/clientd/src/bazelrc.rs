@@ -4,10 +4,9 @@
 use crate::config::Config;
 use crate::daemon;
 use clap::Args;
-use clientd_bazelrc::{
-    fragment, scrub_config, BazelVersion, Connection, FragmentOptions, ScrubOptions,
-};
+use clientd_bazelrc::{fragment, BazelVersion, Connection, FragmentOptions};
 use clientd_digest::validate_instance_name;
+use clientd_scrub::{scrub_config, ScrubOptions};
 use clientd_store::Router;
 use clientd_upstream::Endpoint;
 use std::net::SocketAddr;

@@ -79,6 +79,11 @@ pub struct Config {
     pub mount: MountConfig,
     /// The Bazel Remote Output Service's output paths (`outputs/<output base id>/`).
     pub outputs: OutputsConfig,
+    /// A `remote_scrubbing.Config` text proto (`clientd scrub-config` writes one; also
+    /// `--scrubbing-config FILE`): Execute looks the actions it matches up under a key without
+    /// the stamp, so stamped actions run remotely and still hit the cache. A relative path is
+    /// taken from the daemon's working directory. Example: `"/home/me/ws/scrub.txtpb"`.
+    pub scrubbing_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -41,8 +41,9 @@ enum Command {
         #[command(flatten)]
         args: bazelrc::BazelrcArgs,
     },
-    /// Print a remote_scrubbing.Config text proto for stamped builds
-    /// (--experimental_remote_scrubbing_config, Bazel 7.0+).
+    /// Print a remote_scrubbing.Config text proto for stamped builds: for `clientd serve
+    /// --scrubbing-config` (any Bazel, remote execution) or Bazel 7's
+    /// --experimental_remote_scrubbing_config.
     ScrubConfig(bazelrc::ScrubArgs),
 }
 
@@ -71,6 +72,10 @@ struct ServeArgs {
     /// Run without the file system.
     #[arg(long = "no-mount")]
     no_mount: bool,
+    /// Scrub stamped actions' cache keys on Execute with this remote_scrubbing.Config (see
+    /// `clientd scrub-config`; overrides the config's scrubbing_config).
+    #[arg(long = "scrubbing-config", value_name = "FILE")]
+    scrubbing_config: Option<PathBuf>,
 }
 
 fn parse_cluster(text: &str) -> Result<(String, String), String> {
@@ -100,6 +105,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     }
     if args.no_mount {
         config.mount.enabled = false;
+    }
+    if let Some(path) = args.scrubbing_config {
+        config.scrubbing_config = Some(path);
     }
     for (prefix, endpoint) in args.clusters {
         config

@@ -6,13 +6,14 @@ use clientd_digest::DigestFunction;
 use clientd_grpc::{
     lenient_incoming, served_capabilities, ActionCacheService, ByteStreamService,
     CapabilitiesService, CasService, Clusters, ExecutionService, ForwardHeadersLayer,
-    MessageLimitLayer, ServerInfo, StatsService, MAX_MESSAGE_BYTES,
+    MessageLimitLayer, Scrubbing, ServerInfo, StatsService, MAX_MESSAGE_BYTES,
 };
 use clientd_outputs::OutputService;
 use clientd_proto::bazel_output_service::bazel_output_service_server::BazelOutputServiceServer;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_proto::clientd::v1::stats_server::StatsServer;
 use clientd_proto::google::bytestream::byte_stream_server::ByteStreamServer;
+use clientd_scrub::ScrubbingConfig;
 use clientd_store::{
     ActionCache, ActionResultCaching, Backend, BlobStore, Clock, CompletenessChecking,
     ConcurrencyLimiting, Demultiplexing, DiskLruOptions, ExistenceCaching, LocalActionCache,
@@ -60,6 +61,8 @@ pub struct Composition {
     pub stats: Arc<Stats>,
     /// The local CAS every route shares; the file system hands out its files.
     pub local_cas: Arc<LocalCas>,
+    /// Scrubbed keys for stamped actions on Execute, when configured.
+    pub scrubbing: Option<Arc<Scrubbing>>,
 }
 
 /// The stores, composed: `local` and `local/...` go to the local CAS and action cache; each
@@ -75,15 +78,18 @@ pub fn compose(config: &Config, clock: Arc<dyn Clock>) -> Result<Composition, St
             .map_err(|e| open_error("local CAS", e))?,
     );
     let local_cas: Arc<dyn BlobStore> = local.clone();
+    // One namespace per instance name: `local/...` entries and scrubbed results for clusters'
+    // instances share it without meeting.
+    let action_results: Arc<dyn ActionCache> = Arc::new(
+        LocalActionCache::open(
+            &cache_dir.join("ac"),
+            options(&config.action_cache),
+            clock.clone(),
+        )
+        .map_err(|e| open_error("local action cache", e))?,
+    );
     let local_action_cache: Arc<dyn ActionCache> = Arc::new(CompletenessChecking::new(
-        Arc::new(
-            LocalActionCache::open(
-                &cache_dir.join("ac"),
-                options(&config.action_cache),
-                clock.clone(),
-            )
-            .map_err(|e| open_error("local action cache", e))?,
-        ),
+        action_results.clone(),
         local_cas.clone(),
     ));
     let stats = Arc::new(Stats::default());
@@ -130,11 +136,34 @@ pub fn compose(config: &Config, clock: Arc<dyn Clock>) -> Result<Composition, St
         stores.push((prefix.clone(), backend));
         clusters.push((prefix.clone(), Some(cluster)));
     }
+    let stores = Arc::new(Demultiplexing::new(stores));
+    let scrubbing = match &config.scrubbing_config {
+        Some(path) => {
+            let scrubbing_config = ScrubbingConfig::load(path).map_err(|e| e.to_string())?;
+            tracing::info!(
+                "scrubbing stamped actions on Execute: {} rule(s) from {}",
+                scrubbing_config.rules(),
+                path.display()
+            );
+            // A scrubbed result is served only while the instance's CAS (the cluster's, for a
+            // cluster's instances) has every output it names.
+            let results = Arc::new(CompletenessChecking::new(action_results, stores.clone()));
+            Some(Arc::new(Scrubbing::new(
+                scrubbing_config,
+                stores.clone(),
+                results,
+                stores.clone(),
+                stats.clone(),
+            )))
+        }
+        None => None,
+    };
     Ok(Composition {
-        stores: Arc::new(Demultiplexing::new(stores)),
+        stores,
         clusters: Arc::new(Router::new(clusters)),
         stats,
         local_cas: local,
+        scrubbing,
     })
 }
 
@@ -190,9 +219,12 @@ fn grpc_routes(
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let execution = ExecutionServer::new(ExecutionService::new(composition.clusters.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let execution = ExecutionServer::new(ExecutionService::new(
+        composition.clusters.clone(),
+        composition.scrubbing.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     Routes::new(CapabilitiesServer::new(CapabilitiesService::new(
         composition.clusters.clone(),
     )))

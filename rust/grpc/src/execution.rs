@@ -4,9 +4,13 @@
 //! Operation names are rewritten to `<prefix>/operations/<cluster's name>`: WaitExecution carries
 //! no instance name, so the name itself must say which cluster to ask. `operations` is a reserved
 //! instance-name segment, so no prefix can contain it and the split is unambiguous.
+//!
+//! With a scrubbing configuration, Execute first looks stamped actions up under their scrubbed
+//! key (see [`crate::scrubbing`]).
 
 use crate::request;
 use crate::routes::Clusters;
+use crate::scrubbing::{cached_operation, Scrubbing};
 use clientd_digest::truncate;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_proto::google::longrunning::Operation;
@@ -19,11 +23,15 @@ const OPERATIONS: &str = "/operations/";
 
 pub struct ExecutionService {
     clusters: Arc<Clusters>,
+    scrubbing: Option<Arc<Scrubbing>>,
 }
 
 impl ExecutionService {
-    pub fn new(clusters: Arc<Clusters>) -> Self {
-        ExecutionService { clusters }
+    pub fn new(clusters: Arc<Clusters>, scrubbing: Option<Arc<Scrubbing>>) -> Self {
+        ExecutionService {
+            clusters,
+            scrubbing,
+        }
     }
 }
 
@@ -50,8 +58,9 @@ impl Execution for ExecutionService {
         &self,
         request: Request<re::ExecuteRequest>,
     ) -> Result<Response<Self::ExecuteStream>, Status> {
-        let mut request = request.into_inner();
-        let instance_name = request::instance_name(&request.instance_name)?;
+        let (metadata, _, mut request) = request.into_parts();
+        let full_name = request.instance_name.clone();
+        let instance_name = request::instance_name(&full_name)?;
         let (prefix, cluster, rest) = self.clusters.route_with_prefix(instance_name)?;
         let Some(cluster) = cluster else {
             return Err(Status::unimplemented(format!(
@@ -71,8 +80,40 @@ impl Execution for ExecutionService {
                 request.instance_name
             );
         }
-        let operations = cluster.execute(request).await?;
-        Ok(Response::new(renamed(prefix, operations)))
+        // A malformed action digest is the cluster's to refuse; it is never scrubbed.
+        let action = request::digest_function(request.digest_function)
+            .and_then(|f| request::digest(f, request.action_digest.as_ref(), "action_digest"));
+        let scrubbed = match (&self.scrubbing, action) {
+            (Some(scrubbing), Ok(action)) => scrubbing
+                .key(instance_name, &action, &metadata)
+                .await
+                .map(|scrubbed| (scrubbing.clone(), action, scrubbed)),
+            _ => None,
+        };
+        if let Some((scrubbing, action, scrubbed)) = &scrubbed {
+            if !request.skip_cache_lookup {
+                if let Some(result) = scrubbing.lookup(instance_name, scrubbed).await {
+                    let key = &scrubbed.key;
+                    let name = format!("{prefix}{OPERATIONS}scrubbed/{}", key.digest.hash_hex());
+                    let operation = cached_operation(name, action, key, result);
+                    return Ok(Response::new(
+                        futures::stream::iter([Ok(operation)]).boxed(),
+                    ));
+                }
+            }
+        }
+        let cluster_instance = request.instance_name.clone();
+        let operations = renamed(prefix, cluster.execute(request).await?);
+        Ok(Response::new(match scrubbed {
+            Some((scrubbing, _, scrubbed)) => scrubbing.storing(
+                operations,
+                instance_name.to_string(),
+                scrubbed,
+                cluster.clone(),
+                cluster_instance,
+            ),
+            None => operations,
+        }))
     }
 
     type WaitExecutionStream = BoxStream<'static, Result<Operation, Status>>;

@@ -12,6 +12,7 @@ mod forwarding;
 mod message_limit;
 mod request;
 mod routes;
+mod scrubbing;
 mod stats;
 
 pub use action_cache::ActionCacheService;
@@ -23,6 +24,7 @@ pub use execution::ExecutionService;
 pub use forwarding::ForwardHeadersLayer;
 pub use message_limit::MessageLimitLayer;
 pub use routes::Clusters;
+pub use scrubbing::Scrubbing;
 pub use stats::{ServerInfo, StatsService};
 
 /// Largest gRPC message accepted or sent: a full batch plus framing, as bb_clientd uses.

@@ -55,6 +55,16 @@ counters! {
     upstream_writes,
     /// Bytes of those uploads.
     upstream_write_bytes,
+    /// Executes a scrubbing rule matched that were answered from a result stored under their
+    /// scrubbed key (nothing ran).
+    scrubbed_hits,
+    /// Executes a scrubbing rule matched that found nothing under their scrubbed key and went to
+    /// the cluster.
+    scrubbed_misses,
+    /// Successful results of those stored under their scrubbed key.
+    scrubbed_stored,
+    /// Executes a scrubbing rule matched whose key could not be computed (forwarded unscrubbed).
+    scrub_failures,
 }
 
 impl Stats {

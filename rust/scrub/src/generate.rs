@@ -1,7 +1,8 @@
-//! `remote_scrubbing.Config` text protos for stamped builds (Bazel 7.0+,
-//! `--experimental_remote_scrubbing_config`): actions matched by label and mnemonic get inputs
-//! omitted from their cache key (by default the volatile status file that stamping adds),
-//! arguments rewritten and a salt, so stamped actions still hit the remote cache.
+//! `clientd scrub-config`: `remote_scrubbing.Config` text protos for stamped builds, for
+//! `clientd serve --scrubbing-config` and Bazel 7.0+'s `--experimental_remote_scrubbing_config`:
+//! actions matched by label and mnemonic get inputs omitted from their cache key (by default the
+//! volatile status file that stamping adds), arguments rewritten and a salt, so stamped actions
+//! still hit the remote cache.
 
 use std::fmt::Write;
 
