@@ -11,7 +11,8 @@
 # sandbox) does: the counters are the worker's executions.
 #
 # 1. scrub-config --label //stamp:stamped --mnemonic Genrule writes the config; daemon A starts
-#    with it, the worker as cluster rw.example.com.
+#    with it, the worker as cluster rw.example.com. The fragment `clientd bazelrc` writes says the
+#    daemon scrubs (and does not add Bazel 7's flag, which would run those actions locally).
 # 2. Build 1 (status 1): both actions execute on the worker once; clientd counts a scrubbed miss
 #    and stores the result under the scrubbed key.
 # 3. bazel clean, status 2, build 2: the stamped action's real key changed (the status did), and
@@ -122,6 +123,12 @@ expect_runs() {
 }
 
 write_fragment --instance "$INSTANCE"
+if grep -q "^# The daemon scrubs the stamped actions $SCRUB matches on Execute" "$WS/clientd.bazelrc" &&
+    ! grep -q "experimental_remote_scrubbing_config=" "$WS/clientd.bazelrc"; then
+    pass fragment_explains_scrubbing
+else
+    fail fragment_explains_scrubbing "the fragment does not say the daemon scrubs with $SCRUB (or adds Bazel's flag): $(tr '\n' '|' <"$WS/clientd.bazelrc")"
+fi
 
 # --- 2. build 1: everything executes once ----------------------------------------------------
 build build1 1 || { show_log build1; die build1 "bazel build failed"; }

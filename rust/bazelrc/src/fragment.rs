@@ -41,7 +41,10 @@ pub struct FragmentOptions {
     pub mount: Option<PathBuf>,
     /// Use the Output Service where Bazel has it (7.2 and later).
     pub output_service: bool,
+    /// `--experimental_remote_scrubbing_config` (Bazel 7.0+, cache-only builds).
     pub scrubbing_config: Option<PathBuf>,
+    /// The scrubbing configuration the daemon applies on Execute, if any.
+    pub daemon_scrubbing: Option<PathBuf>,
     pub digest_function: String,
 }
 
@@ -61,6 +64,14 @@ pub fn fragment(options: &FragmentOptions) -> Result<String, String> {
             options.instance_name
         ));
     }
+    if options.scrubbing_config.is_some() && options.remote_execution {
+        return Err("with remote execution Bazel runs the actions \
+             --experimental_remote_scrubbing_config matches locally (7.1 and later; 7.0 refuses \
+             the combination): give the file to the daemon instead (`clientd serve \
+             --scrubbing-config FILE`, or scrubbing_config in its configuration), which scrubs on \
+             Execute for any Bazel. --scrubbing-config here is for --cache-only builds"
+            .into());
+    }
     if options.scrubbing_config.is_some() && !at_least(SCRUBBING) {
         return Err(format!(
             "--experimental_remote_scrubbing_config needs Bazel 7.0 or later; this is Bazel {bazel}"
@@ -72,7 +83,7 @@ pub fn fragment(options: &FragmentOptions) -> Result<String, String> {
         "build"
     };
     let mut flags: Vec<String> = Vec::new();
-    let mut notes: Vec<&str> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
     let service = options.connection.uri();
     if options.remote_execution {
         flags.push(format!("--remote_executor={service}"));
@@ -99,7 +110,8 @@ pub fn fragment(options: &FragmentOptions) -> Result<String, String> {
             if at_least(COMMON_IGNORES_UNKNOWN) {
                 notes.push(
                     "Bazel 7.0 and 7.1 download only top-level outputs by default, so only those \
-                     become symlinks into the mount; add --remote_download_outputs=all for every output.",
+                     become symlinks into the mount; add --remote_download_outputs=all for every output."
+                        .into(),
                 );
             }
         }
@@ -120,6 +132,21 @@ pub fn fragment(options: &FragmentOptions) -> Result<String, String> {
             "--experimental_remote_scrubbing_config={}",
             path.display()
         ));
+    }
+    match (&options.daemon_scrubbing, options.remote_execution) {
+        (Some(path), true) => notes.push(format!(
+            "The daemon scrubs the stamped actions {} matches on Execute: build with --stamp and \
+             they still hit the cache. Do not add --experimental_remote_scrubbing_config as well: \
+             Bazel 7.1 and later would run those actions locally.",
+            path.display()
+        )),
+        (Some(path), false) => notes.push(format!(
+            "The daemon's scrubbing ({}) applies to remote execution only; a cache-only build \
+             needs Bazel 7's --experimental_remote_scrubbing_config (clientd bazelrc \
+             --scrubbing-config FILE).",
+            path.display()
+        )),
+        (None, _) => {}
     }
     let mut out = String::new();
     let _ = writeln!(
@@ -150,6 +177,7 @@ mod tests {
             mount: Some("/home/u/clientd".into()),
             output_service: true,
             scrubbing_config: None,
+            daemon_scrubbing: None,
             digest_function: "sha256".into(),
         }
     }
@@ -230,5 +258,26 @@ mod tests {
             .contains("common:clientd --experimental_remote_scrubbing_config=/ws/scrub.txtpb\n"));
         scrub.bazel = BazelVersion::new(6, 4, 0);
         assert!(fragment(&scrub).unwrap_err().contains("7.0"));
+    }
+
+    #[test]
+    fn scrubbing_by_the_daemon_or_by_bazel() {
+        let mut remote = options("8.1.1");
+        remote.daemon_scrubbing = Some("/ws/scrub.txtpb".into());
+        let text = fragment(&remote).unwrap();
+        assert!(text.contains(
+            "# The daemon scrubs the stamped actions /ws/scrub.txtpb matches on Execute"
+        ));
+        assert!(text.contains("Bazel 7.1 and later would run those actions locally"));
+        assert!(!text.contains("--experimental_remote_scrubbing_config="));
+        // Bazel's own scrubbing with remote execution runs the actions locally: refused.
+        remote.scrubbing_config = Some("/ws/scrub.txtpb".into());
+        let err = fragment(&remote).unwrap_err();
+        assert!(err.contains("clientd serve --scrubbing-config FILE"), "{err}");
+        let mut cache_only = options("4.2.3");
+        cache_only.remote_execution = false;
+        cache_only.daemon_scrubbing = Some("/ws/scrub.txtpb".into());
+        let text = fragment(&cache_only).unwrap();
+        assert!(text.contains("applies to remote execution only"), "{text}");
     }
 }

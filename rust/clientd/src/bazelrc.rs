@@ -31,7 +31,8 @@ pub struct BazelrcArgs {
     /// Do not use the Output Service even where Bazel has it (7.2 and later).
     #[arg(long)]
     no_output_service: bool,
-    /// Add `--experimental_remote_scrubbing_config` for this file (see `clientd scrub-config`).
+    /// Add `--experimental_remote_scrubbing_config` for this file (Bazel 7.0+, with
+    /// --cache-only; for remote execution give it to the daemon: `serve --scrubbing-config`).
     #[arg(long, value_name = "FILE")]
     scrubbing_config: Option<PathBuf>,
     /// Write here instead of standard output. Under `bazel run`, the default is
@@ -120,6 +121,8 @@ struct Daemon {
     mount: Option<PathBuf>,
     /// Instance-name prefix and endpoint of each cluster.
     clusters: Vec<(String, String)>,
+    /// The scrubbing configuration the daemon applies on Execute.
+    scrubbing: Option<PathBuf>,
     running: bool,
 }
 
@@ -138,6 +141,7 @@ impl Daemon {
                     .iter()
                     .map(|(prefix, c)| (prefix.clone(), c.endpoint.clone()))
                     .collect(),
+                scrubbing: config.scrubbing_config.clone(),
                 running: false,
             });
         };
@@ -158,6 +162,8 @@ impl Daemon {
                 .into_iter()
                 .map(|c| (c.prefix, c.endpoint))
                 .collect(),
+            scrubbing: (!info.scrubbing_config.is_empty())
+                .then(|| PathBuf::from(info.scrubbing_config)),
             running: true,
         })
     }
@@ -227,6 +233,7 @@ pub fn bazelrc(config: &Config, args: BazelrcArgs) -> Result<(), String> {
         mount: daemon.mount,
         output_service: !args.no_output_service,
         scrubbing_config,
+        daemon_scrubbing: daemon.scrubbing,
         digest_function: "sha256".into(),
     };
     let text = fragment(&options)?;

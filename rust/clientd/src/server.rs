@@ -282,6 +282,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
             .mount
             .enabled
             .then(|| config.mount_path().to_path_buf()),
+        scrubbing_config: config.scrubbing_config.clone(),
     };
     let grpc = grpc_routes(&config, &composition, outputs, clock, info);
     let mount = match config.mount.enabled {

@@ -19,6 +19,8 @@ pub struct ServerInfo {
     pub tcp_listeners: Vec<SocketAddr>,
     /// None when the file system is not mounted.
     pub mount_path: Option<PathBuf>,
+    /// The scrubbing configuration Execute applies, if any.
+    pub scrubbing_config: Option<PathBuf>,
 }
 
 pub struct StatsService {
@@ -94,6 +96,12 @@ impl stats_server::Stats for StatsService {
                 .collect(),
             mount_path: self.info.mount_path.as_ref().map(path).unwrap_or_default(),
             clusters,
+            scrubbing_config: self
+                .info
+                .scrubbing_config
+                .as_ref()
+                .map(path)
+                .unwrap_or_default(),
         }))
     }
 }

@@ -121,6 +121,9 @@ pub struct GetServerInfoResponse {
     /// The configured clusters (credentials are not reported).
     #[prost(message, repeated, tag = "4")]
     pub clusters: ::prost::alloc::vec::Vec<get_stats_response::Cluster>,
+    /// The scrubbing configuration Execute applies (`serve --scrubbing-config`); empty when none.
+    #[prost(string, tag = "5")]
+    pub scrubbing_config: ::prost::alloc::string::String,
 }
 /// Generated client implementations.
 pub mod stats_client {
