@@ -32,7 +32,9 @@
 #    remote_scrubbing_pb2.Config (protoc-generated here): 2 rules (label x mnemonic), the default
 #    omitted input exactly '^bazel-out/volatile-status\.txt$', the argument replacement, the salt;
 #    --omit regexes with quotes, backslashes and control characters round-trip exactly; the two
-#    warnings on stderr; an invalid --mnemonic regex exits 1 naming it.
+#    warnings on stderr; an invalid --mnemonic regex exits 1 naming it. `scrub-config --check`
+#    (the daemon's own reader) reads the generated files and a hand-written one using the text
+#    format's other syntax exactly as protobuf does, and refuses `kind` naming rule and line.
 # 7. The daemon stayed up; SIGTERM stops it and it unmounts.
 #
 # Needs: tests/setup.sh (bazel-bootstrap, fuse3), cargo, python3 >= 3.11 with venv and PyPI, /dev/fuse;
@@ -446,6 +448,53 @@ try:
           f"label {rule.matcher.label!r}, replacement {[(x.source, x.target) for x in a]!r}, salt {rule.transform.salt!r}")
 except Exception as e:
     check("scrub_omit_roundtrip", False, f"exit {run.returncode}; text_format.Parse: {e}; stdout: {run.stdout!r}; stderr: {run.stderr!r}")
+
+# `clientd scrub-config --check` reads a file as `clientd serve --scrubbing-config` does: it must
+# read what protobuf reads, for the files scrub-config writes and for hand-written syntax.
+import json
+
+def normal(config):
+    return {"rules": [{"label": r.matcher.label, "mnemonic": r.matcher.mnemonic,
+                       "omitted_inputs": list(r.transform.omitted_inputs),
+                       "arg_replacements": [{"source": a.source, "target": a.target}
+                                            for a in r.transform.arg_replacements],
+                       "salt": r.transform.salt} for r in config.rules]}
+
+def same_reading(name, text):
+    path = os.path.join(sys.argv[1], name + ".txtpb")
+    with open(path, "w") as f:
+        f.write(text)
+    want = normal(parse(text))
+    run = scrub("--check", path)
+    try:
+        got = json.loads(run.stdout)
+    except ValueError:
+        got = None
+    check(name, run.returncode == 0 and got == want,
+          f"exit {run.returncode}; clientd read {got!r}, protobuf {want!r}; stderr {run.stderr!r}")
+
+same_reading("scrub_check_reads_generated", run.stdout)
+same_reading("scrub_check_reads_handwritten", """# Syntax a hand-written config may use.
+rules <
+  matcher: { label: '//a:.*' mnemonic: "Gen" 'rule' }  # adjacent literals concatenate
+  transform {
+    omitted_inputs: ["bazel-out/volatile-status\\\\.txt", 'x/\\'q\\'.txt'];
+    arg_replacements: [{ source: "v\\\\d+" target: "\\x41\\101\\u00e9\\U0001F600" }, < target: "z" >]
+    salt: "s;1",
+  }
+>
+rules { }
+rules { matcher { match_tools: true kind: "" } transform { salt: "" omitted_inputs: [] } }
+""")
+# What protobuf reads but a proxy cannot honour is refused, naming the rule and field.
+path = os.path.join(sys.argv[1], "kind.txtpb")
+with open(path, "w") as f:
+    f.write('rules {}\nrules { matcher { kind: "genrule rule" } }\n')
+parse(open(path).read())
+run = scrub("--check", path)
+check("scrub_check_refuses_kind", run.returncode == 1
+      and f"scrubbing config {path}: rule 2: line 2: matcher.kind" in run.stderr,
+      f"exit {run.returncode}, stderr {run.stderr!r}")
 
 # An invalid regex is refused, naming it.
 run = scrub("--mnemonic", "Gen(")

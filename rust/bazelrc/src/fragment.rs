@@ -273,7 +273,10 @@ mod tests {
         // Bazel's own scrubbing with remote execution runs the actions locally: refused.
         remote.scrubbing_config = Some("/ws/scrub.txtpb".into());
         let err = fragment(&remote).unwrap_err();
-        assert!(err.contains("clientd serve --scrubbing-config FILE"), "{err}");
+        assert!(
+            err.contains("clientd serve --scrubbing-config FILE"),
+            "{err}"
+        );
         let mut cache_only = options("4.2.3");
         cache_only.remote_execution = false;
         cache_only.daemon_scrubbing = Some("/ws/scrub.txtpb".into());

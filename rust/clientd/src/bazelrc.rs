@@ -6,7 +6,7 @@ use crate::daemon;
 use clap::Args;
 use clientd_bazelrc::{fragment, BazelVersion, Connection, FragmentOptions};
 use clientd_digest::validate_instance_name;
-use clientd_scrub::{scrub_config, ScrubOptions};
+use clientd_scrub::{scrub_config, Pattern, ScrubOptions, ScrubbingConfig};
 use clientd_store::Router;
 use clientd_upstream::Endpoint;
 use std::net::SocketAddr;
@@ -43,6 +43,10 @@ pub struct BazelrcArgs {
 
 #[derive(Args)]
 pub struct ScrubArgs {
+    /// Read FILE as `clientd serve --scrubbing-config` would, and print its rules as JSON (or
+    /// what is wrong with it) instead of writing a config.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["mnemonics", "labels", "omit", "replace", "salt", "output"])]
+    check: Option<PathBuf>,
     /// Regex of the mnemonics of stamped actions, e.g. `Genrule` (repeatable).
     #[arg(long = "mnemonic", value_name = "REGEX")]
     mnemonics: Vec<String>,
@@ -244,6 +248,9 @@ pub fn bazelrc(config: &Config, args: BazelrcArgs) -> Result<(), String> {
 }
 
 pub fn scrub(args: ScrubArgs) -> Result<(), String> {
+    if let Some(path) = &args.check {
+        return check_scrubbing_config(path);
+    }
     let options = ScrubOptions {
         mnemonics: args.mnemonics,
         labels: args.labels,
@@ -256,4 +263,35 @@ pub fn scrub(args: ScrubArgs) -> Result<(), String> {
         eprintln!("clientd: warning: {warning}");
     }
     write(&text, args.output.as_deref())
+}
+
+/// `clientd scrub-config --check FILE`: the rules as the daemon reads them.
+fn check_scrubbing_config(path: &Path) -> Result<(), String> {
+    let config = ScrubbingConfig::load(path).map_err(|e| e.to_string())?;
+    let source = |p: &Option<Pattern>| p.as_ref().map_or("", |p| p.source.as_str()).to_string();
+    let rules: Vec<_> = config
+        .rules()
+        .iter()
+        .map(|rule| {
+            let t = &rule.transform;
+            serde_json::json!({
+                "label": source(&rule.label),
+                "mnemonic": source(&rule.mnemonic),
+                "omitted_inputs": t.omitted_inputs.iter().map(|p| &p.source).collect::<Vec<_>>(),
+                "arg_replacements": t.arg_replacements.iter()
+                    .map(|(s, target)| serde_json::json!({"source": s.source, "target": target}))
+                    .collect::<Vec<_>>(),
+                "salt": t.salt,
+            })
+        })
+        .collect();
+    let text = serde_json::to_string_pretty(&serde_json::json!({ "rules": rules }))
+        .map_err(|e| e.to_string())?;
+    println!("{text}");
+    eprintln!(
+        "clientd: {}: {} rule(s), as `clientd serve --scrubbing-config` reads them",
+        path.display(),
+        config.rules().len()
+    );
+    Ok(())
 }

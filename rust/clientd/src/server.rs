@@ -142,7 +142,7 @@ pub fn compose(config: &Config, clock: Arc<dyn Clock>) -> Result<Composition, St
             let scrubbing_config = ScrubbingConfig::load(path).map_err(|e| e.to_string())?;
             tracing::info!(
                 "scrubbing stamped actions on Execute: {} rule(s) from {}",
-                scrubbing_config.rules(),
+                scrubbing_config.rules().len(),
                 path.display()
             );
             // A scrubbed result is served only while the instance's CAS (the cluster's, for a

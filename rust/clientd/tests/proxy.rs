@@ -572,3 +572,61 @@ async fn action_results_are_reused_while_their_outputs_are_local() {
     assert_eq!(got.into_inner(), result);
     assert_eq!(stats(&proxy).await["action_results_local"], 1);
 }
+
+#[tokio::test]
+async fn a_scrubbed_execute_whose_inputs_are_missing_is_forwarded_unscrubbed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("scrub.txtpb");
+    std::fs::write(&config, "rules { matcher { mnemonic: \"Genrule\" } }\n").unwrap();
+    let (_upstream, proxy) = pair(
+        dir.path(),
+        &["--scrubbing-config", config.to_str().unwrap()],
+    );
+    // The Action is in the CAS, its Command is not.
+    let action = prost::Message::encode_to_vec(&re::Action {
+        command_digest: Some(sha256(b"no such command").to_proto()),
+        input_root_digest: Some(sha256(b"").to_proto()),
+        ..Default::default()
+    });
+    let digest = sha256(&action);
+    let mut clients = proxy.clients().await;
+    assert_eq!(
+        clients.batch_update(PROXIED, &[(digest, action)]).await,
+        [0]
+    );
+    let mut execution = re::execution_client::ExecutionClient::new(proxy.channel().await);
+    let execute = |mnemonic: &str| {
+        let mut request = tonic::Request::new(re::ExecuteRequest {
+            instance_name: PROXIED.into(),
+            action_digest: Some(digest.to_proto()),
+            ..Default::default()
+        });
+        let metadata = re::RequestMetadata {
+            action_mnemonic: mnemonic.into(),
+            target_id: "//app:stamped".into(),
+            ..Default::default()
+        };
+        request.metadata_mut().insert_bin(
+            "build.bazel.remote.execution.v2.requestmetadata-bin",
+            tonic::metadata::MetadataValue::from_bytes(&prost::Message::encode_to_vec(&metadata)),
+        );
+        request
+    };
+    // Forwarded: the answer is the cluster's (a local cache upstream, which cannot execute).
+    let err = execution.execute(execute("Genrule")).await.unwrap_err();
+    assert!(err.message().contains("cannot execute"), "{err:?}");
+    let counters = stats(&proxy).await;
+    assert_eq!(counters["scrub_failures"], 1, "{counters:?}");
+    assert_eq!(counters["scrubbed_misses"], 0, "{counters:?}");
+    let log = proxy.log();
+    assert!(
+        log.contains(
+            "matches scrubbing rule 1 but is forwarded unscrubbed: cannot read the Command"
+        ),
+        "{log}"
+    );
+    // An action no rule matches is not looked at.
+    let err = execution.execute(execute("CppCompile")).await.unwrap_err();
+    assert!(err.message().contains("cannot execute"), "{err:?}");
+    assert_eq!(stats(&proxy).await["scrub_failures"], 1);
+}

@@ -31,9 +31,17 @@ pub struct ScrubbingConfig {
 pub struct Rule {
     /// 1-based position in the file, for logs.
     pub number: usize,
-    label: Option<Regex>,
-    mnemonic: Option<Regex>,
+    /// None: any label (the field was empty or absent).
+    pub label: Option<Pattern>,
+    pub mnemonic: Option<Pattern>,
     pub transform: Transform,
+}
+
+/// A regex as written in the file, and compiled.
+#[derive(Debug)]
+pub struct Pattern {
+    pub source: String,
+    regex: Regex,
 }
 
 /// How a matched action's cache key is scrubbed.
@@ -41,33 +49,47 @@ pub struct Rule {
 pub struct Transform {
     /// Inputs whose path (relative to the input root, Bazel's exec root) matches one of these,
     /// as a whole, are left out of the key.
-    pub omitted_inputs: Vec<Regex>,
+    pub omitted_inputs: Vec<Pattern>,
     /// Applied in order to each argument: the first match of each is replaced, literally.
-    pub arg_replacements: Vec<(Regex, String)>,
+    pub arg_replacements: Vec<(Pattern, String)>,
     /// Mixed into the key, to invalidate entries on purpose.
     pub salt: String,
 }
 
-/// A regex that must match a whole string, as Java's `Matcher.matches()` does.
-fn whole(pattern: &str) -> Result<Regex, String> {
-    Regex::new(&format!(r"\A(?:{pattern})\z"))
-        .map_err(|e| format!("{pattern:?} is not a valid regular expression: {e}"))
-}
+impl Pattern {
+    fn compile(source: &str, regex: &str) -> Result<Self, String> {
+        Ok(Pattern {
+            source: source.to_string(),
+            regex: Regex::new(regex)
+                .map_err(|e| format!("{source:?} is not a valid regular expression: {e}"))?,
+        })
+    }
 
-fn full_match(regex: &Regex, text: &str) -> bool {
-    regex.is_match(text).unwrap_or(false)
+    /// A regex that must match a whole string, as Java's `Matcher.matches()` does.
+    fn whole(source: &str) -> Result<Self, String> {
+        Self::compile(source, &format!(r"\A(?:{source})\z"))
+    }
+
+    /// A regex that may match anywhere, as Java's `Matcher.find()` does.
+    fn anywhere(source: &str) -> Result<Self, String> {
+        Self::compile(source, source)
+    }
+
+    fn is_match(&self, text: &str) -> bool {
+        self.regex.is_match(text).unwrap_or(false)
+    }
 }
 
 impl Transform {
     pub fn omits(&self, path: &str) -> bool {
-        self.omitted_inputs.iter().any(|r| full_match(r, path))
+        self.omitted_inputs.iter().any(|p| p.is_match(path))
     }
 
     /// An argument with each replacement applied to the result of the previous one.
     pub fn argument(&self, argument: &str) -> String {
         let mut argument = argument.to_string();
         for (source, target) in &self.arg_replacements {
-            if let Ok(Some(found)) = source.find(&argument) {
+            if let Ok(Some(found)) = source.regex.find(&argument) {
                 argument.replace_range(found.range(), target);
             }
         }
@@ -77,7 +99,8 @@ impl Transform {
 
 impl Rule {
     fn matches(&self, label: &str, mnemonic: &str) -> bool {
-        let ok = |regex: &Option<Regex>, text| regex.as_ref().is_none_or(|r| full_match(r, text));
+        let ok =
+            |pattern: &Option<Pattern>, text| pattern.as_ref().is_none_or(|p| p.is_match(text));
         ok(&self.label, label) && ok(&self.mnemonic, mnemonic)
     }
 }
@@ -109,12 +132,8 @@ impl ScrubbingConfig {
         Ok(ScrubbingConfig { rules })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
-
-    pub fn rules(&self) -> usize {
-        self.rules.len()
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
     }
 
     /// The rule for an action of target `label` (canonical form, `//pkg:name`) with `mnemonic`:
@@ -193,7 +212,7 @@ fn matcher(rule: &mut Rule, fields: &[Field]) -> Result<(), String> {
                 // Empty matches everything, as in Bazel.
                 let regex = match pattern {
                     "" => None,
-                    _ => Some(whole(pattern).map_err(at)?),
+                    _ => Some(Pattern::whole(pattern).map_err(at)?),
                 };
                 if field.name == "label" {
                     rule.label = regex;
@@ -243,25 +262,14 @@ fn transform(fields: &[Field]) -> Result<Transform, String> {
         match field.name.as_str() {
             "omitted_inputs" => transform
                 .omitted_inputs
-                .push(whole(string(field)?).map_err(at)?),
+                .push(Pattern::whole(string(field)?).map_err(at)?),
             "arg_replacements" => {
                 let (mut source, mut target) = (None, String::new());
                 let mut seen = Vec::new();
                 for part in message(field)? {
                     once(&mut seen, part)?;
                     match part.name.as_str() {
-                        "source" => {
-                            let pattern = string(part)?;
-                            source = Some(
-                                Regex::new(pattern)
-                                    .map_err(|e| {
-                                        format!(
-                                            "{pattern:?} is not a valid regular expression: {e}"
-                                        )
-                                    })
-                                    .map_err(at)?,
-                            );
-                        }
+                        "source" => source = Some(Pattern::anywhere(string(part)?).map_err(at)?),
                         "target" => target = string(part)?.to_string(),
                         _ => return Err(unknown(part, "Replacement", "source, target")),
                     }
@@ -269,7 +277,7 @@ fn transform(fields: &[Field]) -> Result<Transform, String> {
                 // Bazel compiles an absent source as the empty regex, which matches at 0.
                 let source = match source {
                     Some(source) => source,
-                    None => Regex::new("").expect("the empty regex"),
+                    None => Pattern::anywhere("").map_err(at)?,
                 };
                 transform.arg_replacements.push((source, target));
             }
@@ -305,7 +313,7 @@ mod tests {
         };
         let (text, _) = scrub_config(&options).unwrap();
         let config = ScrubbingConfig::parse(&text).unwrap();
-        assert_eq!(config.rules(), 2);
+        assert_eq!(config.rules().len(), 2);
         let rule = config.rule_for("//app:x", "Genrule").unwrap();
         assert_eq!(rule.number, 1);
         assert!(rule.transform.omits("bazel-out/volatile-status.txt"));

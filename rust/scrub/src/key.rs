@@ -340,6 +340,18 @@ mod tests {
         }
     }
 
+    /// `action` with its Command replaced and its timeout set.
+    async fn variant(cas: &Cas, action: &Digest, command: re::Command, timeout: i64) -> Digest {
+        let bytes = cas.store.read_bytes("", action).await.unwrap();
+        let mut action = re::Action::decode(bytes).unwrap();
+        action.command_digest = Some(cas.put(&command).await);
+        action.timeout = Some(clientd_proto::prost_types::Duration {
+            seconds: timeout,
+            nanos: 0,
+        });
+        Digest::from_proto(None, &cas.put(&action).await).unwrap()
+    }
+
     async fn key(cas: &Cas, config: &str, action: &Digest) -> Digest {
         let config = ScrubbingConfig::parse(config).unwrap();
         let transform = &config.rule_for("", "").unwrap().transform;
@@ -365,6 +377,25 @@ mod tests {
         assert_ne!(k, key(&cas, STAMP, &other_arg).await);
         let salted = STAMP.replace("} }", "salt: \"2\" } }");
         assert_ne!(k, key(&cas, &salted, &base).await);
+        // The environment and the rest of the Action are part of the key too.
+        let args = |a: &[&str]| a.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let command = re::Command {
+            arguments: args(&["gen", "--build=1"]),
+            ..Default::default()
+        };
+        let plain = variant(&cas, &base, command.clone(), 60).await;
+        let env = re::Command {
+            environment_variables: vec![re::command::EnvironmentVariable {
+                name: "CC".into(),
+                value: "clang".into(),
+            }],
+            ..command.clone()
+        };
+        let with_env = variant(&cas, &base, env, 60).await;
+        let longer = variant(&cas, &base, command, 120).await;
+        let plain_key = key(&cas, STAMP, &plain).await;
+        assert_ne!(plain_key, key(&cas, STAMP, &with_env).await);
+        assert_ne!(plain_key, key(&cas, STAMP, &longer).await);
         // Never a real action's key, not even when the transform changes nothing.
         assert_ne!(key(&cas, "rules {}", &base).await, base);
     }

@@ -9,6 +9,6 @@ mod generate;
 pub mod key;
 mod textproto;
 
-pub use config::{ConfigError, Rule, ScrubbingConfig, Transform};
+pub use config::{ConfigError, Pattern, Rule, ScrubbingConfig, Transform};
 pub use generate::{scrub_config, ScrubOptions};
 pub use key::{scrub_action, ScrubError, ScrubbedAction};
