@@ -208,7 +208,24 @@ async fn cas_shows_files_directories_trees_and_runnable_commands() {
     // each function its kinds; instance-name levels stay lookup only.
     assert_eq!(
         ok(&mnt, "ls cas/local/x/blobs"),
-        "blake3\nmd5\nsha1\nsha256\nsha384\nsha512\n"
+        "blake3\nmd5\nsha1\nsha256\nsha256tree\nsha384\nsha512\n"
+    );
+    // A SHA256TREE blob (five chunks: a two-level tree) under its function's directory.
+    let tree = clientd_digest::DigestFunction::Sha256Tree;
+    let data = common::pseudo_random(5, 4 * 1024 + 1);
+    let digest = tree.digest_of(&data);
+    let mut clients = daemon.clients().await;
+    let codes = clients
+        .batch_update_in("local/x", Some(tree), &[(digest, data.clone())])
+        .await;
+    assert_eq!(codes, [0]);
+    std::fs::write(dir.path().join("tree.copy"), &data).unwrap();
+    ok(
+        &mnt,
+        &format!(
+            "cmp cas/local/x/blobs/sha256tree/file/{} ../tree.copy",
+            name(&digest)
+        ),
     );
     assert_eq!(
         ok(&mnt, "ls cas/local/x/blobs/sha256"),
@@ -331,7 +348,7 @@ async fn cluster_blobs_are_fetched_on_first_read_and_a_stuck_cluster_gives_eio()
     // A cluster's blobs/ lists what its Capabilities offer (this one is a clientd: all of them).
     assert_eq!(
         ok(&mnt, "ls cas/up.example.com/local/x/blobs"),
-        "blake3\nmd5\nsha1\nsha256\nsha384\nsha512\n"
+        "blake3\nmd5\nsha1\nsha256\nsha256tree\nsha384\nsha512\n"
     );
 
     // The stuck cluster (a blob not in the local CAS): the lookup fails with EIO after the

@@ -120,6 +120,97 @@ async fn other_digest_functions_are_verified_with_their_own_hash() {
 }
 
 #[tokio::test]
+async fn sha256tree_blobs_are_verified_and_served_like_any_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), None, &[]);
+    let mut c = daemon.clients().await;
+    let tree = DigestFunction::Sha256Tree;
+    let function = tree.to_proto();
+    // ByteStream: a blob of many chunks, named blobs/sha256tree/..., verified on commit.
+    let big = pseudo_random(7, (3 << 20) + 5);
+    let digest = tree.digest_of(&big);
+    let name = write_name("local/t", &digest);
+    assert!(name.contains("/blobs/sha256tree/"), "{name}");
+    c.bytestream
+        .write(futures::stream::iter(write_requests(
+            &name,
+            &big,
+            0,
+            64 << 10,
+            true,
+        )))
+        .await
+        .unwrap();
+    assert_eq!(c.read("local/t", &digest, 0, 0).await.unwrap(), big);
+    assert_eq!(
+        c.read("local/t", &digest, 5000, 3).await.unwrap(),
+        big[5000..5003]
+    );
+    // The SHA-256 of the same bytes under the sha256tree name does not verify.
+    let wrong = Digest::parse(Some(tree), &sha256(&big).hash_hex(), digest.size()).unwrap();
+    let name = write_name("local/t", &wrong);
+    let err = c
+        .bytestream
+        .write(futures::stream::iter(write_requests(
+            &name,
+            &big,
+            0,
+            1 << 20,
+            true,
+        )))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("hashes to"), "{err:?}");
+    // Batch calls with digest_function SHA256TREE: a one-leaf blob (plain SHA-256 bytes, but
+    // its own namespace) and a two-level one.
+    let small = b"one leaf".to_vec();
+    let medium = pseudo_random(8, 5000);
+    let blobs = [
+        (tree.digest_of(&small), small),
+        (tree.digest_of(&medium), medium),
+    ];
+    assert_eq!(
+        c.batch_update_in("local/t", Some(tree), &blobs).await,
+        [0, 0]
+    );
+    let find = |function: i32| re::FindMissingBlobsRequest {
+        instance_name: "local/t".into(),
+        blob_digests: blobs
+            .iter()
+            .map(|(d, _)| d.to_proto())
+            .chain([digest.to_proto()])
+            .collect(),
+        digest_function: function,
+    };
+    let missing = c
+        .cas
+        .find_missing_blobs(find(function))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(missing.missing_blob_digests.is_empty(), "{missing:?}");
+    // Without the function the 64-digit hashes mean SHA-256: other blobs, absent.
+    let missing = c
+        .cas
+        .find_missing_blobs(find(0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(missing.missing_blob_digests.len(), 3);
+    let read = re::BatchReadBlobsRequest {
+        instance_name: "local/t".into(),
+        digests: blobs.iter().map(|(d, _)| d.to_proto()).collect(),
+        digest_function: function,
+        ..Default::default()
+    };
+    let response = c.cas.batch_read_blobs(read).await.unwrap().into_inner();
+    for (got, (_, data)) in response.responses.iter().zip(&blobs) {
+        assert_eq!(got.data.as_ref(), data.as_slice());
+    }
+}
+
+#[tokio::test]
 async fn bytestream_round_trip_with_offsets_and_limits() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path(), None, &[]);

@@ -561,6 +561,66 @@ async fn files_staged_for_another_instance_or_function_are_dropped() {
     assert!(daemon.stop().success());
 }
 
+/// A build with digest function SHA256TREE: staged files are found and read under that function,
+/// and BatchStat hashes a file written in the mount with it.
+#[tokio::test]
+async fn a_sha256tree_build_stages_reads_and_stats_with_its_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let mnt = home.join("mnt");
+    let _unmount = Unmount(mnt.clone());
+    let daemon = Daemon::start(&home, None, &["--mount", mnt.to_str().unwrap()]);
+    wait_for_mount(&mnt);
+    let tree = clientd_digest::DigestFunction::Sha256Tree;
+    let data = common::pseudo_random(3, 5000);
+    let digest = tree.digest_of(&data);
+    let mut clients = daemon.clients().await;
+    let codes = clients
+        .batch_update_in("local/x", Some(tree), &[(digest, data.clone())])
+        .await;
+    assert_eq!(codes, [0]);
+    let mut service = client(&daemon).await;
+    let function = re::digest_function::Value::Sha256tree;
+    service
+        .start_build(start_request_for("t", &mnt, "local/x", function))
+        .await
+        .unwrap();
+    let staged = stage_files(&mut service, "t", [("k8/bin/a".to_string(), digest)]).await;
+    assert_eq!(staged, vec![0]);
+    let out = mnt.join("outputs").join(BASE).join("k8/bin");
+    assert!(std::fs::read(out.join("a")).unwrap() == data);
+    // A file a local action writes, 3 chunks and a bit.
+    let local = common::pseudo_random(4, 3 * 1024 + 1);
+    std::fs::write(out.join("local.bin"), &local).unwrap();
+    let stats = service
+        .batch_stat(pb::BatchStatRequest {
+            build_id: "t".into(),
+            paths: vec!["k8/bin/a".into(), "k8/bin/local.bin".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .responses;
+    use pb::batch_stat_response::stat::Type;
+    let hashes: Vec<String> = stats
+        .iter()
+        .map(|s| match s.stat.as_ref().and_then(|s| s.r#type.as_ref()) {
+            Some(Type::File(file)) => {
+                let locator = file.locator.as_ref().expect("a locator");
+                let locator = rev2::FileArtifactLocator::decode(&locator.value[..]).unwrap();
+                locator.digest.unwrap().hash
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        hashes,
+        [digest.hash_hex(), tree.digest_of(&local).hash_hex()]
+    );
+    drop(service);
+    assert!(daemon.stop().success());
+}
+
 /// A TreeArtifactLocator naming a Tree larger than `outputs.max_tree_size_bytes` is refused with
 /// RESOURCE_EXHAUSTED before the tree is read (it would be read into memory and expanded at once).
 #[tokio::test]

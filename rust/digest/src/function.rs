@@ -11,17 +11,20 @@ pub enum DigestFunction {
     Sha384,
     Sha512,
     Blake3,
+    /// SHA-256 over a Merkle tree of 1024-byte chunks (see [`crate::sha256tree`]).
+    Sha256Tree,
 }
 
 impl DigestFunction {
     /// Every supported function, in the order Capabilities advertises them.
-    pub const ALL: [DigestFunction; 6] = [
+    pub const ALL: [DigestFunction; 7] = [
         DigestFunction::Sha256,
         DigestFunction::Sha1,
         DigestFunction::Md5,
         DigestFunction::Sha384,
         DigestFunction::Sha512,
         DigestFunction::Blake3,
+        DigestFunction::Sha256Tree,
     ];
 
     /// The lowercase name used in resource names, cache paths and the mount (`sha256`, `blake3`).
@@ -33,6 +36,7 @@ impl DigestFunction {
             DigestFunction::Sha384 => "sha384",
             DigestFunction::Sha512 => "sha512",
             DigestFunction::Blake3 => "blake3",
+            DigestFunction::Sha256Tree => "sha256tree",
         }
     }
 
@@ -45,7 +49,7 @@ impl DigestFunction {
         match self {
             DigestFunction::Md5 => 16,
             DigestFunction::Sha1 => 20,
-            DigestFunction::Sha256 | DigestFunction::Blake3 => 32,
+            DigestFunction::Sha256 | DigestFunction::Blake3 | DigestFunction::Sha256Tree => 32,
             DigestFunction::Sha384 => 48,
             DigestFunction::Sha512 => 64,
         }
@@ -54,11 +58,12 @@ impl DigestFunction {
     /// Whether ByteStream resource names carry this function's name. REAPI omits the segment for
     /// the functions that predate it, which are inferred from the hash length instead.
     pub fn named_in_resources(self) -> bool {
-        matches!(self, DigestFunction::Blake3)
+        matches!(self, DigestFunction::Blake3 | DigestFunction::Sha256Tree)
     }
 
     /// The function a hash of `hex_len` characters implies when none is named (REAPI's rule for
-    /// the functions that predate the `digest_function` field). BLAKE3 must always be named.
+    /// the functions that predate the `digest_function` field). BLAKE3 and SHA256TREE must always
+    /// be named.
     pub fn infer(hex_len: usize) -> Result<Self, DigestError> {
         match hex_len {
             32 => Ok(DigestFunction::Md5),
@@ -79,6 +84,7 @@ impl DigestFunction {
             DigestFunction::Sha384 => ProtoFunction::Sha384,
             DigestFunction::Sha512 => ProtoFunction::Sha512,
             DigestFunction::Blake3 => ProtoFunction::Blake3,
+            DigestFunction::Sha256Tree => ProtoFunction::Sha256tree,
         };
         value as i32
     }
@@ -93,6 +99,7 @@ impl DigestFunction {
             Ok(ProtoFunction::Sha384) => Ok(Some(DigestFunction::Sha384)),
             Ok(ProtoFunction::Sha512) => Ok(Some(DigestFunction::Sha512)),
             Ok(ProtoFunction::Blake3) => Ok(Some(DigestFunction::Blake3)),
+            Ok(ProtoFunction::Sha256tree) => Ok(Some(DigestFunction::Sha256Tree)),
             Ok(other) => Err(DigestError::UnsupportedFunction(
                 other.as_str_name().to_ascii_lowercase(),
             )),

@@ -1,5 +1,6 @@
 use crate::digest::{Digest, HashBytes};
 use crate::function::DigestFunction;
+use crate::sha256tree::Sha256Tree;
 use sha2::Digest as _;
 
 /// An incremental hasher for any supported function; one enum so callers need no generics.
@@ -11,6 +12,7 @@ pub enum Hasher {
     Sha384(sha2::Sha384),
     Sha512(sha2::Sha512),
     Blake3(Box<blake3::Hasher>),
+    Sha256Tree(Box<Sha256Tree>),
 }
 
 impl Hasher {
@@ -22,6 +24,7 @@ impl Hasher {
             DigestFunction::Sha384 => Hasher::Sha384(sha2::Sha384::new()),
             DigestFunction::Sha512 => Hasher::Sha512(sha2::Sha512::new()),
             DigestFunction::Blake3 => Hasher::Blake3(Box::default()),
+            DigestFunction::Sha256Tree => Hasher::Sha256Tree(Box::default()),
         }
     }
 
@@ -35,6 +38,7 @@ impl Hasher {
             Hasher::Blake3(h) => {
                 h.update(data);
             }
+            Hasher::Sha256Tree(h) => h.update(data),
         }
     }
 
@@ -50,6 +54,7 @@ impl Hasher {
                 DigestFunction::Blake3,
                 HashBytes::new(h.finalize().as_bytes()),
             ),
+            Hasher::Sha256Tree(h) => (DigestFunction::Sha256Tree, HashBytes::new(&h.finalize())),
         };
         Digest::new(function, hash, size)
     }

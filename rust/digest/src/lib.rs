@@ -10,6 +10,7 @@ mod function;
 mod hasher;
 mod instance;
 mod resource;
+pub mod sha256tree;
 
 pub use digest::{Digest, HashBytes};
 pub use error::{truncate, DigestError};

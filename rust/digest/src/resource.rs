@@ -236,6 +236,9 @@ mod tests {
         let r = ReadResource::parse(&format!("x/blobs/blake3/{H}/0")).unwrap();
         assert_eq!(r.digest.function(), DigestFunction::Blake3);
         assert_eq!(r.to_resource_name(), format!("x/blobs/blake3/{H}/0"));
+        let r = ReadResource::parse(&format!("x/blobs/sha256tree/{H}/0")).unwrap();
+        assert_eq!(r.digest.function(), DigestFunction::Sha256Tree);
+        assert_eq!(r.to_resource_name(), format!("x/blobs/sha256tree/{H}/0"));
         let r = ReadResource::parse(&format!("x/compressed-blobs/zstd/{H}/0")).unwrap();
         assert_eq!(r.compressor, Some(Compressor::Zstd));
         assert_eq!(

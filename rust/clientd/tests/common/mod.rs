@@ -291,6 +291,16 @@ impl Clients {
     }
 
     pub async fn batch_update(&mut self, instance: &str, blobs: &[(Digest, Vec<u8>)]) -> Vec<i32> {
+        self.batch_update_in(instance, None, blobs).await
+    }
+
+    /// BatchUpdateBlobs naming `function` (None: inferred from the hash length).
+    pub async fn batch_update_in(
+        &mut self,
+        instance: &str,
+        function: Option<DigestFunction>,
+        blobs: &[(Digest, Vec<u8>)],
+    ) -> Vec<i32> {
         let request = re::BatchUpdateBlobsRequest {
             instance_name: instance.into(),
             requests: blobs
@@ -301,7 +311,7 @@ impl Clients {
                     ..Default::default()
                 })
                 .collect(),
-            ..Default::default()
+            digest_function: function.map_or(0, DigestFunction::to_proto),
         };
         let response = self
             .cas
