@@ -3,6 +3,10 @@ use crate::function::DigestFunction;
 use crate::sha256tree::Sha256Tree;
 use sha2::Digest as _;
 
+/// Feeds the bytes of `[offset, offset + len)` of a blob to a sink, in order: how
+/// [`DigestFunction::digest_of_ranges`] reads a blob it may hash in parts on several threads.
+pub type ReadRanges<'a, E> = dyn Fn(u64, u64, &mut dyn FnMut(&[u8])) -> Result<(), E> + Sync + 'a;
+
 /// An incremental hasher for any supported function; one enum so callers need no generics.
 #[derive(Clone)]
 pub enum Hasher {
@@ -66,6 +70,25 @@ impl DigestFunction {
         let mut hasher = self.hasher();
         hasher.update(data);
         hasher.finish(data.len() as u64)
+    }
+
+    /// The digest of `size` bytes that `read(offset, len, sink)` feeds to `sink` in order (a file
+    /// read with pread, say). SHA256TREE hashes blocks of a large blob on up to `threads`
+    /// threads (see [`crate::sha256tree::hash_ranges`]); the other functions are sequential by
+    /// construction, and read everything in one range on this thread.
+    pub fn digest_of_ranges<E: Send>(
+        self,
+        size: u64,
+        threads: usize,
+        read: &ReadRanges<'_, E>,
+    ) -> Result<Digest, E> {
+        if self == DigestFunction::Sha256Tree {
+            let hash = crate::sha256tree::hash_ranges(size, threads, read)?;
+            return Ok(Digest::new(self, HashBytes::new(&hash), size));
+        }
+        let mut hasher = self.hasher();
+        read(0, size, &mut |b| hasher.update(b))?;
+        Ok(hasher.finish(size))
     }
 }
 

@@ -15,6 +15,6 @@ pub mod sha256tree;
 pub use digest::{Digest, HashBytes};
 pub use error::{truncate, DigestError};
 pub use function::DigestFunction;
-pub use hasher::Hasher;
+pub use hasher::{Hasher, ReadRanges};
 pub use instance::{validate_instance_name, RESERVED_SEGMENTS};
 pub use resource::{Compressor, ReadResource, WriteResource};

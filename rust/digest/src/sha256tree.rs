@@ -10,8 +10,9 @@
 //! So the leaves are 1024-byte chunks, and the tree over them is left-balanced: the streaming
 //! [`Sha256Tree`] keeps a stack of complete subtrees, as BLAKE3 does, merging two of the same size
 //! as soon as a later chunk shows they are not the last. Subtrees of 2^j chunks are independent,
-//! which is what [`hash_parallel`] uses.
+//! which is what [`hash_ranges`] uses to hash large blobs on several threads.
 
+use crate::hasher::ReadRanges;
 use sha2::Digest as _;
 
 /// Leaves: plain SHA-256 of chunks of this many bytes (the last one may be shorter).
@@ -93,22 +94,56 @@ impl Sha256Tree {
     }
 }
 
-/// The SHA256TREE hash of `data`, with the two halves of the tree on two threads when `data` is
-/// at least `parallel_from` bytes (and recursively within them, up to `threads` threads).
-pub fn hash_parallel(data: &[u8], threads: usize, parallel_from: usize) -> Hash {
-    if threads < 2 || data.len() < parallel_from.max(2 * CHUNK_BYTES) {
-        let mut hasher = Sha256Tree::new();
-        hasher.update(data);
-        return hasher.finalize();
+/// Blocks hashed as independent subtrees by [`hash_ranges`]: 4096 chunks, a power of two, so
+/// every block but the last is a complete subtree of the whole tree.
+pub const BLOCK_BYTES: u64 = 4 << 20;
+
+/// The SHA256TREE hash of `size` bytes that `read(offset, len, sink)` feeds to `sink` in order,
+/// with the blocks but the last hashed on `threads` threads: each is a complete subtree, and
+/// [`Sha256Tree::push`] combines them in order exactly as the chunks would have been.
+pub fn hash_ranges<E: Send>(
+    size: u64,
+    threads: usize,
+    read: &ReadRanges<'_, E>,
+) -> Result<Hash, E> {
+    let blocks = size.div_ceil(BLOCK_BYTES);
+    let mut hasher = Sha256Tree::new();
+    if threads > 1 && blocks > 2 {
+        let whole = (blocks - 1) as usize;
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let hashes = std::sync::Mutex::new(vec![[0u8; 32]; whole]);
+        let worker = || -> Result<(), E> {
+            loop {
+                let block = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if block >= whole {
+                    return Ok(());
+                }
+                let mut subtree = Sha256Tree::new();
+                read(block as u64 * BLOCK_BYTES, BLOCK_BYTES, &mut |b| {
+                    subtree.update(b)
+                })?;
+                hashes.lock().unwrap()[block] = subtree.finalize();
+            }
+        };
+        std::thread::scope(|scope| {
+            let helpers: Vec<_> = (1..threads.min(whole))
+                .map(|_| scope.spawn(worker))
+                .collect();
+            let mine = worker();
+            helpers
+                .into_iter()
+                .map(|h| h.join().expect("hashing thread"))
+                .fold(mine, Result::and)
+        })?;
+        for hash in hashes.into_inner().unwrap() {
+            hasher.push(hash, BLOCK_BYTES / CHUNK_BYTES as u64);
+        }
+        let done = whole as u64 * BLOCK_BYTES;
+        read(done, size - done, &mut |b| hasher.update(b))?;
+    } else {
+        read(0, size, &mut |b| hasher.update(b))?;
     }
-    // The left part is the largest power of two below the length (a whole number of chunks).
-    let (left, right) = data.split_at(data.len().next_power_of_two() / 2);
-    let (left, right) = std::thread::scope(|scope| {
-        let right = scope.spawn(|| hash_parallel(right, threads / 2, parallel_from));
-        let left = hash_parallel(left, threads - threads / 2, parallel_from);
-        (left, right.join().expect("hashing thread"))
-    });
-    parent(&left, &right)
+    Ok(hasher.finalize())
 }
 
 #[cfg(test)]
@@ -219,12 +254,42 @@ mod tests {
         for (len, hex) in VECTORS {
             let data = sequence(len);
             assert_eq!(hex::encode(tree(&data)), hex, "{len} bytes");
-            assert_eq!(
-                hex::encode(hash_parallel(&data, 4, 0)),
-                hex,
-                "{len} bytes, parallel"
-            );
         }
+    }
+
+    /// Reads from memory in pieces of at most 1 MiB, as a file would be read.
+    fn from_memory(data: &[u8]) -> Box<ReadRanges<'_, ()>> {
+        Box::new(move |offset, len, sink| {
+            let range = &data[offset as usize..(offset + len) as usize];
+            range.chunks(1 << 20).for_each(&mut *sink);
+            Ok(())
+        })
+    }
+
+    #[test]
+    fn blocks_on_threads_give_the_same_hash() {
+        let block = BLOCK_BYTES as usize;
+        let data = sequence(5 * block + 3000);
+        for len in [
+            2 * block + 1,
+            3 * block - 1,
+            3 * block,
+            3 * block + 1,
+            5 * block + 3000,
+        ] {
+            let data = &data[..len];
+            let want = recursive(data);
+            for threads in [1, 2, 3, 8] {
+                let got = hash_ranges(len as u64, threads, &from_memory(data)).unwrap();
+                assert_eq!(got, want, "{len} bytes, {threads} threads");
+            }
+        }
+        // A read error stops the hash and is returned.
+        let failing = |offset: u64, _: u64, _: &mut dyn FnMut(&[u8])| match offset {
+            0 => Ok(()),
+            _ => Err("EIO"),
+        };
+        assert_eq!(hash_ranges(4 * BLOCK_BYTES, 2, &failing), Err("EIO"));
     }
 
     #[test]
@@ -253,13 +318,6 @@ mod tests {
                 let mut hasher = Sha256Tree::new();
                 data.chunks(piece).for_each(|p| hasher.update(p));
                 assert_eq!(hasher.finalize(), want, "{len} in pieces of {piece}");
-            }
-            for threads in [2, 3, 8] {
-                assert_eq!(
-                    hash_parallel(data, threads, 0),
-                    want,
-                    "{len}, {threads} threads"
-                );
             }
         }
     }

@@ -364,17 +364,23 @@ impl Vfs {
             }
         };
         let open = file.open(false)?;
-        let mut hasher = function.hasher();
-        let mut offset = 0u64;
-        loop {
-            let chunk = open.read_at(offset, 1 << 20)?;
-            if chunk.is_empty() {
-                break;
+        let size = file.size()?;
+        // Large SHA256TREE files are hashed on several threads (independent subtrees).
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let read = |mut offset: u64, len: u64, sink: &mut dyn FnMut(&[u8])| {
+            let end = offset + len;
+            while offset < end {
+                let chunk = open.read_at(offset, (end - offset).min(1 << 20) as u32)?;
+                if chunk.is_empty() {
+                    // Shorter than it was a moment ago: being written; no digest yet.
+                    return Err(Errno::IO);
+                }
+                sink(&chunk);
+                offset += chunk.len() as u64;
             }
-            hasher.update(&chunk);
-            offset += chunk.len() as u64;
-        }
-        let digest = hasher.finish(offset);
+            Ok(())
+        };
+        let digest = function.digest_of_ranges(size, threads, &read)?;
         let mut table = self.table.lock().unwrap();
         if let Ok(Node::Scratch(ScratchNode::File {
             digest: cached,
@@ -383,7 +389,7 @@ impl Vfs {
         })) = table.get_mut(ino).map(|e| &mut e.node)
         {
             // Only if the file did not change meanwhile (a write clears the cache and the size).
-            if Arc::ptr_eq(same, &file) && same.size()? == offset {
+            if Arc::ptr_eq(same, &file) && same.size()? == size {
                 *cached = Some(digest);
             }
         }
