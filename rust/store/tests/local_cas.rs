@@ -221,3 +221,44 @@ async fn batch_read_returns_each_blob_in_order() {
         assert_eq!(read[at].as_ref().unwrap(), data, "blob {i}");
     }
 }
+
+/// SHA256TREE blobs are verified with their own function, streamed or whole, and kept apart from
+/// SHA-256 blobs with the same hex.
+#[tokio::test]
+async fn sha256tree_blobs_are_verified_and_namespaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = DiskLruOptions {
+        max_bytes: 1 << 30,
+        sync_writes: false,
+    };
+    let cas = LocalCas::open(dir.path(), options, Arc::new(SystemClock)).unwrap();
+    let tree = DigestFunction::Sha256Tree;
+    for len in [0, 1024, 1025, 3 * 1024 + 7, 90_000] {
+        let mut data = blob(1);
+        data.resize(len, 7);
+        let digest = tree.digest_of(&data);
+        let mut sink = cas.begin_write("", &digest).await.unwrap();
+        for piece in data.chunks(1000) {
+            sink.write(Bytes::copy_from_slice(piece)).await.unwrap();
+        }
+        sink.commit().await.unwrap();
+        assert_eq!(cas.read_bytes("", &digest).await.unwrap(), data);
+        // The SHA-256 hex of the same bytes, as a SHA256TREE digest, does not verify (beyond
+        // one chunk the hashes differ).
+        let plain = DigestFunction::Sha256.digest_of(&data);
+        let wrong = Digest::parse(Some(tree), &plain.hash_hex(), plain.size()).unwrap();
+        let written = cas.write_bytes("", &wrong, Bytes::from(data.clone())).await;
+        if len > 1024 {
+            assert!(
+                matches!(written, Err(StoreError::InvalidArgument(_))),
+                "{len}: {written:?}"
+            );
+        }
+        if len > 0 {
+            assert!(
+                !cas.contains("", &plain).await.unwrap(),
+                "{len}: not a SHA-256 blob"
+            );
+        }
+    }
+}
