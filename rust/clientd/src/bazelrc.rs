@@ -12,7 +12,7 @@ use clientd_upstream::Endpoint;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-#[derive(Args)]
+#[derive(Args, Default)]
 pub struct BazelrcArgs {
     /// Instance name Bazel uses: `local/<name>` (the local cache) or `<cluster prefix>/<instance>`.
     /// Default: local/<workspace directory name>.
@@ -80,7 +80,18 @@ fn workspace() -> Option<PathBuf> {
     std::env::var_os("BUILD_WORKSPACE_DIRECTORY").map(PathBuf::from)
 }
 
-fn bazel_version(given: Option<&str>) -> Result<BazelVersion, String> {
+impl BazelrcArgs {
+    /// The defaults `clientd bazelrc --bazel-version VERSION` has.
+    pub fn for_version(version: BazelVersion) -> Self {
+        BazelrcArgs {
+            bazel_version: Some(version.to_string()),
+            ..Default::default()
+        }
+    }
+}
+
+/// The Bazel version given, or what `bazel --version` in PATH says.
+pub(crate) fn bazel_version(given: Option<&str>) -> Result<BazelVersion, String> {
     if let Some(text) = given {
         return BazelVersion::parse(text);
     }
@@ -192,8 +203,17 @@ impl Daemon {
 }
 
 pub fn bazelrc(config: &Config, args: BazelrcArgs) -> Result<(), String> {
+    let text = render(config, &args)?;
+    let output = args
+        .output
+        .or_else(|| workspace().map(|w| w.join("clientd.bazelrc")));
+    write(&text, output.as_deref())
+}
+
+/// The fragment `clientd bazelrc` writes for `args`.
+pub(crate) fn render(config: &Config, args: &BazelrcArgs) -> Result<String, String> {
     let workspace = workspace();
-    let instance = match args.instance {
+    let instance = match args.instance.clone() {
         Some(name) => name,
         None => {
             let dir = workspace.clone().or_else(|| std::env::current_dir().ok());
@@ -224,7 +244,7 @@ pub fn bazelrc(config: &Config, args: BazelrcArgs) -> Result<(), String> {
         }
         _ => None,
     };
-    let scrubbing_config = match args.scrubbing_config {
+    let scrubbing_config = match args.scrubbing_config.clone() {
         Some(path) if path.is_relative() => Some(workspace.clone().unwrap_or_default().join(path)),
         other => other,
     };
@@ -240,11 +260,7 @@ pub fn bazelrc(config: &Config, args: BazelrcArgs) -> Result<(), String> {
         daemon_scrubbing: daemon.scrubbing,
         digest_function: "sha256".into(),
     };
-    let text = fragment(&options)?;
-    let output = args
-        .output
-        .or_else(|| workspace.map(|w| w.join("clientd.bazelrc")));
-    write(&text, output.as_deref())
+    fragment(&options)
 }
 
 pub fn scrub(args: ScrubArgs) -> Result<(), String> {

@@ -3,6 +3,7 @@
 mod bazelrc;
 mod config;
 mod daemon;
+mod doctor;
 mod server;
 mod stats;
 
@@ -45,6 +46,21 @@ enum Command {
     /// --scrubbing-config` (any Bazel, remote execution) or Bazel 7's
     /// --experimental_remote_scrubbing_config.
     ScrubConfig(bazelrc::ScrubArgs),
+    /// Check the setup and say what to fix: the daemon, its file system, fusermount3, Bazel and
+    /// the flags for it, each cluster, the disk. Exit status 0 only when every check passes.
+    Doctor(ConfigArgs),
+    /// Remove the file system a daemon that is no longer running left mounted (after a crash:
+    /// "Transport endpoint is not connected"). Does nothing when nothing is mounted.
+    Unmount(UnmountArgs),
+}
+
+#[derive(Args)]
+struct UnmountArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The mount point, if the daemon was started with --mount PATH.
+    #[arg(long = "mount", value_name = "PATH")]
+    mount: Option<PathBuf>,
 }
 
 #[derive(Args, Default)]
@@ -118,17 +134,41 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     runtime()?.block_on(server::serve(config))
 }
 
+fn unmount(args: UnmountArgs) -> Result<(), String> {
+    let config = load(&args.config)?;
+    let path = args
+        .mount
+        .unwrap_or_else(|| config.mount_path().to_path_buf());
+    if let Some(info) = runtime()?.block_on(daemon::server_info(&config)) {
+        return Err(format!(
+            "a daemon is running (unix:{}); stop it instead, it unmounts its file system itself \
+             (SIGTERM, or `systemctl --user stop clientd`)",
+            info.unix_socket
+        ));
+    }
+    match clientd_fuse::unmount_stale(&path)? {
+        true => eprintln!("clientd: unmounted {}", path.display()),
+        false => eprintln!("clientd: nothing is mounted at {}", path.display()),
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The doctor reports what it finds itself; the daemon's warnings would only repeat it.
+    let default_filter = match cli.command {
+        Some(Command::Doctor(_)) => "error",
+        // fuser's own lines repeat ours ("Mounting ...").
+        _ => "info,fuser=warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                // fuser's own lines repeat ours ("Mounting ...").
-                .unwrap_or_else(|_| "info,fuser=warn".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         None => serve(cli.serve),
         Some(Command::Serve(args)) => serve(args),
@@ -139,6 +179,12 @@ fn main() -> ExitCode {
             load(&config).and_then(|config| bazelrc::bazelrc(&config, args))
         }
         Some(Command::ScrubConfig(args)) => bazelrc::scrub(args),
+        Some(Command::Doctor(args)) => match load(&args).and_then(|config| doctor::run(&config)) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
+        Some(Command::Unmount(args)) => unmount(args),
         Some(Command::Config(args)) => load(&args).map(|config| {
             println!(
                 "{}",

@@ -167,7 +167,10 @@ pub fn compose(config: &Config, clock: Arc<dyn Clock>) -> Result<Composition, St
     })
 }
 
-fn cluster_options(prefix: &str, config: &ClusterConfig) -> Result<ClusterOptions, String> {
+pub(crate) fn cluster_options(
+    prefix: &str,
+    config: &ClusterConfig,
+) -> Result<ClusterOptions, String> {
     Ok(ClusterOptions {
         prefix: prefix.to_string(),
         endpoint: Endpoint::parse(&config.endpoint)
@@ -319,9 +322,14 @@ pub async fn serve(config: Config) -> Result<(), String> {
     );
     // Last, so that this line tells a watcher every listener is up.
     tracing::info!("serving on unix:{}", socket.display());
+    let mounted = match &mount {
+        Some(mount) => format!("file system at {}", mount.path().display()),
+        None => "no file system".to_string(),
+    };
     tracing::info!(
-        "ready: `clientd bazelrc --output clientd.bazelrc` writes Bazel's --config=clientd \
-         (or use --remote_cache=unix:{}); Ctrl-C or SIGTERM stops the daemon",
+        "ready: socket unix:{}, {mounted}. In a Bazel workspace, `clientd bazelrc` writes \
+         clientd.bazelrc for --config=clientd; `clientd doctor` checks the setup. Ctrl-C or \
+         SIGTERM (`systemctl --user stop clientd` as a service) stops the daemon",
         socket.display()
     );
 

@@ -42,7 +42,7 @@ impl Invalidate for KernelCache {
 }
 
 /// Whether `path` is a mount point of a clientd file system (live or stale).
-fn mounted_here(path: &Path) -> bool {
+pub fn is_mounted(path: &Path) -> bool {
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
         return false;
     };
@@ -54,25 +54,34 @@ fn mounted_here(path: &Path) -> bool {
     })
 }
 
+/// Unmounts (lazily) a FUSE file system at `path`: the stale mount a daemon that did not exit
+/// cleanly leaves behind. Whether there was one.
+pub fn unmount_stale(path: &Path) -> Result<bool, String> {
+    if !is_mounted(path) {
+        return Ok(false);
+    }
+    let status = Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(path)
+        .status();
+    match status {
+        Ok(s) if s.success() => Ok(true),
+        _ => Err(format!(
+            "{} is mounted and `fusermount3 -u -z` could not unmount it ({status:?})",
+            path.display()
+        )),
+    }
+}
+
 /// Mounts `vfs` at `path`, creating the directory and first removing a stale mount left there by
 /// a daemon that did not exit cleanly.
 pub fn mount(vfs: Arc<Vfs>, path: &Path, runtime: tokio::runtime::Handle) -> Result<Mount, String> {
-    if mounted_here(path) {
+    if unmount_stale(path)? {
         tracing::warn!(
-            "{} is still mounted (a daemon crashed?); unmounting it",
+            "{} was still mounted (a daemon crashed?); unmounted it",
             path.display()
         );
-        let status = Command::new("fusermount3")
-            .arg("-u")
-            .arg("-z")
-            .arg(path)
-            .status();
-        if !matches!(status, Ok(s) if s.success()) {
-            return Err(format!(
-                "{} is mounted and `fusermount3 -u -z` could not unmount it ({status:?})",
-                path.display()
-            ));
-        }
     }
     std::fs::create_dir_all(path)
         .map_err(|e| format!("cannot create mount point {}: {e}", path.display()))?;
