@@ -11,7 +11,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-CARGO_DEB_VERSION=3.6.3
+CARGO_DEB_VERSION=3.8.0
 TOOL="$ROOT/.tools/cargo-deb"
 
 log() { printf 'deb: %s\n' "$*" >&2; }

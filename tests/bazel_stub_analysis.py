@@ -182,17 +182,16 @@ def main() -> int:
         if shutil.which(tool) is None:
             print(f"bazel_stub_analysis: {tool} not found (tests/setup.sh installs bazel-bootstrap)", file=sys.stderr)
             return 2
-    env = dict(os.environ, CARGO_TARGET_DIR=os.environ.get("CARGO_TARGET_DIR", "/tmp/bzl-target"))
     meta = subprocess.run(
         ["cargo", "metadata", "--format-version", "1", "--locked"],
-        cwd=REPO, env=env, check=True, capture_output=True, text=True,
+        cwd=REPO, check=True, capture_output=True, text=True,
     ).stdout
     tmp = Path(tempfile.mkdtemp(prefix="clientd-bazel-stub."))
     try:
         ws = write_stub_workspace(tmp, json.loads(meta))
-        # A separate output root (Debian's bazel is shared with the e2e tests); the
-        # server exits on its own shortly after.
-        startup = [f"--output_user_root={tempfile.gettempdir()}/clientd-bazel-stub-root", "--max_idle_secs=30"]
+        # Bazel's own output root in the temporary directory, removed with it (after the
+        # shutdown below); the server would exit on its own shortly after anyway.
+        startup = [f"--output_user_root={tmp}/bazel-root", "--max_idle_secs=30"]
         proc = subprocess.run(
             ["bazel", *startup, "build", "--nobuild", "--noshow_progress", "//..."],
             cwd=ws, capture_output=True, text=True,
@@ -209,6 +208,8 @@ def main() -> int:
         if args.keep:
             print(f"bazel_stub_analysis: workspace kept at {tmp}/ws")
         else:
+            # Bazel makes its install base read-only.
+            subprocess.run(["chmod", "-R", "u+w", str(tmp)], capture_output=True)
             shutil.rmtree(tmp, ignore_errors=True)
 
 

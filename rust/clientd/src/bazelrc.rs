@@ -24,8 +24,8 @@ pub struct BazelrcArgs {
     /// The Bazel version the fragment is for, e.g. 7.2.1. Default: what `bazel --version` says.
     #[arg(long, value_name = "VERSION")]
     bazel_version: Option<String>,
-    /// Reach the daemon by its first loopback TCP listener instead of its UNIX socket (Bazel
-    /// builds without UNIX socket support, such as Debian's 4.2.3).
+    /// Reach the daemon by its first loopback TCP listener instead of its UNIX socket (for a Bazel
+    /// that cannot use UNIX sockets, such as Debian's 4.2.3 without netty's epoll library).
     #[arg(long)]
     tcp: bool,
     /// Do not use the Output Service even where Bazel has it (7.2 and later).

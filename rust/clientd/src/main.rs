@@ -31,8 +31,8 @@ enum Command {
     Serve(ServeArgs),
     /// Print the effective configuration as JSON, with every default filled in.
     Config(ConfigArgs),
-    /// Print the running daemon's counters: local hits, upstream fetches, bytes, FindMissingBlobs
-    /// digests answered locally, and the configured clusters.
+    /// Print the running daemon's counters (cache hits and misses, bytes served and stored,
+    /// fetches from clusters, scrubbed hits) and each cluster's state.
     Stats(ConfigArgs),
     /// Print (or write) a .bazelrc fragment for `--config=clientd`: the running daemon's socket (or
     /// TCP listener), mount and clusters, in the flags the user's Bazel version knows.
