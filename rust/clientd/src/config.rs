@@ -84,6 +84,24 @@ pub struct Config {
     /// the stamp, so stamped actions run remotely and still hit the cache. A relative path is
     /// taken from the daemon's working directory. Example: `"/home/me/ws/scrub.txtpb"`.
     pub scrubbing_config: Option<PathBuf>,
+    /// The activity record behind `clientd explain`: what happened to each action of each build.
+    pub activity: ActivityConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActivityConfig {
+    /// Invocations (Bazel commands) kept, in `<cache_dir>/activity`, across restarts; 0 keeps
+    /// no record. Example: `20`.
+    pub max_invocations: usize,
+}
+
+impl Default for ActivityConfig {
+    fn default() -> Self {
+        ActivityConfig {
+            max_invocations: 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

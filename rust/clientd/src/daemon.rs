@@ -53,3 +53,23 @@ pub async fn server_info(config: &Config) -> Option<pb::GetServerInfoResponse> {
         }
     }
 }
+
+/// Why the actions of an invocation (the most recent when `id` is empty) missed the cache.
+pub async fn explain(config: &Config, id: &str) -> Result<pb::ExplainResponse, String> {
+    let mut client = client(config)?;
+    let request = pb::ExplainRequest {
+        invocation_id: id.to_string(),
+    };
+    // Explaining reads Actions, Commands and input trees: longer than the other calls.
+    match tokio::time::timeout(TIMEOUT * 12, client.explain(request)).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
+            Err(status.message().to_string())
+        }
+        Ok(Err(status)) => Err(unreachable(config, "an explanation", status)),
+        Err(_) => Err(format!(
+            "the daemon did not answer within {:?}",
+            TIMEOUT * 12
+        )),
+    }
+}

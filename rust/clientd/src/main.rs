@@ -4,6 +4,7 @@ mod bazelrc;
 mod config;
 mod daemon;
 mod doctor;
+mod explain;
 mod server;
 mod stats;
 
@@ -46,12 +47,27 @@ enum Command {
     /// --scrubbing-config` (any Bazel, remote execution) or Bazel 7's
     /// --experimental_remote_scrubbing_config.
     ScrubConfig(bazelrc::ScrubArgs),
+    /// Say why the actions of the last build (or of INVOCATION, Bazel's invocation id) missed
+    /// the cache, grouped by cause: changed arguments, environment variables, platform
+    /// properties, input files.
+    Explain(ExplainArgs),
     /// Check the setup and say what to fix: the daemon, its file system, fusermount3, Bazel and
     /// the flags for it, each cluster, the disk. Exit status 0 only when every check passes.
     Doctor(ConfigArgs),
     /// Remove the file system a daemon that is no longer running left mounted (after a crash:
     /// "Transport endpoint is not connected"). Does nothing when nothing is mounted.
     Unmount(UnmountArgs),
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The invocation (Bazel's tool_invocation_id, see --list); default: the most recent.
+    invocation: Option<String>,
+    /// List the invocations in the activity record instead.
+    #[arg(long)]
+    list: bool,
 }
 
 #[derive(Args)]
@@ -185,6 +201,8 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Some(Command::Unmount(args)) => unmount(args),
+        Some(Command::Explain(args)) => load(&args.config)
+            .and_then(|config| explain::print(&config, args.invocation.as_deref(), args.list)),
         Some(Command::Config(args)) => load(&args).map(|config| {
             println!(
                 "{}",

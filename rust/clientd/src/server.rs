@@ -2,11 +2,12 @@
 //! daemon's architecture at a glance.
 
 use crate::config::{ClusterConfig, Config};
+use clientd_activity::ActivityLog;
 use clientd_digest::DigestFunction;
 use clientd_grpc::{
     lenient_incoming, served_capabilities, ActionCacheService, ByteStreamService,
-    CapabilitiesService, CasService, Clusters, ExecutionService, ForwardHeadersLayer,
-    MessageLimitLayer, Scrubbing, ServerInfo, StatsService, MAX_MESSAGE_BYTES,
+    CapabilitiesService, CasService, Clusters, ExecutionService, ForwardHeadersLayer, Insight,
+    MessageLimitLayer, Recorder, Scrubbing, ServerInfo, StatsService, MAX_MESSAGE_BYTES,
 };
 use clientd_outputs::OutputService;
 use clientd_proto::bazel_output_service::bazel_output_service_server::BazelOutputServiceServer;
@@ -63,6 +64,8 @@ pub struct Composition {
     pub local_cas: Arc<LocalCas>,
     /// Scrubbed keys for stamped actions on Execute, when configured.
     pub scrubbing: Option<Arc<Scrubbing>>,
+    /// The activity record, unless activity.max_invocations is 0.
+    pub activity: Option<Arc<ActivityLog>>,
 }
 
 /// The stores, composed: `local` and `local/...` go to the local CAS and action cache; each
@@ -158,12 +161,20 @@ pub fn compose(config: &Config, clock: Arc<dyn Clock>) -> Result<Composition, St
         }
         None => None,
     };
+    let activity = match config.activity.max_invocations {
+        0 => None,
+        n => Some(Arc::new(
+            ActivityLog::open(&cache_dir.join("activity"), n)
+                .map_err(|e| open_error("activity record", e))?,
+        )),
+    };
     Ok(Composition {
         stores,
         clusters: Arc::new(Router::new(clusters)),
         stats,
         local_cas: local,
         scrubbing,
+        activity,
     })
 }
 
@@ -216,15 +227,18 @@ fn grpc_routes(
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let recorder = Recorder::new(composition.activity.clone());
     let action_cache = ActionCacheServer::new(ActionCacheService::new(
         stores.clone(),
         composition.stats.clone(),
+        recorder.clone(),
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let execution = ExecutionServer::new(ExecutionService::new(
         composition.clusters.clone(),
         composition.scrubbing.clone(),
+        recorder,
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -244,6 +258,10 @@ fn grpc_routes(
         composition.stats.clone(),
         composition.clusters.clone(),
         info,
+        composition.activity.clone().map(|log| Insight {
+            log,
+            blobs: stores.clone(),
+        }),
     )))
 }
 

@@ -8,15 +8,19 @@
 //! With a scrubbing configuration, Execute first looks stamped actions up under their scrubbed
 //! key (see [`crate::scrubbing`]).
 
+use crate::activity::{request_metadata, Recorder};
 use crate::request;
 use crate::routes::Clusters;
 use crate::scrubbing::{cached_operation, Scrubbing};
+use clientd_activity::Outcome;
 use clientd_digest::truncate;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
-use clientd_proto::google::longrunning::Operation;
+use clientd_proto::google::longrunning::{operation, Operation};
 use futures::stream::{BoxStream, StreamExt};
+use prost::Message;
 use re::execution_server::Execution;
 use std::sync::Arc;
+use std::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
 const OPERATIONS: &str = "/operations/";
@@ -24,14 +28,46 @@ const OPERATIONS: &str = "/operations/";
 pub struct ExecutionService {
     clusters: Arc<Clusters>,
     scrubbing: Option<Arc<Scrubbing>>,
+    recorder: Recorder,
 }
 
 impl ExecutionService {
-    pub fn new(clusters: Arc<Clusters>, scrubbing: Option<Arc<Scrubbing>>) -> Self {
+    pub fn new(
+        clusters: Arc<Clusters>,
+        scrubbing: Option<Arc<Scrubbing>>,
+        recorder: Recorder,
+    ) -> Self {
         ExecutionService {
             clusters,
             scrubbing,
+            recorder,
         }
+    }
+}
+
+/// The ExecuteResponse of a finished operation.
+pub(crate) fn execute_response(operation: &Operation) -> Option<re::ExecuteResponse> {
+    let Some(operation::Result::Response(response)) = &operation.result else {
+        return None;
+    };
+    if !operation.done || !response.type_url.ends_with(".ExecuteResponse") {
+        return None;
+    }
+    re::ExecuteResponse::decode(response.value.as_slice()).ok()
+}
+
+/// What a finished operation says happened to its action.
+fn outcome(operation: &Operation) -> (Outcome, Option<re::ActionResult>) {
+    match execute_response(operation) {
+        Some(r) if r.cached_result => (Outcome::ExecuteCacheHit, r.result),
+        Some(r)
+            if r.status.as_ref().is_none_or(|s| s.code == 0)
+                && r.result.as_ref().is_some_and(|x| x.exit_code == 0) =>
+        {
+            (Outcome::ExecutedRemotely, r.result)
+        }
+        Some(r) => (Outcome::Failed, r.result),
+        None => (Outcome::Failed, None),
     }
 }
 
@@ -58,6 +94,7 @@ impl Execution for ExecutionService {
         &self,
         request: Request<re::ExecuteRequest>,
     ) -> Result<Response<Self::ExecuteStream>, Status> {
+        let started = Instant::now();
         let (metadata, _, mut request) = request.into_parts();
         let full_name = request.instance_name.clone();
         let instance_name = request::instance_name(&full_name)?;
@@ -82,9 +119,10 @@ impl Execution for ExecutionService {
         }
         // A malformed action digest is the cluster's to refuse; it is never scrubbed.
         let action = request::digest_function(request.digest_function)
-            .and_then(|f| request::digest(f, request.action_digest.as_ref(), "action_digest"));
+            .and_then(|f| request::digest(f, request.action_digest.as_ref(), "action_digest"))
+            .ok();
         let scrubbed = match (&self.scrubbing, action) {
-            (Some(scrubbing), Ok(action)) => scrubbing
+            (Some(scrubbing), Some(action)) => scrubbing
                 .key(instance_name, &action, &metadata)
                 .await
                 .map(|scrubbed| (scrubbing.clone(), action, scrubbed)),
@@ -93,6 +131,14 @@ impl Execution for ExecutionService {
         if let Some((scrubbing, action, scrubbed)) = &scrubbed {
             if !request.skip_cache_lookup {
                 if let Some(result) = scrubbing.lookup(instance_name, scrubbed).await {
+                    self.recorder.record(
+                        &request_metadata(&metadata),
+                        instance_name,
+                        action,
+                        Outcome::ExecuteCacheHit,
+                        started,
+                        Some(&result),
+                    );
                     let key = &scrubbed.key;
                     let name = format!("{prefix}{OPERATIONS}scrubbed/{}", key.digest.hash_hex());
                     let operation = cached_operation(name, action, key, result);
@@ -104,7 +150,7 @@ impl Execution for ExecutionService {
         }
         let cluster_instance = request.instance_name.clone();
         let operations = renamed(prefix, cluster.execute(request).await?);
-        Ok(Response::new(match scrubbed {
+        let operations = match scrubbed {
             Some((scrubbing, _, scrubbed)) => scrubbing.storing(
                 operations,
                 instance_name.to_string(),
@@ -113,7 +159,31 @@ impl Execution for ExecutionService {
                 cluster_instance,
             ),
             None => operations,
-        }))
+        };
+        let Some(action) = action else {
+            return Ok(Response::new(operations));
+        };
+        // The final operation tells the record what happened.
+        let recorder = self.recorder.clone();
+        let request_metadata = request_metadata(&metadata);
+        let instance_name = instance_name.to_string();
+        Ok(Response::new(
+            operations
+                .inspect(move |operation| {
+                    if let Some(operation) = operation.as_ref().ok().filter(|o| o.done) {
+                        let (outcome, result) = outcome(operation);
+                        recorder.record(
+                            &request_metadata,
+                            &instance_name,
+                            &action,
+                            outcome,
+                            started,
+                            result.as_ref(),
+                        );
+                    }
+                })
+                .boxed(),
+        ))
     }
 
     type WaitExecutionStream = BoxStream<'static, Result<Operation, Status>>;

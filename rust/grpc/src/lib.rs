@@ -3,6 +3,7 @@
 //! names) so that stores only ever see well-formed values.
 
 mod action_cache;
+mod activity;
 mod authority;
 mod bytestream;
 mod capabilities;
@@ -16,6 +17,7 @@ mod scrubbing;
 mod stats;
 
 pub use action_cache::ActionCacheService;
+pub use activity::Recorder;
 pub use authority::{lenient_incoming, LenientAuthority};
 pub use bytestream::ByteStreamService;
 pub use capabilities::{served_capabilities, CapabilitiesService, MAX_BATCH_TOTAL_SIZE_BYTES};
@@ -25,7 +27,7 @@ pub use forwarding::ForwardHeadersLayer;
 pub use message_limit::MessageLimitLayer;
 pub use routes::Clusters;
 pub use scrubbing::Scrubbing;
-pub use stats::{ServerInfo, StatsService};
+pub use stats::{Insight, ServerInfo, StatsService};
 
 /// Largest gRPC message accepted or sent: a full batch plus framing, as bb_clientd uses.
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;

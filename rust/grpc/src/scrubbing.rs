@@ -8,6 +8,8 @@
 //! Scrubbing never fails a build: when the key cannot be computed (an input tree not in the CAS,
 //! a message that does not decode) the action is forwarded unscrubbed, with a warning.
 
+use crate::activity::request_metadata;
+use crate::execution::execute_response;
 use clientd_digest::Digest;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_proto::google::longrunning::{operation, Operation};
@@ -22,7 +24,6 @@ use std::sync::Arc;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
-const REQUEST_METADATA: &str = "build.bazel.remote.execution.v2.requestmetadata-bin";
 const TYPE_PREFIX: &str = "type.googleapis.com/build.bazel.remote.execution.v2.";
 
 pub struct Scrubbing {
@@ -43,16 +44,6 @@ pub(crate) struct Scrubbed {
     what: String,
 }
 
-/// The target and mnemonic of the call, from its RequestMetadata; empty when absent or malformed.
-fn target_and_mnemonic(metadata: &MetadataMap) -> (String, String) {
-    metadata
-        .get_bin(REQUEST_METADATA)
-        .and_then(|value| value.to_bytes().ok())
-        .and_then(|bytes| re::RequestMetadata::decode(bytes).ok())
-        .map(|m| (m.target_id, m.action_mnemonic))
-        .unwrap_or_default()
-}
-
 fn any(name: &str, message: &impl Message) -> Any {
     Any {
         type_url: format!("{TYPE_PREFIX}{name}"),
@@ -62,13 +53,7 @@ fn any(name: &str, message: &impl Message) -> Any {
 
 /// A successful result in a finished operation: the only kind stored under a scrubbed key.
 fn successful_result(operation: &Operation) -> Option<re::ActionResult> {
-    let Some(operation::Result::Response(response)) = &operation.result else {
-        return None;
-    };
-    if !operation.done || !response.type_url.ends_with(".ExecuteResponse") {
-        return None;
-    }
-    let response = re::ExecuteResponse::decode(response.value.as_slice()).ok()?;
+    let response = execute_response(operation)?;
     let ok = response.status.as_ref().is_none_or(|s| s.code == 0);
     let result = response.result?;
     (ok && result.exit_code == 0).then_some(result)
@@ -98,7 +83,11 @@ impl Scrubbing {
         action: &Digest,
         metadata: &MetadataMap,
     ) -> Option<Scrubbed> {
-        let (target, mnemonic) = target_and_mnemonic(metadata);
+        let re::RequestMetadata {
+            target_id: target,
+            action_mnemonic: mnemonic,
+            ..
+        } = request_metadata(metadata);
         let rule = self.config.rule_for(&target, &mnemonic)?;
         match scrub_action(&*self.blobs, instance_name, action, &rule.transform).await {
             Ok(Some(key)) => {
@@ -322,36 +311,5 @@ mod tests {
             ..Default::default()
         };
         assert!(successful_result(&error).is_none());
-    }
-
-    #[test]
-    fn metadata_gives_target_and_mnemonic() {
-        let mut metadata = MetadataMap::new();
-        assert_eq!(
-            target_and_mnemonic(&metadata),
-            (String::new(), String::new())
-        );
-        let request = re::RequestMetadata {
-            target_id: "//app:stamped".into(),
-            action_mnemonic: "Genrule".into(),
-            ..Default::default()
-        };
-        metadata.insert_bin(
-            REQUEST_METADATA,
-            tonic::metadata::MetadataValue::from_bytes(&request.encode_to_vec()),
-        );
-        assert_eq!(
-            target_and_mnemonic(&metadata),
-            ("//app:stamped".into(), "Genrule".into())
-        );
-        let mut garbage = MetadataMap::new();
-        garbage.insert_bin(
-            REQUEST_METADATA,
-            tonic::metadata::MetadataValue::from_bytes(b"\xff\xff"),
-        );
-        assert_eq!(
-            target_and_mnemonic(&garbage),
-            (String::new(), String::new())
-        );
     }
 }

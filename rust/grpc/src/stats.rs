@@ -2,8 +2,9 @@
 //! and mounts, for `clientd bazelrc`.
 
 use crate::routes::Clusters;
+use clientd_activity::{explain, ActivityLog};
 use clientd_proto::clientd::v1 as pb;
-use clientd_store::Stats;
+use clientd_store::{BlobStore, Stats};
 use pb::stats_server;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,14 +28,27 @@ pub struct StatsService {
     stats: Arc<Stats>,
     clusters: Arc<Clusters>,
     info: ServerInfo,
+    insight: Option<Insight>,
+}
+
+/// What explanations are made of: the activity record, and every instance's CAS.
+pub struct Insight {
+    pub log: Arc<ActivityLog>,
+    pub blobs: Arc<dyn BlobStore>,
 }
 
 impl StatsService {
-    pub fn new(stats: Arc<Stats>, clusters: Arc<Clusters>, info: ServerInfo) -> Self {
+    pub fn new(
+        stats: Arc<Stats>,
+        clusters: Arc<Clusters>,
+        info: ServerInfo,
+        insight: Option<Insight>,
+    ) -> Self {
         StatsService {
             stats,
             clusters,
             info,
+            insight,
         }
     }
 
@@ -102,6 +116,41 @@ impl stats_server::Stats for StatsService {
                 .as_ref()
                 .map(path)
                 .unwrap_or_default(),
+        }))
+    }
+
+    async fn explain(
+        &self,
+        request: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::ExplainResponse>, Status> {
+        let Some(insight) = &self.insight else {
+            return Err(Status::failed_precondition(
+                "the daemon keeps no activity record (activity.max_invocations is 0)",
+            ));
+        };
+        let id = request.into_inner().invocation_id;
+        let invocations = insight.log.invocations();
+        let wanted = (!id.is_empty()).then_some(id.as_str());
+        let explanation = explain(&invocations, wanted, &*insight.blobs)
+            .await
+            .map_err(Status::not_found)?;
+        Ok(Response::new(pb::ExplainResponse {
+            invocation_id: explanation.invocation,
+            actions: explanation.actions as u64,
+            hits: explanation.hits as u64,
+            misses: explanation.misses as u64,
+            causes: explanation
+                .causes
+                .into_iter()
+                .map(|c| pb::explain_response::Cause {
+                    reasons: c.reasons,
+                    actions: c.actions,
+                })
+                .collect(),
+            invocations: invocations
+                .iter()
+                .map(|i| format!("{} {} {} {}", i.id, i.started, i.actions.len(), i.hits()))
+                .collect(),
         }))
     }
 }

@@ -18,17 +18,13 @@ use crate::config::Transform;
 use bytes::Bytes;
 use clientd_digest::{Digest, DigestFunction};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
-use clientd_store::{BlobStore, StoreError};
+use clientd_store::{read_tree, BlobStore, StoreError, TreeError};
 use prost::Message;
 use std::collections::HashMap;
 use thiserror::Error;
 
 /// Between the original salt and the rule's: what makes a scrubbed key a scrubbed key.
 pub const SALT_MARKER: &[u8] = b"\0clientd scrubbed key v1\0";
-
-/// The most directories an input tree may have before clientd gives up on scrubbing it (and
-/// forwards the action unscrubbed): bounds the memory one Execute can take.
-pub const MAX_DIRECTORIES: usize = 100_000;
 
 #[derive(Debug, Error)]
 pub enum ScrubError {
@@ -46,8 +42,9 @@ pub enum ScrubError {
     },
     #[error("the {what} has a malformed digest: {0}", what = .1)]
     BadDigest(clientd_digest::DigestError, &'static str),
-    #[error("the input tree has more than {MAX_DIRECTORIES} directories")]
-    TooLarge,
+    /// The input tree (a Directory missing, malformed, or too many of them).
+    #[error("the input tree: {0}")]
+    Tree(#[from] TreeError),
 }
 
 /// The scrubbed key, and the messages it is the digest of.
@@ -143,40 +140,6 @@ fn decode<M: Message + Default>(
         digest: Box::new(*digest),
         error,
     })
-}
-
-/// Every Directory of the tree under `root`, read a level at a time (one batch per level).
-async fn read_tree(
-    store: &dyn BlobStore,
-    instance_name: &str,
-    root: &Digest,
-) -> Result<HashMap<Digest, re::Directory>, ScrubError> {
-    let mut tree = HashMap::new();
-    let mut level = vec![*root];
-    while !level.is_empty() {
-        if tree.len() + level.len() > MAX_DIRECTORIES {
-            return Err(ScrubError::TooLarge);
-        }
-        let read = store.batch_read(instance_name, level.clone()).await;
-        let mut next = Vec::new();
-        for (digest, bytes) in level.into_iter().zip(read) {
-            let bytes = bytes.map_err(|error| ScrubError::Read {
-                what: "Directory",
-                digest: Box::new(digest),
-                error,
-            })?;
-            let directory: re::Directory = decode(&bytes, &digest, "Directory")?;
-            for child in &directory.directories {
-                let child = proto_digest(digest.function(), child.digest.as_ref(), "directory")?;
-                if !tree.contains_key(&child) && !next.contains(&child) && child != digest {
-                    next.push(child);
-                }
-            }
-            tree.insert(digest, directory);
-        }
-        level = next;
-    }
-    Ok(tree)
 }
 
 fn join(parent: &str, name: &str) -> String {

@@ -20,6 +20,7 @@ mod read_caching;
 mod router;
 mod stats;
 mod traits;
+mod tree;
 
 pub use action_result_caching::ActionResultCaching;
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -35,3 +36,4 @@ pub use read_caching::ReadCaching;
 pub use router::Router;
 pub use stats::Stats;
 pub use traits::{ActionCache, BlobSink, BlobStore, ByteStream, BATCH_CONCURRENCY};
+pub use tree::{read_tree, TreeError, MAX_DIRECTORIES};

@@ -125,6 +125,40 @@ pub struct GetServerInfoResponse {
     #[prost(string, tag = "5")]
     pub scrubbing_config: ::prost::alloc::string::String,
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ExplainRequest {
+    /// Bazel's tool_invocation_id; empty: the most recent invocation.
+    #[prost(string, tag = "1")]
+    pub invocation_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ExplainResponse {
+    #[prost(string, tag = "1")]
+    pub invocation_id: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub actions: u64,
+    #[prost(uint64, tag = "3")]
+    pub hits: u64,
+    #[prost(uint64, tag = "4")]
+    pub misses: u64,
+    #[prost(message, repeated, tag = "5")]
+    pub causes: ::prost::alloc::vec::Vec<explain_response::Cause>,
+    /// Every invocation in the record, oldest first: `id started-unix-seconds actions hits`.
+    #[prost(string, repeated, tag = "6")]
+    pub invocations: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// Nested message and enum types in `ExplainResponse`.
+pub mod explain_response {
+    /// Actions that missed for the same reasons, largest group first.
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+    pub struct Cause {
+        #[prost(string, repeated, tag = "1")]
+        pub reasons: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+        /// `target (mnemonic)` of each action.
+        #[prost(string, repeated, tag = "2")]
+        pub actions: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    }
+}
 /// Generated client implementations.
 pub mod stats_client {
     #![allow(
@@ -265,6 +299,28 @@ pub mod stats_client {
                 .insert(GrpcMethod::new("clientd.v1.Stats", "GetServerInfo"));
             self.inner.unary(req, path, codec).await
         }
+        /// Why the actions of an invocation missed the cache, from the activity record and the CAS.
+        pub async fn explain(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ExplainRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ExplainResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/clientd.v1.Stats/Explain");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("clientd.v1.Stats", "Explain"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -296,6 +352,11 @@ pub mod stats_server {
             tonic::Response<super::GetServerInfoResponse>,
             tonic::Status,
         >;
+        /// Why the actions of an invocation missed the cache, from the activity record and the CAS.
+        async fn explain(
+            &self,
+            request: tonic::Request<super::ExplainRequest>,
+        ) -> std::result::Result<tonic::Response<super::ExplainResponse>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct StatsServer<T> {
@@ -446,6 +507,49 @@ pub mod stats_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GetServerInfoSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/clientd.v1.Stats/Explain" => {
+                    #[allow(non_camel_case_types)]
+                    struct ExplainSvc<T: Stats>(pub Arc<T>);
+                    impl<T: Stats> tonic::server::UnaryService<super::ExplainRequest>
+                    for ExplainSvc<T> {
+                        type Response = super::ExplainResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ExplainRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Stats>::explain(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ExplainSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -1,0 +1,8 @@
+//! Insight into the builds that go through the daemon: the activity record (per invocation, per
+//! action, what happened) and, from it and the CAS, why actions missed the cache.
+
+mod explain;
+mod log;
+
+pub use explain::{explain, Cause, Explanation};
+pub use log::{action_key, ActionRecord, ActivityLog, Event, Invocation, Outcome};

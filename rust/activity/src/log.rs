@@ -1,0 +1,364 @@
+//! The activity record: per invocation (Bazel's `tool_invocation_id`), per action, what happened.
+//! Bounded to the last `max_invocations` invocations, kept across restarts as one JSON-lines file
+//! per invocation (each line an action's latest state; the last line for an action wins), and
+//! with no blob contents in it: digests, labels, mnemonics, outcomes, times and sizes.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// What happened to an action, as clientd saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// GetActionResult answered from the local cache (`local/...` instances).
+    LocalHit,
+    /// GetActionResult answered with a cluster's result.
+    ClusterHit,
+    /// GetActionResult found nothing; what follows (if anything) replaces this.
+    Miss,
+    /// Execute answered from a cache (the cluster's, or clientd's scrubbed key).
+    ExecuteCacheHit,
+    /// Executed on the cluster, successfully.
+    ExecutedRemotely,
+    /// Executed by Bazel, and the result uploaded (UpdateActionResult).
+    Uploaded,
+    /// Executed on the cluster, and it failed (non-zero exit or an error).
+    Failed,
+}
+
+impl Outcome {
+    pub fn is_hit(self) -> bool {
+        matches!(
+            self,
+            Outcome::LocalHit | Outcome::ClusterHit | Outcome::ExecuteCacheHit
+        )
+    }
+}
+
+/// One action of an invocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionRecord {
+    /// `<function>/<hash>/<size>`, e.g. `sha256/ab12.../142`.
+    pub action: String,
+    /// The full instance name the calls used (where the Action and its blobs are).
+    pub instance: String,
+    pub target: String,
+    pub mnemonic: String,
+    pub outcome: Outcome,
+    /// Time clientd spent on the calls about this action, in microseconds.
+    pub micros: u64,
+    /// Bytes of the outputs of its result, when there was one.
+    pub output_bytes: u64,
+    /// When it was first seen (seconds since the epoch).
+    pub at: u64,
+}
+
+/// An invocation's actions, in the order they were first seen.
+#[derive(Debug, Clone, Default)]
+pub struct Invocation {
+    pub id: String,
+    pub started: u64,
+    pub actions: Vec<ActionRecord>,
+    index: HashMap<String, usize>,
+}
+
+impl Invocation {
+    fn new(id: &str, started: u64) -> Self {
+        Invocation {
+            id: id.to_string(),
+            started,
+            ..Default::default()
+        }
+    }
+
+    /// Adds a record, or replaces the action's earlier one (keeping when it was first seen and
+    /// adding up the time spent).
+    fn apply(&mut self, mut record: ActionRecord) {
+        match self.index.get(&record.action) {
+            Some(&i) => {
+                let old = &self.actions[i];
+                record.at = old.at;
+                record.micros += old.micros;
+                if record.output_bytes == 0 {
+                    record.output_bytes = old.output_bytes;
+                }
+                self.actions[i] = record;
+            }
+            None => {
+                self.index.insert(record.action.clone(), self.actions.len());
+                self.actions.push(record);
+            }
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.actions.iter().filter(|a| a.outcome.is_hit()).count()
+    }
+}
+
+/// What one call tells about an action.
+#[derive(Debug, Clone)]
+pub struct Event<'a> {
+    pub invocation: &'a str,
+    pub instance: &'a str,
+    pub action: String,
+    pub target: &'a str,
+    pub mnemonic: &'a str,
+    pub outcome: Outcome,
+    pub micros: u64,
+    pub output_bytes: u64,
+}
+
+pub struct ActivityLog {
+    dir: PathBuf,
+    max_invocations: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Oldest first.
+    invocations: VecDeque<Invocation>,
+    /// The file of the invocation written last, kept open.
+    file: Option<(String, File)>,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A file name for an invocation id: UUIDs as they are, anything else hashed.
+fn file_name(id: &str) -> String {
+    let safe = !id.is_empty()
+        && id.len() <= 100
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    match safe {
+        true => format!("{id}.jsonl"),
+        false => {
+            let digest = clientd_digest::DigestFunction::Sha256.digest_of(id.as_bytes());
+            format!("{}.jsonl", &digest.hash_hex()[..32])
+        }
+    }
+}
+
+/// The first line of a file is the invocation's header.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    invocation: String,
+    started: u64,
+}
+
+fn load(path: &Path) -> Option<Invocation> {
+    let mut lines = BufReader::new(File::open(path).ok()?).lines();
+    let header: Header = serde_json::from_str(&lines.next()?.ok()?).ok()?;
+    let mut invocation = Invocation::new(&header.invocation, header.started);
+    for line in lines.map_while(Result::ok) {
+        // A torn last line (a crash mid-write) is skipped.
+        if let Ok(record) = serde_json::from_str::<ActionRecord>(&line) {
+            let i = invocation.index.get(&record.action).copied();
+            match i {
+                Some(i) => invocation.actions[i] = record,
+                None => invocation.apply(record),
+            }
+        }
+    }
+    Some(invocation)
+}
+
+impl ActivityLog {
+    /// Opens (creating) the record in `dir`, loading the invocations kept there.
+    pub fn open(dir: &Path, max_invocations: usize) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut invocations: Vec<Invocation> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+            .filter_map(|e| load(&e.path()))
+            .collect();
+        invocations.sort_by_key(|i| i.started);
+        let log = ActivityLog {
+            dir: dir.to_path_buf(),
+            max_invocations: max_invocations.max(1),
+            inner: Mutex::new(Inner {
+                invocations: invocations.into(),
+                file: None,
+            }),
+        };
+        log.evict(&mut log.inner.lock().unwrap());
+        Ok(log)
+    }
+
+    fn evict(&self, inner: &mut Inner) {
+        while inner.invocations.len() > self.max_invocations {
+            if let Some(old) = inner.invocations.pop_front() {
+                if matches!(&inner.file, Some((open, _)) if *open == old.id) {
+                    inner.file = None;
+                }
+                let _ = std::fs::remove_file(self.dir.join(file_name(&old.id)));
+            }
+        }
+    }
+
+    /// Records what a call told about an action. Failures to write are logged, never returned:
+    /// the record must not fail a build.
+    pub fn record(&self, event: Event<'_>) {
+        if event.invocation.is_empty() {
+            return; // a client without RequestMetadata: nothing to group it by
+        }
+        let key = event.action.clone();
+        let record = ActionRecord {
+            action: event.action,
+            instance: event.instance.to_string(),
+            target: event.target.to_string(),
+            mnemonic: event.mnemonic.to_string(),
+            outcome: event.outcome,
+            micros: event.micros,
+            output_bytes: event.output_bytes,
+            at: now(),
+        };
+        let mut inner = self.inner.lock().unwrap();
+        if !inner.invocations.iter().any(|i| i.id == event.invocation) {
+            let invocation = Invocation::new(event.invocation, now());
+            inner.invocations.push_back(invocation);
+            self.evict(&mut inner);
+        }
+        let invocation = inner
+            .invocations
+            .iter_mut()
+            .find(|i| i.id == event.invocation)
+            .expect("present");
+        invocation.apply(record);
+        let line = invocation.actions[invocation.index[&key]].clone();
+        let started = invocation.started;
+        if let Err(e) = self.append(&mut inner, event.invocation, started, &line) {
+            tracing::warn!("activity record in {}: {e}", self.dir.display());
+        }
+    }
+
+    /// Appends an action's current state to its invocation's file (the header first, for a new
+    /// file).
+    fn append(
+        &self,
+        inner: &mut Inner,
+        id: &str,
+        started: u64,
+        record: &ActionRecord,
+    ) -> std::io::Result<()> {
+        if !matches!(&inner.file, Some((open, _)) if open == id) {
+            let path = self.dir.join(file_name(id));
+            let fresh = !path.exists();
+            let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
+            if fresh {
+                let header = Header {
+                    invocation: id.to_string(),
+                    started,
+                };
+                writeln!(file, "{}", serde_json::to_string(&header)?)?;
+            }
+            inner.file = Some((id.to_string(), file));
+        }
+        let (_, file) = inner.file.as_mut().expect("opened above");
+        let mut line = serde_json::to_vec(record)?;
+        line.push(b'\n');
+        file.write_all(&line)
+    }
+
+    /// The invocations kept, oldest first.
+    pub fn invocations(&self) -> Vec<Invocation> {
+        self.inner
+            .lock()
+            .unwrap()
+            .invocations
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+/// How a record names an action: `<function>/<hash>/<size>`.
+pub fn action_key(digest: &clientd_digest::Digest) -> String {
+    format!(
+        "{}/{}/{}",
+        digest.function().name(),
+        digest.hash_hex(),
+        digest.size()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event<'a>(invocation: &'a str, action: &str, outcome: Outcome) -> Event<'a> {
+        Event {
+            invocation,
+            instance: "local/x",
+            action: action.to_string(),
+            target: "//a:b",
+            mnemonic: "Genrule",
+            outcome,
+            micros: 10,
+            output_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn later_events_update_an_action_and_the_record_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ActivityLog::open(dir.path(), 5).unwrap();
+        log.record(event("inv-1", "sha256/aa/1", Outcome::Miss));
+        log.record(event("inv-1", "sha256/bb/1", Outcome::LocalHit));
+        log.record(event("inv-1", "sha256/aa/1", Outcome::Uploaded));
+        log.record(event("", "sha256/cc/1", Outcome::Miss)); // no invocation: not recorded
+        let check = |log: &ActivityLog| {
+            let invocations = log.invocations();
+            assert_eq!(invocations.len(), 1);
+            let actions = &invocations[0].actions;
+            assert_eq!(actions.len(), 2);
+            assert_eq!(actions[0].outcome, Outcome::Uploaded);
+            assert_eq!(invocations[0].hits(), 1);
+        };
+        check(&log);
+        assert_eq!(log.invocations()[0].actions[0].micros, 20, "time adds up");
+        drop(log);
+        // A torn last line (a crash mid-write) is skipped.
+        let file = dir.path().join("inv-1.jsonl");
+        let mut f = OpenOptions::new().append(true).open(&file).unwrap();
+        f.write_all(b"{\"action\":\"sha256/dd").unwrap();
+        check(&ActivityLog::open(dir.path(), 5).unwrap());
+    }
+
+    #[test]
+    fn only_the_last_invocations_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ActivityLog::open(dir.path(), 2).unwrap();
+        for id in ["one", "two", "three"] {
+            log.record(event(id, "sha256/aa/1", Outcome::Miss));
+        }
+        let ids: Vec<String> = log.invocations().into_iter().map(|i| i.id).collect();
+        assert_eq!(ids, ["two", "three"]);
+        assert!(!dir.path().join("one.jsonl").exists());
+        // Ids that are not file-name safe are hashed into one.
+        log.record(event("../../etc/passwd", "sha256/aa/1", Outcome::Miss));
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(names.iter().all(|n| !n.contains("..")), "{names:?}");
+        assert_eq!(
+            ActivityLog::open(dir.path(), 2)
+                .unwrap()
+                .invocations()
+                .len(),
+            2
+        );
+    }
+}
