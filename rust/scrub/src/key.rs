@@ -450,7 +450,8 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            err.to_string().starts_with("cannot read the Directory"),
+            err.to_string()
+                .starts_with("the input tree: cannot read the Directory"),
             "{err}"
         );
     }
