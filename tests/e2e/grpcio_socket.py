@@ -78,6 +78,7 @@ def main():
     parser.add_argument("--stubs", required=True)
     parser.add_argument("--target", required=True)
     parser.add_argument("--socket", required=True, help="the daemon's UNIX socket path")
+    parser.add_argument("--http", required=True, help="the daemon's HTTP listener, http://HOST:PORT")
     parser.add_argument("--outputs-prefix", required=True,
                         help="the mount's outputs/ path, as Bazel's --experimental_remote_output_service_output_path_prefix")
     args = parser.parse_args()
@@ -107,7 +108,49 @@ def main():
         authority_checks(args.target, args.socket)
     else:
         note("explicit :authority checks skipped: they are for the UNIX socket (TCP listeners are strict)")
+    check("metrics_parse", lambda: metrics_checks(args.http))
+    check("http_page_and_errors", lambda: page_checks(args.http))
     return 1 if failures else 0
+
+
+def http_get(url, method="GET"):
+    """(status, content type, body) of a request; errors are answers too."""
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=TIMEOUT) as r:
+            return r.status, r.headers.get("content-type"), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("content-type"), e.read().decode()
+
+
+def metrics_checks(base):
+    """/metrics, parsed by prometheus_client's own text-format parser, after the calls above."""
+    from prometheus_client.parser import text_string_to_metric_families
+    status, content_type, text = http_get(base + "/metrics")
+    assert status == 200 and content_type.startswith("text/plain; version=0.0.4"), (status, content_type)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    # The parser strips _total from counter family names.
+    for name in ("clientd_action_cache_hits", "clientd_action_cache_misses", "clientd_blobs_stored",
+                 "clientd_stored_bytes", "clientd_served_bytes"):
+        assert name in families and families[name].type == "counter", f"{name}: {sorted(families)}"
+    value = lambda name: families[name].samples[0].value
+    assert value("clientd_action_cache_hits") >= 1 and value("clientd_action_cache_misses") >= 1, \
+        (value("clientd_action_cache_hits"), value("clientd_action_cache_misses"))
+    assert value("clientd_blobs_stored") >= 1 and value("clientd_stored_bytes") >= 1
+    assert families["clientd_upstream_request_duration_seconds"].type == "histogram"
+    assert families["clientd_cluster_up"].type == "gauge"
+    note(f"/metrics: {len(families)} families, {len(text.splitlines())} lines")
+
+
+def page_checks(base):
+    status, content_type, body = http_get(base + "/")
+    assert status == 200 and content_type.startswith("text/html"), (status, content_type)
+    assert "<h1>clientd</h1>" in body and "action_cache_hits" in body, body[:300]
+    status, _, _ = http_get(base + "/", method="POST")
+    assert status == 405, status
+    status, _, body = http_get(base + "/no-such-page")
+    assert status == 404 and "/metrics" in body, (status, body)
 
 
 def sha256(data):

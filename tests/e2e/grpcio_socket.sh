@@ -9,7 +9,8 @@
 # malformed resource names; ActionCache round trip and NOT_FOUND; Execute (UNIMPLEMENTED for a
 # local instance); Stats; the Output Service (StartBuild, StageArtifacts of a blob present and one
 # missing, BatchStat, FinalizeBuild, Clean). Then GetCapabilities with explicit authorities: the
-# socket path, `localhost`, the percent-encoded path.
+# socket path, `localhost`, the percent-encoded path. Last, the daemon's HTTP listener
+# (--http-listen): /metrics parsed by prometheus_client's text-format parser, the page, 405 and 404.
 #
 # Installs (idempotently) .tools/grpcio-venv with pinned grpcio, grpcio-tools and protobuf from
 # PyPI, generates the stubs from proto/ into the temp dir, builds and starts the daemon (--no-mount).
@@ -26,9 +27,11 @@ VENV="$ROOT/.tools/grpcio-venv"
 PY=${GRPCIO_PYTHON:-python3}
 # Pinned together (what pip resolved on 2026-12-03, the versions BuildGrid's venv has too):
 # grpcio-tools 1.85.1 requires grpcio >= 1.85.1, protobuf >= 7.35.1 < 8 and setuptools >= 77.0.1,
-# grpcio typing_extensions ~= 4.12; all are wheels for CPython >= 3.10.
+# grpcio typing_extensions ~= 4.12; all are wheels for CPython >= 3.10. prometheus-client: the
+# Prometheus text-format parser /metrics is checked with.
 PINS='grpcio==1.85.1
 grpcio-tools==1.85.1
+prometheus-client==0.26.0
 protobuf==7.36.2
 setuptools==84.2.1
 typing_extensions==4.16.0'
@@ -66,7 +69,7 @@ install_venv() {
     if ! { "$PY" -m venv "$VENV" &&
         "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q \
             --only-binary=:all: -r "$T/requirements.txt" &&
-        "$VENV/bin/python" -c 'import grpc, grpc_tools.protoc, google.protobuf'; } >"$T/pip.log" 2>&1; then
+        "$VENV/bin/python" -c 'import grpc, grpc_tools.protoc, google.protobuf, prometheus_client'; } >"$T/pip.log" 2>&1; then
         cat "$T/pip.log"
         rm -rf "$VENV"
         die setup "installing grpcio into $VENV failed"
@@ -93,7 +96,8 @@ note "${#PROTOS[@]} protos from proto/ compiled into $STUBS"
 # --- the daemon -------------------------------------------------------------------------------
 # CLIENTD=/path/to/clientd tests a given binary instead of building this tree's.
 build_clientd
-start_daemon serve --no-mount || die daemon_start "$DAEMON_ERROR"
+read -r HTTP_PORT < <(free_port 1)
+start_daemon serve --no-mount --http-listen "127.0.0.1:$HTTP_PORT" || die daemon_start "$DAEMON_ERROR"
 TARGET="unix:$DAEMON_SOCKET"
 pass daemon_start
 [ "$DAEMON_SOCKET" = "$T/cache/clientd/grpc" ] ||
@@ -108,7 +112,8 @@ note "daemon pid $DAEMON_PID; client target $TARGET; output path prefix $OUTPUTS
 # Each call has a 20 s deadline; the whole client 120 s (it takes 1-2 s).
 start=$SECONDS
 timeout -k 5 120 "$VENV/bin/python" "$ROOT/tests/e2e/grpcio_socket.py" --stubs "$STUBS" --target "$TARGET" \
-    --socket "$DAEMON_SOCKET" --outputs-prefix "$OUTPUTS_PREFIX" 2>"$T/client.err" | tee "$T/client.out"
+    --socket "$DAEMON_SOCKET" --outputs-prefix "$OUTPUTS_PREFIX" --http "http://127.0.0.1:$HTTP_PORT" \
+    2>"$T/client.err" | tee "$T/client.out"
 rc=${PIPESTATUS[0]}
 FAILURES=$((FAILURES + $(grep -c '^FAIL: ' "$T/client.out")))
 note "client: exit $rc in $((SECONDS - start)) s"

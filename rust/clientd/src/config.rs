@@ -86,6 +86,16 @@ pub struct Config {
     pub scrubbing_config: Option<PathBuf>,
     /// The activity record behind `clientd explain`: what happened to each action of each build.
     pub activity: ActivityConfig,
+    /// The loopback HTTP listener: `/metrics` (Prometheus) and a page of recent builds.
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Loopback address to serve HTTP on (also `--http-listen ADDR`); none by default.
+    /// Example: `"127.0.0.1:9090"`.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -360,10 +370,11 @@ impl Config {
         if self.existence_cache.max_entries == 0 {
             return Err("existence_cache.max_entries must be at least 1".into());
         }
-        for addr in &self.grpc.tcp_listen {
+        let listeners = self.grpc.tcp_listen.iter().map(|a| ("grpc.tcp_listen", a));
+        for (field, addr) in listeners.chain(self.http.listen.iter().map(|a| ("http.listen", a))) {
             if !addr.ip().is_loopback() {
                 return Err(format!(
-                    "grpc.tcp_listen: {addr} is not a loopback address; clientd has no authentication, \
+                    "{field}: {addr} is not a loopback address; clientd has no authentication, \
                      so it listens on 127.0.0.1 or [::1] only"
                 ));
             }
@@ -482,6 +493,14 @@ mod tests {
 
     #[test]
     fn tcp_listeners_must_be_loopback() {
+        let err = Config::parse(r#"{"http": {"listen": "0.0.0.0:9090"}}"#)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.starts_with("http.listen: 0.0.0.0:9090 is not a loopback"),
+            "{err}"
+        );
         let err = Config::parse(r#"{"grpc": {"tcp_listen": ["0.0.0.0:1"]}}"#)
             .unwrap()
             .validate()

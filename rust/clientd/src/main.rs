@@ -104,6 +104,10 @@ struct ServeArgs {
     /// Run without the file system.
     #[arg(long = "no-mount")]
     no_mount: bool,
+    /// Serve /metrics (Prometheus) and a page of recent builds over HTTP on this loopback
+    /// address, e.g. 127.0.0.1:9090 (overrides the config's http.listen).
+    #[arg(long = "http-listen", value_name = "ADDR")]
+    http_listen: Option<SocketAddr>,
     /// Scrub stamped actions' cache keys on Execute with this remote_scrubbing.Config (see
     /// `clientd scrub-config`; overrides the config's scrubbing_config).
     #[arg(long = "scrubbing-config", value_name = "FILE")]
@@ -137,6 +141,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     }
     if args.no_mount {
         config.mount.enabled = false;
+    }
+    if let Some(addr) = args.http_listen {
+        config.http.listen = Some(addr);
     }
     if let Some(path) = args.scrubbing_config {
         config.scrubbing_config = Some(path);

@@ -24,6 +24,7 @@ use clientd_upstream::{
     Cluster, ClusterOptions, Endpoint, RetryPolicy, UpstreamActionCache, UpstreamCas,
 };
 use clientd_vfs::{CasView, DigestFunctions, Pool, Routing, Vfs};
+use clientd_web::Web;
 use re::action_cache_server::ActionCacheServer;
 use re::capabilities_server::CapabilitiesServer;
 use re::content_addressable_storage_server::ContentAddressableStorageServer;
@@ -295,6 +296,14 @@ pub async fn serve(config: Config) -> Result<(), String> {
         let bound = listener.local_addr().map_err(|e| e.to_string())?;
         tcp.push((listener, bound));
     }
+    let http = match config.http.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen for HTTP on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     let socket = config.unix_socket().to_path_buf();
     let info = ServerInfo {
         unix_socket: socket.clone(),
@@ -329,6 +338,25 @@ pub async fn serve(config: Config) -> Result<(), String> {
                     stopped(stop_rx.clone()),
                 ),
         );
+    }
+
+    if let Some(listener) = http {
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        let web = Arc::new(Web {
+            stats: composition.stats.clone(),
+            clusters: composition
+                .clusters
+                .targets()
+                .filter_map(|(_, c)| c.clone())
+                .collect(),
+            activity: composition.activity.clone(),
+        });
+        tracing::info!("serving HTTP on http://{bound} (/ and /metrics)");
+        let stop = stop_rx.clone();
+        servers.spawn(async move {
+            clientd_web::serve(listener, web, stop).await;
+            Ok(())
+        });
     }
 
     let unix = bind_unix(&socket)?;

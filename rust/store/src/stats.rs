@@ -16,6 +16,16 @@ macro_rules! counters {
             pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
                 vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
             }
+
+            /// Every counter with its doc comment (for `/metrics`' HELP lines), in declaration
+            /// order.
+            pub fn described(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((
+                    stringify!($name),
+                    concat!($($doc),*),
+                    self.$name.load(Ordering::Relaxed),
+                ),)*]
+            }
         }
     };
 }

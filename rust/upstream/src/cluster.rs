@@ -2,6 +2,7 @@
 
 use crate::endpoint::Endpoint;
 use crate::health::Watch;
+use crate::latency::Latency;
 use crate::retry::RetryPolicy;
 use clientd_digest::DigestFunction;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
@@ -104,6 +105,8 @@ pub struct Cluster {
     capabilities: Mutex<HashMap<String, re::ServerCapabilities>>,
     /// Whether it answers; calls fail at once while it does not.
     watch: Watch,
+    /// How long its calls take.
+    latency: Latency,
 }
 
 impl Cluster {
@@ -158,6 +161,7 @@ impl Cluster {
             authorization: Mutex::new(None),
             own_request_metadata,
             capabilities: Default::default(),
+            latency: Latency::default(),
         })
     }
 
@@ -210,6 +214,16 @@ impl Cluster {
         self.watch.health.describe()
     }
 
+    /// Whether the cluster is answering (not marked down).
+    pub fn is_up(&self) -> bool {
+        self.watch.health.refusal().is_none()
+    }
+
+    /// How long its calls took, per method.
+    pub fn latency(&self) -> &Latency {
+        &self.latency
+    }
+
     /// Marks the cluster down and brings it back (see [`Watch::failed`]).
     pub(crate) fn watch(&self) -> &Watch {
         &self.watch
@@ -246,6 +260,7 @@ impl Cluster {
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let timeout = self.call_timeout();
+        let started = std::time::Instant::now();
         let status = match self.watch.health.refusal() {
             Some(refusal) => refusal,
             None => {
@@ -253,7 +268,9 @@ impl Cluster {
                     let attempt = call();
                     async move { attempt.await.map_err(broken_connection_is_unavailable) }
                 });
-                let status = match tokio::time::timeout(timeout, attempts).await {
+                let answer = tokio::time::timeout(timeout, attempts).await;
+                self.latency.observe(what, started.elapsed());
+                let status = match answer {
                     Ok(Ok(response)) => return Ok(response),
                     Ok(Err(status)) => status,
                     Err(_) => Status::deadline_exceeded(format!("no answer within {timeout:?}")),

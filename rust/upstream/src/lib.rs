@@ -12,10 +12,12 @@ mod cas;
 mod cluster;
 mod endpoint;
 mod health;
+mod latency;
 mod retry;
 
 pub use action_cache::UpstreamActionCache;
 pub use cas::UpstreamCas;
 pub use cluster::{Cluster, ClusterOptions};
 pub use endpoint::Endpoint;
+pub use latency::{Histogram, Latency, BUCKETS};
 pub use retry::RetryPolicy;

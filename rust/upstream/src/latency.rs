@@ -1,0 +1,82 @@
+//! How long a cluster takes to answer, per method: histograms for `/metrics`
+//! (`clientd_upstream_request_duration_seconds`), observed by [`crate::Cluster::call`].
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds of the buckets, in seconds (Prometheus' `le`), for calls from 1 ms to 10 s.
+pub const BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// One method's calls: cumulative counts per bucket (as Prometheus wants them), the sum and the
+/// count.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histogram {
+    /// `buckets[i]`: calls that took at most `BUCKETS[i]`.
+    pub buckets: [u64; BUCKETS.len()],
+    pub sum_seconds: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        for (bound, count) in BUCKETS.iter().zip(&mut self.buckets) {
+            if seconds <= *bound {
+                *count += 1;
+            }
+        }
+        self.sum_seconds += seconds;
+        self.count += 1;
+    }
+}
+
+/// Histograms by method name.
+#[derive(Debug, Default)]
+pub struct Latency(Mutex<BTreeMap<String, Histogram>>);
+
+impl Latency {
+    pub(crate) fn observe(&self, method: &str, elapsed: Duration) {
+        let mut methods = self.0.lock().unwrap();
+        match methods.get_mut(method) {
+            Some(histogram) => histogram.observe(elapsed),
+            None => {
+                let mut histogram = Histogram::default();
+                histogram.observe(elapsed);
+                methods.insert(method.to_string(), histogram);
+            }
+        }
+    }
+
+    /// Every method's histogram so far.
+    pub fn snapshot(&self) -> Vec<(String, Histogram)> {
+        let methods = self.0.lock().unwrap();
+        methods
+            .iter()
+            .map(|(m, h)| (m.clone(), h.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_cumulative() {
+        let latency = Latency::default();
+        latency.observe("GetActionResult", Duration::from_micros(800));
+        latency.observe("GetActionResult", Duration::from_millis(30));
+        latency.observe("GetActionResult", Duration::from_secs(20));
+        let snapshot = latency.snapshot();
+        let (method, h) = &snapshot[0];
+        assert_eq!(method, "GetActionResult");
+        assert_eq!(h.count, 3);
+        assert_eq!(h.buckets[0], 1); // <= 1 ms
+        assert_eq!(h.buckets[5], 2); // <= 50 ms
+        assert_eq!(h.buckets[12], 2); // <= 10 s: the 20 s call is only in +Inf (count)
+        assert!((h.sum_seconds - 20.0308).abs() < 1e-6);
+    }
+}
