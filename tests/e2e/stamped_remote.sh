@@ -104,6 +104,19 @@ runs() { if [ -f "$COUNTERS/$1" ]; then wc -l <"$COUNTERS/$1"; else echo 0; fi; 
 # counter NAME: daemon counter NAME.
 counter() { cl stats | awk -v n="$1" '$1 == n { v = $2 } END { print v + 0 }'; }
 
+# expect_counters CHECK NAME=VALUE...: the daemon's counters are these.
+expect_counters() {
+    local check=$1 pair got=() ok=1
+    shift
+    for pair in "$@"; do
+        local value
+        value=$(counter "${pair%%=*}")
+        got+=("${pair%%=*} $value")
+        [ "$value" -eq "${pair#*=}" ] || ok=0
+    done
+    if [ "$ok" -eq 1 ]; then pass "$check"; else fail "$check" "${got[*]}; want $*"; fi
+}
+
 # build LOG STATUS: sets the status counter, builds //stamp:all with --config=clientd.
 build() {
     echo "$2" >"$T/status"
@@ -133,11 +146,7 @@ fi
 # --- 2. build 1: everything executes once ----------------------------------------------------
 build build1 1 || { show_log build1; die build1 "bazel build failed"; }
 expect_runs build1_executed_remotely 1 1
-if [ "$(counter scrubbed_misses)" -eq 1 ] && [ "$(counter scrubbed_stored)" -eq 1 ]; then
-    pass build1_stored_under_scrubbed_key
-else
-    fail build1_stored_under_scrubbed_key "scrubbed_misses $(counter scrubbed_misses), scrubbed_stored $(counter scrubbed_stored); want 1 and 1"
-fi
+expect_counters build1_stored_under_scrubbed_key scrubbed_misses=1 scrubbed_stored=1
 
 # --- 3. only the stamp changes: a hit, nothing runs --------------------------------------------
 bz_clean clean2
@@ -149,11 +158,7 @@ if [ "$hits" -eq 2 ]; then
 else
     fail build2_bazel_saw_cache_hits "Bazel's summary: $(summary_line "$T/build2.log"); want 2 remote cache hits"
 fi
-if [ "$(counter scrubbed_hits)" -eq 1 ] && [ "$(counter scrubbed_misses)" -eq 1 ]; then
-    pass build2_scrubbed_hit_counted
-else
-    fail build2_scrubbed_hit_counted "scrubbed_hits $(counter scrubbed_hits), scrubbed_misses $(counter scrubbed_misses); want 1 and 1"
-fi
+expect_counters build2_scrubbed_hit_counted scrubbed_hits=1 scrubbed_misses=1
 if grep -q "scrubbed hit, nothing runs" "$DAEMON_DIR/daemon.log"; then
     pass scrubbed_hit_logged
 else
@@ -185,11 +190,7 @@ write_fragment --instance "$INSTANCE"
 bz_clean clean4
 build build4 4 || { show_log build4; die build4 "bazel build failed"; }
 expect_runs build4_hit_from_the_cluster 2 1
-if [ "$(counter scrubbed_hits)" -eq 1 ] && [ "$(counter scrubbed_misses)" -eq 0 ]; then
-    pass build4_scrubbed_hit_counted
-else
-    fail build4_scrubbed_hit_counted "daemon B: scrubbed_hits $(counter scrubbed_hits), scrubbed_misses $(counter scrubbed_misses); want 1 and 0"
-fi
+expect_counters build4_scrubbed_hit_counted scrubbed_hits=1 scrubbed_misses=0
 check_daemon_alive
 stop_daemon
 

@@ -213,12 +213,8 @@ async fn cas_shows_files_directories_trees_and_runnable_commands() {
     // A SHA256TREE blob (five chunks: a two-level tree) under its function's directory.
     let tree = clientd_digest::DigestFunction::Sha256Tree;
     let data = common::pseudo_random(5, 4 * 1024 + 1);
-    let digest = tree.digest_of(&data);
     let mut clients = daemon.clients().await;
-    let codes = clients
-        .batch_update_in("local/x", Some(tree), &[(digest, data.clone())])
-        .await;
-    assert_eq!(codes, [0]);
+    let digest = clients.upload_as("local/x", tree, &data).await;
     std::fs::write(dir.path().join("tree.copy"), &data).unwrap();
     ok(
         &mnt,

@@ -573,12 +573,11 @@ async fn a_sha256tree_build_stages_reads_and_stats_with_its_function() {
     wait_for_mount(&mnt);
     let tree = clientd_digest::DigestFunction::Sha256Tree;
     let data = common::pseudo_random(3, 5000);
-    let digest = tree.digest_of(&data);
-    let mut clients = daemon.clients().await;
-    let codes = clients
-        .batch_update_in("local/x", Some(tree), &[(digest, data.clone())])
+    let digest = daemon
+        .clients()
+        .await
+        .upload_as("local/x", tree, &data)
         .await;
-    assert_eq!(codes, [0]);
     let mut service = client(&daemon).await;
     let function = re::digest_function::Value::Sha256tree;
     service

@@ -294,6 +294,21 @@ impl Clients {
         self.batch_update_in(instance, None, blobs).await
     }
 
+    /// Uploads `data` as a blob of `function` (named in the request), and returns its digest.
+    pub async fn upload_as(
+        &mut self,
+        instance: &str,
+        function: DigestFunction,
+        data: &[u8],
+    ) -> Digest {
+        let digest = function.digest_of(data);
+        let codes = self
+            .batch_update_in(instance, Some(function), &[(digest, data.to_vec())])
+            .await;
+        assert_eq!(codes, [0], "uploading {digest}");
+        digest
+    }
+
     /// BatchUpdateBlobs naming `function` (None: inferred from the hash length).
     pub async fn batch_update_in(
         &mut self,
