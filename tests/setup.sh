@@ -13,9 +13,10 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 # shellcheck source-path=SCRIPTDIR source=install_lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/install_lib.sh"
 
-# fuse3: fusermount3 for FUSE tests; systemd: systemd-analyze for the unit test; bazel-bootstrap: Bazel 4.2.3 (and a JDK) as a real REAPI client.
+# fuse3: fusermount3 for FUSE tests; systemd: systemd-analyze for the unit test; chromium: a real
+# browser for the daemon's pages; bazel-bootstrap: Bazel 4.2.3 (and a JDK) as a real REAPI client.
 step_apt() {
-    apt_install fuse3 systemd bazel-bootstrap
+    apt_install fuse3 systemd chromium bazel-bootstrap
 }
 
 # Netty's epoll JNI library, which Debian's Bazel 4.2.3 lacks: without it `--remote_cache=unix:...`

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# End-to-end proof of `clientd explain`: Bazel 4.2.3 builds through clientd's UNIX socket (the
-# fragment `clientd bazelrc` writes) with remote execution on Bazel's remote worker; between two
-# builds one source file changes and one --action_env; `clientd explain` names exactly those
-# causes with the right action counts, from the activity record (kept across a daemon restart)
-# and the Actions, Commands and input trees in the CAS.
+# End-to-end proof of `clientd explain` and the daemon's pages: Bazel 4.2.3 builds through
+# clientd's UNIX socket (the fragment `clientd bazelrc` writes) with remote execution on Bazel's
+# remote worker; between two builds one source file changes and one --action_env; `clientd
+# explain` names exactly those causes with the right action counts, from the activity record
+# (kept across a daemon restart) and the Actions, Commands and input trees in the CAS. Then a real
+# browser (Debian's chromium, headless) loads the pages of the daemon's HTTP listener
+# (--http-listen): `/` lists the invocation, the invocation's page lists //pkg:a, and its action
+# page shows the command and the miss explanation, and opens its inputs through the listener.
+# SCREENSHOTS=DIR saves the action page and the invocation page as PNGs there (docs/ has them).
 #
 # The workspace: //pkg:a reads pkg/a.txt; //pkg:b and //pkg:c read nothing. Build 1 with
 # --action_env=FOO=1, then pkg/a.txt changes and build 2 has --action_env=FOO=2: all three
@@ -24,10 +28,13 @@ install_peer remote_worker
 make_tmp clientd-e2e-explain
 build_clientd
 
-read -r RW_PORT < <(free_port 1)
+command -v chromium >/dev/null || die setup "chromium is missing (tests/setup.sh installs it)"
+read -r RW_PORT HTTP_PORT < <(free_port 2)
 start_remote_worker "$T/rw" "$RW_PORT"
 CLUSTER="rw.example.com=grpc://127.0.0.1:$RW_PORT"
-start_daemon serve --no-mount --cluster "$CLUSTER" || die daemon_start "$DAEMON_ERROR"
+HTTP="http://127.0.0.1:$HTTP_PORT"
+start_daemon serve --no-mount --cluster "$CLUSTER" --http-listen "127.0.0.1:$HTTP_PORT" ||
+    die daemon_start "$DAEMON_ERROR"
 pass daemon_start
 
 WS="$T/ws"
@@ -84,8 +91,60 @@ fi
 
 # The record survives a restart (the daemon keeps it in its cache directory).
 stop_daemon
-start_daemon serve --no-mount --cluster "$CLUSTER" || die daemon_restart "$DAEMON_ERROR"
+start_daemon serve --no-mount --cluster "$CLUSTER" --http-listen "127.0.0.1:$HTTP_PORT" ||
+    die daemon_restart "$DAEMON_ERROR"
 check_explanation explain_after_restart
+
+# --- the pages, in a real browser -------------------------------------------------------------
+# browse URL: the DOM chromium builds for URL (headless; as root it needs --no-sandbox).
+browse() {
+    timeout 60 chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage \
+        --user-data-dir="$T/chromium" --dump-dom "$1" 2>>"$T/chromium.log"
+}
+shot() {
+    timeout 60 chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage \
+        --user-data-dir="$T/chromium" --hide-scrollbars --window-size=1200,1100 \
+        --screenshot="$2" "$1" >>"$T/chromium.log" 2>&1
+}
+INVOCATION=$(cl explain | sed -n 's/^invocation \([^:]*\):.*/\1/p')
+index=$(browse "$HTTP/")
+if [[ "$index" == *"$INVOCATION"* ]] && [[ "$index" == *"/invocation?id=$INVOCATION"* ]]; then
+    pass page_lists_the_invocation
+else
+    fail page_lists_the_invocation "/ does not list $INVOCATION: $(head -c 600 <<<"$index")"
+fi
+inv_page=$(browse "$HTTP/invocation?id=$INVOCATION&outcome=miss")
+# The link to //pkg:a's action page (the DOM keeps &amp; in attributes).
+action_url=$(grep -o '/action?invocation=[^"]*' <<<"$inv_page" | sed 's/&amp;/\&/g' |
+    while read -r url; do grep -q ">//pkg:a<" <<<"$(browse "$HTTP$url")" && echo "$url" && break; done)
+if [[ "$inv_page" == *"//pkg:b"* ]] && [[ "$inv_page" == *"executed_remotely"* ]] && [ -n "$action_url" ]; then
+    pass page_lists_the_actions
+else
+    fail page_lists_the_actions "no //pkg:a action link on the invocation page: $(head -c 600 <<<"$inv_page")"
+fi
+action_page=$(browse "$HTTP$action_url")
+if [[ "$action_page" == *"Why it missed the cache"* ]] &&
+    [[ "$action_page" == *'environment variable FOO: `1` -&gt; `2`'* ]] &&
+    [[ "$action_page" == *"input pkg/a.txt"* ]] &&
+    [[ "$action_page" == *"genrule-setup.sh"* ]] && [[ "$action_page" == *"exit code 0"* ]]; then
+    pass page_shows_command_and_explanation
+else
+    fail page_shows_command_and_explanation "$(head -c 1500 <<<"$action_page")"
+fi
+# A blob link from the page opens the blob: pkg/a.txt's content.
+blob_url=$(grep -o '/blob?instance=[^"]*' <<<"$action_page" | sed 's/&amp;/\&/g' |
+    while read -r url; do [ "$(curl -s "$HTTP$url")" = "second" ] && echo "$url" && break; done)
+if [ -n "$blob_url" ]; then
+    pass page_opens_input_blob
+else
+    fail page_opens_input_blob "no blob link on the action page opens pkg/a.txt"
+fi
+if [ -n "${SCREENSHOTS:-}" ]; then
+    mkdir -p "$SCREENSHOTS"
+    shot "$HTTP$action_url" "$SCREENSHOTS/page-action.png"
+    shot "$HTTP/invocation?id=$INVOCATION" "$SCREENSHOTS/page-invocation.png"
+    note "screenshots in $SCREENSHOTS"
+fi
 
 out=$(cl explain no-such-invocation 2>&1)
 if [[ "$out" == *'no invocation "no-such-invocation" in the activity record'* ]]; then

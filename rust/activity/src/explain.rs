@@ -43,12 +43,13 @@ pub fn parse_action(record: &ActionRecord) -> Option<Digest> {
 }
 
 /// An action's Action and Command, as far as the CAS has them.
-struct Loaded {
-    action: re::Action,
-    command: re::Command,
+pub struct Loaded {
+    pub action: re::Action,
+    pub command: re::Command,
 }
 
-async fn load(store: &dyn BlobStore, record: &ActionRecord) -> Option<Loaded> {
+/// A record's Action and Command from the CAS of its instance; None when either is not there.
+pub async fn load(store: &dyn BlobStore, record: &ActionRecord) -> Option<Loaded> {
     let digest = parse_action(record)?;
     let action =
         re::Action::decode(store.read_bytes(&record.instance, &digest).await.ok()?).ok()?;
@@ -161,8 +162,9 @@ fn platform(platform: Option<&re::Platform>) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-/// Every file and symlink of the tree under `root`: path -> what it is.
-async fn flatten(
+/// Every file and symlink of the tree under `root`: path -> (what it is, its digest for files).
+/// None when the tree is not (wholly) in the CAS.
+pub async fn flatten(
     store: &dyn BlobStore,
     instance: &str,
     root: &Digest,
@@ -280,26 +282,24 @@ async fn differences(
     reasons
 }
 
-/// The explanation of invocation `id` (the most recent one when None), from the record's
-/// invocations (oldest first) and the CAS.
-pub async fn explain(
-    invocations: &[Invocation],
-    id: Option<&str>,
-    store: &dyn BlobStore,
-) -> Result<Explanation, String> {
-    let position = match id {
+/// Where invocation `id` (the most recent one when None) is in the record.
+fn position(invocations: &[Invocation], id: Option<&str>) -> Result<usize, String> {
+    match id {
         Some(id) => invocations
             .iter()
             .position(|i| i.id == id)
-            .ok_or_else(|| format!("no invocation {id:?} in the activity record"))?,
-        None => invocations
-            .len()
-            .checked_sub(1)
-            .ok_or("the activity record is empty: no build has gone through this daemon yet")?,
-    };
-    let invocation = &invocations[position];
-    // Earlier actions by (target, mnemonic), newest first.
-    let mut earlier: HashMap<(&str, &str), Vec<&ActionRecord>> = HashMap::new();
+            .ok_or_else(|| format!("no invocation {id:?} in the activity record")),
+        None => invocations.len().checked_sub(1).ok_or_else(|| {
+            "the activity record is empty: no build has gone through this daemon yet".into()
+        }),
+    }
+}
+
+type Earlier<'a> = HashMap<(&'a str, &'a str), Vec<&'a ActionRecord>>;
+
+/// The actions up to invocation `position`, by (target, mnemonic), newest first.
+fn earlier(invocations: &[Invocation], position: usize) -> Earlier<'_> {
+    let mut earlier: Earlier = HashMap::new();
     for record in invocations[..=position]
         .iter()
         .flat_map(|i| i.actions.iter())
@@ -310,6 +310,39 @@ pub async fn explain(
             .or_default()
             .push(record);
     }
+    earlier
+}
+
+/// Why one action of invocation `id` missed: its reasons (empty for a hit).
+pub async fn explain_action(
+    invocations: &[Invocation],
+    id: &str,
+    action: &str,
+    store: &dyn BlobStore,
+) -> Result<Vec<String>, String> {
+    let position = position(invocations, Some(id))?;
+    let record = invocations[position]
+        .actions
+        .iter()
+        .find(|a| a.action == action)
+        .ok_or_else(|| format!("no action {action} in invocation {id}"))?;
+    if record.outcome.is_hit() {
+        return Ok(vec![]);
+    }
+    let earlier = earlier(invocations, position);
+    Ok(explain_one(record, &earlier, &mut HashMap::new(), store).await)
+}
+
+/// The explanation of invocation `id` (the most recent one when None), from the record's
+/// invocations (oldest first) and the CAS.
+pub async fn explain(
+    invocations: &[Invocation],
+    id: Option<&str>,
+    store: &dyn BlobStore,
+) -> Result<Explanation, String> {
+    let position = position(invocations, id)?;
+    let invocation = &invocations[position];
+    let earlier = earlier(invocations, position);
     let mut groups: BTreeMap<Vec<String>, Vec<String>> = BTreeMap::new();
     let mut cache: HashMap<String, Option<Loaded>> = HashMap::new();
     let mut misses = 0;
@@ -337,7 +370,7 @@ pub async fn explain(
 
 async fn explain_one(
     record: &ActionRecord,
-    earlier: &HashMap<(&str, &str), Vec<&ActionRecord>>,
+    earlier: &Earlier<'_>,
     cache: &mut HashMap<String, Option<Loaded>>,
     store: &dyn BlobStore,
 ) -> Vec<String> {

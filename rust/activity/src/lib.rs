@@ -4,5 +4,7 @@
 mod explain;
 mod log;
 
-pub use explain::{explain, Cause, Explanation};
+pub use explain::{
+    explain, explain_action, flatten, load, parse_action, Cause, Explanation, Loaded,
+};
 pub use log::{action_key, ActionRecord, ActivityLog, Event, Invocation, Outcome};

@@ -350,6 +350,12 @@ pub async fn serve(config: Config) -> Result<(), String> {
                 .filter_map(|(_, c)| c.clone())
                 .collect(),
             activity: composition.activity.clone(),
+            blobs: composition.stores.clone(),
+            results: composition.stores.clone(),
+            mount: config
+                .mount
+                .enabled
+                .then(|| config.mount_path().to_path_buf()),
         });
         tracing::info!("serving HTTP on http://{bound} (/ and /metrics)");
         let stop = stop_rx.clone();

@@ -1,13 +1,15 @@
 //! The daemon's loopback HTTP listener (`--http-listen`, off by default): `/metrics` for
-//! Prometheus, and `/`, a page with the counters, the clusters and the recent invocations. HTTP/1.1
-//! only, GET only, no state: every answer is rendered from the daemon's counters and record.
+//! Prometheus; `/`, the counters, the clusters and the recent invocations; one invocation's
+//! actions, one action (command, inputs, outputs, why it missed), and blobs. HTTP/1.1 only, GET
+//! only, no state: every answer is rendered from the daemon's counters, record and stores.
 
+mod invocation;
 mod metrics;
 mod page;
 
 use bytes::Bytes;
 use clientd_activity::ActivityLog;
-use clientd_store::Stats;
+use clientd_store::{ActionCache, BlobStore, Stats};
 use clientd_upstream::Cluster;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -27,23 +29,43 @@ pub struct Web {
     pub stats: Arc<Stats>,
     pub clusters: Vec<Arc<Cluster>>,
     pub activity: Option<Arc<ActivityLog>>,
+    /// Every instance's CAS and action cache (the front's stores).
+    pub blobs: Arc<dyn BlobStore>,
+    pub results: Arc<dyn ActionCache>,
+    /// Where the file system is mounted, for `cas/` paths.
+    pub mount: Option<std::path::PathBuf>,
 }
 
-fn response(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+fn response(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header("content-type", content_type)
         .header("cache-control", "no-store")
-        .body(Full::new(Bytes::from(body)))
+        .body(Full::new(body.into()))
         .expect("a valid response")
 }
 
-fn route(web: &Web, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+const HTML: &str = "text/html; charset=utf-8";
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// A page, or NOT_FOUND with what is wrong.
+fn page(rendered: Result<String, String>) -> Response<Full<Bytes>> {
+    match rendered {
+        Ok(html) => response(StatusCode::OK, HTML, html),
+        Err(e) => response(StatusCode::NOT_FOUND, TEXT, format!("{e}\n")),
+    }
+}
+
+async fn route(web: &Web, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return response(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain; charset=utf-8",
-            "only GET\n".into(),
+            "only GET\n",
         );
     }
     match request.uri().path() {
@@ -52,7 +74,16 @@ fn route(web: &Web, request: &Request<Incoming>) -> Response<Full<Bytes>> {
             "text/plain; version=0.0.4; charset=utf-8",
             metrics::render(&web.stats, &web.clusters),
         ),
-        "/" => response(StatusCode::OK, "text/html; charset=utf-8", page::index(web)),
+        "/" => response(StatusCode::OK, HTML, page::index(web)),
+        "/invocation" => page(invocation::invocation(
+            web,
+            &page::query(request.uri().query()),
+        )),
+        "/action" => page(invocation::action(web, &page::query(request.uri().query())).await),
+        "/blob" => match invocation::blob(web, &page::query(request.uri().query())).await {
+            Ok((content_type, bytes)) => response(StatusCode::OK, &content_type, bytes),
+            Err(e) => response(StatusCode::NOT_FOUND, TEXT, format!("{e}\n")),
+        },
         path => response(
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
@@ -72,8 +103,8 @@ pub async fn serve(listener: TcpListener, web: Arc<Web>, mut stop: watch::Receiv
         let web = web.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let answer = route(&web, &request);
-                async move { Ok::<_, Infallible>(answer) }
+                let web = web.clone();
+                async move { Ok::<_, Infallible>(route(&web, &request).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())

@@ -1,19 +1,71 @@
-//! `/`: the counters, the clusters and the recent invocations, rendered on the server (no
-//! scripts, no build step).
+//! What every page shares (the frame, escaping, links, query strings, bars) and `/`: the recent
+//! invocations with their hit rates, the clusters and the counters. Rendered on the server: no
+//! scripts, no build step.
 
 use crate::Web;
+use std::collections::HashMap;
 use std::fmt::Write;
 
 /// Text for HTML.
-fn escape(text: &str) -> String {
+pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
 }
 
+/// A query-string value.
+pub fn encode(text: &str) -> String {
+    let mut out = String::new();
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(byte as char)
+            }
+            _ => {
+                let _ = write!(out, "%{byte:02X}");
+            }
+        }
+    }
+    out
+}
+
+/// The query string's `key=value` pairs, percent-decoded.
+pub fn query(text: Option<&str>) -> HashMap<String, String> {
+    let decode = |s: &str| {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => {
+                    match u8::from_str_radix(s.get(i + 1..i + 3).unwrap_or(""), 16) {
+                        Ok(b) => {
+                            out.push(b);
+                            i += 2;
+                        }
+                        Err(_) => out.push(b'%'),
+                    }
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    text.unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(pair), String::new()),
+        })
+        .collect()
+}
+
 /// A horizontal bar of `part` out of `whole`, as inline SVG.
-fn bar(part: usize, whole: usize) -> String {
+pub fn bar(part: usize, whole: usize) -> String {
     let width = (part * 200).checked_div(whole).unwrap_or(0);
     format!(
         "<svg width=\"200\" height=\"12\" role=\"img\"><rect width=\"200\" height=\"12\" \
@@ -21,14 +73,22 @@ fn bar(part: usize, whole: usize) -> String {
     )
 }
 
+/// The page around `body`.
+pub fn frame(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{} - clientd</title><style>\
+         body{{font-family:sans-serif;margin:2em;max-width:80em}}table{{border-collapse:collapse}}\
+         td,th{{padding:2px 10px;text-align:left;border-bottom:1px solid #ddd;vertical-align:top}}\
+         code,pre{{background:#f6f6f6}}pre{{padding:6px;white-space:pre-wrap;word-break:break-all}}\
+         .hit{{color:#282}}.miss{{color:#a22}}</style></head><body>\
+         <p><a href=\"/\">clientd</a></p><h1>{}</h1>{body}</body></html>\n",
+        escape(title),
+        escape(title)
+    )
+}
+
 pub fn index(web: &Web) -> String {
-    let mut out = String::from(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>clientd</title><style>\
-         body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}\
-         td,th{padding:2px 10px;text-align:left;border-bottom:1px solid #ddd}\
-         </style></head><body><h1>clientd</h1>",
-    );
-    out.push_str("<h2>Recent invocations</h2>");
+    let mut out = String::from("<h2>Recent invocations</h2>");
     match &web.activity {
         None => out.push_str("<p>No activity record (activity.max_invocations is 0).</p>"),
         Some(log) => {
@@ -41,8 +101,9 @@ pub fn index(web: &Web) -> String {
                 let bytes: u64 = invocation.actions.iter().map(|a| a.output_bytes).sum();
                 let _ = write!(
                     out,
-                    "<tr><td class=\"invocation\">{}</td><td>{n}</td><td>{hits}</td><td>{} {}%</td>\
-                     <td>{bytes}</td></tr>",
+                    "<tr><td class=\"invocation\"><a href=\"/invocation?id={}\">{}</a></td>\
+                     <td>{n}</td><td>{hits}</td><td>{} {}%</td><td>{bytes}</td></tr>",
+                    encode(&invocation.id),
                     escape(&invocation.id),
                     bar(hits, n),
                     (hits * 100).checked_div(n).unwrap_or(0),
@@ -65,8 +126,8 @@ pub fn index(web: &Web) -> String {
     for (name, value) in web.stats.snapshot() {
         let _ = write!(out, "<tr><td>{name}</td><td>{value}</td></tr>");
     }
-    out.push_str("</table><p><a href=\"/metrics\">/metrics</a> (Prometheus)</p></body></html>\n");
-    out
+    out.push_str("</table><p><a href=\"/metrics\">/metrics</a> (Prometheus)</p>");
+    frame("clientd", &out)
 }
 
 #[cfg(test)]
@@ -74,11 +135,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escaping_and_bars() {
+    fn escaping_encoding_queries_and_bars() {
         assert_eq!(
             escape("<a href=\"x\">&"),
             "&lt;a href=&quot;x&quot;&gt;&amp;"
         );
+        assert_eq!(encode("sha256/ab/1 &x"), "sha256/ab/1%20%26x");
+        let q = query(Some("id=a%20b&outcome=miss&flag&bad=%zz&end=%4"));
+        assert_eq!(q["id"], "a b");
+        assert_eq!(q["outcome"], "miss");
+        assert_eq!(q["flag"], "");
+        assert_eq!(q["bad"], "%zz");
+        assert_eq!(q["end"], "%4");
+        assert!(query(None).is_empty());
         assert!(bar(1, 2).contains("width=\"100\""));
         assert!(bar(0, 0).contains("width=\"0\""));
     }
