@@ -108,7 +108,8 @@ shot() {
 }
 INVOCATION=$(cl explain | sed -n 's/^invocation \([^:]*\):.*/\1/p')
 index=$(browse "$HTTP/")
-if [[ "$index" == *"$INVOCATION"* ]] && [[ "$index" == *"/invocation?id=$INVOCATION"* ]]; then
+if [[ "$index" == *"$INVOCATION"* ]] && [[ "$index" == *"/invocation?id=$INVOCATION"* ]] &&
+    [[ "$index" == *"Bytes by source"* ]]; then
     pass page_lists_the_invocation
 else
     fail page_lists_the_invocation "/ does not list $INVOCATION: $(head -c 600 <<<"$index")"

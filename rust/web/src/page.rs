@@ -87,6 +87,37 @@ pub fn frame(title: &str, body: &str) -> String {
     )
 }
 
+/// Bytes since the daemon started, by where they came from and went, as horizontal bars.
+fn bytes_by_source(web: &Web) -> String {
+    let counters: HashMap<&str, u64> = web.stats.snapshot().into_iter().collect();
+    let rows = [
+        ("served to clients", counters["bytes_served"], "#4a4"),
+        (
+            "fetched from clusters",
+            counters["upstream_fetch_bytes"],
+            "#c80",
+        ),
+        ("stored from clients", counters["bytes_stored"], "#48c"),
+        (
+            "uploaded to clusters",
+            counters["upstream_write_bytes"],
+            "#a60",
+        ),
+    ];
+    let most = rows.iter().map(|r| r.1).max().unwrap_or(0).max(1);
+    let mut out = String::from("<h2>Bytes by source</h2><table class=\"bytes\">");
+    for (what, bytes, color) in rows {
+        let width = bytes * 300 / most;
+        let _ = write!(
+            out,
+            "<tr><td>{what}</td><td><svg width=\"300\" height=\"12\" role=\"img\">\
+             <rect width=\"{width}\" height=\"12\" fill=\"{color}\"/></svg></td><td>{bytes}</td></tr>"
+        );
+    }
+    out.push_str("</table>");
+    out
+}
+
 pub fn index(web: &Web) -> String {
     let mut out = String::from("<h2>Recent invocations</h2>");
     match &web.activity {
@@ -122,7 +153,9 @@ pub fn index(web: &Web) -> String {
             escape(&cluster.state())
         );
     }
-    out.push_str("</table><h2>Counters</h2><table>");
+    out.push_str("</table>");
+    out.push_str(&bytes_by_source(web));
+    out.push_str("<h2>Counters</h2><table>");
     for (name, value) in web.stats.snapshot() {
         let _ = write!(out, "<tr><td>{name}</td><td>{value}</td></tr>");
     }
