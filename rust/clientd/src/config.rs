@@ -4,7 +4,7 @@
 //! cache under `$XDG_CACHE_HOME/clientd` with its socket at `$XDG_CACHE_HOME/clientd/grpc`.
 //! Unknown fields are refused, and errors name the file and the field's path.
 
-use clientd_digest::validate_instance_name;
+use clientd_digest::{is_local_instance, validate_instance_name};
 use clientd_upstream::Endpoint;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -351,7 +351,7 @@ impl Config {
         for (prefix, cluster) in &self.clusters {
             let field = format!("clusters.{prefix:?}");
             validate_instance_name(prefix).map_err(|e| format!("{field}: {e}"))?;
-            if prefix.is_empty() || prefix == "local" || prefix.starts_with("local/") {
+            if prefix.is_empty() || is_local_instance(prefix) {
                 return Err(format!(
                     "{field}: the prefix must be non-empty and not under `local`, which is the local cache"
                 ));

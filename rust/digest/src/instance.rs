@@ -13,6 +13,12 @@ pub const RESERVED_SEGMENTS: [&str; 7] = [
     "compressed-blobs",
 ];
 
+/// Whether an instance name is the local cache's (`local` or under `local/`), as opposed to a
+/// cluster's: the one namespace clientd reserves for itself.
+pub fn is_local_instance(name: &str) -> bool {
+    name == "local" || name.starts_with("local/")
+}
+
 /// Checks an instance name: empty, or `/`-separated non-empty segments none of which is reserved.
 pub fn validate_instance_name(name: &str) -> Result<(), DigestError> {
     if name.is_empty() {

@@ -1,7 +1,7 @@
 use crate::activity::{request_metadata, Recorder};
 use crate::request;
 use clientd_activity::Outcome;
-use clientd_digest::truncate;
+use clientd_digest::{is_local_instance, truncate};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_store::{ActionCache, Stats};
 use re::action_cache_server::ActionCache as ActionCacheRpc;
@@ -26,11 +26,6 @@ impl ActionCacheService {
     }
 }
 
-/// Whether an instance name is the local cache's (as opposed to a cluster's).
-fn is_local(instance_name: &str) -> bool {
-    instance_name == "local" || instance_name.starts_with("local/")
-}
-
 #[tonic::async_trait]
 impl ActionCacheRpc for ActionCacheService {
     async fn get_action_result(
@@ -44,13 +39,13 @@ impl ActionCacheRpc for ActionCacheService {
         let function = request::digest_function(request.digest_function)?;
         let action = request::digest(function, request.action_digest.as_ref(), "action_digest")?;
         let record = |outcome, result| {
-            let recorder = &self.recorder;
-            recorder.record(&metadata, instance_name, &action, outcome, started, result)
+            self.recorder
+                .record(&metadata, instance_name, &action, outcome, started, result)
         };
         match self.cache.get(instance_name, &action).await? {
             Some(result) => {
                 Stats::add(&self.stats.action_cache_hits, 1);
-                let outcome = match is_local(instance_name) {
+                let outcome = match is_local_instance(instance_name) {
                     true => Outcome::LocalHit,
                     false => Outcome::ClusterHit,
                 };
@@ -90,13 +85,11 @@ impl ActionCacheRpc for ActionCacheService {
             )?;
         }
         self.cache.put(instance_name, &action, &result).await?;
-        let outcome = Outcome::Uploaded;
-        let recorder = &self.recorder;
-        recorder.record(
+        self.recorder.record(
             &metadata,
             instance_name,
             &action,
-            outcome,
+            Outcome::Uploaded,
             started,
             Some(&result),
         );

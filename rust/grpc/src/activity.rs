@@ -4,12 +4,11 @@
 use clientd_activity::{action_key, ActivityLog, Event, Outcome};
 use clientd_digest::Digest;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
+use clientd_store::context::REQUEST_METADATA;
 use prost::Message;
 use std::sync::Arc;
 use std::time::Instant;
 use tonic::metadata::MetadataMap;
-
-const REQUEST_METADATA: &str = "build.bazel.remote.execution.v2.requestmetadata-bin";
 
 /// The call's RequestMetadata; the default when absent or malformed (which only costs the call
 /// its place in the record).

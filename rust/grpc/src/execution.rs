@@ -56,16 +56,17 @@ pub(crate) fn execute_response(operation: &Operation) -> Option<re::ExecuteRespo
     re::ExecuteResponse::decode(response.value.as_slice()).ok()
 }
 
+/// Whether an ExecuteResponse reports a successful action: an OK status, a result, exit code 0.
+pub(crate) fn succeeded(response: &re::ExecuteResponse) -> bool {
+    response.status.as_ref().is_none_or(|s| s.code == 0)
+        && response.result.as_ref().is_some_and(|r| r.exit_code == 0)
+}
+
 /// What a finished operation says happened to its action.
 fn outcome(operation: &Operation) -> (Outcome, Option<re::ActionResult>) {
     match execute_response(operation) {
         Some(r) if r.cached_result => (Outcome::ExecuteCacheHit, r.result),
-        Some(r)
-            if r.status.as_ref().is_none_or(|s| s.code == 0)
-                && r.result.as_ref().is_some_and(|x| x.exit_code == 0) =>
-        {
-            (Outcome::ExecutedRemotely, r.result)
-        }
+        Some(r) if succeeded(&r) => (Outcome::ExecutedRemotely, r.result),
         Some(r) => (Outcome::Failed, r.result),
         None => (Outcome::Failed, None),
     }
@@ -96,6 +97,7 @@ impl Execution for ExecutionService {
     ) -> Result<Response<Self::ExecuteStream>, Status> {
         let started = Instant::now();
         let (metadata, _, mut request) = request.into_parts();
+        let metadata = request_metadata(&metadata);
         let full_name = request.instance_name.clone();
         let instance_name = request::instance_name(&full_name)?;
         let (prefix, cluster, rest) = self.clusters.route_with_prefix(instance_name)?;
@@ -132,7 +134,7 @@ impl Execution for ExecutionService {
             if !request.skip_cache_lookup {
                 if let Some(result) = scrubbing.lookup(instance_name, scrubbed).await {
                     self.recorder.record(
-                        &request_metadata(&metadata),
+                        &metadata,
                         instance_name,
                         action,
                         Outcome::ExecuteCacheHit,
@@ -165,7 +167,6 @@ impl Execution for ExecutionService {
         };
         // The final operation tells the record what happened.
         let recorder = self.recorder.clone();
-        let request_metadata = request_metadata(&metadata);
         let instance_name = instance_name.to_string();
         Ok(Response::new(
             operations
@@ -173,7 +174,7 @@ impl Execution for ExecutionService {
                     if let Some(operation) = operation.as_ref().ok().filter(|o| o.done) {
                         let (outcome, result) = outcome(operation);
                         recorder.record(
-                            &request_metadata,
+                            &metadata,
                             &instance_name,
                             &action,
                             outcome,

@@ -8,8 +8,7 @@
 //! Scrubbing never fails a build: when the key cannot be computed (an input tree not in the CAS,
 //! a message that does not decode) the action is forwarded unscrubbed, with a warning.
 
-use crate::activity::request_metadata;
-use crate::execution::execute_response;
+use crate::execution::{execute_response, succeeded};
 use clientd_digest::Digest;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_proto::google::longrunning::{operation, Operation};
@@ -21,7 +20,6 @@ use clientd_upstream::Cluster;
 use futures::stream::{BoxStream, StreamExt};
 use prost::Message;
 use std::sync::Arc;
-use tonic::metadata::MetadataMap;
 use tonic::Status;
 
 const TYPE_PREFIX: &str = "type.googleapis.com/build.bazel.remote.execution.v2.";
@@ -54,9 +52,10 @@ fn any(name: &str, message: &impl Message) -> Any {
 /// A successful result in a finished operation: the only kind stored under a scrubbed key.
 fn successful_result(operation: &Operation) -> Option<re::ActionResult> {
     let response = execute_response(operation)?;
-    let ok = response.status.as_ref().is_none_or(|s| s.code == 0);
-    let result = response.result?;
-    (ok && result.exit_code == 0).then_some(result)
+    match succeeded(&response) {
+        true => response.result,
+        false => None,
+    }
 }
 
 impl Scrubbing {
@@ -76,19 +75,16 @@ impl Scrubbing {
         }
     }
 
-    /// The scrubbed key of an Execute's action when a rule matches it.
+    /// The scrubbed key of an Execute's action when a rule matches its target and mnemonic (from
+    /// the call's RequestMetadata).
     pub(crate) async fn key(
         &self,
         instance_name: &str,
         action: &Digest,
-        metadata: &MetadataMap,
+        metadata: &re::RequestMetadata,
     ) -> Option<Scrubbed> {
-        let re::RequestMetadata {
-            target_id: target,
-            action_mnemonic: mnemonic,
-            ..
-        } = request_metadata(metadata);
-        let rule = self.config.rule_for(&target, &mnemonic)?;
+        let (target, mnemonic) = (&metadata.target_id, &metadata.action_mnemonic);
+        let rule = self.config.rule_for(target, mnemonic)?;
         match scrub_action(&*self.blobs, instance_name, action, &rule.transform).await {
             Ok(Some(key)) => {
                 let what = format!(

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tonic::metadata::MetadataMap;
 
+/// The binary header carrying REAPI's RequestMetadata (invocation, target, mnemonic).
+pub const REQUEST_METADATA: &str = "build.bazel.remote.execution.v2.requestmetadata-bin";
+
 /// Headers forwarded to clusters, exactly as the client sent them.
-pub const FORWARDED_HEADERS: [&str; 2] = [
-    "authorization",
-    "build.bazel.remote.execution.v2.requestmetadata-bin",
-];
+pub const FORWARDED_HEADERS: [&str; 2] = ["authorization", REQUEST_METADATA];
 
 /// The forwarded headers of one client call, and its deadline.
 #[derive(Debug, Clone, Default)]

@@ -30,7 +30,6 @@ pub(crate) const MAX_MESSAGE_BYTES: usize = 16 << 20;
 const MAX_BATCH_BYTES: u64 = 4 << 20;
 
 const AUTHORIZATION: &str = "authorization";
-const REQUEST_METADATA: &str = "build.bazel.remote.execution.v2.requestmetadata-bin";
 
 /// A request's `digest_function` field: left UNKNOWN where the hash length implies the function,
 /// so that servers predating the field understand the request.
@@ -145,7 +144,7 @@ impl Cluster {
         for (key, value) in &headers {
             probe_metadata.insert(key.clone(), value.clone());
         }
-        probe_metadata.insert_bin(REQUEST_METADATA, own_request_metadata.clone());
+        probe_metadata.insert_bin(context::REQUEST_METADATA, own_request_metadata.clone());
         Ok(Cluster {
             watch: Watch::new(
                 describe(&options.prefix, &options.endpoint),
@@ -203,9 +202,9 @@ impl Cluster {
             }
         }
         let request_metadata = client
-            .and_then(|m| m.get_bin(REQUEST_METADATA))
+            .and_then(|m| m.get_bin(context::REQUEST_METADATA))
             .unwrap_or(&self.own_request_metadata);
-        metadata.insert_bin(REQUEST_METADATA, request_metadata.clone());
+        metadata.insert_bin(context::REQUEST_METADATA, request_metadata.clone());
         request
     }
 
@@ -260,7 +259,7 @@ impl Cluster {
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let timeout = self.call_timeout();
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let status = match self.watch.health.refusal() {
             Some(refusal) => refusal,
             None => {

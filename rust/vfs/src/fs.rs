@@ -785,7 +785,7 @@ mod tests {
 
     impl Routing for LocalOnly {
         fn serves(&self, name: &str) -> bool {
-            name == "local" || name.starts_with("local/")
+            clientd_digest::is_local_instance(name)
         }
         fn digest_functions<'a>(&'a self, _name: &'a str) -> DigestFunctions<'a> {
             Box::pin(async { Some(DigestFunction::ALL.to_vec()) })

@@ -186,7 +186,17 @@ pub async fn action(web: &Web, query: &HashMap<String, String>) -> Result<String
         escape(instance),
         blob_link(instance, &digest, &digest.to_string()),
     );
-    if let Some(mount) = &web.mount {
+    let loaded = load(&*web.blobs, record).await;
+    let digest_of = |d: Option<&re::Digest>| {
+        d.and_then(|d| Digest::from_proto(Some(digest.function()), d).ok())
+    };
+    let root = loaded
+        .as_ref()
+        .and_then(|l| digest_of(l.action.input_root_digest.as_ref()));
+    let command = loaded
+        .as_ref()
+        .and_then(|l| digest_of(l.action.command_digest.as_ref()));
+    if let (Some(mount), Some(root), Some(command)) = (&web.mount, root, command) {
         let cas = |kind: &str, d: &Digest| {
             format!(
                 "{}/cas/{instance}/blobs/{}/{kind}/{}",
@@ -195,22 +205,13 @@ pub async fn action(web: &Web, query: &HashMap<String, String>) -> Result<String
                 d.file_name()
             )
         };
-        if let Some(loaded) = load(&*web.blobs, record).await {
-            let command = loaded.action.command_digest.as_ref();
-            let root = loaded.action.input_root_digest.as_ref();
-            let digest_of = |d: Option<&re::Digest>| {
-                d.and_then(|d| Digest::from_proto(Some(digest.function()), d).ok())
-            };
-            if let (Some(command), Some(root)) = (digest_of(command), digest_of(root)) {
-                let _ = write!(
-                    out,
-                    "<tr><td>in a shell</td><td><code>cp -lr {} /tmp/x &amp;&amp; cd /tmp/x &amp;&amp; \
-                     {}</code> runs it (a copy of the inputs in scratch/ works too)</td></tr>",
-                    escape(&cas("directory", &root)),
-                    escape(&cas("command", &command))
-                );
-            }
-        }
+        let _ = write!(
+            out,
+            "<tr><td>in a shell</td><td><code>cp -lr {} /tmp/x &amp;&amp; cd /tmp/x &amp;&amp; \
+             {}</code> runs it (a copy of the inputs in scratch/ works too)</td></tr>",
+            escape(&cas("directory", &root)),
+            escape(&cas("command", &command))
+        );
     }
     out.push_str("</table>");
     let reasons = explain_action(&invocations, id, key, &*web.blobs).await?;
@@ -221,7 +222,7 @@ pub async fn action(web: &Web, query: &HashMap<String, String>) -> Result<String
         }
         out.push_str("</ul>");
     }
-    match load(&*web.blobs, record).await {
+    match &loaded {
         None => out.push_str("<p>Its Action or Command is not in the CAS.</p>"),
         Some(loaded) => {
             out.push_str("<h2>Command</h2><pre class=\"command\">");
@@ -238,11 +239,6 @@ pub async fn action(web: &Web, query: &HashMap<String, String>) -> Result<String
                 );
             }
             out.push_str("</table>");
-            let root = loaded
-                .action
-                .input_root_digest
-                .as_ref()
-                .and_then(|d| Digest::from_proto(Some(digest.function()), d).ok());
             out.push_str("<h2>Inputs</h2>");
             let files = match root {
                 Some(root) => flatten(&*web.blobs, instance, &root).await,
