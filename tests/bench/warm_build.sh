@@ -15,10 +15,12 @@
 #   clientd cold:  a fresh daemon (empty cache) and --config=clientd: every action runs and is
 #                  uploaded over the socket;
 #   clientd warm:  after `bazel clean`: every action a hit, outputs downloaded over the socket.
-# The disk and clientd take turns going first (these machines are shared and noisy); the table
-# gives every round, and the ratios are medians of the per-round ratios [min..max].
+#   clientd-norecord cold/warm (RECORD_COST=1): the same with the activity record off
+#                  (`activity.max_invocations: 0`), to give the record's cost as a ratio.
+# The sides take turns going first (these machines are shared and noisy); the table gives every
+# round, and the ratios are medians of the per-round ratios [min..max].
 #
-# Environment: ROUNDS (5), N_ACTIONS (500), MAX_BYTES (4194304), JOBS (Bazel's --jobs; default:
+# Environment: ROUNDS (5), N_ACTIONS (500), RECORD_COST (unset), MAX_BYTES (4194304), JOBS (Bazel's --jobs; default:
 # Bazel's), CLIENTD (a binary instead of building this tree's), CLIENTD_CONFIG (a config.json for
 # the daemon instead of its defaults, e.g. to measure without sync_writes), KEEP_TMP=1 (keep the temp dir:
 # Bazel logs and --profile files, the daemon's log). Needs tests/setup.sh (Bazel, netty's epoll
@@ -74,30 +76,42 @@ disk_side() {
     rm -rf "$dir"
 }
 
+# clientd_side ROUND [norecord]: a fresh daemon, cold then warm; `norecord` turns the activity
+# record off.
 clientd_side() {
-    local round=$1
+    local round=$1 name=clientd
     DAEMON_DIR="$T/clientd-$round"
     mkdir -p "$DAEMON_DIR/config/clientd"
     [ -z "${CLIENTD_CONFIG:-}" ] || cp "$CLIENTD_CONFIG" "$DAEMON_DIR/config/clientd/config.json"
+    if [ "${2:-}" = norecord ]; then
+        name=clientd-norecord
+        python3 - "$DAEMON_DIR/config/clientd/config.json" <<'PY' || die "cannot write the config"
+import json, os, sys
+path = sys.argv[1]
+config = json.load(open(path)) if os.path.exists(path) else {}
+config.setdefault("activity", {})["max_invocations"] = 0
+json.dump(config, open(path, "w"))
+PY
+    fi
     start_daemon serve --no-mount || die "clientd did not start"
     # shellcheck disable=SC2119 # the default fragment: no extra arguments
     write_fragment >/dev/null
-    measure "$round" "clientd-cold" --config=clientd
-    measure "$round" "clientd-warm" --config=clientd
+    measure "$round" "$name-cold" --config=clientd
+    measure "$round" "$name-warm" --config=clientd
     stop_daemon
     rm -rf "$DAEMON_DIR"
 }
+norecord_side() { clientd_side "$1" norecord; }
 
 (cd "$WS" && bz info release) >"$T/logs/bazel-info.log" 2>&1 || { cat "$T/logs/bazel-info.log"; die "bazel does not start"; }
+SIDES=(disk_side clientd_side)
+[ -z "${RECORD_COST:-}" ] || SIDES+=(norecord_side)
 for round in $(seq "$ROUNDS"); do
     measure "$round" none
-    if [ $((round % 2)) -eq 1 ]; then
-        disk_side "$round"
-        clientd_side "$round"
-    else
-        clientd_side "$round"
-        disk_side "$round"
-    fi
+    # Each round starts with the next side: every side goes first as often as the others.
+    for i in "${!SIDES[@]}"; do
+        "${SIDES[(round + i) % ${#SIDES[@]}]}" "$round"
+    done
 done
 
 python3 - "$RESULTS" "$N_ACTIONS" "$TOTAL_BYTES" "${JOBS:-default}" <<'EOF'
@@ -113,6 +127,9 @@ print("warm_build: %s actions, %.0f MiB of outputs, --jobs %s, %d rounds" % (n, 
 print("%-14s %s" % ("seconds", " ".join("%7s" % ("r%d" % r) for r in rounds)))
 for s in ("none", "disk-cold", "clientd-cold", "disk-warm", "clientd-warm"):
     print("%-14s %s" % (s, " ".join("%7.2f" % times[s][r] for r in rounds)))
+for s in ("clientd-norecord-cold", "clientd-norecord-warm"):
+    if s in times:
+        print("%-14s %s" % (s, " ".join("%7.2f" % times[s][r] for r in rounds)))
 def summary(values):
     return "%.2f [%.2f..%.2f]" % (statistics.median(values), min(values), max(values))
 ratio = lambda a, b: [times[a][r] / times[b][r] for r in rounds]
@@ -123,4 +140,7 @@ print("filling the cache vs none: clientd %s, disk cache %s" % (
     summary([t - 1 for t in ratio("clientd-cold", "none")]), summary([t - 1 for t in ratio("disk-cold", "none")])))
 per_action = lambda s: [1000 * times[s][r] / int(n) for r in rounds]
 print("warm, ms per action: clientd %s, disk cache %s" % (summary(per_action("clientd-warm")), summary(per_action("disk-warm"))))
+if "clientd-norecord-warm" in times:
+    print("the activity record's cost, clientd / clientd without it: warm %s, cold %s" % (
+        summary(ratio("clientd-warm", "clientd-norecord-warm")), summary(ratio("clientd-cold", "clientd-norecord-cold"))))
 EOF

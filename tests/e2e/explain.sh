@@ -8,6 +8,9 @@
 # (--http-listen): `/` lists the invocation, the invocation's page lists //pkg:a, and its action
 # page shows the command and the miss explanation, and opens its inputs through the listener.
 # SCREENSHOTS=DIR saves the action page and the invocation page as PNGs there (docs/ has them).
+# Then a cache-only build (local/ instance, Bazel runs the actions): explain names the changed
+# variable and says the inputs changed without knowing which (Bazel uploads no input tree); after
+# `bazel clean` every action hits, and every byte Bazel read came from the local cache.
 #
 # The workspace: //pkg:a reads pkg/a.txt; //pkg:b and //pkg:c read nothing. Build 1 with
 # --action_env=FOO=1, then pkg/a.txt changes and build 2 has --action_env=FOO=2: all three
@@ -79,6 +82,26 @@ check_explanation() {
     else
         fail "$1" "want 3 misses: 2 because FOO 1 -> 2, 1 (//pkg:a) because FOO and pkg/a.txt changed"
     fi
+    # Build 2's outputs ran on the worker: Bazel's downloads were fetched from the cluster.
+    check_bytes "$1_bytes" "$out" fetched
+}
+
+# check_bytes NAME EXPLAIN_OUTPUT fetched|local: the invocation's bytes read, all of them
+# fetched from clusters or all from the local cache.
+check_bytes() {
+    local re='^bytes read: ([0-9]+) \(([0-9]+) from the local cache, ([0-9]+) fetched from clusters\)$'
+    local line served local fetched
+    line=$(grep -E "$re" <<<"$2")
+    served=$(sed -E "s/$re/\1/" <<<"$line")
+    local=$(sed -E "s/$re/\2/" <<<"$line")
+    fetched=$(sed -E "s/$re/\3/" <<<"$line")
+    if [ -n "$line" ] && [ "$served" -gt 0 ] &&
+        { { [ "$3" = fetched ] && [ "$fetched" = "$served" ]; } ||
+            { [ "$3" = local ] && [ "$local" = "$served" ] && [ "$fetched" = 0 ]; }; }; then
+        pass "$1"
+    else
+        fail "$1" "want every byte read $3: ${line:-no bytes line}"
+    fi
 }
 check_explanation explain_names_the_causes
 
@@ -109,7 +132,7 @@ shot() {
 INVOCATION=$(cl explain | sed -n 's/^invocation \([^:]*\):.*/\1/p')
 index=$(browse "$HTTP/")
 if [[ "$index" == *"$INVOCATION"* ]] && [[ "$index" == *"/invocation?id=$INVOCATION"* ]] &&
-    [[ "$index" == *"Bytes by source"* ]]; then
+    [[ "$index" == *"Bytes by source"* ]] && [[ "$index" == *"<th>fetched from clusters</th>"* ]]; then
     pass page_lists_the_invocation
 else
     fail page_lists_the_invocation "/ does not list $INVOCATION: $(head -c 600 <<<"$index")"
@@ -153,5 +176,37 @@ if [[ "$out" == *'no invocation "no-such-invocation" in the activity record'* ]]
 else
     fail explain_unknown_invocation "$out"
 fi
+# --- a cache-only build: Bazel runs the actions and uploads their results ----------------------
+# Bazel uploads each Action and Command but no input tree: `clientd explain` still names the
+# environment change, and says that the inputs changed but not which (only the input root's
+# digest is known).
+write_fragment --instance local/explain
+cache_build() { bzlog "$1" build --config=clientd "--action_env=FOO=$2" //pkg:all; }
+echo "third" >"$WS/pkg/a.txt"
+cache_build build3 1 || { show_log build3; die build3 "bazel build failed"; }
+echo "fourth" >"$WS/pkg/a.txt"
+cache_build build4 2 || { show_log build4; die build4 "bazel build failed"; }
+out=$(cl explain 2>&1)
+note "clientd explain (cache-only):"
+sed 's/^/#   /' <<<"$out"
+env='  - environment variable FOO: `1` -> `2`'
+two=$(printf '2 actions missed because:\n%s\n  (' "$env")
+one=$(printf '1 action missed because:\n%s\n  - the input files changed; which ones is not known: an input tree is not in the CAS' "$env")
+if grep -q "^invocation .*: 3 actions, 0 cache hits, 3 misses$" <<<"$out" &&
+    [[ "$out" == *"$two"* ]] && [[ "$out" == *"$one"* ]] && [[ "$out" == *"(//pkg:a (Genrule))"* ]]; then
+    pass explain_cache_only
+else
+    fail explain_cache_only "want 2 misses because FOO 1 -> 2, and //pkg:a because FOO and its (unknown) inputs changed"
+fi
+# After `bazel clean` the same build hits, and its outputs come from the local cache.
+bz_clean clean4
+cache_build build5 2 || { show_log build5; die build5 "bazel build failed"; }
+out=$(cl explain 2>&1)
+if grep -q "^invocation .*: 3 actions, 3 cache hits, 0 misses$" <<<"$out"; then
+    pass explain_cache_only_hits
+else
+    fail explain_cache_only_hits "$out"
+fi
+check_bytes explain_cache_only_bytes_local "$out" local
 check_daemon_alive
 finish

@@ -4,7 +4,7 @@
 //! both input trees are in the CAS; a cache-only build uploads no input tree), the Action's own
 //! fields. Actions with the same differences are grouped, largest group first.
 
-use crate::log::{ActionRecord, Invocation};
+use crate::log::{ActionRecord, Invocation, Traffic};
 use clientd_digest::{Digest, DigestFunction};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_store::{read_tree, BlobStore};
@@ -33,6 +33,7 @@ pub struct Explanation {
     pub misses: usize,
     /// Largest group first.
     pub causes: Vec<Cause>,
+    pub traffic: Traffic,
 }
 
 /// A record's action digest (`<function>/<hash>/<size>`).
@@ -365,6 +366,7 @@ pub async fn explain(
         hits: invocation.hits(),
         misses,
         causes,
+        traffic: invocation.traffic,
     })
 }
 

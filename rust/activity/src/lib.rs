@@ -7,4 +7,4 @@ mod log;
 pub use explain::{
     explain, explain_action, flatten, load, parse_action, Cause, Explanation, Loaded,
 };
-pub use log::{action_key, ActionRecord, ActivityLog, Event, Invocation, Outcome};
+pub use log::{action_key, ActionRecord, ActivityLog, Event, Invocation, Outcome, Traffic};

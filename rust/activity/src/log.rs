@@ -58,20 +58,47 @@ pub struct ActionRecord {
     pub at: u64,
 }
 
+/// Bytes an invocation read through clientd (BatchReadBlobs and ByteStream.Read).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    /// Bytes served to the client.
+    pub served: u64,
+    /// Bytes fetched from clusters to serve them (the rest came from the local CAS).
+    pub fetched: u64,
+}
+
+impl Traffic {
+    /// Bytes served from the local CAS without a fetch.
+    pub fn local(&self) -> u64 {
+        self.served.saturating_sub(self.fetched)
+    }
+}
+
+/// The line that keeps an invocation's [`Traffic`] totals (the last one wins).
+#[derive(Serialize, Deserialize)]
+struct TrafficLine {
+    traffic: Traffic,
+}
+
 /// An invocation's actions, in the order they were first seen.
 #[derive(Debug, Clone, Default)]
 pub struct Invocation {
     pub id: String,
+    /// When it was first seen (seconds since the epoch).
     pub started: u64,
+    /// The same in microseconds: what orders invocations (builds a second apart are common).
+    started_micros: u64,
     pub actions: Vec<ActionRecord>,
+    pub traffic: Traffic,
     index: HashMap<String, usize>,
 }
 
 impl Invocation {
-    fn new(id: &str, started: u64) -> Self {
+    fn new(id: &str, started_micros: u64) -> Self {
         Invocation {
             id: id.to_string(),
-            started,
+            started: started_micros / 1_000_000,
+            started_micros,
             ..Default::default()
         }
     }
@@ -134,6 +161,12 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 /// A file name for an invocation id: UUIDs as they are, anything else hashed.
 fn file_name(id: &str) -> String {
     let safe = !id.is_empty()
@@ -154,13 +187,21 @@ fn file_name(id: &str) -> String {
 #[derive(Serialize, Deserialize)]
 struct Header {
     invocation: String,
+    /// Seconds since the epoch.
     started: u64,
+    /// Microseconds since the epoch (absent in files written before it was added).
+    #[serde(default)]
+    started_micros: u64,
 }
 
 fn load(path: &Path) -> Option<Invocation> {
     let mut lines = BufReader::new(File::open(path).ok()?).lines();
     let header: Header = serde_json::from_str(&lines.next()?.ok()?).ok()?;
-    let mut invocation = Invocation::new(&header.invocation, header.started);
+    let micros = match header.started_micros {
+        0 => header.started * 1_000_000,
+        micros => micros,
+    };
+    let mut invocation = Invocation::new(&header.invocation, micros);
     for line in lines.map_while(Result::ok) {
         // A torn last line (a crash mid-write) is skipped.
         if let Ok(record) = serde_json::from_str::<ActionRecord>(&line) {
@@ -169,6 +210,8 @@ fn load(path: &Path) -> Option<Invocation> {
                 Some(i) => invocation.actions[i] = record,
                 None => invocation.apply(record),
             }
+        } else if let Ok(line) = serde_json::from_str::<TrafficLine>(&line) {
+            invocation.traffic = line.traffic;
         }
     }
     Some(invocation)
@@ -183,7 +226,7 @@ impl ActivityLog {
             .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
             .filter_map(|e| load(&e.path()))
             .collect();
-        invocations.sort_by_key(|i| i.started);
+        invocations.sort_by_key(|i| i.started_micros);
         let log = ActivityLog {
             dir: dir.to_path_buf(),
             max_invocations: max_invocations.max(1),
@@ -225,32 +268,63 @@ impl ActivityLog {
             at: now(),
         };
         let mut inner = self.inner.lock().unwrap();
-        if !inner.invocations.iter().any(|i| i.id == event.invocation) {
-            let invocation = Invocation::new(event.invocation, now());
-            inner.invocations.push_back(invocation);
-            self.evict(&mut inner);
-        }
-        let invocation = inner
-            .invocations
-            .iter_mut()
-            .find(|i| i.id == event.invocation)
-            .expect("present");
+        let invocation = self.invocation(&mut inner, event.invocation);
         invocation.apply(record);
         let line = invocation.actions[invocation.index[&key]].clone();
-        let started = invocation.started;
-        if let Err(e) = self.append(&mut inner, event.invocation, started, &line) {
+        let started = invocation.started_micros;
+        self.append(&mut inner, event.invocation, started, &line);
+    }
+
+    /// Adds a read's bytes to its invocation's [`Traffic`] (reads without an invocation are not
+    /// recorded).
+    pub fn traffic(&self, invocation: &str, served: u64, fetched: u64) {
+        if invocation.is_empty() || served == 0 {
+            return;
+        }
+        let mut inner = self.inner.lock().unwrap();
+        let record = self.invocation(&mut inner, invocation);
+        record.traffic.served += served;
+        record.traffic.fetched += fetched;
+        let (line, started) = (
+            TrafficLine {
+                traffic: record.traffic,
+            },
+            record.started_micros,
+        );
+        self.append(&mut inner, invocation, started, &line);
+    }
+
+    /// The invocation `id`, added (evicting the oldest beyond the bound) when it is new.
+    fn invocation<'a>(&self, inner: &'a mut Inner, id: &str) -> &'a mut Invocation {
+        if !inner.invocations.iter().any(|i| i.id == id) {
+            inner
+                .invocations
+                .push_back(Invocation::new(id, now_micros()));
+            self.evict(inner);
+        }
+        inner
+            .invocations
+            .iter_mut()
+            .find(|i| i.id == id)
+            .expect("present")
+    }
+
+    /// Appends a line to invocation `id`'s file; a failure is logged (the record must not fail a
+    /// build).
+    fn append(&self, inner: &mut Inner, id: &str, started_micros: u64, line: &impl Serialize) {
+        if let Err(e) = self.try_append(inner, id, started_micros, line) {
             tracing::warn!("activity record in {}: {e}", self.dir.display());
         }
     }
 
-    /// Appends an action's current state to its invocation's file (the header first, for a new
-    /// file).
-    fn append(
+    /// Appends a line (an action's current state, or the traffic totals) to its invocation's
+    /// file (the header first, for a new file).
+    fn try_append(
         &self,
         inner: &mut Inner,
         id: &str,
-        started: u64,
-        record: &ActionRecord,
+        started_micros: u64,
+        record: &impl Serialize,
     ) -> std::io::Result<()> {
         if !matches!(&inner.file, Some((open, _)) if open == id) {
             let path = self.dir.join(file_name(id));
@@ -259,7 +333,8 @@ impl ActivityLog {
             if fresh {
                 let header = Header {
                     invocation: id.to_string(),
-                    started,
+                    started: started_micros / 1_000_000,
+                    started_micros,
                 };
                 writeln!(file, "{}", serde_json::to_string(&header)?)?;
             }
@@ -325,7 +400,15 @@ mod tests {
             assert_eq!(actions.len(), 2);
             assert_eq!(actions[0].outcome, Outcome::Uploaded);
             assert_eq!(invocations[0].hits(), 1);
+            let traffic = invocations[0].traffic;
+            assert_eq!(
+                (traffic.served, traffic.fetched, traffic.local()),
+                (110, 40, 70)
+            );
         };
+        log.traffic("inv-1", 100, 40);
+        log.traffic("inv-1", 10, 0);
+        log.traffic("", 10, 0); // no invocation: not recorded
         check(&log);
         assert_eq!(log.invocations()[0].actions[0].micros, 20, "time adds up");
         drop(log);
@@ -343,8 +426,15 @@ mod tests {
         for id in ["one", "two", "three"] {
             log.record(event(id, "sha256/aa/1", Outcome::Miss));
         }
-        let ids: Vec<String> = log.invocations().into_iter().map(|i| i.id).collect();
-        assert_eq!(ids, ["two", "three"]);
+        let ids = |log: &ActivityLog| -> Vec<String> {
+            log.invocations().into_iter().map(|i| i.id).collect()
+        };
+        assert_eq!(ids(&log), ["two", "three"]);
+        // Invocations a second apart or less keep their order across a restart.
+        assert_eq!(
+            ids(&ActivityLog::open(dir.path(), 2).unwrap()),
+            ["two", "three"]
+        );
         assert!(!dir.path().join("one.jsonl").exists());
         // Ids that are not file-name safe are hashed into one.
         log.record(event("../../etc/passwd", "sha256/aa/1", Outcome::Miss));

@@ -20,6 +20,12 @@ pub fn print(config: &Config, invocation: Option<&str>, list: bool) -> Result<()
         "invocation {}: {} actions, {} cache hits, {} misses",
         response.invocation_id, response.actions, response.hits, response.misses
     );
+    println!(
+        "bytes read: {} ({} from the local cache, {} fetched from clusters)",
+        response.bytes_served,
+        response.bytes_served.saturating_sub(response.bytes_fetched),
+        response.bytes_fetched
+    );
     for cause in &response.causes {
         let n = cause.actions.len();
         let actions = if n == 1 { "action" } else { "actions" };

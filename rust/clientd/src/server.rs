@@ -214,9 +214,11 @@ fn grpc_routes(
 ) -> Routes {
     let expiry = Duration::from_secs(config.grpc.unfinished_upload_expiry_seconds);
     let stores = &composition.stores;
+    let recorder = Recorder::new(composition.activity.clone());
     let cas = ContentAddressableStorageServer::new(CasService::new(
         stores.clone(),
         composition.stats.clone(),
+        recorder.clone(),
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -225,10 +227,10 @@ fn grpc_routes(
         clock,
         expiry,
         composition.stats.clone(),
+        recorder.clone(),
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let recorder = Recorder::new(composition.activity.clone());
     let action_cache = ActionCacheServer::new(ActionCacheService::new(
         stores.clone(),
         composition.stats.clone(),

@@ -573,6 +573,97 @@ async fn action_results_are_reused_while_their_outputs_are_local() {
     assert_eq!(stats(&proxy).await["action_results_local"], 1);
 }
 
+/// `request` with Bazel's RequestMetadata header naming `invocation`.
+fn in_invocation<T>(invocation: &str, message: T) -> tonic::Request<T> {
+    use prost::Message;
+    let metadata = re::RequestMetadata {
+        tool_invocation_id: invocation.into(),
+        ..Default::default()
+    };
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert_bin(
+        "build.bazel.remote.execution.v2.requestmetadata-bin",
+        tonic::metadata::MetadataValue::from_bytes(&metadata.encode_to_vec()),
+    );
+    request
+}
+
+/// What the record says invocation `id` read: (served, fetched).
+async fn bytes_read(daemon: &Daemon, id: &str) -> (u64, u64) {
+    let response = pb::stats_client::StatsClient::new(daemon.channel().await)
+        .explain(pb::ExplainRequest {
+            invocation_id: id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (response.bytes_served, response.bytes_fetched)
+}
+
+#[tokio::test]
+async fn each_invocation_s_bytes_are_counted_by_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, proxy) = pair(dir.path(), &[]);
+    let (big, small) = (pseudo_random(7, 3 << 20), pseudo_random(8, 100));
+    let mut up = upstream.clients().await;
+    up.write(UPSTREAM, &big, 1 << 20).await.unwrap();
+    up.write(UPSTREAM, &small, 100).await.unwrap();
+    let mut clients = proxy.clients().await;
+    let read = |invocation: &str| {
+        in_invocation(
+            invocation,
+            clientd_proto::google::bytestream::ReadRequest {
+                resource_name: format!("{PROXIED}/blobs/{}", sha256(&big).resource_tail()),
+                ..Default::default()
+            },
+        )
+    };
+    let batch = |invocation: &str| {
+        in_invocation(
+            invocation,
+            re::BatchReadBlobsRequest {
+                instance_name: PROXIED.into(),
+                digests: vec![sha256(&small).to_proto()],
+                ..Default::default()
+            },
+        )
+    };
+    // Invocation one fetches both blobs from the cluster (a stream, and a batch).
+    let mut stream = clients
+        .bytestream
+        .read(read("one"))
+        .await
+        .unwrap()
+        .into_inner();
+    while stream.message().await.unwrap().is_some() {}
+    clients.cas.batch_read_blobs(batch("one")).await.unwrap();
+    let total = (big.len() + small.len()) as u64;
+    assert_eq!(bytes_read(&proxy, "one").await, (total, total));
+    // Invocation two reads them from the local CAS; a stream it abandons counts what it got.
+    clients.cas.batch_read_blobs(batch("two")).await.unwrap();
+    let mut stream = clients
+        .bytestream
+        .read(read("two"))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap().data.len() as u64;
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (served, fetched) = bytes_read(&proxy, "two").await;
+        assert_eq!(fetched, 0);
+        if served >= small.len() as u64 + first {
+            break;
+        }
+        assert!(Instant::now() < deadline, "served {served}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A read that names no invocation is not recorded anywhere.
+    clients.read(PROXIED, &sha256(&big), 0, 0).await.unwrap();
+    assert_eq!(bytes_read(&proxy, "one").await, (total, total));
+}
+
 #[tokio::test]
 async fn a_scrubbed_execute_whose_inputs_are_missing_is_forwarded_unscrubbed() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,11 +1,13 @@
 //! What the services tell the activity record ([`clientd_activity`]): the RequestMetadata of
-//! each call (invocation, target, mnemonic) with what happened to its action.
+//! each call (invocation, target, mnemonic) with what happened to its action, and the bytes each
+//! read served (and fetched from clusters to serve them).
 
 use clientd_activity::{action_key, ActivityLog, Event, Outcome};
 use clientd_digest::Digest;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
-use clientd_store::context::REQUEST_METADATA;
+use clientd_store::context::{self, REQUEST_METADATA};
 use prost::Message;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tonic::metadata::MetadataMap;
@@ -58,6 +60,43 @@ impl Recorder {
             micros: started.elapsed().as_micros() as u64,
             output_bytes: result.map_or(0, output_bytes),
         });
+    }
+}
+
+/// One read call's bytes, told to the record when dropped: when a stream ends, and also when the
+/// client abandons it.
+pub(crate) struct ReadTally {
+    log: Arc<ActivityLog>,
+    invocation: String,
+    served: u64,
+    /// The call's fetched-bytes counter ([`context::RequestContext::fetched`]).
+    fetched: Arc<AtomicU64>,
+}
+
+impl ReadTally {
+    pub(crate) fn served(&mut self, bytes: usize) {
+        self.served += bytes as u64;
+    }
+}
+
+impl Drop for ReadTally {
+    fn drop(&mut self) {
+        let fetched = self.fetched.load(Ordering::Relaxed);
+        self.log.traffic(&self.invocation, self.served, fetched);
+    }
+}
+
+impl Recorder {
+    /// A tally for a read call; None when no record is kept or the call names no invocation.
+    pub(crate) fn read_tally(&self, metadata: &MetadataMap) -> Option<ReadTally> {
+        let log = self.0.clone()?;
+        let invocation = request_metadata(metadata).tool_invocation_id;
+        (!invocation.is_empty()).then(|| ReadTally {
+            log,
+            invocation,
+            served: 0,
+            fetched: context::current().map(|c| c.fetched).unwrap_or_default(),
+        })
     }
 }
 

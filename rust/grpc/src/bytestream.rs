@@ -1,5 +1,6 @@
 //! ByteStream Read, Write (resumable) and QueryWriteStatus over the CAS.
 
+use crate::activity::Recorder;
 use crate::request;
 use bs::byte_stream_server::ByteStream;
 use clientd_digest::{truncate, Compressor, DigestError, ReadResource, WriteResource};
@@ -33,6 +34,7 @@ pub struct ByteStreamService {
     clock: Arc<dyn Clock>,
     /// Blobs and bytes served and stored, as clients see them.
     stats: Arc<Stats>,
+    recorder: Recorder,
     /// Unfinished uploads by resource name. A Write holds its slot's lock while it runs, so the
     /// state survives even when the client's cancellation drops the handler mid-stream.
     uploads: Mutex<HashMap<String, Arc<Slot>>>,
@@ -46,11 +48,13 @@ impl ByteStreamService {
         clock: Arc<dyn Clock>,
         upload_expiry: Duration,
         stats: Arc<Stats>,
+        recorder: Recorder,
     ) -> Self {
         ByteStreamService {
             cas,
             clock,
             stats,
+            recorder,
             uploads: Mutex::new(HashMap::new()),
             upload_expiry,
         }
@@ -219,6 +223,7 @@ impl ByteStream for ByteStreamService {
         &self,
         request: Request<bs::ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
+        let mut tally = self.recorder.read_tally(request.metadata());
         let request = request.into_inner();
         let resource = ReadResource::parse(&request.resource_name).map_err(invalid)?;
         identity_only(resource.compressor)?;
@@ -252,6 +257,9 @@ impl ByteStream for ByteStreamService {
         let responses = chunks.map(move |chunk| match chunk {
             Ok(data) => {
                 Stats::add(&stats.bytes_served, data.len() as u64);
+                if let Some(tally) = &mut tally {
+                    tally.served(data.len());
+                }
                 Ok(bs::ReadResponse { data })
             }
             Err(e) => Err(e.into()),

@@ -1,3 +1,4 @@
+use crate::activity::Recorder;
 use crate::capabilities::MAX_BATCH_TOTAL_SIZE_BYTES;
 use crate::request;
 use clientd_digest::{truncate, Digest, DigestFunction};
@@ -17,11 +18,17 @@ pub struct CasService {
     cas: Arc<dyn BlobStore>,
     /// Blobs and bytes served and stored, as clients see them.
     stats: Arc<Stats>,
+    /// Bytes each invocation read, for the activity record.
+    recorder: Recorder,
 }
 
 impl CasService {
-    pub fn new(cas: Arc<dyn BlobStore>, stats: Arc<Stats>) -> Self {
-        CasService { cas, stats }
+    pub fn new(cas: Arc<dyn BlobStore>, stats: Arc<Stats>, recorder: Recorder) -> Self {
+        CasService {
+            cas,
+            stats,
+            recorder,
+        }
     }
 }
 
@@ -128,6 +135,7 @@ impl ContentAddressableStorage for CasService {
         &self,
         request: Request<re::BatchReadBlobsRequest>,
     ) -> Result<Response<re::BatchReadBlobsResponse>, Status> {
+        let mut tally = self.recorder.read_tally(request.metadata());
         let request = request.get_ref();
         let instance_name = request::instance_name(&request.instance_name)?;
         let function = request::digest_function(request.digest_function)?;
@@ -142,6 +150,9 @@ impl ContentAddressableStorage for CasService {
                     Ok(data) => {
                         Stats::add(&self.stats.blobs_served, 1);
                         Stats::add(&self.stats.bytes_served, data.len() as u64);
+                        if let Some(tally) = &mut tally {
+                            tally.served(data.len());
+                        }
                         (data, request::ok_status())
                     }
                     Err(e) => (Default::default(), request::rpc_status(&e.into())),

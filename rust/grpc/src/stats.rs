@@ -151,6 +151,8 @@ impl stats_server::Stats for StatsService {
                 .iter()
                 .map(|i| format!("{} {} {} {}", i.id, i.started, i.actions.len(), i.hits()))
                 .collect(),
+            bytes_served: explanation.traffic.served,
+            bytes_fetched: explanation.traffic.fetched,
         }))
     }
 }

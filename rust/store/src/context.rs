@@ -6,6 +6,8 @@
 //! spawn it with [`spawn`] so the headers go along.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tonic::metadata::MetadataMap;
@@ -22,6 +24,9 @@ pub struct RequestContext {
     pub metadata: MetadataMap,
     /// When the client stops waiting (its `grpc-timeout`): calls made for it need not last longer.
     pub deadline: Option<Instant>,
+    /// Bytes fetched from clusters on this call's behalf (counted by the read cache, also in the
+    /// fetch tasks it spawns), so the front can tell the activity record what a read cost.
+    pub fetched: Arc<AtomicU64>,
 }
 
 impl RequestContext {
@@ -40,6 +45,7 @@ impl RequestContext {
         RequestContext {
             metadata: MetadataMap::from_headers(kept),
             deadline,
+            fetched: Default::default(),
         }
     }
 }
@@ -77,6 +83,11 @@ pub fn current() -> Option<RequestContext> {
     CONTEXT.try_with(Clone::clone).ok()
 }
 
+/// Counts `bytes` fetched from a cluster for the current call (nothing outside a call).
+pub fn count_fetched(bytes: u64) {
+    let _ = CONTEXT.try_with(|context| context.fetched.fetch_add(bytes, Ordering::Relaxed));
+}
+
 /// `tokio::spawn` that carries the current request context into the new task.
 pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
 where
@@ -107,6 +118,19 @@ mod tests {
         for bad in ["", "S", "123456789S", "1x", "-1S", "1.5S", "é"] {
             assert_eq!(grpc_timeout(bad), None, "{bad:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn fetched_bytes_count_for_the_call_also_in_spawned_tasks() {
+        count_fetched(5); // outside a call: nothing to count into
+        let context = RequestContext::default();
+        let fetched = context.fetched.clone();
+        scope(context, async {
+            count_fetched(3);
+            spawn(async { count_fetched(4) }).await.unwrap();
+        })
+        .await;
+        assert_eq!(fetched.load(Ordering::Relaxed), 7);
     }
 
     #[test]

@@ -95,6 +95,7 @@ async fn copy(
     })?;
     Stats::add(&stats.upstream_fetches, 1);
     Stats::add(&stats.upstream_fetch_bytes, digest.size());
+    context::count_fetched(digest.size());
     Ok(())
 }
 

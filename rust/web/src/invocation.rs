@@ -106,10 +106,15 @@ pub fn invocation(web: &Web, query: &HashMap<String, String>) -> Result<String, 
         .ok_or_else(|| format!("no invocation {id:?} in the activity record"))?;
     let filter = query.get("outcome").filter(|o| !o.is_empty());
     let (n, hits) = (invocation.actions.len(), invocation.hits());
+    let traffic = invocation.traffic;
     let mut out = format!(
-        "<p>{n} actions, {hits} cache hits {} {}%</p>{}",
+        "<p>{n} actions, {hits} cache hits {} {}%</p>\
+         <p>Bytes read: {} ({} from the local cache, {} fetched from clusters)</p>{}",
         bar(hits, n),
         (hits * 100).checked_div(n).unwrap_or(0),
+        traffic.served,
+        traffic.local(),
+        traffic.fetched,
         charts(invocation)
     );
     let link = |outcome: &str, text: &str| {

@@ -125,19 +125,26 @@ pub fn index(web: &Web) -> String {
         Some(log) => {
             out.push_str(
                 "<table><tr><th>invocation</th><th>actions</th><th>cache hits</th>\
-                 <th>hit rate</th><th>output bytes</th></tr>",
+                 <th>hit rate</th><th>output bytes</th><th>bytes read</th>\
+                 <th>from the local cache</th><th>fetched from clusters</th></tr>",
             );
             for invocation in log.invocations().iter().rev() {
                 let (n, hits) = (invocation.actions.len(), invocation.hits());
                 let bytes: u64 = invocation.actions.iter().map(|a| a.output_bytes).sum();
+                let traffic = invocation.traffic;
                 let _ = write!(
                     out,
                     "<tr><td class=\"invocation\"><a href=\"/invocation?id={}\">{}</a></td>\
-                     <td>{n}</td><td>{hits}</td><td>{} {}%</td><td>{bytes}</td></tr>",
+                     <td>{n}</td><td>{hits}</td><td>{} {}%</td><td>{bytes}</td>\
+                     <td class=\"served\">{}</td><td class=\"local\">{}</td>\
+                     <td class=\"fetched\">{}</td></tr>",
                     encode(&invocation.id),
                     escape(&invocation.id),
                     bar(hits, n),
                     (hits * 100).checked_div(n).unwrap_or(0),
+                    traffic.served,
+                    traffic.local(),
+                    traffic.fetched,
                 );
             }
             out.push_str("</table><p>Why actions missed: <code>clientd explain</code>.</p>");

@@ -146,6 +146,12 @@ pub struct ExplainResponse {
     /// Every invocation in the record, oldest first: `id started-unix-seconds actions hits`.
     #[prost(string, repeated, tag = "6")]
     pub invocations: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Bytes the invocation read through clientd (BatchReadBlobs, ByteStream.Read), and how many of
+    /// them were fetched from clusters to serve it (the rest came from the local CAS).
+    #[prost(uint64, tag = "7")]
+    pub bytes_served: u64,
+    #[prost(uint64, tag = "8")]
+    pub bytes_fetched: u64,
 }
 /// Nested message and enum types in `ExplainResponse`.
 pub mod explain_response {
