@@ -3,11 +3,14 @@
 //! - BatchUpdateBlobs of 20,000 distinct blobs of 100 B to 4 KiB, 1,000 per call, against writing
 //!   the same blobs to files with an fsync each (what the CAS promises: every acknowledged blob
 //!   survives power loss), file by file and with one writer per core;
-//! - BatchReadBlobs of 1,000 of them in one call, against opening and reading their files in the
-//!   CAS directory directly (warm: both from the page cache), alternating which goes first;
+//! - the disk space the cache then occupies (allocated blocks, as `du` counts them), against the
+//!   blobs' bytes;
+//! - BatchReadBlobs of 1,000 of them in one call, against opening and reading the same blobs
+//!   written as a file each (warm: both from the page cache), alternating which goes first;
 //! - FindMissingBlobs for 10,000 digests, half of them present;
-//! - start-up with BENCH_STARTUP_BLOBS (100,000) blobs in the cache: the time from starting the
-//!   daemon to its first answer, and to FindMissingBlobs reporting every blob present.
+//! - start-up with BENCH_STARTUP_BLOBS (100,000) blobs in the cache, once packed (as small blobs
+//!   are stored) and once as a file each (as earlier versions stored them): the time from
+//!   starting the daemon to its first answer, and to FindMissingBlobs reporting every blob present.
 //!
 //! Run: `cargo bench -p clientd --bench small_blobs` (BENCH_DIR: where the cache lives).
 
@@ -18,7 +21,8 @@ use clientd_digest::Digest;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use common::*;
 use std::io::{Read, Write};
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const ROUNDS: usize = 4;
@@ -81,12 +85,29 @@ async fn batch_read(c: &mut Clients, digests: &[Digest]) -> Duration {
     elapsed
 }
 
-fn file_reads(home: &Path, digests: &[Digest]) -> Duration {
+/// Bytes allocated on disk under `dir` (what `du` counts).
+fn allocated(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(d).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            total += meta.blocks() * 512;
+            if meta.is_dir() {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    total
+}
+
+fn file_reads(dir: &Path, digests: &[Digest]) -> Duration {
     let start = Instant::now();
     let mut buffer = Vec::new();
     for digest in digests {
         buffer.clear();
-        std::fs::File::open(cas_file(home, digest))
+        std::fs::File::open(dir.join(digest.hash_hex()))
             .unwrap()
             .read_to_end(&mut buffer)
             .unwrap();
@@ -111,6 +132,7 @@ async fn main() {
     // BatchUpdateBlobs against fsynced files, rounds alternating which goes first.
     let (mut clientd, mut serial, mut parallel) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let mut present = Vec::new();
+    let mut logical = 0;
     for round in 0..ROUNDS {
         let blobs = blobs(round);
         let baseline = dir.path().join(format!("files-{round}"));
@@ -137,20 +159,28 @@ async fn main() {
         serial += s;
         parallel += p;
         std::fs::remove_dir_all(&baseline).unwrap();
-        present.extend(blobs.into_iter().take(2 * PER_CALL).map(|(d, _)| d));
+        logical += blobs.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+        present.extend(blobs.into_iter().take(2 * PER_CALL));
     }
+    let on_disk = allocated(&home.join("cache/clientd/cas"));
 
-    // BatchReadBlobs of 1,000 blobs against reading their files, warm, alternating.
+    // BatchReadBlobs of 1,000 blobs against reading them from a file each, warm, alternating.
+    let as_files = dir.path().join("as-files");
+    std::fs::create_dir(&as_files).unwrap();
+    for (digest, data) in &present[..PER_CALL] {
+        std::fs::write(as_files.join(digest.hash_hex()), data).unwrap();
+    }
+    let present: Vec<Digest> = present.into_iter().map(|(d, _)| d).collect();
     let digests = &present[..PER_CALL];
-    file_reads(&home, digests);
+    file_reads(&as_files, digests);
     batch_read(&mut c, digests).await;
     let (mut reads, mut files) = (Vec::new(), Vec::new());
     for round in 0..20 {
         if round % 2 == 0 {
             reads.push(batch_read(&mut c, digests).await);
-            files.push(file_reads(&home, digests));
+            files.push(file_reads(&as_files, digests));
         } else {
-            files.push(file_reads(&home, digests));
+            files.push(file_reads(&as_files, digests));
             reads.push(batch_read(&mut c, digests).await);
         }
     }
@@ -179,7 +209,10 @@ async fn main() {
         );
     }
 
-    let startup = startup().await;
+    drop(c);
+    drop(daemon);
+    let packed_startup = startup(Layout::Packed).await;
+    let files_startup = startup(Layout::Files).await;
 
     let n = (ROUNDS * BLOBS_PER_ROUND) as f64;
     let half = (ROUNDS * BLOBS_PER_ROUND / 2) as f64;
@@ -192,7 +225,13 @@ async fn main() {
         half / parallel.as_secs_f64(),
     );
     println!(
-        "  BatchReadBlobs of 1,000 blobs: {:.1} ms, opening and reading the files {:.1} ms: \
+        "  disk: the cache occupies {:.1} MB for {:.1} MB of blobs: {:.2} x (target <= 1.5)",
+        on_disk as f64 / 1e6,
+        logical as f64 / 1e6,
+        on_disk as f64 / logical as f64
+    );
+    println!(
+        "  BatchReadBlobs of 1,000 blobs: {:.1} ms, opening and reading them as files {:.1} ms: \
          {:.2} x (target <= 1.5; medians of 20)",
         reads.as_secs_f64() * 1e3,
         files.as_secs_f64() * 1e3,
@@ -202,31 +241,50 @@ async fn main() {
         "  FindMissingBlobs(10,000 digests, {n_present} present): {:.2} ms (median of 30; target < 10 ms)",
         median(times).as_secs_f64() * 1e3
     );
-    println!(
-        "  start-up with {} blobs: first answer after {:.0} ms (target < 100 ms), all of them \
-         found after {:.0} ms",
-        startup.0,
-        startup.1.as_secs_f64() * 1e3,
-        startup.2.as_secs_f64() * 1e3,
-    );
+    for (what, (n, first, all)) in [("packed", packed_startup), ("a file each", files_startup)] {
+        println!(
+            "  start-up with {n} blobs ({what}): first answer after {:.0} ms (target < 100 ms), \
+             all of them found after {:.0} ms",
+            first.as_secs_f64() * 1e3,
+            all.as_secs_f64() * 1e3,
+        );
+    }
 }
 
-/// A daemon started on a cache that holds many blobs (written straight into its directory, as
-/// an earlier run leaves them): (blobs, time to the first answer, time until all are found).
-async fn startup() -> (usize, Duration, Duration) {
+enum Layout {
+    /// Uploaded through a daemon, which packs them.
+    Packed,
+    /// Written as a file each into the CAS directory, as earlier versions stored them.
+    Files,
+}
+
+/// A daemon started on a cache that holds many blobs: (blobs, time to the first answer, time
+/// until all are found).
+async fn startup(layout: Layout) -> (usize, Duration, Duration) {
     let n: usize = env_number("BENCH_STARTUP_BLOBS", 100_000);
     let dir = bench_dir();
     let home = dir.path().join("home");
-    let digests: Vec<Digest> = (0..n as u64)
-        .map(|i| {
-            let data = i.to_le_bytes();
-            let digest = sha256(&data);
-            let path = cas_file(&home, &digest);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, data).unwrap();
-            digest
-        })
+    let blobs: Vec<(Digest, Vec<u8>)> = (0..n as u64)
+        .map(|i| i.to_le_bytes().to_vec())
+        .map(|data| (sha256(&data), data))
         .collect();
+    match layout {
+        Layout::Packed => {
+            let daemon = Daemon::start(&home, None, &[]);
+            let mut c = daemon.clients().await;
+            upload(&mut c, &blobs).await;
+            drop(c);
+            assert!(daemon.stop().success());
+        }
+        Layout::Files => {
+            for (digest, data) in &blobs {
+                let path: PathBuf = cas_file(&home, digest);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, data).unwrap();
+            }
+        }
+    }
+    let digests: Vec<Digest> = blobs.into_iter().map(|(d, _)| d).collect();
     let start = Instant::now();
     let daemon = Daemon::start(&home, None, &[]);
     let mut c = daemon.clients().await;

@@ -1,8 +1,11 @@
-//! What survives crashes and full disks: kill -9 during uploads, and ENOSPC mid-write.
+//! What survives crashes and full disks: kill -9 during uploads (blobs with files of their own,
+//! and small blobs packed into segments), and ENOSPC mid-write.
 
 mod common;
 
 use clientd_digest::Digest;
+use clientd_proto::build::bazel::remote::execution::v2 as re;
+use clientd_store::PACKED_MAX_BLOB;
 use common::*;
 use std::path::Path;
 use std::process::Command;
@@ -43,9 +46,16 @@ async fn kill_9_during_concurrent_uploads_leaves_only_whole_blobs() {
             let mut attempted = Vec::new();
             for i in 0..1000u64 {
                 let seed = worker * 1_000_000 + i;
-                let data = pseudo_random(seed, 1024 + (seed as usize * 7919) % (2 << 20));
+                // Each larger than packed blobs: a file each.
+                let size = PACKED_MAX_BLOB as usize + 1 + (seed as usize * 7919) % (2 << 20);
+                let data = pseudo_random(seed, size);
                 attempted.push(sha256(&data));
-                if c.write("local", &data, 256 << 10).await.is_err() {
+                // Once the daemon is dead, a call may wait for a connection that never comes.
+                let call = c.write("local", &data, 256 << 10);
+                if !matches!(
+                    tokio::time::timeout(Duration::from_secs(5), call).await,
+                    Ok(Ok(_))
+                ) {
                     break; // the daemon died
                 }
             }
@@ -78,6 +88,100 @@ async fn kill_9_during_concurrent_uploads_leaves_only_whole_blobs() {
         "{} of {} attempted blobs survived the crash, all verified",
         present.len(),
         attempted.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_during_small_blob_batches_keeps_every_acknowledged_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), None, &[]);
+    let mut tasks = Vec::new();
+    for worker in 0..4u64 {
+        let channel = daemon.channel().await;
+        tasks.push(tokio::spawn(async move {
+            let mut c = Clients::new(channel);
+            let (mut acknowledged, mut attempted) = (Vec::new(), Vec::new());
+            for batch in 0..10_000u64 {
+                let blobs: Vec<(Digest, Vec<u8>)> = (0..100)
+                    .map(|i| {
+                        pseudo_random(
+                            worker << 40 | batch << 8 | i,
+                            10 + (i as usize * 163) % 16000,
+                        )
+                    })
+                    .map(|data| (sha256(&data), data))
+                    .collect();
+                attempted.extend(blobs.iter().map(|(d, _)| *d));
+                let request = re::BatchUpdateBlobsRequest {
+                    instance_name: "local".into(),
+                    requests: blobs
+                        .iter()
+                        .map(|(d, data)| re::batch_update_blobs_request::Request {
+                            digest: Some(d.to_proto()),
+                            data: data.clone().into(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                };
+                // Once the daemon is dead, a call may wait for a connection that never comes.
+                let call = c.cas.batch_update_blobs(request);
+                let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(5), call).await
+                else {
+                    break; // the daemon died
+                };
+                for response in response.into_inner().responses {
+                    assert_eq!(response.status.unwrap().code, 0);
+                }
+                acknowledged.extend(blobs.iter().map(|(d, _)| *d));
+            }
+            (acknowledged, attempted)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    daemon.kill9();
+    let (mut acknowledged, mut attempted) = (Vec::new(), Vec::new());
+    for task in tasks {
+        let (a, b) = task.await.unwrap();
+        acknowledged.extend(a);
+        attempted.extend(b);
+    }
+    assert!(
+        !acknowledged.is_empty(),
+        "no batch finished before the kill; the test proves nothing"
+    );
+
+    let daemon = Daemon::start(dir.path(), None, &[]);
+    let mut c = daemon.clients().await;
+    let missing = c.find_missing("local", &attempted).await;
+    let lost: Vec<_> = acknowledged
+        .iter()
+        .filter(|d| missing.contains(d))
+        .collect();
+    assert!(lost.is_empty(), "{} acknowledged blobs lost", lost.len());
+    let present: Vec<Digest> = attempted
+        .into_iter()
+        .filter(|d| !missing.contains(d))
+        .collect();
+    for chunk in present.chunks(200) {
+        let response = c
+            .cas
+            .batch_read_blobs(re::BatchReadBlobsRequest {
+                instance_name: "local".into(),
+                digests: chunk.iter().map(Digest::to_proto).collect(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for (digest, response) in chunk.iter().zip(response.responses) {
+            assert_eq!(sha256(&response.data), *digest);
+        }
+    }
+    eprintln!(
+        "{} blobs acknowledged before the crash, {} present after it, all verified",
+        acknowledged.len(),
+        present.len()
     );
 }
 

@@ -11,7 +11,10 @@ use clientd_proto::bazel_output_service_rev2 as rev2;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_proto::clientd::v1 as stats_pb;
 use clientd_proto::prost_types::Any;
-use common::{file_locator, rev2_any, sha256, stage_files, wait_for_mount, Daemon, Unmount};
+use common::{
+    damage_packed_blob, file_locator, rev2_any, sha256, stage_files, wait_for_mount, Daemon,
+    Unmount,
+};
 use pb::bazel_output_service_client::BazelOutputServiceClient;
 use prost::Message;
 use std::collections::{BTreeMap, HashMap};
@@ -328,14 +331,7 @@ async fn bazel_call_sequence_survives_a_restart() {
     drop(up);
     assert!(upstream.stop().success());
     let gone = 7;
-    let hash = blobs[gone].0.hash_hex();
-    std::fs::remove_file(
-        dir.path()
-            .join("up/cache/clientd/cas/entries/sha256")
-            .join(&hash[..2])
-            .join(blobs[gone].0.file_name()),
-    )
-    .unwrap();
+    damage_packed_blob(&dir.path().join("up"), &blobs[gone].1);
     let upstream = Daemon::start(&dir.path().join("up"), None, &[]);
     let (proxy, mnt) = start_proxy(&dir.path().join("proxy"), &upstream);
     let mut service = client(&proxy).await;

@@ -134,13 +134,14 @@ async fn uploads_reach_the_cluster_and_the_local_cas() {
     all.push(sha256(&large));
     let mut up = upstream.clients().await;
     assert!(up.find_missing(UPSTREAM, &all).await.is_empty());
-    for digest in &all {
-        assert!(
-            cas_file(&proxy, digest).exists(),
-            "no local copy of {digest}"
-        );
+    // Local copies of all: reading them fetches nothing (the small ones are packed, the
+    // others have files).
+    for (digest, data) in blobs.iter().chain(&big_batch) {
+        assert!(clients.read(PROXIED, digest, 0, 0).await.unwrap() == *data);
     }
+    assert!(cas_file(&proxy, &sha256(&large)).exists());
     let counters = stats(&proxy).await;
+    assert_eq!(counters["upstream_fetches"], 0, "{counters:?}");
     // 1 ByteStream write, 3 small blobs, 4 large ones.
     assert_eq!(counters["upstream_writes"], 8, "{counters:?}");
 

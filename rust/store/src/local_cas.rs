@@ -1,8 +1,11 @@
-//! The local content-addressable storage: a [`DiskLru`] of blobs, verified on the way in.
+//! The local content-addressable storage, verified on the way in: blobs up to
+//! [`PACKED_MAX_BLOB`] packed into segment files ([`Packed`]), larger ones a file each in a
+//! [`DiskLru`]. Small blobs written before packing existed stay readable in the [`DiskLru`].
 
 use crate::clock::Clock;
 use crate::disk_lru::{DiskKey, DiskLru, DiskLruOptions, Reservation};
 use crate::error::{StoreError, StoreResult};
+use crate::packed::{Packed, PACKED_MAX_BLOB};
 use crate::traits::{mismatch, BlobSink, BlobStore, ByteStream};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -52,35 +55,70 @@ impl DiskKey for Digest {
     }
 }
 
+/// The share of `max_bytes` the packed small blobs get: a quarter.
+const PACKED_SHARE: u64 = 4;
+
+/// Whether a blob of this digest is packed.
+fn packs(digest: &Digest) -> bool {
+    !digest.is_empty_blob() && digest.size() <= PACKED_MAX_BLOB
+}
+
+/// A local blob, for direct reads (the file system serves ranges from it).
+pub enum LocalBlob {
+    /// A blob with a file of its own.
+    File(File),
+    /// A packed (small) blob, read whole.
+    Bytes(Bytes),
+}
+
 /// The local CAS, shared by every instance name (content addressing needs no namespaces).
 pub struct LocalCas {
     blobs: Arc<DiskLru<Digest>>,
+    packed: Arc<Packed>,
 }
 
 impl LocalCas {
+    /// Opens the store at `root`: a quarter of `options.max_bytes` for packed small blobs, the
+    /// rest for blobs with files of their own.
     pub fn open(
         root: &Path,
         options: DiskLruOptions,
         clock: Arc<dyn Clock>,
     ) -> std::io::Result<Self> {
+        let packed_bytes = options.max_bytes / PACKED_SHARE;
+        let files = DiskLruOptions {
+            max_bytes: options.max_bytes - packed_bytes,
+            ..options
+        };
         Ok(LocalCas {
-            blobs: DiskLru::open(root, options, clock)?,
+            blobs: DiskLru::open(root, files, clock)?,
+            packed: Packed::open(&root.join("packed"), packed_bytes, options.sync_writes)?,
         })
     }
 
-    /// Opens a blob's file for direct reads (the file system serves ranges from it). None if absent.
-    pub fn open_file(&self, digest: &Digest) -> StoreResult<Option<File>> {
-        self.blobs.open_file(digest)
+    /// The blob, for direct reads. None if absent.
+    pub fn open_local(&self, digest: &Digest) -> StoreResult<Option<LocalBlob>> {
+        if packs(digest) {
+            if let Some(data) = self.packed.read(digest, 0, digest.size())? {
+                return Ok(Some(LocalBlob::Bytes(data)));
+            }
+        }
+        Ok(self.blobs.open_file(digest)?.map(LocalBlob::File))
     }
 
-    /// Whether the blob is here, without blocking on anything (an index lookup).
+    /// Whether the blob is here, without blocking on anything (index lookups; a packed blob not
+    /// indexed yet at start counts as absent).
     pub fn has(&self, digest: &Digest) -> bool {
-        digest.is_empty_blob() || self.blobs.contains(std::slice::from_ref(digest))[0]
+        digest.is_empty_blob()
+            || (packs(digest) && self.packed.contains_now(digest))
+            || self.blobs.contains(std::slice::from_ref(digest))[0]
     }
 
-    /// Number of blobs and their total bytes.
+    /// Number of blobs and the bytes they occupy.
     pub fn usage(&self) -> (usize, u64) {
-        self.blobs.usage()
+        let (files, file_bytes) = self.blobs.usage();
+        let (packed, packed_bytes) = self.packed.usage();
+        (files + packed, file_bytes + packed_bytes)
     }
 }
 
@@ -96,12 +134,25 @@ impl BlobStore for LocalCas {
         digests: &[Digest],
     ) -> StoreResult<Vec<Digest>> {
         let present = self.blobs.contains(digests);
-        Ok(digests
+        let mut missing: Vec<Digest> = digests
             .iter()
             .zip(present)
             .filter(|(d, present)| !present && !d.is_empty_blob())
+            .filter(|(d, _)| !(packs(d) && self.packed.contains_now(d)))
             .map(|(d, _)| *d)
-            .collect())
+            .collect();
+        if self.packed.loading() && missing.iter().any(packs) {
+            // Packed blobs not indexed yet: asked again on a blocking thread, which waits for the
+            // index rather than report a committed blob missing.
+            let packed = self.packed.clone();
+            missing = tokio::task::spawn_blocking(move || {
+                missing.retain(|d| !(packs(d) && packed.contains(d)));
+                missing
+            })
+            .await
+            .map_err(join_error)?;
+        }
+        Ok(missing)
     }
 
     async fn read(
@@ -118,7 +169,7 @@ impl BlobStore for LocalCas {
         }
         let len = limit.unwrap_or(u64::MAX).min(digest.size() - offset);
         if len == 0 {
-            if digest.is_empty_blob() || self.blobs.contains(&[*digest])[0] {
+            if self.has(digest) {
                 return Ok(futures::stream::empty().boxed());
             }
             return Err(StoreError::blob_not_found(digest));
@@ -128,10 +179,12 @@ impl BlobStore for LocalCas {
         if len <= READ_CHUNK as u64 {
             // One piece: opened and read in one blocking hop, with no channel (most blobs Bazel
             // downloads are small, and a hop costs about as much as the read).
-            let data =
-                tokio::task::spawn_blocking(move || read_range(&blobs, &digest, offset, len))
-                    .await
-                    .map_err(join_error)??;
+            let packed = self.packed.clone();
+            let data = tokio::task::spawn_blocking(move || {
+                read_range(&blobs, &packed, &digest, offset, len)
+            })
+            .await
+            .map_err(join_error)??;
             return Ok(futures::stream::once(async move { Ok(data) }).boxed());
         }
         let file = tokio::task::spawn_blocking(move || blobs.open_file(&digest))
@@ -152,6 +205,13 @@ impl BlobStore for LocalCas {
         _instance_name: &str,
         digest: &Digest,
     ) -> StoreResult<Box<dyn BlobSink>> {
+        if packs(digest) {
+            return Ok(Box::new(SmallSink {
+                packed: self.packed.clone(),
+                digest: *digest,
+                data: Vec::with_capacity(digest.size() as usize),
+            }));
+        }
         // The declared size is reserved before any byte arrives: a blob that cannot fit is
         // refused at once, and uploads in progress count against the bound.
         let reservation = self.blobs.reserve(digest.size())?;
@@ -182,6 +242,10 @@ impl BlobStore for LocalCas {
         digest: &Digest,
         data: Bytes,
     ) -> StoreResult<()> {
+        if packs(digest) {
+            let mut results = self.batch_write("", vec![(*digest, data)]).await;
+            return results.pop().expect("one result per blob");
+        }
         let blobs = self.blobs.clone();
         let digest = *digest;
         tokio::task::spawn_blocking(move || match stage(&blobs, &digest, &data)? {
@@ -192,6 +256,48 @@ impl BlobStore for LocalCas {
         .map_err(join_error)?
     }
 
+    /// Small blobs are verified and packed together on one blocking thread, with one write and
+    /// one sync for the lot (group commit); larger ones are stored a file each.
+    async fn batch_write(
+        &self,
+        instance_name: &str,
+        blobs: Vec<(Digest, Bytes)>,
+    ) -> Vec<StoreResult<()>> {
+        let (small, large): (Vec<_>, Vec<_>) = blobs
+            .into_iter()
+            .enumerate()
+            .partition(|(_, (d, _))| packs(d));
+        let packed = self.packed.clone();
+        let small_done = tokio::task::spawn_blocking(move || {
+            let mut results: Vec<(usize, StoreResult<()>)> = Vec::with_capacity(small.len());
+            let mut verified = Vec::with_capacity(small.len());
+            for (i, (digest, data)) in &small {
+                let actual = digest.function().digest_of(data);
+                match actual == *digest {
+                    true => verified.push((*i, *digest, data.as_ref())),
+                    false => results.push((*i, Err(mismatch(digest, &actual)))),
+                }
+            }
+            let batch: Vec<(Digest, &[u8])> = verified.iter().map(|(_, d, b)| (*d, *b)).collect();
+            let stored = packed.put(&batch);
+            results.extend(verified.iter().map(|(i, _, _)| (*i, stored.clone())));
+            results
+        });
+        let large_done = futures::stream::iter(large)
+            .map(|(i, (digest, data))| async move {
+                (i, self.write_bytes(instance_name, &digest, data).await)
+            })
+            .buffered(crate::traits::BATCH_CONCURRENCY)
+            .collect::<Vec<_>>();
+        let (small_results, mut results) = futures::join!(small_done, large_done);
+        match small_results {
+            Ok(small_results) => results.extend(small_results),
+            Err(e) => return vec![Err(join_error(e)); results.len() + 1],
+        }
+        results.sort_by_key(|(i, _)| *i);
+        results.into_iter().map(|(_, result)| result).collect()
+    }
+
     /// Reads the blobs on one blocking thread, each into a buffer of its size: for small blobs
     /// a task and a stream per blob cost more than the reads themselves.
     async fn batch_read(
@@ -199,12 +305,12 @@ impl BlobStore for LocalCas {
         _instance_name: &str,
         digests: Vec<Digest>,
     ) -> Vec<StoreResult<Bytes>> {
-        let blobs = self.blobs.clone();
+        let (blobs, packed) = (self.blobs.clone(), self.packed.clone());
         let n = digests.len();
         tokio::task::spawn_blocking(move || {
             digests
                 .iter()
-                .map(|digest| read_whole(&blobs, digest))
+                .map(|digest| read_whole(&blobs, &packed, digest))
                 .collect()
         })
         .await
@@ -215,21 +321,27 @@ impl BlobStore for LocalCas {
     }
 }
 
-/// A whole blob read from its file.
-fn read_whole(blobs: &DiskLru<Digest>, digest: &Digest) -> StoreResult<Bytes> {
+/// A whole blob.
+fn read_whole(blobs: &DiskLru<Digest>, packed: &Packed, digest: &Digest) -> StoreResult<Bytes> {
     if digest.is_empty_blob() {
         return Ok(Bytes::new());
     }
-    read_range(blobs, digest, 0, digest.size())
+    read_range(blobs, packed, digest, 0, digest.size())
 }
 
-/// `len` bytes of a blob from `offset`, read from its file in one call.
+/// `len` bytes of a blob from `offset`, read from its segment or its file in one call.
 fn read_range(
     blobs: &DiskLru<Digest>,
+    packed: &Packed,
     digest: &Digest,
     offset: u64,
     len: u64,
 ) -> StoreResult<Bytes> {
+    if packs(digest) {
+        if let Some(data) = packed.read(digest, offset, len)? {
+            return Ok(data);
+        }
+    }
     let file = blobs
         .open_file(digest)?
         .ok_or_else(|| StoreError::blob_not_found(digest))?;
@@ -264,6 +376,48 @@ fn stage(
     file.write_all(data)
         .map_err(|e| StoreError::io(format!("writing blob {digest}"), e))?;
     Ok(Some((file, reservation)))
+}
+
+/// An upload of a small blob: kept in memory, verified and packed at commit.
+struct SmallSink {
+    packed: Arc<Packed>,
+    digest: Digest,
+    data: Vec<u8>,
+}
+
+#[async_trait]
+impl BlobSink for SmallSink {
+    async fn write(&mut self, data: Bytes) -> StoreResult<()> {
+        let end = self.data.len() as u64 + data.len() as u64;
+        if end > self.digest.size() {
+            return Err(StoreError::InvalidArgument(format!(
+                "blob {}: received at least {end} bytes, digest says {}",
+                self.digest,
+                self.digest.size()
+            )));
+        }
+        self.data.extend_from_slice(&data);
+        Ok(())
+    }
+
+    fn committed(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        let actual = self.digest.function().digest_of(&self.data);
+        if actual != self.digest {
+            return Err(mismatch(&self.digest, &actual));
+        }
+        let SmallSink {
+            packed,
+            digest,
+            data,
+        } = *self;
+        tokio::task::spawn_blocking(move || packed.put(&[(digest, &data)]))
+            .await
+            .map_err(join_error)?
+    }
 }
 
 struct LocalSink {

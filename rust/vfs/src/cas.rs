@@ -11,7 +11,7 @@ use crate::attr::{Errno, VfsResult};
 use crate::command;
 use clientd_digest::{Digest, DigestFunction, RESERVED_SEGMENTS};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
-use clientd_store::{BlobStore, LocalCas, StoreError};
+use clientd_store::{BlobStore, LocalBlob, LocalCas, StoreError};
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use lru::LruCache;
@@ -98,7 +98,7 @@ impl CasNode {
 pub enum CasHandle {
     /// A blob in the local CAS: reads go to the file, and the kernel caches its pages.
     Local(Arc<File>),
-    /// Generated or empty content.
+    /// Generated or empty content, or a small blob packed in the local CAS.
     Bytes(Arc<[u8]>),
 }
 
@@ -505,8 +505,8 @@ impl CasView {
             CasNode::File {
                 instance, digest, ..
             } => {
-                if let Some(file) = self.local_file(digest)? {
-                    return Ok(CasHandle::Local(Arc::new(file)));
+                if let Some(blob) = self.local_blob(digest)? {
+                    return Ok(blob);
                 }
                 // A one-byte read makes read caching fetch the blob into the local CAS.
                 let fill = async {
@@ -515,15 +515,18 @@ impl CasView {
                     Ok(())
                 };
                 self.bounded("fetching", digest, fill).await?;
-                self.local_file(digest)?
-                    .map(|file| CasHandle::Local(Arc::new(file)))
-                    .ok_or(Errno::IO)
+                self.local_blob(digest)?.ok_or(Errno::IO)
             }
             _ => Err(Errno::ISDIR),
         }
     }
 
-    fn local_file(&self, digest: &Digest) -> VfsResult<Option<File>> {
-        self.local.open_file(digest).map_err(|e| errno(&e))
+    /// A handle on the blob in the local CAS: its file, or (a packed small blob) its bytes.
+    fn local_blob(&self, digest: &Digest) -> VfsResult<Option<CasHandle>> {
+        let blob = self.local.open_local(digest).map_err(|e| errno(&e))?;
+        Ok(blob.map(|blob| match blob {
+            LocalBlob::File(file) => CasHandle::Local(Arc::new(file)),
+            LocalBlob::Bytes(data) => CasHandle::Bytes(Arc::from(&data[..])),
+        }))
     }
 }

@@ -114,7 +114,9 @@ fn signal(pid: i32, sig: i32) {
 /// `clientd ARGS` with HOME and the XDG directories under `home`.
 pub fn cli(home: &Path, args: &[&str]) -> Command {
     std::fs::create_dir_all(home).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clientd"));
+    // BENCH_CLIENTD: another build, for benchmarks that compare it with this one.
+    let binary = std::env::var_os("BENCH_CLIENTD").unwrap_or(env!("CARGO_BIN_EXE_clientd").into());
+    let mut cmd = Command::new(binary);
     cmd.env("HOME", home)
         .env("XDG_CACHE_HOME", home.join("cache"))
         .env("XDG_CONFIG_HOME", home.join("config"))
@@ -408,6 +410,29 @@ pub fn cas_file(home: &Path, digest: &Digest) -> PathBuf {
         .join(digest.function().name())
         .join(&digest.hash_hex()[..2])
         .join(digest.file_name())
+}
+
+/// Damages a small blob packed in the local CAS of a stopped daemon's home (a bad disk block):
+/// flips a byte of the only place `data` occurs in its segments. The daemon then never serves it.
+pub fn damage_packed_blob(home: &Path, data: &[u8]) {
+    let dir = home.join("cache/clientd/cas/packed");
+    let mut found = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at: Vec<usize> = bytes
+            .windows(data.len())
+            .enumerate()
+            .filter(|(_, w)| *w == data)
+            .map(|(i, _)| i)
+            .collect();
+        for i in &at {
+            bytes[i + data.len() / 2] ^= 0x40;
+        }
+        found += at.len();
+        std::fs::write(&path, bytes).unwrap();
+    }
+    assert_eq!(found, 1, "the blob is packed once in {}", dir.display());
 }
 
 /// Deterministic pseudo-random bytes.
