@@ -82,6 +82,8 @@ struct Written {
 struct Writer {
     segment: u64,
     len: u64,
+    /// Whether its file exists: it is created by the first write, so a start costs no sync.
+    created: bool,
 }
 
 pub struct Packed {
@@ -188,12 +190,12 @@ impl Packed {
             writer: Mutex::new(Writer {
                 segment: first,
                 len: 0,
+                created: false,
             }),
             synced: Mutex::new((0, 0)),
             loading: Mutex::new(true),
             loaded: Condvar::new(),
         });
-        packed.create_segment(first)?;
         let loader = packed.clone();
         std::thread::Builder::new()
             .name("packed-load".into())
@@ -389,18 +391,21 @@ impl Packed {
         pending: &mut std::iter::Peekable<impl Iterator<Item = &'a (Digest, &'a [u8])>>,
     ) -> io::Result<Written> {
         let mut writer = self.writer.lock().unwrap();
-        if writer.len >= self.segment_bytes {
+        if writer.created && writer.len >= self.segment_bytes {
             if self.sync_writes {
                 // Sealed synced: a sync of a newer segment then covers every older one.
                 let state = self.state.read().unwrap();
                 state.segments[&writer.segment].file.sync_data()?;
             }
-            let next = writer.segment + 1;
-            self.create_segment(next)?;
             *writer = Writer {
-                segment: next,
+                segment: writer.segment + 1,
                 len: 0,
+                created: false,
             };
+        }
+        if !writer.created {
+            self.create_segment(writer.segment)?;
+            writer.created = true;
         }
         let mut records = Vec::new();
         let mut placed = Vec::new();
