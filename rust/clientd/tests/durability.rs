@@ -112,20 +112,10 @@ async fn kill_9_during_small_blob_batches_keeps_every_acknowledged_blob() {
                     .map(|data| (sha256(&data), data))
                     .collect();
                 attempted.extend(blobs.iter().map(|(d, _)| *d));
-                let request = re::BatchUpdateBlobsRequest {
-                    instance_name: "local".into(),
-                    requests: blobs
-                        .iter()
-                        .map(|(d, data)| re::batch_update_blobs_request::Request {
-                            digest: Some(d.to_proto()),
-                            data: data.clone().into(),
-                            ..Default::default()
-                        })
-                        .collect(),
-                    ..Default::default()
-                };
                 // Once the daemon is dead, a call may wait for a connection that never comes.
-                let call = c.cas.batch_update_blobs(request);
+                let call = c
+                    .cas
+                    .batch_update_blobs(batch_update_request("local", None, &blobs));
                 let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(5), call).await
                 else {
                     break; // the daemon died

@@ -318,21 +318,9 @@ impl Clients {
         function: Option<DigestFunction>,
         blobs: &[(Digest, Vec<u8>)],
     ) -> Vec<i32> {
-        let request = re::BatchUpdateBlobsRequest {
-            instance_name: instance.into(),
-            requests: blobs
-                .iter()
-                .map(|(d, data)| re::batch_update_blobs_request::Request {
-                    digest: Some(d.to_proto()),
-                    data: data.clone().into(),
-                    ..Default::default()
-                })
-                .collect(),
-            digest_function: function.map_or(0, DigestFunction::to_proto),
-        };
         let response = self
             .cas
-            .batch_update_blobs(request)
+            .batch_update_blobs(batch_update_request(instance, function, blobs))
             .await
             .unwrap()
             .into_inner();
@@ -341,6 +329,26 @@ impl Clients {
             .iter()
             .map(|r| r.status.as_ref().unwrap().code)
             .collect()
+    }
+}
+
+/// A BatchUpdateBlobsRequest of `blobs`, naming `function` (None: inferred from the hash length).
+pub fn batch_update_request(
+    instance: &str,
+    function: Option<DigestFunction>,
+    blobs: &[(Digest, Vec<u8>)],
+) -> re::BatchUpdateBlobsRequest {
+    re::BatchUpdateBlobsRequest {
+        instance_name: instance.into(),
+        requests: blobs
+            .iter()
+            .map(|(d, data)| re::batch_update_blobs_request::Request {
+                digest: Some(d.to_proto()),
+                data: data.clone().into(),
+                ..Default::default()
+            })
+            .collect(),
+        digest_function: function.map_or(0, DigestFunction::to_proto),
     }
 }
 
