@@ -13,7 +13,8 @@
 //!   in the background, so the store answers at once whatever it holds: until it ends, a key the
 //!   index lacks is looked up on disk, and eviction waits for the scan's byte count.
 //! - Every byte on disk counts against the bound: an entry being written holds a [`Reservation`]
-//!   of its length from before its first byte until it is inserted or abandoned.
+//!   of its footprint ([`DiskKey::footprint`]: whole blocks, for the caches) from before its first
+//!   byte until it is inserted or abandoned.
 
 use crate::clock::Clock;
 use crate::error::{StoreError, StoreResult};
@@ -48,6 +49,19 @@ pub trait DiskKey: Clone + Eq + Hash + Send + Sync + 'static {
     /// Whether equal keys always mean equal content (CAS), so a second insert is discarded; when
     /// false (action cache) a second insert replaces the entry.
     const IMMUTABLE: bool = true;
+    /// What an entry of `len` bytes counts against the bound: by default its length; the caches
+    /// count the whole blocks its file occupies ([`in_blocks`]), so the bound holds on the disk.
+    fn footprint(len: u64) -> u64 {
+        len
+    }
+}
+
+/// The file system block the caches' files are allocated in.
+pub const BLOCK_BYTES: u64 = 4096;
+
+/// `len` rounded up to whole [`BLOCK_BYTES`]: the disk space a file of `len` bytes occupies.
+pub fn in_blocks(len: u64) -> u64 {
+    len.div_ceil(BLOCK_BYTES) * BLOCK_BYTES
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +73,7 @@ pub struct DiskLruOptions {
 }
 
 struct Entry {
+    /// Its footprint ([`DiskKey::footprint`]).
     len: u64,
     /// Seconds since the epoch when the file's mtime was last set.
     touched: u64,
@@ -159,9 +174,10 @@ impl<K: DiskKey> DiskLru<K> {
                         if index.lru.contains(&key) {
                             continue; // written again since start
                         }
+                        let len = K::footprint(*len);
                         index.bytes += len;
                         let touched = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-                        index.lru.put(key.clone(), Entry { len: *len, touched });
+                        index.lru.put(key.clone(), Entry { len, touched });
                         index.lru.demote(&key);
                     }
                     _ => junk.push(path),
@@ -211,6 +227,7 @@ impl<K: DiskKey> DiskLru<K> {
     /// used entries to make it. RESOURCE_EXHAUSTED, before anything is written, when `len` exceeds
     /// the bound or the room is held by other writes in progress.
     pub fn reserve(&self, len: u64) -> StoreResult<Reservation> {
+        let len = K::footprint(len);
         let max = self.options.max_bytes;
         if len > max {
             return Err(StoreError::ResourceExhausted(format!(
@@ -271,11 +288,12 @@ impl<K: DiskKey> DiskLru<K> {
         reservation: Reservation,
     ) -> StoreResult<()> {
         let what = || format!("storing {}", key.rel_path().display());
-        let len = file
-            .as_file()
-            .metadata()
-            .map_err(|e| StoreError::io(what(), e))?
-            .len();
+        let len = K::footprint(
+            file.as_file()
+                .metadata()
+                .map_err(|e| StoreError::io(what(), e))?
+                .len(),
+        );
         if len > self.options.max_bytes {
             return Err(StoreError::ResourceExhausted(format!(
                 "{} is {len} bytes, more than the store's bound of {} bytes",

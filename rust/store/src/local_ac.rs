@@ -1,7 +1,7 @@
 //! The local action cache: ActionResult messages in a [`DiskLru`], one namespace per instance name.
 
 use crate::clock::Clock;
-use crate::disk_lru::{DiskKey, DiskLru, DiskLruOptions};
+use crate::disk_lru::{in_blocks, DiskKey, DiskLru, DiskLruOptions};
 use crate::error::{StoreError, StoreResult};
 use crate::local_cas::join_error;
 use crate::traits::ActionCache;
@@ -48,6 +48,10 @@ impl DiskKey for AcKey {
     }
 
     const IMMUTABLE: bool = false;
+
+    fn footprint(len: u64) -> u64 {
+        in_blocks(len)
+    }
 }
 
 pub struct LocalActionCache {

@@ -3,7 +3,7 @@
 //! [`DiskLru`]. Small blobs written before packing existed stay readable in the [`DiskLru`].
 
 use crate::clock::Clock;
-use crate::disk_lru::{DiskKey, DiskLru, DiskLruOptions, Reservation};
+use crate::disk_lru::{in_blocks, DiskKey, DiskLru, DiskLruOptions, Reservation};
 use crate::error::{StoreError, StoreResult};
 use crate::packed::{Packed, PACKED_MAX_BLOB};
 use crate::traits::{mismatch, BlobSink, BlobStore, ByteStream};
@@ -52,6 +52,10 @@ impl DiskKey for Digest {
 
     fn expected_len(&self) -> Option<u64> {
         Some(self.size())
+    }
+
+    fn footprint(len: u64) -> u64 {
+        in_blocks(len)
     }
 }
 

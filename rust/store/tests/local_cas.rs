@@ -266,3 +266,54 @@ async fn sha256tree_blobs_are_verified_and_namespaced() {
         }
     }
 }
+
+/// Bytes allocated on disk under `dir` (what `du` counts), files and directories alike.
+fn allocated(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(d).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                dirs.push(entry.path());
+            } else {
+                total += meta.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+/// `cas.max_size_bytes` bounds the blocks the blobs really occupy, for small blobs (packed) and
+/// larger ones (a file each, counted in whole 4 KiB blocks) alike.
+#[tokio::test]
+async fn the_bound_holds_on_the_disk_for_small_and_larger_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    const BOUND: u64 = 4 << 20;
+    let options = DiskLruOptions {
+        max_bytes: BOUND,
+        sync_writes: false,
+    };
+    let cas = LocalCas::open(dir.path(), options, Arc::new(SystemClock)).unwrap();
+    for i in 0..3000u64 {
+        // 100 B to 4 KiB (packed), and one in five 16 KiB + 1 B (a file each, five blocks).
+        let len = match i % 5 {
+            0 => (16 << 10) + 1,
+            _ => 100 + (i as usize * 7919) % 4000,
+        };
+        let mut data: Vec<u8> = (0..len).map(|j| (i as usize * 31 + j * 17) as u8).collect();
+        data[..8].copy_from_slice(&i.to_le_bytes());
+        let digest = DigestFunction::Sha256.digest_of(&data);
+        cas.write_bytes("", &digest, Bytes::from(data))
+            .await
+            .unwrap();
+        let (_, counted) = cas.usage();
+        assert!(counted <= BOUND, "counted {counted} after {i}");
+    }
+    let on_disk = allocated(dir.path());
+    assert!(on_disk <= BOUND, "{on_disk} bytes allocated");
+    // Both parts are full: eviction ran in each, and little room is left unused.
+    assert!(on_disk > BOUND / 2, "{on_disk} bytes allocated");
+}
