@@ -173,7 +173,15 @@ impl BlobStore for LocalCas {
         }
         let len = limit.unwrap_or(u64::MAX).min(digest.size() - offset);
         if len == 0 {
-            if self.has(digest) {
+            let mut present = self.has(digest);
+            if !present && packs(digest) && self.packed.loading() {
+                // Not indexed yet: asked on a blocking thread, which waits for the index.
+                let (packed, digest) = (self.packed.clone(), *digest);
+                present = tokio::task::spawn_blocking(move || packed.contains(&digest))
+                    .await
+                    .map_err(join_error)?;
+            }
+            if present {
                 return Ok(futures::stream::empty().boxed());
             }
             return Err(StoreError::blob_not_found(digest));

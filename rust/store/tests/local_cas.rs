@@ -317,3 +317,43 @@ async fn the_bound_holds_on_the_disk_for_small_and_larger_blobs() {
     // Both parts are full: eviction ran in each, and little room is left unused.
     assert!(on_disk > BOUND / 2, "{on_disk} bytes allocated");
 }
+
+/// Right after a restart, while the packed blobs are being indexed, none is reported missing:
+/// FindMissingBlobs, reads and empty reads at the end wait for the index instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packed_blobs_are_found_while_they_are_indexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = DiskLruOptions {
+        max_bytes: 1 << 30,
+        sync_writes: false,
+    };
+    let blobs: Vec<(Digest, Bytes)> = (0..20_000u64)
+        .map(|i| Bytes::from(format!("small blob {i}")))
+        .map(|data| (DigestFunction::Sha256.digest_of(&data), data))
+        .collect();
+    {
+        let cas = LocalCas::open(dir.path(), options, Arc::new(SystemClock)).unwrap();
+        for result in cas.batch_write("", blobs.clone()).await {
+            result.unwrap();
+        }
+    }
+    let digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+    for (i, check) in ["find_missing", "read", "empty read at the end"]
+        .iter()
+        .enumerate()
+    {
+        let cas = LocalCas::open(dir.path(), options, Arc::new(SystemClock)).unwrap();
+        let (digest, data) = &blobs[blobs.len() - 1 - i];
+        match i {
+            0 => assert!(
+                cas.find_missing("", &digests).await.unwrap().is_empty(),
+                "{check}"
+            ),
+            1 => assert_eq!(&cas.read_bytes("", digest).await.unwrap(), data, "{check}"),
+            _ => {
+                let mut end = cas.read("", digest, digest.size(), None).await.unwrap();
+                assert!(end.next().await.is_none(), "{check}");
+            }
+        }
+    }
+}
