@@ -85,21 +85,12 @@ async fn batch_read(c: &mut Clients, digests: &[Digest]) -> Duration {
     elapsed
 }
 
-/// Bytes allocated on disk under `dir` (what `du` counts).
+/// Bytes allocated on disk for the files under `dir` (what `du` counts for them).
 fn allocated(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for entry in std::fs::read_dir(d).unwrap() {
-            let entry = entry.unwrap();
-            let meta = entry.metadata().unwrap();
-            total += meta.blocks() * 512;
-            if meta.is_dir() {
-                dirs.push(entry.path());
-            }
-        }
-    }
-    total
+    files_below(dir)
+        .iter()
+        .map(|meta| meta.blocks() * 512)
+        .sum()
 }
 
 fn file_reads(dir: &Path, digests: &[Digest]) -> Duration {

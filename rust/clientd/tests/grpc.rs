@@ -596,21 +596,11 @@ async fn uploads_in_progress_count_against_the_bound() {
     let config = r#"{"cas": {"max_size_bytes": 16000000, "sync_writes": false}}"#;
     let daemon = Daemon::start(dir.path(), Some(config), &[]);
     let mut c = daemon.clients().await;
-    let on_disk = || {
-        let mut total = 0;
-        let mut dirs = vec![dir.path().join("cache/clientd/cas")];
-        while let Some(d) = dirs.pop() {
-            for entry in std::fs::read_dir(d).unwrap() {
-                let entry = entry.unwrap();
-                let meta = entry.metadata().unwrap();
-                if meta.is_dir() {
-                    dirs.push(entry.path());
-                } else {
-                    total += meta.len();
-                }
-            }
-        }
-        total
+    let on_disk = || -> u64 {
+        files_below(&dir.path().join("cache/clientd/cas"))
+            .iter()
+            .map(|meta| meta.len())
+            .sum()
     };
 
     // Declares 64 MiB: refused at the first message.

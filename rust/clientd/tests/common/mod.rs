@@ -443,6 +443,24 @@ pub fn damage_packed_blob(home: &Path, data: &[u8]) {
     assert_eq!(found, 1, "the blob is packed once in {}", dir.display());
 }
 
+/// The metadata of every file below `dir` (directories walked, not listed).
+pub fn files_below(dir: &Path) -> Vec<std::fs::Metadata> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(d).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                dirs.push(entry.path());
+            } else {
+                files.push(meta);
+            }
+        }
+    }
+    files
+}
+
 /// Deterministic pseudo-random bytes.
 pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
