@@ -84,9 +84,8 @@ struct TrafficLine {
 #[derive(Debug, Clone, Default)]
 pub struct Invocation {
     pub id: String,
-    /// When it was first seen (seconds since the epoch).
-    pub started: u64,
-    /// The same in microseconds: what orders invocations (builds a second apart are common).
+    /// When it was first seen, in microseconds since the epoch: what orders invocations (builds
+    /// a second apart are common).
     started_micros: u64,
     pub actions: Vec<ActionRecord>,
     pub traffic: Traffic,
@@ -97,7 +96,6 @@ impl Invocation {
     fn new(id: &str, started_micros: u64) -> Self {
         Invocation {
             id: id.to_string(),
-            started: started_micros / 1_000_000,
             started_micros,
             ..Default::default()
         }
@@ -121,6 +119,11 @@ impl Invocation {
                 self.actions.push(record);
             }
         }
+    }
+
+    /// When it was first seen (seconds since the epoch).
+    pub fn started(&self) -> u64 {
+        self.started_micros / 1_000_000
     }
 
     pub fn hits(&self) -> usize {

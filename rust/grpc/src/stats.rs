@@ -149,7 +149,7 @@ impl stats_server::Stats for StatsService {
                 .collect(),
             invocations: invocations
                 .iter()
-                .map(|i| format!("{} {} {} {}", i.id, i.started, i.actions.len(), i.hits()))
+                .map(|i| format!("{} {} {} {}", i.id, i.started(), i.actions.len(), i.hits()))
                 .collect(),
             bytes_served: explanation.traffic.served,
             bytes_fetched: explanation.traffic.fetched,

@@ -173,15 +173,12 @@ impl BlobStore for LocalCas {
         }
         let len = limit.unwrap_or(u64::MAX).min(digest.size() - offset);
         if len == 0 {
-            let mut present = self.has(digest);
-            if !present && packs(digest) && self.packed.loading() {
-                // Not indexed yet: asked on a blocking thread, which waits for the index.
-                let (packed, digest) = (self.packed.clone(), *digest);
-                present = tokio::task::spawn_blocking(move || packed.contains(&digest))
-                    .await
-                    .map_err(join_error)?;
-            }
-            if present {
+            // Present or not, asked as FindMissingBlobs asks (waiting for the index at start).
+            if self
+                .find_missing("", std::slice::from_ref(digest))
+                .await?
+                .is_empty()
+            {
                 return Ok(futures::stream::empty().boxed());
             }
             return Err(StoreError::blob_not_found(digest));
@@ -275,6 +272,7 @@ impl BlobStore for LocalCas {
         instance_name: &str,
         blobs: Vec<(Digest, Bytes)>,
     ) -> Vec<StoreResult<()>> {
+        let n = blobs.len();
         let (small, large): (Vec<_>, Vec<_>) = blobs
             .into_iter()
             .enumerate()
@@ -284,10 +282,9 @@ impl BlobStore for LocalCas {
             let mut results: Vec<(usize, StoreResult<()>)> = Vec::with_capacity(small.len());
             let mut verified = Vec::with_capacity(small.len());
             for (i, (digest, data)) in &small {
-                let actual = digest.function().digest_of(data);
-                match actual == *digest {
-                    true => verified.push((*i, *digest, data.as_ref())),
-                    false => results.push((*i, Err(mismatch(digest, &actual)))),
+                match verify(digest, data) {
+                    Ok(()) => verified.push((*i, *digest, data.as_ref())),
+                    Err(e) => results.push((*i, Err(e))),
                 }
             }
             let batch: Vec<(Digest, &[u8])> = verified.iter().map(|(_, d, b)| (*d, *b)).collect();
@@ -304,7 +301,7 @@ impl BlobStore for LocalCas {
         let (small_results, mut results) = futures::join!(small_done, large_done);
         match small_results {
             Ok(small_results) => results.extend(small_results),
-            Err(e) => return vec![Err(join_error(e)); results.len() + 1],
+            Err(e) => return vec![Err(join_error(e)); n],
         }
         results.sort_by_key(|(i, _)| *i);
         results.into_iter().map(|(_, result)| result).collect()
@@ -369,6 +366,26 @@ fn read_range(
     Ok(Bytes::from(data))
 }
 
+/// Whether `data` is the blob `digest` names (INVALID_ARGUMENT saying how it differs if not).
+fn verify(digest: &Digest, data: &[u8]) -> StoreResult<()> {
+    let actual = digest.function().digest_of(data);
+    match actual == *digest {
+        true => Ok(()),
+        false => Err(mismatch(digest, &actual)),
+    }
+}
+
+/// INVALID_ARGUMENT once an upload has received more bytes (`end`) than its digest says.
+fn check_not_past_size(digest: &Digest, end: u64) -> StoreResult<()> {
+    if end > digest.size() {
+        return Err(StoreError::InvalidArgument(format!(
+            "blob {digest}: received at least {end} bytes, digest says {}",
+            digest.size()
+        )));
+    }
+    Ok(())
+}
+
 /// Verifies an in-memory blob and writes it to a temporary file in the room it reserves. None when
 /// there is nothing to store: the empty blob, or one already present.
 fn stage(
@@ -376,10 +393,7 @@ fn stage(
     digest: &Digest,
     data: &[u8],
 ) -> StoreResult<Option<(NamedTempFile, Reservation)>> {
-    let actual = digest.function().digest_of(data);
-    if actual != *digest {
-        return Err(mismatch(digest, &actual));
-    }
+    verify(digest, data)?;
     if digest.is_empty_blob() || blobs.contains(std::slice::from_ref(digest))[0] {
         return Ok(None);
     }
@@ -400,14 +414,7 @@ struct SmallSink {
 #[async_trait]
 impl BlobSink for SmallSink {
     async fn write(&mut self, data: Bytes) -> StoreResult<()> {
-        let end = self.data.len() as u64 + data.len() as u64;
-        if end > self.digest.size() {
-            return Err(StoreError::InvalidArgument(format!(
-                "blob {}: received at least {end} bytes, digest says {}",
-                self.digest,
-                self.digest.size()
-            )));
-        }
+        check_not_past_size(&self.digest, self.data.len() as u64 + data.len() as u64)?;
         self.data.extend_from_slice(&data);
         Ok(())
     }
@@ -417,18 +424,17 @@ impl BlobSink for SmallSink {
     }
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {
-        let actual = self.digest.function().digest_of(&self.data);
-        if actual != self.digest {
-            return Err(mismatch(&self.digest, &actual));
-        }
         let SmallSink {
             packed,
             digest,
             data,
         } = *self;
-        tokio::task::spawn_blocking(move || packed.put(&[(digest, &data)]))
-            .await
-            .map_err(join_error)?
+        tokio::task::spawn_blocking(move || {
+            verify(&digest, &data)?;
+            packed.put(&[(digest, &data)])
+        })
+        .await
+        .map_err(join_error)?
     }
 }
 
@@ -460,13 +466,7 @@ impl LocalSink {
 impl BlobSink for LocalSink {
     async fn write(&mut self, data: Bytes) -> StoreResult<()> {
         let end = self.committed + data.len() as u64;
-        if end > self.digest.size() {
-            return Err(StoreError::InvalidArgument(format!(
-                "blob {}: received at least {end} bytes, digest says {}",
-                self.digest,
-                self.digest.size()
-            )));
-        }
+        check_not_past_size(&self.digest, end)?;
         let [to_writer, to_hasher] = self.to.as_ref().expect("not committed");
         // The hasher stops only when its queue closes, so only the writer can refuse a chunk.
         let _ = to_hasher.send(data.clone()).await;

@@ -63,7 +63,7 @@ struct Segment {
 
 struct State {
     index: HashMap<Digest, Location>,
-    /// Oldest first; the last one is being appended to.
+    /// Oldest first; the last one is being appended to (once its first write created it).
     segments: BTreeMap<u64, Segment>,
     bytes: u64,
 }
@@ -223,8 +223,8 @@ impl Packed {
         Ok(())
     }
 
-    /// Indexes the segments found at start, oldest first, cutting each off at its first record
-    /// that does not verify.
+    /// Indexes the segments found at start, oldest first: each record that verifies; a torn tail
+    /// is cut off.
     fn load(&self, found: &[u64]) {
         for &number in found {
             if let Err(e) = self.load_segment(number) {
@@ -279,31 +279,29 @@ impl Packed {
             let state = self.state.read().unwrap();
             let location = *state.index.get(digest)?;
             let file = state.segments[&location.segment].file.clone();
-            // Old: its segment goes once less than a quarter of the bound more is written.
-            let until_evicted = self.max_bytes.saturating_sub(state.bytes)
-                + state
-                    .segments
-                    .range(..=location.segment)
-                    .map(|(_, s)| s.bytes)
-                    .sum::<u64>();
+            // Old: its segment goes once less than a quarter of the bound more is written. While
+            // a quarter of the bound is free no blob is, and the segments need not be summed.
+            let quarter = self.max_bytes / 4;
+            let free = self.max_bytes.saturating_sub(state.bytes);
             let newest = state.segments.keys().next_back() == Some(&location.segment);
-            Some((
-                location,
-                file,
-                !newest && until_evicted < self.max_bytes / 4,
-            ))
+            let old = !newest
+                && free < quarter
+                && free
+                    + state
+                        .segments
+                        .range(..=location.segment)
+                        .map(|(_, s)| s.bytes)
+                        .sum::<u64>()
+                    < quarter;
+            Some((location, file, old))
         };
         if let Some(found) = lookup() {
             return Some(found);
         }
-        let mut loading = self.loading.lock().unwrap();
-        if !*loading {
+        if !self.loading() {
             return None;
         }
-        while *loading {
-            loading = self.loaded.wait(loading).unwrap();
-        }
-        drop(loading);
+        self.wait_loaded();
         lookup()
     }
 
@@ -410,11 +408,12 @@ impl Packed {
         let mut records = Vec::new();
         let mut placed = Vec::new();
         while let Some((digest, data)) = pending.peek() {
-            let len = (HEADER + digest.hash().len() + data.len()) as u64;
-            if !records.is_empty() && writer.len + records.len() as u64 + len > self.segment_bytes {
+            let data_at = records.len() + HEADER + digest.hash().len();
+            let end = writer.len + (data_at + data.len()) as u64;
+            if !records.is_empty() && end > self.segment_bytes {
                 break;
             }
-            let data_at = writer.len + (records.len() + HEADER + digest.hash().len()) as u64;
+            let data_at = writer.len + data_at as u64;
             encode(digest, data, &mut records);
             placed.push((*digest, data_at));
             pending.next();
@@ -461,7 +460,8 @@ impl Packed {
     }
 
     /// Deletes the oldest segments (not the one being written) until `incoming` more bytes fit
-    /// the bound. Waits for the load at start to finish first.
+    /// the bound. Nothing is deleted while the segments found at start are being indexed: the
+    /// load evicts when it ends.
     fn evict(&self, state: &mut State, incoming: u64) {
         if *self.loading.lock().unwrap() {
             return;
@@ -486,7 +486,7 @@ impl Packed {
         (state.index.len(), state.bytes)
     }
 
-    #[cfg(test)]
+    /// Waits until the segments found at start are indexed.
     fn wait_loaded(&self) {
         let mut loading = self.loading.lock().unwrap();
         while *loading {
