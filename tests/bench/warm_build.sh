@@ -18,7 +18,8 @@
 #   clientd-norecord cold/warm (RECORD_COST=1): the same with the activity record off
 #                  (`activity.max_invocations: 0`), to give the record's cost as a ratio.
 # The sides take turns going first (these machines are shared and noisy); the table gives every
-# round, and the ratios are medians of the per-round ratios [min..max].
+# round, and the ratios are medians of the per-round ratios [min..max]. It also gives the CPU time
+# the Bazel server and the daemon used per build: whose work the difference is.
 #
 # Environment: ROUNDS (5), N_ACTIONS (500), RECORD_COST (unset), MAX_BYTES (4194304), JOBS (Bazel's --jobs; default:
 # Bazel's), CLIENTD (a binary instead of building this tree's), CLIENTD_CONFIG (a config.json for
@@ -50,7 +51,8 @@ note "workspace: $N_ACTIONS genrules, outputs 8 B .. $MAX_BYTES B, $((TOTAL_BYTE
 RESULTS="$T/times"
 : >"$RESULTS"
 
-# measure ROUND SCENARIO FLAGS...: times one build (timed_build); appends "SCENARIO ROUND SECS".
+# measure ROUND SCENARIO FLAGS...: times one build (timed_build); appends "SCENARIO ROUND SECS
+# BAZEL_CPU DAEMON_CPU".
 measure() {
     local round=$1 scenario=$2 log hits
     shift 2
@@ -60,9 +62,9 @@ measure() {
         tail -n 30 "$log.log" | sed 's/^/#   /'
         die "($scenario) bazel build failed"
     fi
-    echo "$scenario $round $BUILD_SECS" >>"$RESULTS"
+    echo "$scenario $round $BUILD_SECS $BAZEL_CPU $DAEMON_CPU" >>"$RESULTS"
     hits=$(count "$log.log" "remote cache hit")
-    note "round $round $scenario: $BUILD_SECS s; $(summary_line "$log.log")"
+    note "round $round $scenario: $BUILD_SECS s (CPU: Bazel $BAZEL_CPU s, clientd $DAEMON_CPU s); $(summary_line "$log.log")"
     case $scenario in *warm)
         [ "$hits" -ge "$N_ACTIONS" ] || note "round $round $scenario: NOT all cache hits ($hits of $N_ACTIONS)"
         ;;
@@ -118,9 +120,11 @@ python3 - "$RESULTS" "$N_ACTIONS" "$TOTAL_BYTES" "${JOBS:-default}" <<'EOF'
 import collections, statistics, sys
 path, n, total, jobs = sys.argv[1:]
 times = collections.defaultdict(dict)
+cpu = collections.defaultdict(dict)
 for line in open(path):
-    scenario, rnd, secs = line.split()
+    scenario, rnd, secs, bazel_cpu, daemon_cpu = line.split()
     times[scenario][int(rnd)] = float(secs)
+    cpu[scenario][int(rnd)] = (float(bazel_cpu), float(daemon_cpu))
 rounds = sorted(times["none"])
 print()
 print("warm_build: %s actions, %.0f MiB of outputs, --jobs %s, %d rounds" % (n, int(total) / 2**20, jobs, len(rounds)))
@@ -140,6 +144,9 @@ print("filling the cache vs none: clientd %s, disk cache %s" % (
     summary([t - 1 for t in ratio("clientd-cold", "none")]), summary([t - 1 for t in ratio("disk-cold", "none")])))
 per_action = lambda s: [1000 * times[s][r] / int(n) for r in rounds]
 print("warm, ms per action: clientd %s, disk cache %s" % (summary(per_action("clientd-warm")), summary(per_action("disk-warm"))))
+print("CPU seconds per build, medians (Bazel's server / clientd; the actions' processes not counted):")
+for s in ("none", "disk-cold", "clientd-cold", "disk-warm", "clientd-warm"):
+    print("  %-13s %6.2f / %5.2f" % (s, statistics.median(cpu[s][r][0] for r in rounds), statistics.median(cpu[s][r][1] for r in rounds)))
 if "clientd-norecord-warm" in times:
     print("the activity record's cost, clientd / clientd without it: warm %s, cold %s" % (
         summary(ratio("clientd-warm", "clientd-norecord-warm")), summary(ratio("clientd-cold", "clientd-norecord-cold"))))
