@@ -75,6 +75,12 @@ impl Digest {
         ))
     }
 
+    /// A digest from its hash's raw bytes (as stored on disk), which must be `function`'s length.
+    pub fn from_raw(function: DigestFunction, hash: &[u8], size: u64) -> Option<Self> {
+        (hash.len() == function.hash_len() && size <= i64::MAX as u64)
+            .then(|| Digest::new(function, HashBytes::new(hash), size))
+    }
+
     /// Parses a size segment: decimal digits only (no sign, no spaces), below 2^63.
     pub fn parse_size(text: &str) -> Result<u64, DigestError> {
         if text.is_empty() || text.len() > 19 || !text.bytes().all(|b| b.is_ascii_digit()) {
@@ -187,6 +193,13 @@ mod tests {
         assert!(a.is_empty_blob());
         assert_eq!(a.file_name(), format!("{SHA256_EMPTY}-0"));
         assert_eq!(a.resource_tail(), format!("{SHA256_EMPTY}/0"));
+    }
+
+    #[test]
+    fn from_raw_bytes_checks_the_length() {
+        let d = DigestFunction::Sha256.digest_of(b"x");
+        assert_eq!(Digest::from_raw(d.function(), d.hash(), 1), Some(d));
+        assert_eq!(Digest::from_raw(DigestFunction::Sha1, d.hash(), 1), None);
     }
 
     #[test]

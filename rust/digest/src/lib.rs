@@ -9,6 +9,7 @@ mod error;
 mod function;
 mod hasher;
 mod instance;
+mod map;
 mod resource;
 pub mod sha256tree;
 
@@ -17,4 +18,5 @@ pub use error::{truncate, DigestError};
 pub use function::DigestFunction;
 pub use hasher::{Hasher, ReadRanges};
 pub use instance::{is_local_instance, validate_instance_name, RESERVED_SEGMENTS};
+pub use map::{DigestMap, WordHasher};
 pub use resource::{Compressor, ReadResource, WriteResource};

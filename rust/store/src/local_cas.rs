@@ -145,8 +145,8 @@ impl BlobStore for LocalCas {
             .filter(|(d, _)| !(packs(d) && self.packed.contains_now(d)))
             .map(|(d, _)| *d)
             .collect();
-        if self.packed.loading() && missing.iter().any(packs) {
-            // Packed blobs not indexed yet: asked again on a blocking thread, which waits for the
+        if self.packed.settling() && missing.iter().any(packs) {
+            // Packed blobs not indexed or verified yet: asked again on a blocking thread, which waits for the
             // index rather than report a committed blob missing.
             let packed = self.packed.clone();
             missing = tokio::task::spawn_blocking(move || {

@@ -7,24 +7,31 @@
 //!   `pwrite` and (with `sync_writes`) one `fdatasync`, shared with the batches written while it
 //!   waited (group commit), and becomes visible to readers only after both: nobody reads a blob
 //!   that a crash could take back. A full segment is synced before the next one starts.
-//! - Each record carries its digest, and a blob is indexed at start only if its bytes hash to
-//!   it: a damaged one is never served. A torn tail (power loss before a sync) ends the segment
-//!   there and is cut off. Each start writes to a new segment, so old ones are never appended to
-//!   again.
+//! - Each record carries its digest, and no blob is served or reported present before its bytes
+//!   have hashed to it since start: a damaged one never is. A torn tail (power loss before a
+//!   sync) ends the segment there and is cut off. Each start writes to a new segment, so old ones
+//!   are never appended to again.
 //! - The bound counts the segments' real bytes. When a batch would pass it, the oldest segment is
 //!   deleted with every blob in it (an open file stays readable, so a reader in flight is not cut
 //!   short). A read of a blob whose segment goes within the next quarter of the bound copies it
 //!   to the newest, so blobs in use survive (LRU, approximately, at a segment's granularity).
-//! - At start only the directory is listed; a thread reads the segments and indexes their blobs.
-//!   Until it is done, a lookup of a blob the index lacks waits for it, so a committed blob is
-//!   never reported missing.
+//! - Start-up reads index files, not segments. Each segment has one (`<seq>.idx`, see [`format`]),
+//!   appended to with each write and never synced: at start it is believed only as far as it
+//!   agrees with its segment, and the segment is read from there (the tail a crash left). Then a
+//!   thread hashes every blob the index files listed; until it has, a blob is hashed when first
+//!   asked for. Until the index files are read, a lookup of a blob the index lacks waits, so a
+//!   committed blob is never reported missing.
+
+mod format;
 
 use crate::error::{StoreError, StoreResult};
 use bytes::Bytes;
-use clientd_digest::{Digest, DigestFunction};
-use std::collections::{BTreeMap, HashMap};
+use clientd_digest::{Digest, DigestMap};
+use format::{data_offset, decode, decode_index, encode, encode_entry};
+use std::collections::hash_map::Entry;
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -33,10 +40,8 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 /// most a quarter, and reads stream).
 pub const PACKED_MAX_BLOB: u64 = 16 << 10;
 
-/// `cdp1`: the start of every record.
-const MAGIC: [u8; 4] = *b"cdp1";
-/// Magic, digest function, three bytes of padding, the blob's length (u32, little-endian).
-const HEADER: usize = 12;
+/// Index entries taken in per hold of the lock at start, so lookups are not held up long.
+const LOAD_CHUNK: usize = 4096;
 
 /// What an append is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,23 +53,29 @@ enum Append {
 }
 
 /// Where a blob's bytes are.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Location {
     segment: u64,
     offset: u64,
+    /// Whether the bytes have hashed to the digest since start.
+    verified: bool,
 }
 
 struct Segment {
     file: Arc<File>,
+    /// The segment's length.
     bytes: u64,
+    /// Its index file's length (counted in the bound too).
+    index_bytes: u64,
     /// The blobs indexed in it (some may since have been indexed in a newer segment).
     keys: Vec<Digest>,
 }
 
 struct State {
-    index: HashMap<Digest, Location>,
+    index: DigestMap<Location>,
     /// Oldest first; the last one is being appended to (once its first write created it).
     segments: BTreeMap<u64, Segment>,
+    /// The segments' and their index files' bytes.
     bytes: u64,
 }
 
@@ -78,12 +89,32 @@ struct Written {
     placed: Vec<(Digest, u64)>,
 }
 
-/// The segment being appended to: its number and length.
+/// The segment being appended to: its number and length, and its index file.
 struct Writer {
     segment: u64,
     len: u64,
-    /// Whether its file exists: it is created by the first write, so a start costs no sync.
-    created: bool,
+    /// Created by the first write, so a start costs no sync.
+    index: Option<(File, u64)>,
+}
+
+/// What the start-up work has yet to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Start {
+    /// Reading the index files: a blob the index lacks may yet be found.
+    Loading,
+    /// Hashing the blobs the index files listed: one not hashed yet is hashed when asked for.
+    Verifying,
+    Done,
+}
+
+/// A blob found in the index, verified.
+struct Found {
+    location: Location,
+    file: Arc<File>,
+    /// Whether its segment is among the next to go (the read copies it to the newest).
+    old: bool,
+    /// The whole blob, when finding it meant reading it to verify it.
+    data: Option<Vec<u8>>,
 }
 
 pub struct Packed {
@@ -95,8 +126,7 @@ pub struct Packed {
     writer: Mutex<Writer>,
     /// (segment, length) up to which the segments are synced (held while syncing).
     synced: Mutex<(u64, u64)>,
-    /// True until the segments found at start are indexed.
-    loading: Mutex<bool>,
+    start: Mutex<Start>,
     loaded: Condvar,
 }
 
@@ -104,77 +134,54 @@ fn segment_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("{segment:016x}.pack"))
 }
 
-fn function_code(function: DigestFunction) -> u8 {
-    DigestFunction::ALL
-        .iter()
-        .position(|f| *f == function)
-        .expect("every function is in ALL") as u8
+fn index_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{segment:016x}.idx"))
 }
 
-/// One record: header, hash, bytes.
-fn encode(digest: &Digest, data: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&[function_code(digest.function()), 0, 0, 0]);
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    out.extend_from_slice(digest.hash());
-    out.extend_from_slice(data);
-}
-
-/// The records of a segment's bytes that verify, with where each blob's bytes start, and the
-/// length of the whole records: a torn record, or a header that is not one, ends them; a whole
-/// record whose bytes do not hash to its digest (a damaged disk block) is skipped.
-fn decode(bytes: &[u8]) -> (Vec<(Digest, u64)>, u64) {
-    let mut found = Vec::new();
-    let mut at = 0usize;
-    while let Some(header) = bytes.get(at..at + HEADER) {
-        let function = DigestFunction::ALL.get(header[4] as usize);
-        let (Some(function), true) = (function, header[..4] == MAGIC) else {
-            break;
-        };
-        let len = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes")) as usize;
-        let hash_at = at + HEADER;
-        let data_at = hash_at + function.hash_len();
-        let Some(data) = bytes.get(data_at..data_at + len) else {
-            break;
-        };
-        let digest = function.digest_of(data);
-        if digest.hash() == &bytes[hash_at..data_at] {
-            found.push((digest, data_at as u64));
-        }
-        at = data_at + len;
-    }
-    (found, at as u64)
+/// The segment number in a file name `<seq>.<extension>`.
+fn numbered(name: &std::ffi::OsStr, extension: &str) -> Option<u64> {
+    let stem = name.to_str()?.strip_suffix(extension)?.strip_suffix('.')?;
+    (stem.len() == 16)
+        .then(|| u64::from_str_radix(stem, 16).ok())
+        .flatten()
 }
 
 impl Packed {
-    /// Opens (creating) the segments in `dir`, bounded to `max_bytes`; a thread indexes the
-    /// segments found there.
+    /// Opens (creating) the segments in `dir`, bounded to `max_bytes`; a thread reads their
+    /// index files, then verifies their blobs.
     pub fn open(dir: &Path, max_bytes: u64, sync_writes: bool) -> io::Result<Arc<Self>> {
         fs::create_dir_all(dir)?;
         let mut segments = BTreeMap::new();
-        let mut bytes = 0;
+        let mut indexes = BTreeMap::new();
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
             let name = entry.file_name();
-            let number = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".pack"))
-                .and_then(|n| u64::from_str_radix(n, 16).ok());
-            let Some(number) = number else {
+            if let Some(number) = numbered(&name, "idx") {
+                indexes.insert(number, entry.metadata()?.len());
+            }
+            let Some(number) = numbered(&name, "pack") else {
                 continue;
             };
             let file = File::open(entry.path())?;
             let len = file.metadata()?.len();
-            bytes += len;
             segments.insert(
                 number,
                 Segment {
                     file: Arc::new(file),
                     bytes: len,
+                    index_bytes: 0,
                     keys: Vec::new(),
                 },
             );
         }
+        for (number, len) in indexes {
+            match segments.get_mut(&number) {
+                Some(segment) => segment.index_bytes = len,
+                // Its segment was deleted by an eviction that a crash interrupted.
+                None => fs::remove_file(index_path(dir, number))?,
+            }
+        }
+        let bytes = segments.values().map(|s| s.bytes + s.index_bytes).sum();
         let found: Vec<u64> = segments.keys().copied().collect();
         let first = found.last().map_or(0, |n| n + 1);
         let packed = Arc::new(Packed {
@@ -183,17 +190,17 @@ impl Packed {
             segment_bytes: (max_bytes / 8).clamp(256 << 10, 64 << 20),
             sync_writes,
             state: RwLock::new(State {
-                index: HashMap::new(),
+                index: DigestMap::default(),
                 segments,
                 bytes,
             }),
             writer: Mutex::new(Writer {
                 segment: first,
                 len: 0,
-                created: false,
+                index: None,
             }),
             synced: Mutex::new((0, 0)),
-            loading: Mutex::new(true),
+            start: Mutex::new(Start::Loading),
             loaded: Condvar::new(),
         });
         let loader = packed.clone();
@@ -203,12 +210,17 @@ impl Packed {
         Ok(packed)
     }
 
-    fn create_segment(&self, number: u64) -> io::Result<()> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(segment_path(&self.dir, number))?;
+    /// Creates segment `number` and its index file.
+    fn create_segment(&self, number: u64) -> io::Result<File> {
+        let create = |path| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(path)
+        };
+        let file = create(segment_path(&self.dir, number))?;
+        let index = create(index_path(&self.dir, number))?;
         if self.sync_writes {
             File::open(&self.dir)?.sync_all()?; // the new name survives power loss
         }
@@ -217,64 +229,202 @@ impl Packed {
             Segment {
                 file: Arc::new(file),
                 bytes: 0,
+                index_bytes: 0,
                 keys: Vec::new(),
             },
         );
-        Ok(())
+        Ok(index)
     }
 
-    /// Indexes the segments found at start, oldest first: each record that verifies; a torn tail
-    /// is cut off.
+    /// The work at start: the segments found are indexed, oldest first, from their index files
+    /// (and, past where those end, from the segments); then the blobs the index files listed are
+    /// verified.
     fn load(&self, found: &[u64]) {
+        let mut listed = Vec::new();
         for &number in found {
-            if let Err(e) = self.load_segment(number) {
-                tracing::warn!(dir = %self.dir.display(), "segment {number:016x}: {e}; its blobs are not used");
+            match self.load_segment(number) {
+                Ok(true) => listed.push(number),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(dir = %self.dir.display(), "segment {number:016x}: {e}; its blobs are not used")
+                }
             }
         }
-        *self.loading.lock().unwrap() = false;
-        self.loaded.notify_all();
-        let mut state = self.state.write().unwrap();
-        self.evict(&mut state, 0);
+        self.advance(Start::Verifying);
+        self.evict(&mut self.state.write().unwrap(), 0);
+        for number in listed {
+            if let Err(e) = self.verify_segment(number) {
+                tracing::warn!(dir = %self.dir.display(), "verifying segment {number:016x}: {e}");
+            }
+        }
+        self.advance(Start::Done);
     }
 
-    fn load_segment(&self, number: u64) -> io::Result<()> {
-        let path = segment_path(&self.dir, number);
-        let mut bytes = Vec::new();
-        File::open(&path)?.read_to_end(&mut bytes)?;
-        let (records, valid) = decode(&bytes);
-        if valid < bytes.len() as u64 {
-            tracing::warn!(path = %path.display(), "cut off {} bytes after the last whole blob", bytes.len() as u64 - valid);
+    fn advance(&self, to: Start) {
+        *self.start.lock().unwrap() = to;
+        self.loaded.notify_all();
+    }
+
+    /// Indexes segment `number`: the entries its index file lists (not verified yet), then the
+    /// records after them, verified; a torn tail is cut off, and an index file that lagged is
+    /// rewritten. True if entries came from the index file.
+    fn load_segment(&self, number: u64) -> io::Result<bool> {
+        let Some((file, len)) = self.segment_file(number) else {
+            return Ok(false); // evicted meanwhile
+        };
+        let index = fs::read(index_path(&self.dir, number)).unwrap_or_default();
+        let (listed, covered) = decode_index(&index, len);
+        let mut tail = vec![0; (len - covered) as usize];
+        file.read_exact_at(&mut tail, covered)?;
+        let (scanned, valid) = decode(&tail, covered);
+        if valid < len {
+            let path = segment_path(&self.dir, number);
+            tracing::warn!(path = %path.display(), "cut off {} bytes after the last whole blob", len - valid);
             OpenOptions::new().write(true).open(&path)?.set_len(valid)?;
+        }
+        if !scanned.is_empty() {
+            // The next start need not read the segment again.
+            let index_bytes = self.rewrite_index(number, listed.iter().chain(&scanned))?;
+            self.resize(number, valid, index_bytes);
+        } else {
+            self.resize(number, valid, index.len() as u64);
+        }
+        let from_index = !listed.is_empty();
+        self.insert_found(number, listed, false);
+        self.insert_found(number, scanned, true);
+        Ok(from_index)
+    }
+
+    fn segment_file(&self, number: u64) -> Option<(Arc<File>, u64)> {
+        let state = self.state.read().unwrap();
+        let segment = state.segments.get(&number)?;
+        Some((segment.file.clone(), segment.bytes))
+    }
+
+    /// Replaces segment `number`'s index file with one listing `entries`; returns its length.
+    fn rewrite_index<'a>(
+        &self,
+        number: u64,
+        entries: impl Iterator<Item = &'a (Digest, u64)>,
+    ) -> io::Result<u64> {
+        let mut bytes = Vec::new();
+        for (digest, offset) in entries {
+            encode_entry(digest, *offset, &mut bytes);
+        }
+        let path = index_path(&self.dir, number);
+        let temporary = path.with_extension("idx.new");
+        fs::write(&temporary, &bytes)?;
+        fs::rename(temporary, path)?;
+        Ok(bytes.len() as u64)
+    }
+
+    /// Sets what segment `number` and its index file occupy, as found at start.
+    fn resize(&self, number: u64, bytes: u64, index_bytes: u64) {
+        let mut state = self.state.write().unwrap();
+        let State {
+            segments,
+            bytes: total,
+            ..
+        } = &mut *state;
+        if let Some(segment) = segments.get_mut(&number) {
+            *total = *total + bytes + index_bytes - segment.bytes - segment.index_bytes;
+            segment.bytes = bytes;
+            segment.index_bytes = index_bytes;
+        }
+    }
+
+    /// Indexes blobs found at start in segment `number`. A blob indexed in an older segment moves
+    /// to this one (a copy made to keep it); one written since start stays where it is.
+    fn insert_found(&self, number: u64, found: Vec<(Digest, u64)>, verified: bool) {
+        {
+            // Room for all at once: growing rehashes everything so far, a pause per doubling.
+            let mut state = self.state.write().unwrap();
+            state.index.reserve(found.len());
+            if let Some(segment) = state.segments.get_mut(&number) {
+                segment.keys.reserve(found.len());
+            }
+        }
+        for chunk in found.chunks(LOAD_CHUNK) {
+            let mut state = self.state.write().unwrap();
+            let State {
+                index, segments, ..
+            } = &mut *state;
+            let Some(segment) = segments.get_mut(&number) else {
+                return; // evicted meanwhile
+            };
+            for &(digest, offset) in chunk {
+                let location = Location {
+                    segment: number,
+                    offset,
+                    verified,
+                };
+                match index.entry(digest) {
+                    Entry::Occupied(o) if o.get().segment >= number => continue,
+                    Entry::Occupied(mut o) => *o.get_mut() = location,
+                    Entry::Vacant(v) => {
+                        v.insert(location);
+                    }
+                }
+                segment.keys.push(digest);
+            }
+        }
+    }
+
+    /// Hashes the blobs of segment `number` that its index file listed: each one that verifies
+    /// is marked so, and the others leave the index.
+    fn verify_segment(&self, number: u64) -> io::Result<()> {
+        let Some((file, len)) = self.segment_file(number) else {
+            return Ok(());
+        };
+        let mut bytes = vec![0; len as usize];
+        file.read_exact_at(&mut bytes, 0)?;
+        let (records, _) = decode(&bytes, 0);
+        for chunk in records.chunks(LOAD_CHUNK) {
+            let mut state = self.state.write().unwrap();
+            let State {
+                index, segments, ..
+            } = &mut *state;
+            let Some(segment) = segments.get_mut(&number) else {
+                return Ok(());
+            };
+            for &(digest, offset) in chunk {
+                match index.get_mut(&digest) {
+                    Some(l) if l.segment == number && l.offset == offset => l.verified = true,
+                    Some(_) => {}
+                    None => {
+                        // Its index entry was damaged.
+                        let location = Location {
+                            segment: number,
+                            offset,
+                            verified: true,
+                        };
+                        index.insert(digest, location);
+                        segment.keys.push(digest);
+                    }
+                }
+            }
         }
         let mut state = self.state.write().unwrap();
         let State {
-            index,
-            segments,
-            bytes: total,
+            index, segments, ..
         } = &mut *state;
         let Some(segment) = segments.get_mut(&number) else {
-            return Ok(()); // evicted meanwhile
+            return Ok(());
         };
-        *total -= segment.bytes - valid;
-        segment.bytes = valid;
-        for (digest, offset) in records {
-            if index.contains_key(&digest) {
-                continue; // written again since start
+        segment.keys.retain(|key| match index.get(key) {
+            Some(l) if l.segment == number && !l.verified => {
+                tracing::warn!(dir = %self.dir.display(), "segment {number:016x}: blob {key} does not hash to its digest; dropped");
+                index.remove(key);
+                false
             }
-            index.insert(
-                digest,
-                Location {
-                    segment: number,
-                    offset,
-                },
-            );
-            segment.keys.push(digest);
-        }
+            _ => true,
+        });
         Ok(())
     }
 
-    /// Where `digest` is, waiting for the load at start when the index lacks it.
-    fn locate(&self, digest: &Digest) -> Option<(Location, Arc<File>, bool)> {
+    /// Where `digest` is, verified: waits for the index files at start when the index lacks the
+    /// blob, and hashes a blob not verified yet (dropping it if it does not verify).
+    fn locate(&self, digest: &Digest) -> io::Result<Option<Found>> {
         let lookup = || {
             let state = self.state.read().unwrap();
             let location = *state.index.get(digest)?;
@@ -293,55 +443,115 @@ impl Packed {
                         .map(|(_, s)| s.bytes)
                         .sum::<u64>()
                     < quarter;
-            Some((location, file, old))
+            Some(Found {
+                location,
+                file,
+                old,
+                data: None,
+            })
         };
-        if let Some(found) = lookup() {
-            return Some(found);
+        let found = match lookup() {
+            Some(found) => found,
+            None if self.stage() == Start::Loading => {
+                self.wait_for(Start::Verifying);
+                match lookup() {
+                    Some(found) => found,
+                    None => return Ok(None),
+                }
+            }
+            None => return Ok(None),
+        };
+        if found.location.verified {
+            return Ok(Some(found));
         }
-        if !self.loading() {
-            return None;
+        self.verify(digest, found)
+    }
+
+    /// Hashes a blob found but not verified yet: marks it verified, or drops it.
+    fn verify(&self, digest: &Digest, mut found: Found) -> io::Result<Option<Found>> {
+        let mut data = vec![0; digest.size() as usize];
+        found.file.read_exact_at(&mut data, found.location.offset)?;
+        let good = digest.function().digest_of(&data) == *digest;
+        let mut state = self.state.write().unwrap();
+        let here = |l: &&mut Location| {
+            (l.segment, l.offset) == (found.location.segment, found.location.offset)
+        };
+        let Some(location) = state.index.get_mut(digest).filter(here) else {
+            return Ok(good.then_some(found)); // moved or evicted meanwhile
+        };
+        if !good {
+            tracing::warn!(dir = %self.dir.display(), "blob {digest} does not hash to its digest; dropped");
+            state.index.remove(digest);
+            return Ok(None);
         }
-        self.wait_loaded();
-        lookup()
+        location.verified = true;
+        found.data = Some(data);
+        Ok(Some(found))
     }
 
     /// Whether the blob is here, waiting for the index at start if it lacks the blob.
     pub fn contains(&self, digest: &Digest) -> bool {
-        self.locate(digest).is_some()
+        match self.locate(digest) {
+            Ok(found) => found.is_some(),
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), "looking up packed blob {digest}: {e}");
+                false
+            }
+        }
     }
 
-    /// Whether the index has the blob now (never waits).
+    /// Whether the index has the blob, verified, now (never waits, never reads).
     pub fn contains_now(&self, digest: &Digest) -> bool {
-        self.state.read().unwrap().index.contains_key(digest)
+        let state = self.state.read().unwrap();
+        state.index.get(digest).is_some_and(|l| l.verified)
     }
 
-    /// Whether the segments found at start are still being indexed.
-    pub fn loading(&self) -> bool {
-        *self.loading.lock().unwrap()
+    /// Whether a lookup may have to wait or read: the index files found at start are still
+    /// being read, or their blobs hashed. Until then, [`Packed::contains_now`] may miss a blob
+    /// that [`Packed::contains`] finds.
+    pub fn settling(&self) -> bool {
+        self.stage() != Start::Done
+    }
+
+    fn stage(&self) -> Start {
+        *self.start.lock().unwrap()
     }
 
     /// `len` bytes of the blob from `offset` (the caller checks the range); None if absent.
     pub fn read(&self, digest: &Digest, offset: u64, len: u64) -> StoreResult<Option<Bytes>> {
-        let Some((location, file, old)) = self.locate(digest) else {
+        let io_error = |e| StoreError::io(format!("reading packed blob {digest}"), e);
+        let Some(found) = self.locate(digest).map_err(io_error)? else {
             return Ok(None);
         };
-        let io_error = |e| StoreError::io(format!("reading packed blob {digest}"), e);
-        if old {
+        let whole = match (found.data, found.old) {
+            (Some(data), _) => Some(data),
+            (None, true) => {
+                let mut data = vec![0; digest.size() as usize];
+                found
+                    .file
+                    .read_exact_at(&mut data, found.location.offset)
+                    .map_err(io_error)?;
+                Some(data)
+            }
+            (None, false) => None,
+        };
+        let Some(whole) = whole else {
+            let mut data = vec![0; len as usize];
+            found
+                .file
+                .read_exact_at(&mut data, found.location.offset + offset)
+                .map_err(io_error)?;
+            return Ok(Some(Bytes::from(data)));
+        };
+        if found.old {
             // Copied to the newest segment before the oldest go; the copy needs no sync (the
             // original is synced, and a torn copy is cut off at start).
-            let mut data = vec![0; digest.size() as usize];
-            file.read_exact_at(&mut data, location.offset)
-                .map_err(io_error)?;
-            if let Err(e) = self.append(&[(*digest, &data)], Append::Refresh) {
+            if let Err(e) = self.append(&[(*digest, &whole)], Append::Refresh) {
                 tracing::debug!("refreshing packed blob {digest}: {e}");
             }
-            let end = (offset + len) as usize;
-            return Ok(Some(Bytes::from(data).slice(offset as usize..end)));
         }
-        let mut data = vec![0; len as usize];
-        file.read_exact_at(&mut data, location.offset + offset)
-            .map_err(io_error)?;
-        Ok(Some(Bytes::from(data)))
+        let end = (offset + len) as usize;
+        Ok(Some(Bytes::from(whole).slice(offset as usize..end)))
     }
 
     /// Stores blobs whose digests the caller has verified, each at most [`PACKED_MAX_BLOB`]:
@@ -375,7 +585,12 @@ impl Packed {
                 continue; // evicted already (a bound smaller than a few batches)
             };
             for &(digest, offset) in &placed {
-                index.insert(digest, Location { segment, offset });
+                let location = Location {
+                    segment,
+                    offset,
+                    verified: true,
+                };
+                index.insert(digest, location);
             }
             entry.keys.extend(placed.iter().map(|(digest, _)| *digest));
         }
@@ -383,13 +598,14 @@ impl Packed {
     }
 
     /// Writes as many of `pending` as fit in the segment being written (at least one), starting
-    /// a new segment first when it is full. The blobs are not visible yet.
+    /// a new segment first when it is full, and lists them in its index file. The blobs are not
+    /// visible yet.
     fn write_some<'a>(
         &self,
         pending: &mut std::iter::Peekable<impl Iterator<Item = &'a (Digest, &'a [u8])>>,
     ) -> io::Result<Written> {
         let mut writer = self.writer.lock().unwrap();
-        if writer.created && writer.len >= self.segment_bytes {
+        if writer.index.is_some() && writer.len >= self.segment_bytes {
             if self.sync_writes {
                 // Sealed synced: a sync of a newer segment then covers every older one.
                 let state = self.state.read().unwrap();
@@ -398,38 +614,42 @@ impl Packed {
             *writer = Writer {
                 segment: writer.segment + 1,
                 len: 0,
-                created: false,
+                index: None,
             };
         }
-        if !writer.created {
-            self.create_segment(writer.segment)?;
-            writer.created = true;
+        if writer.index.is_none() {
+            writer.index = Some((self.create_segment(writer.segment)?, 0));
         }
         let mut records = Vec::new();
+        let mut entries = Vec::new();
         let mut placed = Vec::new();
         while let Some((digest, data)) = pending.peek() {
-            let data_at = records.len() + HEADER + digest.hash().len();
-            let end = writer.len + (data_at + data.len()) as u64;
-            if !records.is_empty() && end > self.segment_bytes {
+            let data_at = data_offset(digest, writer.len + records.len() as u64);
+            if !records.is_empty() && data_at + data.len() as u64 > self.segment_bytes {
                 break;
             }
-            let data_at = writer.len + data_at as u64;
             encode(digest, data, &mut records);
+            encode_entry(digest, data_at, &mut entries);
             placed.push((*digest, data_at));
             pending.next();
         }
         let n = records.len() as u64;
         let file = {
             let mut state = self.state.write().unwrap();
-            self.evict(&mut state, n);
+            self.evict(&mut state, n + entries.len() as u64);
             state.segments[&writer.segment].file.clone()
         };
         file.write_all_at(&records, writer.len)?;
         writer.len += n;
+        if let Some((index, index_len)) = &mut writer.index {
+            index.write_all_at(&entries, *index_len)?;
+            *index_len += entries.len() as u64;
+        }
         let mut state = self.state.write().unwrap();
-        state.bytes += n;
+        state.bytes += n + entries.len() as u64;
         if let Some(entry) = state.segments.get_mut(&writer.segment) {
             entry.bytes = writer.len;
+            entry.index_bytes += entries.len() as u64;
         }
         Ok(Written {
             segment: writer.segment,
@@ -460,22 +680,27 @@ impl Packed {
     }
 
     /// Deletes the oldest segments (not the one being written) until `incoming` more bytes fit
-    /// the bound. Nothing is deleted while the segments found at start are being indexed: the
-    /// load evicts when it ends.
+    /// the bound. Nothing is deleted while the index files found at start are being read: the
+    /// load evicts when they are.
     fn evict(&self, state: &mut State, incoming: u64) {
-        if *self.loading.lock().unwrap() {
+        if self.stage() == Start::Loading {
             return;
         }
         while state.bytes + incoming > self.max_bytes && state.segments.len() > 1 {
             let (number, segment) = state.segments.pop_first().expect("more than one");
-            state.bytes -= segment.bytes;
+            state.bytes -= segment.bytes + segment.index_bytes;
             for key in &segment.keys {
                 if state.index.get(key).is_some_and(|l| l.segment == number) {
                     state.index.remove(key);
                 }
             }
-            if let Err(e) = fs::remove_file(segment_path(&self.dir, number)) {
-                tracing::warn!(dir = %self.dir.display(), "removing segment {number:016x}: {e}");
+            for path in [
+                segment_path(&self.dir, number),
+                index_path(&self.dir, number),
+            ] {
+                if let Err(e) = fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), "removing a segment: {e}");
+                }
             }
         }
     }
@@ -486,24 +711,31 @@ impl Packed {
         (state.index.len(), state.bytes)
     }
 
-    /// Waits until the segments found at start are indexed.
-    fn wait_loaded(&self) {
-        let mut loading = self.loading.lock().unwrap();
-        while *loading {
-            loading = self.loaded.wait(loading).unwrap();
+    /// Waits until the work at start has reached `stage`.
+    fn wait_for(&self, stage: Start) {
+        let mut start = self.start.lock().unwrap();
+        while *start < stage {
+            start = self.loaded.wait(start).unwrap();
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::format::HEADER;
     use super::*;
+    use clientd_digest::DigestFunction;
 
     fn blob(seed: u64, len: usize) -> (Digest, Vec<u8>) {
         let data: Vec<u8> = (0..len)
             .map(|i| (seed.wrapping_mul(31).wrapping_add(i as u64 * 7) >> 3) as u8 ^ seed as u8)
             .collect();
         (DigestFunction::Sha256.digest_of(&data), data)
+    }
+
+    fn files(dir: &Path, extension: &str) -> usize {
+        let names = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name());
+        names.filter(|n| numbered(n, extension).is_some()).count()
     }
 
     fn put(packed: &Packed, blobs: &[(Digest, Vec<u8>)]) {
@@ -545,8 +777,12 @@ mod tests {
         assert_eq!(read(&packed, &blob(999, 10).0), None);
         // Each start appends to a new segment.
         put(&packed, &[blob(1000, 10)]);
-        let segments = fs::read_dir(dir.path()).unwrap().count();
-        assert_eq!(segments, 2);
+        assert_eq!(files(dir.path(), "pack"), 2);
+        assert_eq!(
+            files(dir.path(), "idx"),
+            2,
+            "each segment has its index file"
+        );
     }
 
     #[test]
@@ -595,7 +831,7 @@ mod tests {
         bytes.extend_from_slice(&record[..record.len() - 1]);
         fs::write(&path, &bytes).unwrap();
         let packed = Packed::open(dir.path(), 1 << 30, true).unwrap();
-        packed.wait_loaded();
+        packed.wait_for(Start::Done);
         assert!(!packed.contains(&torn));
         assert_eq!(
             fs::metadata(&path).unwrap().len(),
@@ -612,7 +848,7 @@ mod tests {
         bytes[second + 7] ^= 1;
         fs::write(&path, &bytes).unwrap();
         let packed = Packed::open(dir.path(), 1 << 30, true).unwrap();
-        packed.wait_loaded();
+        packed.wait_for(Start::Done);
         assert!(!packed.contains(&blobs[1].0));
         assert_eq!(packed.usage().0, 9);
         assert!(read(&packed, &blobs[9].0) == Some(blobs[9].1.clone()));
@@ -623,7 +859,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bound = 2 << 20; // segments of 256 KiB
         let packed = Packed::open(dir.path(), bound, false).unwrap();
-        packed.wait_loaded();
+        packed.wait_for(Start::Done);
         let kept = blob(0, 4000);
         put(&packed, std::slice::from_ref(&kept));
         let mut first = None;
@@ -648,5 +884,71 @@ mod tests {
         assert!(!packed.contains(&first.unwrap()), "the oldest went");
         assert!(packed.contains(&kept.0), "the blob in use stayed");
         assert!(packed.contains(&blob(1999, 4000).0));
+    }
+
+    #[test]
+    fn start_up_reads_index_files_and_a_lagging_one_is_completed_from_its_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs: Vec<_> = (0..200).map(|i| blob(i, 100 + i as usize)).collect();
+        {
+            let packed = Packed::open(dir.path(), 1 << 30, true).unwrap();
+            put(&packed, &blobs[..100]);
+            put(&packed, &blobs[100..]);
+        }
+        let index = index_path(dir.path(), 0);
+        let whole = fs::read(&index).unwrap();
+        // Lost at a crash: the second batch's entries and a few bytes of the first's.
+        fs::write(&index, &whole[..whole.len() / 2 - 5]).unwrap();
+        let packed = Packed::open(dir.path(), 1 << 30, true).unwrap();
+        for (digest, data) in &blobs {
+            assert!(read(&packed, digest).as_ref() == Some(data), "{digest}");
+        }
+        packed.wait_for(Start::Done);
+        assert_eq!(fs::read(&index).unwrap(), whole, "rewritten whole");
+        let (n, bytes) = packed.usage();
+        let on_disk: u64 = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert_eq!((n, bytes), (200, on_disk), "index files count in the bound");
+        drop(packed);
+        // No index file at all (a cache from before they existed): one is written.
+        fs::remove_file(&index).unwrap();
+        let packed = Packed::open(dir.path(), 1 << 30, true).unwrap();
+        packed.wait_for(Start::Done);
+        assert_eq!(fs::read(&index).unwrap(), whole);
+        assert_eq!(packed.usage().0, 200);
+    }
+
+    #[test]
+    fn a_blob_the_index_file_lists_is_verified_before_it_is_served_or_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs: Vec<_> = (0..50).map(|i| blob(i, 300)).collect();
+        {
+            let packed = Packed::open(dir.path(), 1 << 30, true).unwrap();
+            put(&packed, &blobs);
+        }
+        // A bad disk block under blob 10's bytes, and a bit flipped in blob 20's index entry.
+        let segment = segment_path(dir.path(), 0);
+        let mut bytes = fs::read(&segment).unwrap();
+        let record = HEADER + 32 + 300;
+        bytes[10 * record + HEADER + 32 + 7] ^= 1;
+        fs::write(&segment, &bytes).unwrap();
+        let index = index_path(dir.path(), 0);
+        let mut entries = fs::read(&index).unwrap();
+        entries[20 * (16 + 32) + 16 + 3] ^= 1;
+        fs::write(&index, &entries).unwrap();
+        let packed = Packed::open(dir.path(), 1 << 30, true).unwrap();
+        // Asked for whether or not the thread at start has reached it: refused either way.
+        assert!(!packed.contains(&blobs[10].0));
+        assert_eq!(read(&packed, &blobs[10].0), None);
+        assert!(read(&packed, &blobs[11].0) == Some(blobs[11].1.clone()));
+        packed.wait_for(Start::Done);
+        assert!(!packed.contains(&blobs[10].0));
+        assert!(packed.contains_now(&blobs[11].0), "verified by the thread");
+        // The blob whose entry was garbled is found by reading the segment, and nothing is
+        // served under the garbled digest.
+        assert!(read(&packed, &blobs[20].0) == Some(blobs[20].1.clone()));
+        assert_eq!(packed.usage().0, 49);
     }
 }
