@@ -211,11 +211,10 @@ impl<K: DiskKey> DiskLru<K> {
         }
     }
 
-    /// While the scan runs: the file of an entry the index does not have yet, if it is on disk.
+    /// The file of an entry the index does not have yet, if it is on disk: asked when the index
+    /// missed it while the scan at start was running (read before the index: the scan may have
+    /// indexed it and ended since).
     fn unindexed(&self, key: &K) -> Option<File> {
-        if !self.loading() {
-            return None;
-        }
         let file = File::open(self.root.join(key.rel_path())).ok()?;
         let len = file.metadata().ok()?.len();
         key.expected_len()
@@ -338,12 +337,13 @@ impl<K: DiskKey> DiskLru<K> {
     /// Opens the entry for reading, marking it recently used. None if absent.
     pub fn open_file(&self, key: &K) -> StoreResult<Option<File>> {
         let now = self.now_secs();
+        let loading = self.loading();
         let touch = {
             let mut index = self.index.lock().unwrap();
             match index.lru.get_mut(key) {
                 None => {
                     drop(index);
-                    return Ok(self.unindexed(key));
+                    return Ok(loading.then(|| self.unindexed(key)).flatten());
                 }
                 Some(entry) if now.saturating_sub(entry.touched) >= TOUCH_INTERVAL.as_secs() => {
                     entry.touched = now;
@@ -372,11 +372,12 @@ impl<K: DiskKey> DiskLru<K> {
 
     /// For each key, whether it is present; present ones count as recently used.
     pub fn contains(&self, keys: &[K]) -> Vec<bool> {
+        let loading = self.loading();
         let mut present: Vec<bool> = {
             let mut index = self.index.lock().unwrap();
             keys.iter().map(|k| index.lru.get(k).is_some()).collect()
         };
-        if self.loading() {
+        if loading {
             for (key, present) in keys.iter().zip(&mut present) {
                 *present = *present || self.unindexed(key).is_some();
             }

@@ -137,6 +137,9 @@ impl BlobStore for LocalCas {
         _instance_name: &str,
         digests: &[Digest],
     ) -> StoreResult<Vec<Digest>> {
+        // Asked before the quick pass: a blob that pass misses because the work at start had not
+        // reached it then must get the slow one, even if that work has ended since.
+        let settling = self.packed.settling();
         let present = self.blobs.contains(digests);
         let mut missing: Vec<Digest> = digests
             .iter()
@@ -145,9 +148,9 @@ impl BlobStore for LocalCas {
             .filter(|(d, _)| !(packs(d) && self.packed.contains_now(d)))
             .map(|(d, _)| *d)
             .collect();
-        if self.packed.settling() && missing.iter().any(packs) {
-            // Packed blobs not indexed or verified yet: asked again on a blocking thread, which waits for the
-            // index rather than report a committed blob missing.
+        if settling && missing.iter().any(packs) {
+            // Packed blobs not indexed or verified yet: asked again on a blocking thread, which
+            // waits for the index rather than report a committed blob missing.
             let packed = self.packed.clone();
             missing = tokio::task::spawn_blocking(move || {
                 missing.retain(|d| !(packs(d) && packed.contains(d)));

@@ -450,9 +450,12 @@ impl Packed {
                 data: None,
             })
         };
+        // The stage is read first: a blob missed while the index files were being read is looked
+        // up again once they are, even if that happened just after the miss.
+        let stage = self.stage();
         let found = match lookup() {
             Some(found) => found,
-            None if self.stage() == Start::Loading => {
+            None if stage == Start::Loading => {
                 self.wait_for(Start::Verifying);
                 match lookup() {
                     Some(found) => found,
