@@ -746,6 +746,13 @@ mod tests {
         packed.put(&batch).unwrap();
     }
 
+    /// A directory with `blobs` stored in it by a Packed since closed.
+    fn stored(blobs: &[(Digest, Vec<u8>)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        put(&Packed::open(dir.path(), 1 << 30, true).unwrap(), blobs);
+        dir
+    }
+
     fn read(packed: &Packed, digest: &Digest) -> Option<Vec<u8>> {
         packed
             .read(digest, 0, digest.size())
@@ -817,12 +824,8 @@ mod tests {
 
     #[test]
     fn a_torn_tail_is_cut_off_and_a_damaged_blob_never_served() {
-        let dir = tempfile::tempdir().unwrap();
         let blobs: Vec<_> = (0..10).map(|i| blob(i, 500)).collect();
-        {
-            let packed = Packed::open(dir.path(), 1 << 30, true).unwrap();
-            put(&packed, &blobs);
-        }
+        let dir = stored(&blobs);
         let path = segment_path(dir.path(), 0);
         let whole = fs::metadata(&path).unwrap().len();
         // A record cut short (power loss mid-write), and a record whose bytes do not hash to its
@@ -925,12 +928,8 @@ mod tests {
 
     #[test]
     fn a_blob_the_index_file_lists_is_verified_before_it_is_served_or_reported() {
-        let dir = tempfile::tempdir().unwrap();
         let blobs: Vec<_> = (0..50).map(|i| blob(i, 300)).collect();
-        {
-            let packed = Packed::open(dir.path(), 1 << 30, true).unwrap();
-            put(&packed, &blobs);
-        }
+        let dir = stored(&blobs);
         // A bad disk block under blob 10's bytes, and a bit flipped in blob 20's index entry.
         let segment = segment_path(dir.path(), 0);
         let mut bytes = fs::read(&segment).unwrap();
