@@ -2,8 +2,9 @@
 //!
 //! A segment is a run of records: `cdp1`, the digest function's code, three bytes of padding, the
 //! blob's length (u32, little-endian), the hash, then the blob. Its index file (`<seq>.idx`)
-//! lists the same records in order, without their bytes: `i`, the function's code, two bytes of
-//! padding, the length (u32), where the blob's bytes start in the segment (u64), then the hash.
+//! lists the same records in order, without their bytes: `i`, the function's code, two bytes that
+//! readers ignore (in memory, the first marks a blob verified since start), the length (u32),
+//! where the blob's bytes start in the segment (u64), then the hash.
 //! The index is a hint, written without a sync: start-up reads it instead of the segment, checks
 //! that its entries lie in order within the segment, and verifies the blobs later.
 
@@ -17,6 +18,10 @@ pub(super) const HEADER: usize = 12;
 const ENTRY_MAGIC: u8 = b'i';
 /// An index entry before its hash: magic, function, padding, length, offset.
 const ENTRY_HEADER: usize = 16;
+/// An entry with a SHA-256 hash, the usual one: start-up sizes the index by it.
+pub(super) const SHA256_ENTRY: u64 = ENTRY_HEADER as u64 + 32;
+/// The byte of an entry that, in memory, marks its blob verified.
+pub(super) const VERIFIED: usize = 2;
 
 fn function_code(function: DigestFunction) -> u8 {
     DigestFunction::ALL
@@ -81,33 +86,79 @@ pub(super) fn encode_entry(digest: &Digest, data_at: u64, out: &mut Vec<u8>) {
     out.extend_from_slice(digest.hash());
 }
 
-/// The entries of an index file for a segment of `segment_len` bytes, in order, as long as each
-/// is whole and its record lies after the one before and within the segment; and where the
+/// An index entry, read in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Entry<'a> {
+    pub function: DigestFunction,
+    pub len: u64,
+    /// Where the blob's bytes start in the segment.
+    pub data_at: u64,
+    pub hash: &'a [u8],
+}
+
+impl Entry<'_> {
+    pub fn digest(&self) -> Digest {
+        Digest::from_raw(self.function, self.hash, self.len).expect("the function's length")
+    }
+
+    pub fn is(&self, digest: &Digest) -> bool {
+        (self.function, self.len, self.hash) == (digest.function(), digest.size(), digest.hash())
+    }
+
+    /// Whether both entries list the same blob (wherever its bytes are).
+    pub fn same_blob(&self, other: &Entry) -> bool {
+        (self.function, self.len, self.hash) == (other.function, other.len, other.hash)
+    }
+
+    /// Its length in the index.
+    pub fn bytes(&self) -> usize {
+        ENTRY_HEADER + self.hash.len()
+    }
+}
+
+/// The entry that starts at `at` in `bytes`, if a whole one does.
+pub(super) fn entry_at(bytes: &[u8], at: usize) -> Option<Entry<'_>> {
+    let header = bytes.get(at..at + ENTRY_HEADER)?;
+    let function = function_of(header[1]).filter(|_| header[0] == ENTRY_MAGIC)?;
+    let hash_at = at + ENTRY_HEADER;
+    Some(Entry {
+        function,
+        len: u32_at(header, 4).into(),
+        data_at: u64::from_le_bytes(header[8..16].try_into().expect("8 bytes")),
+        hash: bytes.get(hash_at..hash_at + function.hash_len())?,
+    })
+}
+
+/// How many bytes of an index file for a segment of `segment_len` bytes hold entries to believe:
+/// whole ones, in order, each record after the one before and within the segment; and where the
 /// records they list end in the segment (0 for none). What follows (a torn or garbled tail, when
 /// the index lagged its segment at a crash) is not used: the caller reads the segment from there.
-pub(super) fn decode_index(bytes: &[u8], segment_len: u64) -> (Vec<(Digest, u64)>, u64) {
-    let mut found = Vec::new();
+pub(super) fn decode_index(bytes: &[u8], segment_len: u64) -> (usize, u64) {
     let (mut at, mut end) = (0usize, 0u64);
-    while let Some(header) = bytes.get(at..at + ENTRY_HEADER) {
-        let Some(function) = function_of(header[1]).filter(|_| header[0] == ENTRY_MAGIC) else {
-            break;
-        };
-        let len = u32_at(header, 4) as u64;
-        let data_at = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
-        let hash_at = at + ENTRY_HEADER;
-        let Some(hash) = bytes.get(hash_at..hash_at + function.hash_len()) else {
-            break;
-        };
-        let record_at = data_at.checked_sub((HEADER + function.hash_len()) as u64);
-        if record_at.is_none_or(|r| r < end) || data_at.saturating_add(len) > segment_len {
+    while let Some(entry) = entry_at(bytes, at) {
+        let record_at = entry
+            .data_at
+            .checked_sub((HEADER + entry.hash.len()) as u64);
+        if record_at.is_none_or(|r| r < end)
+            || entry.data_at.saturating_add(entry.len) > segment_len
+        {
             break;
         }
-        let digest = Digest::from_raw(function, hash, len).expect("the function's length");
-        found.push((digest, data_at));
-        end = data_at + len;
-        at = hash_at + function.hash_len();
+        end = entry.data_at + entry.len;
+        at += entry.bytes();
     }
-    (found, end)
+    (at, end)
+}
+
+/// The entries of index bytes that [`decode_index`] accepted, each with where it starts.
+pub(super) fn entries(bytes: &[u8]) -> impl Iterator<Item = (usize, Entry<'_>)> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let entry = entry_at(bytes, at)?;
+        let start = at;
+        at += entry.bytes();
+        Some((start, entry))
+    })
 }
 
 #[cfg(test)]
@@ -126,12 +177,19 @@ mod tests {
         (segment, index, placed)
     }
 
+    /// The entries that decode_index believes, and where their records end.
+    fn listed(index: &[u8], segment_len: u64) -> (Vec<(Digest, u64)>, u64) {
+        let (bytes, end) = decode_index(index, segment_len);
+        let entries = entries(&index[..bytes]).map(|(_, e)| (e.digest(), e.data_at));
+        (entries.collect(), end)
+    }
+
     #[test]
     fn the_index_lists_what_decoding_the_segment_finds() {
         let (segment, index, placed) = records(&[b"one", b"", b"three three"]);
         let len = segment.len() as u64;
         assert_eq!(decode(&segment, 0), (placed.clone(), len));
-        assert_eq!(decode_index(&index, len), (placed.clone(), len));
+        assert_eq!(listed(&index, len), (placed.clone(), len));
         // Decoding from the middle gives offsets in the segment.
         let second = placed[1].1 - data_offset(&placed[1].0, 0);
         assert_eq!(
@@ -148,20 +206,17 @@ mod tests {
         let end_of = |i: usize| placed[i].1 + placed[i].0.size();
         // A torn entry, zeros (pages never written), an entry past a segment cut short.
         assert_eq!(
-            decode_index(&index[..index.len() - 1], len),
+            listed(&index[..index.len() - 1], len),
             (placed[..2].to_vec(), end_of(1))
         );
         let mut zeros = index[..entry].to_vec();
         zeros.extend_from_slice(&[0; 100]);
-        assert_eq!(decode_index(&zeros, len), (placed[..1].to_vec(), end_of(0)));
-        assert_eq!(
-            decode_index(&index, len - 1),
-            (placed[..2].to_vec(), end_of(1))
-        );
+        assert_eq!(listed(&zeros, len), (placed[..1].to_vec(), end_of(0)));
+        assert_eq!(listed(&index, len - 1), (placed[..2].to_vec(), end_of(1)));
         // An entry that goes back into the record before it.
         let mut back = index[..2 * entry].to_vec();
         back.extend_from_slice(&index[..entry]);
-        assert_eq!(decode_index(&back, len), (placed[..2].to_vec(), end_of(1)));
-        assert_eq!(decode_index(&[], len), (vec![], 0));
+        assert_eq!(listed(&back, len), (placed[..2].to_vec(), end_of(1)));
+        assert_eq!(listed(&[], len), (vec![], 0));
     }
 }

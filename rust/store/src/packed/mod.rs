@@ -19,16 +19,22 @@
 //!   appended to with each write and never synced: at start it is believed only as far as it
 //!   agrees with its segment, and the segment is read from there (the tail a crash left). Then a
 //!   thread hashes every blob the index files listed; until it has, a blob is hashed when first
-//!   asked for. Until the index files are read, a lookup of a blob the index lacks waits, so a
-//!   committed blob is never reported missing.
+//!   asked for. Until the index files are read, a lookup of a blob the index lacks waits (and
+//!   looks again as each chunk of entries comes in), so a committed blob is never reported
+//!   missing. The index in memory is compact, see [`index`], so that a million blobs load in
+//!   well under a tenth of a second.
 
 mod format;
+mod index;
+mod start;
+mod table;
 
 use crate::error::{StoreError, StoreResult};
 use bytes::Bytes;
-use clientd_digest::{Digest, DigestMap};
-use format::{data_offset, decode, decode_index, encode, encode_entry};
-use std::collections::hash_map::Entry;
+use clientd_digest::Digest;
+use format::{data_offset, encode, encode_entry};
+use index::{Index, Location};
+use start::{Progress, Start};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -40,9 +46,6 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 /// most a quarter, and reads stream).
 pub const PACKED_MAX_BLOB: u64 = 16 << 10;
 
-/// Index entries taken in per hold of the lock at start, so lookups are not held up long.
-const LOAD_CHUNK: usize = 4096;
-
 /// What an append is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Append {
@@ -52,36 +55,25 @@ enum Append {
     Refresh,
 }
 
-/// Where a blob's bytes are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Location {
-    segment: u64,
-    offset: u64,
-    /// Whether the bytes have hashed to the digest since start.
-    verified: bool,
-}
-
 struct Segment {
     file: Arc<File>,
     /// The segment's length.
     bytes: u64,
     /// Its index file's length (counted in the bound too).
     index_bytes: u64,
-    /// The blobs indexed in it (some may since have been indexed in a newer segment).
-    keys: Vec<Digest>,
 }
 
 struct State {
-    index: DigestMap<Location>,
+    index: Index,
     /// Oldest first; the last one is being appended to (once its first write created it).
-    segments: BTreeMap<u64, Segment>,
+    segments: BTreeMap<u32, Segment>,
     /// The segments' and their index files' bytes.
     bytes: u64,
 }
 
 /// Blobs just written to a segment, not visible yet.
 struct Written {
-    segment: u64,
+    segment: u32,
     file: Arc<File>,
     /// The segment's length after them.
     end: u64,
@@ -91,20 +83,10 @@ struct Written {
 
 /// The segment being appended to: its number and length, and its index file.
 struct Writer {
-    segment: u64,
+    segment: u32,
     len: u64,
     /// Created by the first write, so a start costs no sync.
     index: Option<(File, u64)>,
-}
-
-/// What the start-up work has yet to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Start {
-    /// Reading the index files: a blob the index lacks may yet be found.
-    Loading,
-    /// Hashing the blobs the index files listed: one not hashed yet is hashed when asked for.
-    Verifying,
-    Done,
 }
 
 /// A blob found in the index, verified.
@@ -125,25 +107,25 @@ pub struct Packed {
     state: RwLock<State>,
     writer: Mutex<Writer>,
     /// (segment, length) up to which the segments are synced (held while syncing).
-    synced: Mutex<(u64, u64)>,
-    start: Mutex<Start>,
+    synced: Mutex<(u32, u64)>,
+    start: Mutex<Progress>,
     loaded: Condvar,
 }
 
-fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+fn segment_path(dir: &Path, segment: u32) -> PathBuf {
     dir.join(format!("{segment:016x}.pack"))
 }
 
-fn index_path(dir: &Path, segment: u64) -> PathBuf {
+fn index_path(dir: &Path, segment: u32) -> PathBuf {
     dir.join(format!("{segment:016x}.idx"))
 }
 
-/// The segment number in a file name `<seq>.<extension>`.
-fn numbered(name: &std::ffi::OsStr, extension: &str) -> Option<u64> {
+/// The segment number in a file name `<seq>.<extension>` (16 hex digits, of which the index
+/// uses 8: a new segment every millisecond would take 50 days to pass them).
+fn numbered(name: &std::ffi::OsStr, extension: &str) -> Option<u32> {
     let stem = name.to_str()?.strip_suffix(extension)?.strip_suffix('.')?;
-    (stem.len() == 16)
-        .then(|| u64::from_str_radix(stem, 16).ok())
-        .flatten()
+    let number = (stem.len() == 16).then(|| u64::from_str_radix(stem, 16).ok())??;
+    number.try_into().ok()
 }
 
 impl Packed {
@@ -170,7 +152,6 @@ impl Packed {
                     file: Arc::new(file),
                     bytes: len,
                     index_bytes: 0,
-                    keys: Vec::new(),
                 },
             );
         }
@@ -182,7 +163,7 @@ impl Packed {
             }
         }
         let bytes = segments.values().map(|s| s.bytes + s.index_bytes).sum();
-        let found: Vec<u64> = segments.keys().copied().collect();
+        let found: Vec<u32> = segments.keys().copied().collect();
         let first = found.last().map_or(0, |n| n + 1);
         let packed = Arc::new(Packed {
             dir: dir.to_path_buf(),
@@ -190,7 +171,7 @@ impl Packed {
             segment_bytes: (max_bytes / 8).clamp(256 << 10, 64 << 20),
             sync_writes,
             state: RwLock::new(State {
-                index: DigestMap::default(),
+                index: Index::default(),
                 segments,
                 bytes,
             }),
@@ -200,7 +181,7 @@ impl Packed {
                 index: None,
             }),
             synced: Mutex::new((0, 0)),
-            start: Mutex::new(Start::Loading),
+            start: Mutex::new(Progress::STARTED),
             loaded: Condvar::new(),
         });
         let loader = packed.clone();
@@ -211,7 +192,7 @@ impl Packed {
     }
 
     /// Creates segment `number` and its index file.
-    fn create_segment(&self, number: u64) -> io::Result<File> {
+    fn create_segment(&self, number: u32) -> io::Result<File> {
         let create = |path| {
             OpenOptions::new()
                 .read(true)
@@ -230,204 +211,16 @@ impl Packed {
                 file: Arc::new(file),
                 bytes: 0,
                 index_bytes: 0,
-                keys: Vec::new(),
             },
         );
         Ok(index)
     }
 
-    /// The work at start: the segments found are indexed, oldest first, from their index files
-    /// (and, past where those end, from the segments); then the blobs the index files listed are
-    /// verified.
-    fn load(&self, found: &[u64]) {
-        let mut listed = Vec::new();
-        for &number in found {
-            match self.load_segment(number) {
-                Ok(true) => listed.push(number),
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(dir = %self.dir.display(), "segment {number:016x}: {e}; its blobs are not used")
-                }
-            }
-        }
-        self.advance(Start::Verifying);
-        self.evict(&mut self.state.write().unwrap(), 0);
-        for number in listed {
-            if let Err(e) = self.verify_segment(number) {
-                tracing::warn!(dir = %self.dir.display(), "verifying segment {number:016x}: {e}");
-            }
-        }
-        self.advance(Start::Done);
-    }
-
-    fn advance(&self, to: Start) {
-        *self.start.lock().unwrap() = to;
-        self.loaded.notify_all();
-    }
-
-    /// Indexes segment `number`: the entries its index file lists (not verified yet), then the
-    /// records after them, verified; a torn tail is cut off, and an index file that lagged is
-    /// rewritten. True if entries came from the index file.
-    fn load_segment(&self, number: u64) -> io::Result<bool> {
-        let Some((file, len)) = self.segment_file(number) else {
-            return Ok(false); // evicted meanwhile
-        };
-        let index = fs::read(index_path(&self.dir, number)).unwrap_or_default();
-        let (listed, covered) = decode_index(&index, len);
-        let mut tail = vec![0; (len - covered) as usize];
-        file.read_exact_at(&mut tail, covered)?;
-        let (scanned, valid) = decode(&tail, covered);
-        if valid < len {
-            let path = segment_path(&self.dir, number);
-            tracing::warn!(path = %path.display(), "cut off {} bytes after the last whole blob", len - valid);
-            OpenOptions::new().write(true).open(&path)?.set_len(valid)?;
-        }
-        if !scanned.is_empty() {
-            // The next start need not read the segment again.
-            let index_bytes = self.rewrite_index(number, listed.iter().chain(&scanned))?;
-            self.resize(number, valid, index_bytes);
-        } else {
-            self.resize(number, valid, index.len() as u64);
-        }
-        let from_index = !listed.is_empty();
-        self.insert_found(number, listed, false);
-        self.insert_found(number, scanned, true);
-        Ok(from_index)
-    }
-
-    fn segment_file(&self, number: u64) -> Option<(Arc<File>, u64)> {
-        let state = self.state.read().unwrap();
-        let segment = state.segments.get(&number)?;
-        Some((segment.file.clone(), segment.bytes))
-    }
-
-    /// Replaces segment `number`'s index file with one listing `entries`; returns its length.
-    fn rewrite_index<'a>(
-        &self,
-        number: u64,
-        entries: impl Iterator<Item = &'a (Digest, u64)>,
-    ) -> io::Result<u64> {
-        let mut bytes = Vec::new();
-        for (digest, offset) in entries {
-            encode_entry(digest, *offset, &mut bytes);
-        }
-        let path = index_path(&self.dir, number);
-        let temporary = path.with_extension("idx.new");
-        fs::write(&temporary, &bytes)?;
-        fs::rename(temporary, path)?;
-        Ok(bytes.len() as u64)
-    }
-
-    /// Sets what segment `number` and its index file occupy, as found at start.
-    fn resize(&self, number: u64, bytes: u64, index_bytes: u64) {
-        let mut state = self.state.write().unwrap();
-        let State {
-            segments,
-            bytes: total,
-            ..
-        } = &mut *state;
-        if let Some(segment) = segments.get_mut(&number) {
-            *total = *total + bytes + index_bytes - segment.bytes - segment.index_bytes;
-            segment.bytes = bytes;
-            segment.index_bytes = index_bytes;
-        }
-    }
-
-    /// Indexes blobs found at start in segment `number`. A blob indexed in an older segment moves
-    /// to this one (a copy made to keep it); one written since start stays where it is.
-    fn insert_found(&self, number: u64, found: Vec<(Digest, u64)>, verified: bool) {
-        {
-            // Room for all at once: growing rehashes everything so far, a pause per doubling.
-            let mut state = self.state.write().unwrap();
-            state.index.reserve(found.len());
-            if let Some(segment) = state.segments.get_mut(&number) {
-                segment.keys.reserve(found.len());
-            }
-        }
-        for chunk in found.chunks(LOAD_CHUNK) {
-            let mut state = self.state.write().unwrap();
-            let State {
-                index, segments, ..
-            } = &mut *state;
-            let Some(segment) = segments.get_mut(&number) else {
-                return; // evicted meanwhile
-            };
-            for &(digest, offset) in chunk {
-                let location = Location {
-                    segment: number,
-                    offset,
-                    verified,
-                };
-                match index.entry(digest) {
-                    Entry::Occupied(o) if o.get().segment >= number => continue,
-                    Entry::Occupied(mut o) => *o.get_mut() = location,
-                    Entry::Vacant(v) => {
-                        v.insert(location);
-                    }
-                }
-                segment.keys.push(digest);
-            }
-        }
-    }
-
-    /// Hashes the blobs of segment `number` that its index file listed: each one that verifies
-    /// is marked so, and the others leave the index.
-    fn verify_segment(&self, number: u64) -> io::Result<()> {
-        let Some((file, len)) = self.segment_file(number) else {
-            return Ok(());
-        };
-        let mut bytes = vec![0; len as usize];
-        file.read_exact_at(&mut bytes, 0)?;
-        let (records, _) = decode(&bytes, 0);
-        for chunk in records.chunks(LOAD_CHUNK) {
-            let mut state = self.state.write().unwrap();
-            let State {
-                index, segments, ..
-            } = &mut *state;
-            let Some(segment) = segments.get_mut(&number) else {
-                return Ok(());
-            };
-            for &(digest, offset) in chunk {
-                match index.get_mut(&digest) {
-                    Some(l) if l.segment == number && l.offset == offset => l.verified = true,
-                    Some(_) => {}
-                    None => {
-                        // Its index entry was damaged.
-                        let location = Location {
-                            segment: number,
-                            offset,
-                            verified: true,
-                        };
-                        index.insert(digest, location);
-                        segment.keys.push(digest);
-                    }
-                }
-            }
-        }
-        let mut state = self.state.write().unwrap();
-        let State {
-            index, segments, ..
-        } = &mut *state;
-        let Some(segment) = segments.get_mut(&number) else {
-            return Ok(());
-        };
-        segment.keys.retain(|key| match index.get(key) {
-            Some(l) if l.segment == number && !l.verified => {
-                tracing::warn!(dir = %self.dir.display(), "segment {number:016x}: blob {key} does not hash to its digest; dropped");
-                index.remove(key);
-                false
-            }
-            _ => true,
-        });
-        Ok(())
-    }
-
-    /// Where `digest` is, verified: waits for the index files at start when the index lacks the
     /// blob, and hashes a blob not verified yet (dropping it if it does not verify).
     fn locate(&self, digest: &Digest) -> io::Result<Option<Found>> {
         let lookup = || {
             let state = self.state.read().unwrap();
-            let location = *state.index.get(digest)?;
+            let location = state.index.get(digest)?;
             let file = state.segments[&location.segment].file.clone();
             // Old: its segment goes once less than a quarter of the bound more is written. While
             // a quarter of the bound is free no blob is, and the segments need not be summed.
@@ -450,19 +243,18 @@ impl Packed {
                 data: None,
             })
         };
-        // The stage is read first: a blob missed while the index files were being read is looked
-        // up again once they are, even if that happened just after the miss.
-        let stage = self.stage();
-        let found = match lookup() {
-            Some(found) => found,
-            None if stage == Start::Loading => {
-                self.wait_for(Start::Verifying);
-                match lookup() {
-                    Some(found) => found,
-                    None => return Ok(None),
-                }
+        // The progress is read before the lookup: a blob missed while the index files were being
+        // read is looked up again once more entries are in, even if they came just after the miss.
+        let mut seen = self.progress();
+        let found = loop {
+            if let Some(found) = lookup() {
+                break found;
             }
-            None => return Ok(None),
+            if seen.stage != Start::Loading {
+                return Ok(None);
+            }
+            self.wait_past(seen);
+            seen = self.progress();
         };
         if found.location.verified {
             return Ok(Some(found));
@@ -476,18 +268,19 @@ impl Packed {
         found.file.read_exact_at(&mut data, found.location.offset)?;
         let good = digest.function().digest_of(&data) == *digest;
         let mut state = self.state.write().unwrap();
-        let here = |l: &&mut Location| {
-            (l.segment, l.offset) == (found.location.segment, found.location.offset)
-        };
-        let Some(location) = state.index.get_mut(digest).filter(here) else {
-            return Ok(good.then_some(found)); // moved or evicted meanwhile
-        };
+        let Location {
+            segment, offset, ..
+        } = found.location;
         if !good {
-            tracing::warn!(dir = %self.dir.display(), "blob {digest} does not hash to its digest; dropped");
-            state.index.remove(digest);
+            if state.index.get(digest) == Some(found.location) {
+                tracing::warn!(dir = %self.dir.display(), "blob {digest} does not hash to its digest; dropped");
+                state.index.remove(digest);
+            }
             return Ok(None);
         }
-        location.verified = true;
+        // If it moved or went meanwhile, the bytes read are still good.
+        state.index.set_verified(digest, segment, offset);
+        found.location.verified = true;
         found.data = Some(data);
         Ok(Some(found))
     }
@@ -514,10 +307,6 @@ impl Packed {
     /// that [`Packed::contains`] finds.
     pub fn settling(&self) -> bool {
         self.stage() != Start::Done
-    }
-
-    fn stage(&self) -> Start {
-        *self.start.lock().unwrap()
     }
 
     /// `len` bytes of the blob from `offset` (the caller checks the range); None if absent.
@@ -581,21 +370,12 @@ impl Packed {
                 self.sync(segment, &file, end).map_err(io_error)?;
             }
             let mut state = self.state.write().unwrap();
-            let State {
-                index, segments, ..
-            } = &mut *state;
-            let Some(entry) = segments.get_mut(&segment) else {
+            if !state.segments.contains_key(&segment) {
                 continue; // evicted already (a bound smaller than a few batches)
-            };
-            for &(digest, offset) in &placed {
-                let location = Location {
-                    segment,
-                    offset,
-                    verified: true,
-                };
-                index.insert(digest, location);
             }
-            entry.keys.extend(placed.iter().map(|(digest, _)| *digest));
+            for (digest, offset) in &placed {
+                state.index.insert(segment, digest, *offset, true);
+            }
         }
         Ok(())
     }
@@ -664,7 +444,7 @@ impl Packed {
 
     /// Makes segment `segment` durable up to `end`: group commit. One caller syncs at a time;
     /// the others wait, and most find their bytes covered by that sync when it ends.
-    fn sync(&self, segment: u64, file: &File, end: u64) -> io::Result<()> {
+    fn sync(&self, segment: u32, file: &File, end: u64) -> io::Result<()> {
         let mut synced = self.synced.lock().unwrap();
         if *synced >= (segment, end) {
             return Ok(());
@@ -692,11 +472,7 @@ impl Packed {
         while state.bytes + incoming > self.max_bytes && state.segments.len() > 1 {
             let (number, segment) = state.segments.pop_first().expect("more than one");
             state.bytes -= segment.bytes + segment.index_bytes;
-            for key in &segment.keys {
-                if state.index.get(key).is_some_and(|l| l.segment == number) {
-                    state.index.remove(key);
-                }
-            }
+            state.index.remove_segment(number);
             for path in [
                 segment_path(&self.dir, number),
                 index_path(&self.dir, number),
@@ -712,14 +488,6 @@ impl Packed {
     pub fn usage(&self) -> (usize, u64) {
         let state = self.state.read().unwrap();
         (state.index.len(), state.bytes)
-    }
-
-    /// Waits until the work at start has reached `stage`.
-    fn wait_for(&self, stage: Start) {
-        let mut start = self.start.lock().unwrap();
-        while *start < stage {
-            start = self.loaded.wait(start).unwrap();
-        }
     }
 }
 
