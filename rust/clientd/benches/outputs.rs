@@ -18,17 +18,6 @@ use std::time::{Duration, Instant};
 
 const BASE: &str = "fedcba9876543210fedcba9876543210";
 
-fn rss_bytes(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        * 1024
-}
-
 #[tokio::main]
 async fn main() {
     let files: usize = env_number("BENCH_FILES", 100_000);
@@ -55,7 +44,7 @@ async fn main() {
         .await
         .unwrap();
 
-    let rss_before = rss_bytes(daemon.pid());
+    let rss_before = daemon.rss_bytes();
     let start = Instant::now();
     for chunk in (0..files).collect::<Vec<_>>().chunks(1000) {
         let codes = stage_files(
@@ -67,7 +56,7 @@ async fn main() {
         assert!(codes.iter().all(|&c| c == 0));
     }
     let stage_time = start.elapsed();
-    let rss_after = rss_bytes(daemon.pid());
+    let rss_after = daemon.rss_bytes();
 
     let paths: Vec<String> = (0..files).map(path).collect();
     let start = Instant::now();
