@@ -2,8 +2,8 @@
 //!
 //! A segment is a run of records: `cdp1`, the digest function's code, three bytes of padding, the
 //! blob's length (u32, little-endian), the hash, then the blob. Its index file (`<seq>.idx`)
-//! lists the same records in order, without their bytes: `i`, the function's code, two bytes that
-//! readers ignore (in memory, the first marks a blob verified since start), the length (u32),
+//! lists the same records in order, without their bytes: `i`, the function's code, two bytes of
+//! padding, the length (u32),
 //! where the blob's bytes start in the segment (u64), then the hash.
 //! The index is a hint, written without a sync: start-up reads it instead of the segment, checks
 //! that its entries lie in order within the segment, and verifies the blobs later.
@@ -20,8 +20,8 @@ const ENTRY_MAGIC: u8 = b'i';
 const ENTRY_HEADER: usize = 16;
 /// An entry with a SHA-256 hash, the usual one: start-up sizes the index by it.
 pub(super) const SHA256_ENTRY: u64 = ENTRY_HEADER as u64 + 32;
-/// The byte of an entry that, in memory, marks its blob verified.
-pub(super) const VERIFIED: usize = 2;
+/// The shortest entry (an MD5 hash): entries start at least this far apart.
+pub(super) const MIN_ENTRY: usize = ENTRY_HEADER + 16;
 
 fn function_code(function: DigestFunction) -> u8 {
     DigestFunction::ALL
@@ -182,6 +182,12 @@ mod tests {
         let (bytes, end) = decode_index(index, segment_len);
         let entries = entries(&index[..bytes]).map(|(_, e)| (e.digest(), e.data_at));
         (entries.collect(), end)
+    }
+
+    #[test]
+    fn no_entry_is_shorter_than_min_entry() {
+        let shortest = DigestFunction::ALL.iter().map(|f| f.hash_len()).min();
+        assert_eq!(shortest.map(|len| ENTRY_HEADER + len), Some(MIN_ENTRY));
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! The packed blobs' index in memory, compact so that a million blobs load in tens of
 //! milliseconds and cost tens of bytes each.
 //!
-//! Each segment's index entries are kept as the bytes of its index file (the entries of blobs
-//! written since start appended), and a [`Table`] maps the first 8 bytes of a blob's hash to
+//! Each segment's index entries are kept as the bytes of its index file (see [`List`]: the
+//! entries of blobs written since start appended), with a bit per entry set once its blob has
+//! hashed to its digest since start, and a [`Table`] maps the first 8 bytes of a blob's hash to
 //! where its entry is: 16 bytes a slot, where a map from whole digests to locations took over
 //! a hundred and spent most of a start inserting them. A lookup compares the whole digest with
 //! the entry, so blobs whose hashes share their first 8 bytes (the same bytes under two
 //! functions, or chance) are told apart.
 
-use super::format::{encode_entry, entries, entry_at, Entry, VERIFIED};
+use super::format::{entries, entry_at, Entry, MIN_ENTRY};
+use super::list::List;
 use super::table::{Slot, Table};
 use clientd_digest::Digest;
 use std::collections::BTreeMap;
@@ -25,8 +27,38 @@ pub(super) struct Location {
 #[derive(Default)]
 pub(super) struct Index {
     table: Table,
-    /// Each segment's entries, in its index file's format.
-    lists: BTreeMap<u32, Vec<u8>>,
+    lists: BTreeMap<u32, Listed>,
+}
+
+/// A segment's entries, in its index file's format, and which of their blobs are verified.
+#[derive(Default)]
+struct Listed {
+    list: List,
+    /// A bit per [`MIN_ENTRY`] bytes of the list: entries are at least that far apart.
+    verified: Vec<u64>,
+}
+
+impl Listed {
+    fn bit(at: usize) -> (usize, u64) {
+        let n = at / MIN_ENTRY;
+        (n / 64, 1 << (n % 64))
+    }
+
+    fn verified(&self, at: usize) -> bool {
+        let (word, bit) = Self::bit(at);
+        self.verified.get(word).is_some_and(|w| w & bit != 0)
+    }
+
+    fn set_verified(&mut self, at: usize, verified: bool) {
+        let (word, bit) = Self::bit(at);
+        if self.verified.len() <= word {
+            self.verified.resize(word + 1, 0);
+        }
+        match verified {
+            true => self.verified[word] |= bit,
+            false => self.verified[word] &= !bit,
+        }
+    }
 }
 
 fn tag(hash: &[u8]) -> u64 {
@@ -37,8 +69,20 @@ fn tag(hash: &[u8]) -> u64 {
     )
 }
 
-fn entry_in<'a>(lists: &'a BTreeMap<u32, Vec<u8>>, slot: &Slot) -> Entry<'a> {
-    entry_at(&lists[&slot.segment], slot.entry as usize).expect("slots point at entries")
+/// Points the blob of `new`, `segment`'s entry at byte `entry`, there, unless a newer segment
+/// holds it (a copy made since start, when an older segment is read at start).
+fn point(table: &mut Table, lists: &BTreeMap<u32, Listed>, segment: u32, entry: usize, new: Entry) {
+    let slot = Slot {
+        tag: tag(new.hash),
+        segment,
+        entry: entry as u32,
+    };
+    let same = |held: &Slot| entry_in(lists, held).same_blob(&new);
+    table.put(slot, same, |held| held.segment <= segment);
+}
+
+fn entry_in<'a>(lists: &'a BTreeMap<u32, Listed>, slot: &Slot) -> Entry<'a> {
+    entry_at(&lists[&slot.segment].list, slot.entry as usize).expect("slots point at entries")
 }
 
 impl Index {
@@ -54,11 +98,10 @@ impl Index {
 
     pub fn get(&self, digest: &Digest) -> Option<Location> {
         let slot = self.slot(digest)?;
-        let list = &self.lists[&slot.segment];
         Some(Location {
             segment: slot.segment,
             offset: entry_in(&self.lists, &slot).data_at,
-            verified: list[slot.entry as usize + VERIFIED] != 0,
+            verified: self.lists[&slot.segment].verified(slot.entry as usize),
         })
     }
 
@@ -67,61 +110,53 @@ impl Index {
         self.table.len()
     }
 
-    /// Points the blob of `segment`'s entry at byte `entry` there, unless a newer segment holds
-    /// it (a copy made since start, when an older segment is read at start).
-    fn point(&mut self, segment: u32, entry: usize) {
-        let Index { table, lists } = self;
-        let new = entry_at(&lists[&segment], entry).expect("an entry");
-        let slot = Slot {
-            tag: tag(new.hash),
-            segment,
-            entry: entry as u32,
-        };
-        let same = |held: &Slot| entry_in(lists, held).same_blob(&new);
-        table.put(slot, same, |held| held.segment <= segment);
-    }
-
     /// Lists blob `digest` as stored in `segment` with its bytes at `data_at`, and points it
     /// there (unless a newer segment holds it).
     pub fn insert(&mut self, segment: u32, digest: &Digest, data_at: u64, verified: bool) {
-        let list = self.lists.entry(segment).or_default();
-        let entry = list.len();
-        encode_entry(digest, data_at, list);
-        list[entry + VERIFIED] = verified.into();
-        self.point(segment, entry);
+        let listed = self.lists.entry(segment).or_default();
+        let entry = listed.list.len();
+        listed.list.push_entry(digest, data_at);
+        listed.set_verified(entry, verified);
+        let Index { table, lists } = self;
+        let new = entry_at(&lists[&segment].list, entry).expect("just listed");
+        point(table, lists, segment, entry, new);
     }
 
     /// Takes the entries of `segment`'s index file (as [`super::format::decode_index`] accepted
     /// them, those from `verified_from` on verified), not pointed at yet: see
     /// [`Index::point_listed`].
-    pub fn adopt(&mut self, segment: u32, mut list: Vec<u8>, verified_from: usize) {
-        let starts: Vec<usize> = entries(&list[verified_from..]).map(|(at, _)| at).collect();
+    pub fn adopt(&mut self, segment: u32, list: List, verified_from: usize) {
+        let mut listed = Listed {
+            list,
+            verified: Vec::new(),
+        };
+        let starts: Vec<usize> = entries(&listed.list[verified_from..])
+            .map(|(at, _)| verified_from + at)
+            .collect();
         for at in starts {
-            list[verified_from + at + VERIFIED] = 1;
+            listed.set_verified(at, true);
         }
-        self.lists.insert(segment, list);
+        self.lists.insert(segment, listed);
     }
 
     /// Points up to `n` blobs of `segment`'s list from byte `from` at their entries; returns
     /// where it stopped (the list's length at its end).
     pub fn point_listed(&mut self, segment: u32, from: usize, n: usize) -> usize {
-        let Some(list) = self.lists.get(&segment) else {
+        let Index { table, lists } = self;
+        let Some(Listed { list, .. }) = lists.get(&segment) else {
             return from;
         };
-        let mut end = from;
-        let mut listed = Vec::with_capacity(n);
-        for (at, entry) in entries(&list[from..]).take(n) {
-            listed.push((from + at, tag(entry.hash)));
-            end = from + at + entry.bytes();
-        }
+        let listed: Vec<(usize, Entry)> = entries(&list[from..]).take(n).collect();
         // A group's slots read together, their cache misses overlapping, then filled.
         for group in listed.chunks(16) {
-            self.table.warm(group.iter().map(|(_, tag)| *tag));
-            for &(at, _) in group {
-                self.point(segment, at);
+            table.warm(group.iter().map(|(_, entry)| tag(entry.hash)));
+            for &(at, new) in group {
+                point(table, lists, segment, from + at, new);
             }
         }
-        end
+        listed
+            .last()
+            .map_or(from, |(at, entry)| from + at + entry.bytes())
     }
 
     /// Marks the blob verified if it is still indexed at `offset` in `segment`; false if not.
@@ -132,8 +167,8 @@ impl Index {
         if slot.segment != segment || entry_in(&self.lists, &slot).data_at != offset {
             return false;
         }
-        let list = self.lists.get_mut(&segment).expect("slots point at lists");
-        list[slot.entry as usize + VERIFIED] = 1;
+        let listed = self.lists.get_mut(&segment).expect("slots point at lists");
+        listed.set_verified(slot.entry as usize, true);
         true
     }
 
@@ -144,7 +179,7 @@ impl Index {
 
     /// Drops the blobs indexed in `segment` that are not verified; returns them.
     pub fn drop_unverified(&mut self, segment: u32) -> Vec<Digest> {
-        self.remove_from(segment, |list, at| list[at + VERIFIED] == 0)
+        self.remove_from(segment, |listed, at| !listed.verified(at))
     }
 
     /// Forgets segment `segment` and the blobs indexed in it (it is being deleted).
@@ -155,13 +190,17 @@ impl Index {
 
     /// Removes the blobs indexed in `segment` (not in a newer one) whose entries pass `filter`;
     /// returns them.
-    fn remove_from(&mut self, segment: u32, filter: impl Fn(&[u8], usize) -> bool) -> Vec<Digest> {
+    fn remove_from(
+        &mut self,
+        segment: u32,
+        filter: impl Fn(&Listed, usize) -> bool,
+    ) -> Vec<Digest> {
         let Index { table, lists } = self;
-        let Some(list) = lists.get(&segment) else {
+        let Some(listed) = lists.get(&segment) else {
             return Vec::new();
         };
         let mut removed = Vec::new();
-        for (at, entry) in entries(list).filter(|(at, _)| filter(list, *at)) {
+        for (at, entry) in entries(&listed.list).filter(|(at, _)| filter(listed, *at)) {
             let here = |slot: &Slot| (slot.segment, slot.entry) == (segment, at as u32);
             if table.remove(tag(entry.hash), here) {
                 removed.push(entry.digest());
@@ -211,8 +250,8 @@ mod tests {
         assert_eq!(index.get(&other_size), None);
         // A copy in a newer segment wins; loading an older segment's list later changes nothing.
         index.insert(2, &a2, 50, true);
-        let mut old = Vec::new();
-        encode_entry(&a2, 7, &mut old);
+        let mut old = List::default();
+        old.push_entry(&a2, 7);
         let end = old.len();
         index.adopt(1, old, 0);
         assert_eq!(index.point_listed(1, 0, 10), end);

@@ -21,11 +21,12 @@
 //!   thread hashes every blob the index files listed; until it has, a blob is hashed when first
 //!   asked for. Until the index files are read, a lookup of a blob the index lacks waits (and
 //!   looks again as each chunk of entries comes in), so a committed blob is never reported
-//!   missing. The index in memory is compact, see [`index`], so that a million blobs load in
-//!   well under a tenth of a second.
+//!   missing. The index files are mapped, not copied ([`list`]), and the index in memory is
+//!   compact ([`index`]), so that a million blobs load in well under a tenth of a second.
 
 mod format;
 mod index;
+mod list;
 mod start;
 mod table;
 

@@ -1,7 +1,8 @@
 //! The work at start: taking in the index files (and the segments' tails past them), then
 //! hashing every blob they listed; and how lookups wait for it (see the module above).
 
-use super::format::{decode, decode_index, encode_entry, SHA256_ENTRY};
+use super::format::{decode, decode_index, SHA256_ENTRY};
+use super::list::List;
 use super::{index_path, segment_path, Packed, State};
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -41,22 +42,25 @@ impl Packed {
     /// (and, past where those end, from the segments); then the blobs the index files listed are
     /// verified.
     pub(super) fn load(&self, found: &[u32]) {
-        {
-            // Room for the blobs the index files list, made at once.
-            let mut state = self.state.write().unwrap();
-            let index_bytes: u64 = state.segments.values().map(|s| s.index_bytes).sum();
-            state.index.reserve((index_bytes / SHA256_ENTRY) as usize);
-        }
         let mut listed = Vec::new();
-        for &number in found {
-            match self.load_segment(number) {
-                Ok(true) => listed.push(number),
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(dir = %self.dir.display(), "segment {number:016x}: {e}; its blobs are not used")
+        std::thread::scope(|scope| {
+            // Room for the blobs the index files list, made at once (growing the table moves
+            // all it holds), while the first index file is read.
+            scope.spawn(|| {
+                let mut state = self.state.write().unwrap();
+                let index_bytes: u64 = state.segments.values().map(|s| s.index_bytes).sum();
+                state.index.reserve((index_bytes / SHA256_ENTRY) as usize);
+            });
+            for &number in found {
+                match self.load_segment(number) {
+                    Ok(true) => listed.push(number),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(dir = %self.dir.display(), "segment {number:016x}: {e}; its blobs are not used")
+                    }
                 }
             }
-        }
+        });
         self.advance(Start::Verifying);
         self.evict(&mut self.state.write().unwrap(), 0);
         for number in listed {
@@ -85,7 +89,7 @@ impl Packed {
         let Some((file, len)) = self.segment_file(number) else {
             return Ok(false); // evicted meanwhile
         };
-        let mut list = fs::read(index_path(&self.dir, number)).unwrap_or_default();
+        let mut list = List::open(&index_path(&self.dir, number)).unwrap_or_default();
         let index_bytes = list.len() as u64;
         let (believed, covered) = decode_index(&list, len);
         list.truncate(believed);
@@ -98,7 +102,7 @@ impl Packed {
             OpenOptions::new().write(true).open(&path)?.set_len(valid)?;
         }
         for (digest, data_at) in &scanned {
-            encode_entry(digest, *data_at, &mut list);
+            list.push_entry(digest, *data_at);
         }
         if !scanned.is_empty() {
             // The next start need not read the segment again.
