@@ -15,7 +15,7 @@
 //!   deleted with every blob in it (an open file stays readable, so a reader in flight is not cut
 //!   short). A read of a blob whose segment goes within the next quarter of the bound copies it
 //!   to the newest, so blobs in use survive (LRU, approximately, at a segment's granularity).
-//! - Start-up reads index files, not segments. Each segment has one (`<seq>.idx`, see [`format`]),
+//! - Start-up reads index files, not segments. Each segment has one (`<seq>.idx`, see [`format`](mod@format)),
 //!   appended to with each write and never synced: at start it is believed only as far as it
 //!   agrees with its segment, and the segment is read from there (the tail a crash left). Then a
 //!   thread hashes every blob the index files listed; until it has, a blob is hashed when first
