@@ -16,6 +16,7 @@ use clientd_digest::Digest;
 use clientd_proto::bazel_output_service as pb;
 use common::*;
 use pb::bazel_output_service_client::BazelOutputServiceClient;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,6 +41,27 @@ async fn probe(
         read.push(start.elapsed());
     }
     (find, read)
+}
+
+/// Starts [`probe`] on a thread and a runtime of its own, so that what it times is the daemon,
+/// not this process's threads busy sending the load.
+fn probing(
+    socket: PathBuf,
+    small: Digest,
+    stop: Arc<AtomicBool>,
+    min: usize,
+) -> tokio::task::JoinHandle<(Vec<Duration>, Vec<Duration>)> {
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let mut c = Clients::new(unix_channel(socket).await);
+            probe(&mut c, &small, &stop, min).await
+        })
+    });
+    tokio::task::spawn_blocking(move || thread.join().unwrap())
 }
 
 fn percentiles(mut times: Vec<Duration>) -> String {
@@ -78,8 +100,13 @@ async fn main() {
         c.batch_update(INSTANCE, batch).await;
     }
 
-    let idle_stop = AtomicBool::new(true);
-    let (find_idle, read_idle) = probe(&mut c, &small, &idle_stop, 2000).await;
+    let idle = probing(
+        daemon.socket.clone(),
+        small,
+        Arc::new(AtomicBool::new(true)),
+        2000,
+    );
+    let (find_idle, read_idle) = idle.await.unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let large = Bytes::from(pseudo_random(3, 1 << 30));
@@ -136,11 +163,7 @@ async fn main() {
         }
         (start.elapsed(), found)
     });
-    let probing = {
-        let stop = stop.clone();
-        let mut c = daemon.clients().await;
-        tokio::spawn(async move { probe(&mut c, &small, &stop, 0).await })
-    };
+    let probing = probing(daemon.socket.clone(), small, stop.clone(), 0);
     let upload_time = upload.await.unwrap();
     let staging_time = staging.await.unwrap();
     let (find_time, found) = tokio::task::spawn_blocking(move || finder.join().unwrap())

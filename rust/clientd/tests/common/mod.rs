@@ -52,22 +52,7 @@ impl Daemon {
     }
 
     pub async fn channel(&self) -> Channel {
-        let socket = self.socket.clone();
-        // Windows like grpc-java's (Bazel's) tuned ones, not HTTP/2's 64 KiB default.
-        Endpoint::try_from("http://[::]:50051")
-            .unwrap()
-            .initial_stream_window_size(16 << 20)
-            .initial_connection_window_size(64 << 20)
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let socket = socket.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(socket).await?,
-                    ))
-                }
-            }))
-            .await
-            .expect("connecting to the daemon's socket")
+        unix_channel(self.socket.clone()).await
     }
 
     pub async fn clients(&self) -> Clients {
@@ -176,6 +161,25 @@ pub fn wait_for_line(path: &Path, needle: &str) -> String {
         std::thread::sleep(Duration::from_millis(10));
     }
     panic!("no line with {needle:?} in {}", path.display());
+}
+
+/// A channel to the daemon listening on `socket`, with flow-control windows like grpc-java's
+/// (Bazel's) tuned ones, not HTTP/2's 64 KiB default.
+pub async fn unix_channel(socket: PathBuf) -> Channel {
+    Endpoint::try_from("http://[::]:50051")
+        .unwrap()
+        .initial_stream_window_size(16 << 20)
+        .initial_connection_window_size(64 << 20)
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connecting to the daemon's socket")
 }
 
 pub struct Clients {
