@@ -4,8 +4,11 @@
 //! - A file appears under its final name only by `rename(2)` of a fully written (and, if
 //!   configured, fsynced) temporary file, so no reader ever sees a partial entry, and a crash leaves
 //!   at worst a stray temporary file, removed at the next start.
-//! - Renames into place and unlinks on eviction happen under the index lock, so the index and the
-//!   directory agree even when a blob is evicted and written again concurrently.
+//! - No system call runs under the index lock, which every lookup takes (freeing a large file's
+//!   blocks on eviction can take milliseconds). An entry enters the index only once its file is
+//!   renamed into place, and leaves it before its file is unlinked; while either is under way
+//!   the key is busy, and a write of it waits, so the index and the directory agree even when a
+//!   blob is evicted and written again at once.
 //! - Readers open files and read outside the lock. Eviction unlinks, and an open file stays
 //!   readable until closed: a blob being read is never deleted under its reader.
 //! - At start the directory is scanned (names and sizes, no hashing) and ordered by mtime, which
@@ -19,13 +22,14 @@
 use crate::clock::Clock;
 use crate::error::{StoreError, StoreResult};
 use lru::LruCache;
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::hash::Hash;
 use std::io;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tempfile::NamedTempFile;
 
@@ -82,6 +86,9 @@ struct Entry {
 struct Index<K: DiskKey> {
     lru: LruCache<K, Entry>,
     bytes: u64,
+    /// Keys whose files are being renamed into place or unlinked, outside the lock: a write of
+    /// one waits until that is done.
+    busy: HashSet<K>,
 }
 
 pub struct DiskLru<K: DiskKey> {
@@ -90,6 +97,8 @@ pub struct DiskLru<K: DiskKey> {
     options: DiskLruOptions,
     clock: Arc<dyn Clock>,
     index: Mutex<Index<K>>,
+    /// Told when keys stop being busy.
+    settled: Condvar,
     /// Bytes reserved by entries being written; they count against the bound with the entries.
     reserved: Arc<AtomicU64>,
     /// True until the entries found on disk at start are all in the index.
@@ -147,7 +156,9 @@ impl<K: DiskKey> DiskLru<K> {
             index: Mutex::new(Index {
                 lru: LruCache::unbounded(),
                 bytes: 0,
+                busy: HashSet::new(),
             }),
+            settled: Condvar::new(),
             reserved: Arc::new(AtomicU64::new(0)),
             loading: AtomicBool::new(true),
         });
@@ -171,8 +182,8 @@ impl<K: DiskKey> DiskLru<K> {
                 let rel = path.strip_prefix(&self.root).expect("scanned below root");
                 match K::from_rel_path(rel) {
                     Some(key) if key.expected_len().is_none_or(|want| want == *len) => {
-                        if index.lru.contains(&key) {
-                            continue; // written again since start
+                        if index.lru.contains(&key) || index.busy.contains(&key) {
+                            continue; // written again since start, or being written
                         }
                         let len = K::footprint(*len);
                         index.bytes += len;
@@ -190,12 +201,10 @@ impl<K: DiskKey> DiskLru<K> {
         if !junk.is_empty() {
             tracing::warn!(root = %self.root.display(), dropped = junk.len(), "removed files that are not valid entries");
         }
-        let mut index = self.index.lock().unwrap();
+        let index = self.index.lock().unwrap();
         self.loading.store(false, Ordering::Release);
-        if let Err(e) = self.evict(&mut index) {
-            tracing::warn!(root = %self.root.display(), "evicting after the scan: {e}");
-        }
         tracing::debug!(root = %self.root.display(), entries = index.lru.len(), bytes = index.bytes, "indexed in {:?}", start.elapsed());
+        self.evict(index);
     }
 
     /// Whether the scan at start is still running.
@@ -233,7 +242,7 @@ impl<K: DiskKey> DiskLru<K> {
                 "{len} bytes do not fit in the store's bound of {max} bytes"
             )));
         }
-        let mut index = self.index.lock().unwrap();
+        let index = self.index.lock().unwrap();
         let held = self.reserved.load(Ordering::Acquire);
         if held.saturating_add(len) > max {
             return Err(StoreError::ResourceExhausted(format!(
@@ -245,8 +254,7 @@ impl<K: DiskKey> DiskLru<K> {
             len,
         };
         self.reserved.fetch_add(len, Ordering::AcqRel);
-        self.evict(&mut index)
-            .map_err(|e| StoreError::io("evicting", e))?;
+        self.evict(index);
         Ok(reservation)
     }
 
@@ -307,31 +315,31 @@ impl<K: DiskKey> DiskLru<K> {
         }
         let path = self.root.join(key.rel_path());
         let mut index = self.index.lock().unwrap();
+        while index.busy.contains(key) {
+            index = self.settled.wait(index).unwrap();
+        }
         if let Some(old) = index.lru.get(key) {
             if K::IMMUTABLE {
                 return Ok(());
             }
+            // Replaced: absent from the index until the new file is in place.
             let old_len = old.len;
             index.bytes -= old_len;
             index.lru.pop(key);
         }
-        let file = match file.persist(&path) {
-            Ok(_) => None,
-            Err(e) if e.error.kind() == io::ErrorKind::NotFound => Some(e.file),
-            Err(e) => return Err(StoreError::io(what(), e.error)),
-        };
-        if let Some(file) = file {
-            let parent = path.parent().expect("entries have a parent");
-            fs::create_dir_all(parent).map_err(|e| StoreError::io(what(), e))?;
-            file.persist(&path)
-                .map_err(|e| StoreError::io(what(), e.error))?;
-        }
+        index.busy.insert(key.clone());
+        drop(index);
+        let placed = place(file, &path).map_err(|e| StoreError::io(what(), e));
+        let mut index = self.index.lock().unwrap();
+        index.busy.remove(key);
+        self.settled.notify_all();
+        placed?;
         let touched = self.now_secs();
         index.bytes += len;
         index.lru.put(key.clone(), Entry { len, touched });
         drop(reservation);
-        self.evict(&mut index)
-            .map_err(|e| StoreError::io("evicting", e))
+        self.evict(index);
+        Ok(())
     }
 
     /// Opens the entry for reading, marking it recently used. None if absent.
@@ -399,24 +407,40 @@ impl<K: DiskKey> DiskLru<K> {
         (index.lru.len(), index.bytes)
     }
 
-    /// Evicts least recently used entries until they and the reservations fit the bound.
-    fn evict(&self, index: &mut Index<K>) -> io::Result<()> {
+    /// Evicts least recently used entries until they and the reservations fit the bound: takes
+    /// them out of the index, lets the lock go, then unlinks their files.
+    fn evict(&self, mut index: MutexGuard<Index<K>>) {
         if self.loading() {
             // The index does not hold every entry yet: the scan evicts when it ends.
-            return Ok(());
+            return;
         }
+        let mut evicted = Vec::new();
         while index.bytes + self.reserved.load(Ordering::Acquire) > self.options.max_bytes {
             let Some((key, entry)) = index.lru.pop_lru() else {
                 break;
             };
             index.bytes -= entry.len;
-            match fs::remove_file(self.root.join(key.rel_path())) {
+            index.busy.insert(key.clone());
+            evicted.push(key);
+        }
+        drop(index);
+        if evicted.is_empty() {
+            return;
+        }
+        for key in &evicted {
+            let path = self.root.join(key.rel_path());
+            match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+                // Its room is counted free all the same: the next start finds the file again.
+                Err(e) => tracing::warn!(path = %path.display(), "evicting: {e}"),
             }
         }
-        Ok(())
+        let mut index = self.index.lock().unwrap();
+        for key in &evicted {
+            index.busy.remove(key);
+        }
+        self.settled.notify_all();
     }
 
     fn now_secs(&self) -> u64 {
@@ -425,6 +449,17 @@ impl<K: DiskKey> DiskLru<K> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
     }
+}
+
+/// Renames `file` to `path`, creating its directory if need be.
+fn place(file: NamedTempFile, path: &Path) -> io::Result<()> {
+    let file = match file.persist(path) {
+        Ok(_) => return Ok(()),
+        Err(e) if e.error.kind() == io::ErrorKind::NotFound => e.file,
+        Err(e) => return Err(e.error),
+    };
+    fs::create_dir_all(path.parent().expect("entries have a parent"))?;
+    file.persist(path).map(|_| ()).map_err(|e| e.error)
 }
 
 fn scan(dir: &Path, found: &mut Vec<(PathBuf, u64, SystemTime)>) -> io::Result<()> {
@@ -490,6 +525,66 @@ mod tests {
         Arc::new(ManualClock::new(
             UNIX_EPOCH + Duration::from_secs(1_000_000_000),
         ))
+    }
+
+    #[test]
+    fn a_write_of_a_key_being_evicted_waits_until_its_old_file_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = opened(DiskLru::<Name>::open(dir.path(), options(100), clock()).unwrap());
+        let a = Name("a".into());
+        put(&store, "a", &[1; 10]).unwrap();
+        // Where eviction leaves it: out of the index, its file not unlinked yet.
+        {
+            let mut index = store.index.lock().unwrap();
+            let entry = index.lru.pop(&a).unwrap();
+            index.bytes -= entry.len;
+            index.busy.insert(a.clone());
+        }
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || put(&store, "a", &[2; 10]))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!writer.is_finished(), "the write waits for the unlink");
+        fs::remove_file(dir.path().join("entries/d/a")).unwrap();
+        store.index.lock().unwrap().busy.remove(&a);
+        store.settled.notify_all();
+        writer.join().unwrap().unwrap();
+        assert_eq!(read(&store, "a"), Some(vec![2; 10]), "the new file stays");
+    }
+
+    #[test]
+    fn index_and_directory_agree_after_concurrent_writes_and_evictions_of_the_same_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = opened(DiskLru::<Name>::open(dir.path(), options(200), clock()).unwrap());
+        let data = |name: &str| format!("{name:>10}").into_bytes();
+        let writers: Vec<_> = (0..4)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..500 {
+                        let name = format!("k{}", (i * 7 + t) % 60);
+                        put(&store, &name, &data(&name)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        writers.into_iter().for_each(|w| w.join().unwrap());
+        let indexed: HashSet<String> = {
+            let index = store.index.lock().unwrap();
+            assert!(index.busy.is_empty());
+            index.lru.iter().map(|(k, _)| k.0.clone()).collect()
+        };
+        let on_disk: HashSet<String> = fs::read_dir(dir.path().join("entries/d"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(indexed, on_disk);
+        for name in &indexed {
+            assert_eq!(read(&store, name), Some(data(name)));
+        }
+        assert_eq!(store.usage(), (indexed.len(), 10 * indexed.len() as u64));
+        assert!(store.usage().1 <= 200);
     }
 
     #[test]
