@@ -90,6 +90,10 @@ struct Writer {
     index: Option<(File, u64)>,
 }
 
+/// Segments taken out of the index whose files are yet to be unlinked.
+#[must_use]
+struct Evicted(Vec<u32>);
+
 /// A blob found in the index, verified.
 struct Found {
     location: Location,
@@ -418,11 +422,12 @@ impl Packed {
             pending.next();
         }
         let n = records.len() as u64;
-        let file = {
+        let (file, evicted) = {
             let mut state = self.state.write().unwrap();
-            self.evict(&mut state, n + entries.len() as u64);
-            state.segments[&writer.segment].file.clone()
+            let evicted = self.evict(&mut state, n + entries.len() as u64);
+            (state.segments[&writer.segment].file.clone(), evicted)
         };
+        self.remove(evicted);
         file.write_all_at(&records, writer.len)?;
         writer.len += n;
         if let Some((index, index_len)) = &mut writer.index {
@@ -463,17 +468,27 @@ impl Packed {
         Ok(())
     }
 
-    /// Deletes the oldest segments (not the one being written) until `incoming` more bytes fit
-    /// the bound. Nothing is deleted while the index files found at start are being read: the
-    /// load evicts when they are.
-    fn evict(&self, state: &mut State, incoming: u64) {
+    /// Takes the oldest segments (not the one being written) out of the index until `incoming`
+    /// more bytes fit the bound; [`Packed::remove`] deletes their files. Nothing is evicted while
+    /// the index files found at start are being read: the load evicts when they are.
+    fn evict(&self, state: &mut State, incoming: u64) -> Evicted {
+        let mut evicted = Vec::new();
         if self.stage() == Start::Loading {
-            return;
+            return Evicted(evicted);
         }
         while state.bytes + incoming > self.max_bytes && state.segments.len() > 1 {
             let (number, segment) = state.segments.pop_first().expect("more than one");
             state.bytes -= segment.bytes + segment.index_bytes;
             state.index.remove_segment(number);
+            evicted.push(number);
+        }
+        Evicted(evicted)
+    }
+
+    /// Unlinks evicted segments' files, after the lock is let go: freeing a segment's blocks can
+    /// take a while, and segment numbers are never used again.
+    fn remove(&self, Evicted(segments): Evicted) {
+        for number in segments {
             for path in [
                 segment_path(&self.dir, number),
                 index_path(&self.dir, number),

@@ -62,7 +62,8 @@ impl Packed {
             }
         });
         self.advance(Start::Verifying);
-        self.evict(&mut self.state.write().unwrap(), 0);
+        let evicted = self.evict(&mut self.state.write().unwrap(), 0);
+        self.remove(evicted);
         for number in listed {
             if let Err(e) = self.verify_segment(number) {
                 tracing::warn!(dir = %self.dir.display(), "verifying segment {number:016x}: {e}");
