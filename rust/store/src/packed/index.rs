@@ -77,12 +77,15 @@ fn point(table: &mut Table, lists: &BTreeMap<u32, Listed>, segment: u32, entry: 
         segment,
         entry: entry as u32,
     };
-    let same = |held: &Slot| entry_in(lists, held).same_blob(&new);
+    let same = |held: &Slot| entry_in(lists, held).is_some_and(|e| e.same_blob(&new));
     table.put(slot, same, |held| held.segment <= segment);
 }
 
-fn entry_in<'a>(lists: &'a BTreeMap<u32, Listed>, slot: &Slot) -> Entry<'a> {
-    entry_at(&lists[&slot.segment].list, slot.entry as usize).expect("slots point at entries")
+/// The entry `slot` points at; None for a slot left by a segment forgotten since (stale, see
+/// [`Index::forget_segment`]).
+fn entry_in<'a>(lists: &'a BTreeMap<u32, Listed>, slot: &Slot) -> Option<Entry<'a>> {
+    let listed = lists.get(&slot.segment)?;
+    Some(entry_at(&listed.list, slot.entry as usize).expect("slots point at entries"))
 }
 
 impl Index {
@@ -92,7 +95,7 @@ impl Index {
     }
 
     fn slot(&self, digest: &Digest) -> Option<Slot> {
-        let is = |slot: &Slot| entry_in(&self.lists, slot).is(digest);
+        let is = |slot: &Slot| entry_in(&self.lists, slot).is_some_and(|e| e.is(digest));
         self.table.find(tag(digest.hash()), is)
     }
 
@@ -100,7 +103,7 @@ impl Index {
         let slot = self.slot(digest)?;
         Some(Location {
             segment: slot.segment,
-            offset: entry_in(&self.lists, &slot).data_at,
+            offset: entry_in(&self.lists, &slot)?.data_at,
             verified: self.lists[&slot.segment].verified(slot.entry as usize),
         })
     }
@@ -164,7 +167,9 @@ impl Index {
         let Some(slot) = self.slot(digest) else {
             return false;
         };
-        if slot.segment != segment || entry_in(&self.lists, &slot).data_at != offset {
+        if slot.segment != segment
+            || entry_in(&self.lists, &slot).map(|e| e.data_at) != Some(offset)
+        {
             return false;
         }
         let listed = self.lists.get_mut(&segment).expect("slots point at lists");
@@ -174,7 +179,9 @@ impl Index {
 
     pub fn remove(&mut self, digest: &Digest) {
         let Index { table, lists } = self;
-        table.remove(tag(digest.hash()), |slot| entry_in(lists, slot).is(digest));
+        table.remove(tag(digest.hash()), |slot| {
+            entry_in(lists, slot).is_some_and(|e| e.is(digest))
+        });
     }
 
     /// Drops the blobs indexed in `segment` that are not verified; returns them.
@@ -182,10 +189,24 @@ impl Index {
         self.remove_from(segment, |listed, at| !listed.verified(at))
     }
 
-    /// Forgets segment `segment` and the blobs indexed in it (it is being deleted).
-    pub fn remove_segment(&mut self, segment: u32) {
-        self.remove_from(segment, |_, _| true);
-        self.lists.remove(&segment);
+    /// Forgets segment `segment` (it is being deleted): its blobs are not found from now on, and
+    /// its list is returned, to take their slots out of the table with
+    /// [`Index::remove_stale`] a chunk at a time: a segment of tiny blobs has a million.
+    pub fn forget_segment(&mut self, segment: u32) -> Option<List> {
+        self.lists.remove(&segment).map(|listed| listed.list)
+    }
+
+    /// Removes the slots of up to `n` entries of forgotten segment `segment`'s `list` from byte
+    /// `from`; returns where it stopped (the list's length at its end).
+    pub fn remove_stale(&mut self, segment: u32, list: &[u8], from: usize, n: usize) -> usize {
+        let mut end = from;
+        for (at, entry) in entries(&list[from..]).take(n) {
+            let at = from + at;
+            let here = |slot: &Slot| (slot.segment, slot.entry) == (segment, at as u32);
+            self.table.remove(tag(entry.hash), here);
+            end = at + entry.bytes();
+        }
+        end
     }
 
     /// Removes the blobs indexed in `segment` (not in a newer one) whose entries pass `filter`;
@@ -260,10 +281,14 @@ mod tests {
         assert!(!index.set_verified(&a, 0, 999));
         assert!(index.set_verified(&a, 0, 100));
         assert_eq!(index.get(&a), at(0, 100, true));
-        // Deleting segment 0 forgets a and b, not a2 (now in segment 2).
-        index.remove_segment(0);
+        // Deleting segment 0 forgets a and b at once, not a2 (now in segment 2); their slots
+        // go a chunk at a time.
+        let list = index.forget_segment(0).unwrap();
         assert_eq!((index.get(&a), index.get(&b)), (None, None));
         assert_eq!(index.get(&a2), at(2, 50, true));
+        let first = index.remove_stale(0, &list, 0, 1);
+        assert_eq!(index.len(), 2);
+        assert_eq!(index.remove_stale(0, &list, first, 10), list.len());
         assert_eq!(index.len(), 1);
         // Pointing segment 1's list again still leaves a2 with its newer copy; a, stored again
         // unverified in segment 3, is what dropping segment 3's unverified blobs forgets.

@@ -35,6 +35,7 @@ use bytes::Bytes;
 use clientd_digest::Digest;
 use format::{data_offset, encode, encode_entry};
 use index::{Index, Location};
+use list::List;
 use start::{Progress, Start};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -46,6 +47,10 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 /// Blobs up to this size are packed; larger ones get a file each (where a block's waste is at
 /// most a quarter, and reads stream).
 pub const PACKED_MAX_BLOB: u64 = 16 << 10;
+
+/// Index entries taken in or out per hold of the lock (at start, on eviction), so lookups are
+/// not held up long.
+const CHUNK: usize = 4096;
 
 /// What an append is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,9 +95,10 @@ struct Writer {
     index: Option<(File, u64)>,
 }
 
-/// Segments taken out of the index whose files are yet to be unlinked.
+/// Segments taken out of the index, with their lists: their blobs' slots are yet to be taken
+/// out of the table, and their files unlinked.
 #[must_use]
-struct Evicted(Vec<u32>);
+struct Evicted(Vec<(u32, List)>);
 
 /// A blob found in the index, verified.
 struct Found {
@@ -479,16 +485,30 @@ impl Packed {
         while state.bytes + incoming > self.max_bytes && state.segments.len() > 1 {
             let (number, segment) = state.segments.pop_first().expect("more than one");
             state.bytes -= segment.bytes + segment.index_bytes;
-            state.index.remove_segment(number);
-            evicted.push(number);
+            let list = state.index.forget_segment(number).unwrap_or_default();
+            evicted.push((number, list));
         }
         Evicted(evicted)
     }
 
-    /// Unlinks evicted segments' files, after the lock is let go: freeing a segment's blocks can
-    /// take a while, and segment numbers are never used again.
+    /// Takes evicted segments' blobs out of the table a chunk per hold of the lock, then unlinks
+    /// their files, after the lock is let go: a segment can list a million blobs, freeing its
+    /// blocks can take a while, and segment numbers are never used again.
     fn remove(&self, Evicted(segments): Evicted) {
-        for number in segments {
+        for (number, list) in segments {
+            let mut at = 0;
+            loop {
+                let next = self
+                    .state
+                    .write()
+                    .unwrap()
+                    .index
+                    .remove_stale(number, &list, at, CHUNK);
+                if next == at {
+                    break; // the end of the list
+                }
+                at = next;
+            }
             for path in [
                 segment_path(&self.dir, number),
                 index_path(&self.dir, number),
@@ -674,6 +694,9 @@ mod tests {
         assert!(!packed.contains(&first.unwrap()), "the oldest went");
         assert!(packed.contains(&kept.0), "the blob in use stayed");
         assert!(packed.contains(&blob(1999, 4000).0));
+        // The evicted blobs' slots are gone from the table too.
+        let present = (0..2000u64).filter(|&i| packed.contains_now(&blob(i, 4000).0));
+        assert_eq!(packed.usage().0, present.count());
     }
 
     #[test]

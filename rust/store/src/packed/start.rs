@@ -3,14 +3,11 @@
 
 use super::format::{decode, decode_index, SHA256_ENTRY};
 use super::list::List;
-use super::{index_path, segment_path, Packed, State};
+use super::{index_path, segment_path, Packed, State, CHUNK};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-
-/// Index entries taken in per hold of the lock at start, so lookups are not held up long.
-const LOAD_CHUNK: usize = 4096;
 
 /// What the start-up work has yet to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -124,7 +121,7 @@ impl Packed {
             if !state.segments.contains_key(&number) {
                 break; // evicted meanwhile
             }
-            at = state.index.point_listed(number, at, LOAD_CHUNK);
+            at = state.index.point_listed(number, at, CHUNK);
             drop(state);
             self.taken_in();
         }
@@ -169,7 +166,7 @@ impl Packed {
         let mut bytes = vec![0; len as usize];
         file.read_exact_at(&mut bytes, 0)?;
         let (records, _) = decode(&bytes, 0);
-        for chunk in records.chunks(LOAD_CHUNK) {
+        for chunk in records.chunks(CHUNK) {
             let mut state = self.state.write().unwrap();
             if !state.segments.contains_key(&number) {
                 return Ok(()); // evicted meanwhile
