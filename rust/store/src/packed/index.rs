@@ -108,7 +108,7 @@ impl Index {
         })
     }
 
-    /// Number of blobs indexed.
+    /// Number of blobs indexed (with those of a forgotten segment until their slots are removed).
     pub fn len(&self) -> usize {
         self.table.len()
     }
