@@ -10,7 +10,8 @@ use crate::attr::{
     MUTABLE_TTL,
 };
 use crate::cas::{CasHandle, CasNode, CasView};
-use crate::scratch::{self, Meta, OpenFile, Pool, ScratchNode};
+use crate::locked::Locked;
+use crate::scratch::{self, Meta, OpenFile, Pool, PoolFile, ScratchNode};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +48,9 @@ pub(crate) struct Table {
     /// known. Staged outputs are not: each is its own node.
     cas_index: HashMap<CasNode, u64>,
     next: u64,
+    /// Storage of file nodes collected while the table is locked, removed once it is not (see
+    /// [`Locked`]).
+    pub(crate) dropped_files: Vec<Arc<PoolFile>>,
 }
 
 impl Table {
@@ -96,7 +100,7 @@ impl Table {
             Some(Node::Cas(cas)) if self.cas_index.get(&cas) == Some(&ino) => {
                 self.cas_index.remove(&cas);
             }
-            Some(Node::Scratch(ScratchNode::File { file, .. })) => file.remove(),
+            Some(Node::Scratch(ScratchNode::File { file, .. })) => self.dropped_files.push(file),
             _ => {}
         }
     }
@@ -209,6 +213,11 @@ enum Step {
 pub type Listing = Vec<(u64, FileKind, OsString)>;
 
 impl Vfs {
+    /// The inode table, locked (see [`Locked`]).
+    pub(crate) fn table(&self) -> Locked<'_> {
+        Locked::new(&self.table)
+    }
+
     pub fn new(cas: CasView, pool: Arc<Pool>, uid: u32, gid: u32) -> Self {
         let mut entries = HashMap::new();
         let fixed = |node| Entry {
@@ -239,6 +248,7 @@ impl Vfs {
                 entries,
                 cas_index,
                 next: FIRST_DYNAMIC,
+                dropped_files: Vec::new(),
             }),
             cas,
             pool,
@@ -339,7 +349,7 @@ impl Vfs {
 
     /// A lookup in the table: answered, or a cas/ directory whose child must be resolved.
     fn lookup_step(&self, parent: u64, name: &OsStr) -> Step {
-        let mut table = self.table.lock().unwrap();
+        let mut table = self.table();
         let fixed_child =
             |children: &BTreeMap<OsString, u64>, dot: u64, dotdot: u64| match name.to_str() {
                 Some(".") => Ok(dot),
@@ -367,7 +377,7 @@ impl Vfs {
     }
 
     fn found(&self, child: CasNode) -> VfsResult<Attr> {
-        let mut table = self.table.lock().unwrap();
+        let mut table = self.table();
         let ino = table.intern(child);
         self.referenced(&mut table, ino)
     }
@@ -398,7 +408,7 @@ impl Vfs {
     }
 
     pub fn forget(&self, ino: u64, count: u64) {
-        let mut table = self.table.lock().unwrap();
+        let mut table = self.table();
         if let Ok(entry) = table.get_mut(ino) {
             entry.lookups = entry.lookups.saturating_sub(count);
             table.collect(ino);
@@ -406,12 +416,12 @@ impl Vfs {
     }
 
     pub fn getattr(&self, ino: u64) -> VfsResult<Attr> {
-        self.attr(&self.table.lock().unwrap(), ino)
+        self.attr(&self.table(), ino)
     }
 
     pub async fn readdir(&self, ino: u64) -> VfsResult<Listing> {
         let cas = {
-            let table = self.table.lock().unwrap();
+            let table = self.table();
             match &table.get(ino)?.node {
                 Node::Root => {
                     return Ok(vec![
@@ -433,7 +443,7 @@ impl Vfs {
             }
         };
         let children = self.cas.list(&cas).await?;
-        let mut table = self.table.lock().unwrap();
+        let mut table = self.table();
         Ok(children
             .into_iter()
             .map(|(name, child)| {
@@ -449,13 +459,13 @@ impl Vfs {
 
     /// Whether a node's content never changes (cas/), so the kernel may cache it for good.
     pub fn is_immutable(&self, ino: u64) -> bool {
-        let table = self.table.lock().unwrap();
+        let table = self.table();
         matches!(table.get(ino).map(|e| &e.node), Ok(Node::Cas(_)))
     }
 
     pub fn readlink(&self, ino: u64) -> VfsResult<Vec<u8>> {
         use std::os::unix::ffi::OsStrExt;
-        let table = self.table.lock().unwrap();
+        let table = self.table();
         match &table.get(ino)?.node {
             Node::Cas(CasNode::Symlink(target)) => Ok(target.as_bytes().to_vec()),
             Node::Scratch(ScratchNode::Symlink { target, .. }) => Ok(target.as_bytes().to_vec()),
@@ -472,7 +482,7 @@ impl Vfs {
     /// Opens a file; `write` and `truncate` only succeed in scratch/.
     pub async fn open(&self, ino: u64, write: bool, truncate: bool) -> VfsResult<u64> {
         let cas = {
-            let mut table = self.table.lock().unwrap();
+            let mut table = self.table();
             let entry = table.get(ino)?;
             match &entry.node {
                 Node::Scratch(ScratchNode::File { file, .. }) => {
@@ -526,7 +536,7 @@ impl Vfs {
             Handle::Cas(_) => return Err(Errno::BADF),
         };
         let written = file.write_at(offset, data)?;
-        self.table.lock().unwrap().changed(ino);
+        self.table().changed(ino);
         Ok(written)
     }
 
@@ -535,7 +545,7 @@ impl Vfs {
     }
 
     pub fn create(&self, parent: u64, name: &OsStr, mode: u32) -> VfsResult<(Attr, u64)> {
-        let mut table = self.table.lock().unwrap();
+        let mut table = self.table();
         let pool = table.pool_of(parent)?;
         check_name(name)?;
         if table.scratch_dir(parent)?.contains_key(name) {
@@ -574,7 +584,7 @@ impl Vfs {
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32) -> VfsResult<Attr> {
-        let mut table = self.table.lock().unwrap();
+        let mut table = self.table();
         let node = ScratchNode::Dir {
             children: BTreeMap::new(),
             parent,
@@ -586,7 +596,7 @@ impl Vfs {
     }
 
     pub fn symlink(&self, parent: u64, name: &OsStr, target: &OsStr) -> VfsResult<Attr> {
-        let mut table = self.table.lock().unwrap();
+        let mut table = self.table();
         let node = ScratchNode::Symlink {
             target: target.to_os_string(),
             meta: Meta::new(0o777, self.uid, self.gid),
@@ -597,7 +607,7 @@ impl Vfs {
 
     /// A hard link to any non-directory node (cas/ files included) in a scratch directory.
     pub fn link(&self, ino: u64, parent: u64, name: &OsStr) -> VfsResult<Attr> {
-        let mut table = self.table.lock().unwrap();
+        let mut table = self.table();
         match &table.get(ino)?.node {
             Node::Cas(cas) if !cas.is_dir() => {}
             Node::Scratch(ScratchNode::File { .. } | ScratchNode::Symlink { .. }) => {}
@@ -612,7 +622,7 @@ impl Vfs {
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> VfsResult<()> {
-        let mut table = self.table.lock().unwrap();
+        let mut table = self.table();
         let ino = *table.scratch_dir(parent)?.get(name).ok_or(Errno::NOENT)?;
         if self.attr(&table, ino)?.kind == FileKind::Directory {
             return Err(Errno::ISDIR);
@@ -634,7 +644,7 @@ impl Vfs {
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> VfsResult<()> {
-        let mut table = self.table.lock().unwrap();
+        let mut table = self.table();
         let ino = *table.scratch_dir(parent)?.get(name).ok_or(Errno::NOENT)?;
         match &table.get(ino)?.node {
             Node::Scratch(ScratchNode::Dir { children, .. }) if children.is_empty() => {}
@@ -656,7 +666,7 @@ impl Vfs {
         no_replace: bool,
     ) -> VfsResult<()> {
         check_name(new_name)?;
-        let mut table = self.table.lock().unwrap();
+        let mut table = self.table();
         let ino = *table.scratch_dir(parent)?.get(name).ok_or(Errno::NOENT)?;
         // Each tree keeps its files in its own pool: no renames between scratch/ and outputs/.
         if !Arc::ptr_eq(&table.pool_of(parent)?, &table.pool_of(new_parent)?) {
@@ -720,7 +730,7 @@ impl Vfs {
         {
             return Err(Errno::PERM);
         }
-        let mut table = self.table.lock().unwrap();
+        let mut table = self.table();
         let node = match &mut table.get_mut(ino)?.node {
             Node::Scratch(node) => node,
             Node::Cas(CasNode::File { .. } | CasNode::Command { .. }) if changes.size.is_none() => {
@@ -762,7 +772,7 @@ impl Vfs {
             block_size: BLOCK as u32,
             blocks: self.pool.max_bytes() / BLOCK,
             blocks_free: self.pool.max_bytes().saturating_sub(self.pool.used()) / BLOCK,
-            files: self.table.lock().unwrap().entries.len() as u64,
+            files: self.table().entries.len() as u64,
             name_max: 255,
         }
     }
@@ -873,6 +883,25 @@ mod tests {
             vfs.mkdir(CAS_ROOT, name("x"), 0o755).err(),
             Some(Errno::ACCES)
         );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_file_s_storage_is_removed_once_the_table_is_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vfs, _) = vfs(dir.path(), 1 << 20);
+        let (file, fh) = vfs.create(SCRATCH_ROOT, name("f"), 0o644).unwrap();
+        vfs.write(file.ino, fh, 0, b"data").unwrap();
+        vfs.release(fh);
+        let stored = || std::fs::read_dir(dir.path().join("pool")).unwrap().count();
+        assert_eq!(stored(), 1);
+        let mut table = vfs.table();
+        table.scratch_dir(SCRATCH_ROOT).unwrap().remove(name("f"));
+        table.get_mut(file.ino).unwrap().lookups = 0;
+        vfs.unlinked(&mut table, file.ino);
+        assert!(table.get(file.ino).is_err(), "the node is gone");
+        assert_eq!(stored(), 1, "its storage is not removed under the lock");
+        drop(table);
+        assert_eq!((stored(), vfs.pool.used()), (0, 0));
     }
 
     /// cas/ resolves the instance names the gRPC front serves, and no others: a local blob is

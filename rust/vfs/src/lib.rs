@@ -13,6 +13,7 @@ mod attr;
 mod cas;
 mod command;
 mod fs;
+mod locked;
 mod outputs;
 mod scratch;
 

@@ -168,7 +168,7 @@ impl Vfs {
     pub fn output_root(&self, id: &str, pool: Arc<Pool>) -> VfsResult<u64> {
         let name = OsStr::new(id);
         check_name(name)?;
-        let mut table = self.table.lock().unwrap();
+        let mut table = self.table();
         let Node::Outputs { children } = &table.get(OUTPUTS_ROOT)?.node else {
             unreachable!("outputs/ is fixed")
         };
@@ -190,7 +190,7 @@ impl Vfs {
 
     /// Removes `outputs/<id>` and everything in it (Clean).
     pub fn remove_output_root(&self, id: &str) {
-        let mut table = self.table.lock().unwrap();
+        let mut table = self.table();
         let root = match &mut table.entries.get_mut(&OUTPUTS_ROOT).map(|e| &mut e.node) {
             Some(Node::Outputs { children }) => children.remove(OsStr::new(id)),
             _ => None,
@@ -206,7 +206,7 @@ impl Vfs {
     /// whatever was there. One result per entry, in order.
     pub fn stage(&self, root: u64, entries: Vec<(String, OutputEntry)>) -> Vec<VfsResult<()>> {
         let mut stale = Vec::new();
-        let mut table = self.table.lock().unwrap();
+        let mut table = self.table();
         let results = entries
             .into_iter()
             .map(|(path, entry)| self.stage_one(&mut table, root, &path, entry, &mut stale))
@@ -294,7 +294,7 @@ impl Vfs {
         let Some((name, parents)) = parts.split_last() else {
             return Err(Errno::INVAL);
         };
-        let mut table = self.table.lock().unwrap();
+        let mut table = self.table();
         let dir = table.walk(root, parents)?;
         let mut stale = Vec::new();
         table.remove_entry(dir, name, &mut stale)?;
@@ -306,7 +306,7 @@ impl Vfs {
     /// `lstat` of `path` below `root`. An intermediate symlink is not followed here: the caller
     /// learns where it is and where it points, resolves it, and asks again.
     pub fn output_lstat(&self, root: u64, path: &str) -> VfsResult<Lstat> {
-        let table = self.table.lock().unwrap();
+        let table = self.table();
         let parts = components(path)?;
         let mut ino = root;
         for (i, name) in parts.iter().enumerate() {
@@ -353,7 +353,7 @@ impl Vfs {
     /// The digest of a local file (node `ino`), computed once and kept until the file changes.
     pub fn local_digest(&self, ino: u64, function: DigestFunction) -> VfsResult<Digest> {
         let file = {
-            let table = self.table.lock().unwrap();
+            let table = self.table();
             match &table.get(ino)?.node {
                 Node::Scratch(ScratchNode::File {
                     digest: Some(d), ..
@@ -381,7 +381,7 @@ impl Vfs {
             Ok(())
         };
         let digest = function.digest_of_ranges(size, threads, &read)?;
-        let mut table = self.table.lock().unwrap();
+        let mut table = self.table();
         if let Ok(Node::Scratch(ScratchNode::File {
             digest: cached,
             file: same,
@@ -398,7 +398,7 @@ impl Vfs {
 
     /// Every entry below `root`, parents before children, for saving.
     pub fn snapshot(&self, root: u64) -> Vec<(String, OutputEntry)> {
-        let table = self.table.lock().unwrap();
+        let table = self.table();
         let mut out = Vec::new();
         let mut stack = vec![(String::new(), root)];
         while let Some((path, dir)) = stack.pop() {
