@@ -3,8 +3,7 @@
 //! A segment is a run of records: `cdp1`, the digest function's code, three bytes of padding, the
 //! blob's length (u32, little-endian), the hash, then the blob. Its index file (`<seq>.idx`)
 //! lists the same records in order, without their bytes: `i`, the function's code, two bytes of
-//! padding, the length (u32),
-//! where the blob's bytes start in the segment (u64), then the hash.
+//! padding, the length (u32), where the blob's bytes start in the segment (u64), then the hash.
 //! The index is a hint, written without a sync: start-up reads it instead of the segment, checks
 //! that its entries lie in order within the segment, and verifies the blobs later.
 
@@ -150,9 +149,10 @@ pub(super) fn decode_index(bytes: &[u8], segment_len: u64) -> (usize, u64) {
     (at, end)
 }
 
-/// The entries of index bytes that [`decode_index`] accepted, each with where it starts.
-pub(super) fn entries(bytes: &[u8]) -> impl Iterator<Item = (usize, Entry<'_>)> {
-    let mut at = 0;
+/// The entries of index bytes that [`decode_index`] accepted, from the one that starts at byte
+/// `from`, each with where it starts.
+pub(super) fn entries(bytes: &[u8], from: usize) -> impl Iterator<Item = (usize, Entry<'_>)> {
+    let mut at = from;
     std::iter::from_fn(move || {
         let entry = entry_at(bytes, at)?;
         let start = at;
@@ -180,7 +180,7 @@ mod tests {
     /// The entries that decode_index believes, and where their records end.
     fn listed(index: &[u8], segment_len: u64) -> (Vec<(Digest, u64)>, u64) {
         let (bytes, end) = decode_index(index, segment_len);
-        let entries = entries(&index[..bytes]).map(|(_, e)| (e.digest(), e.data_at));
+        let entries = entries(&index[..bytes], 0).map(|(_, e)| (e.digest(), e.data_at));
         (entries.collect(), end)
     }
 

@@ -81,6 +81,13 @@ fn point(table: &mut Table, lists: &BTreeMap<u32, Listed>, segment: u32, entry: 
     table.put(slot, same, |held| held.segment <= segment);
 }
 
+/// Removes the slot pointing at `segment`'s entry at byte `at` (`entry`); false if none does
+/// (its blob is indexed in a newer segment, or was removed).
+fn unpoint(table: &mut Table, segment: u32, at: usize, entry: &Entry) -> bool {
+    let here = |slot: &Slot| (slot.segment, slot.entry) == (segment, at as u32);
+    table.remove(tag(entry.hash), here)
+}
+
 /// The entry `slot` points at; None for a slot left by a segment forgotten since (stale, see
 /// [`Index::forget_segment`]).
 fn entry_in<'a>(lists: &'a BTreeMap<u32, Listed>, slot: &Slot) -> Option<Entry<'a>> {
@@ -133,8 +140,8 @@ impl Index {
             list,
             verified: Vec::new(),
         };
-        let starts: Vec<usize> = entries(&listed.list[verified_from..])
-            .map(|(at, _)| verified_from + at)
+        let starts: Vec<usize> = entries(&listed.list, verified_from)
+            .map(|(at, _)| at)
             .collect();
         for at in starts {
             listed.set_verified(at, true);
@@ -149,17 +156,15 @@ impl Index {
         let Some(Listed { list, .. }) = lists.get(&segment) else {
             return from;
         };
-        let listed: Vec<(usize, Entry)> = entries(&list[from..]).take(n).collect();
+        let listed: Vec<(usize, Entry)> = entries(list, from).take(n).collect();
         // A group's slots read together, their cache misses overlapping, then filled.
         for group in listed.chunks(16) {
             table.warm(group.iter().map(|(_, entry)| tag(entry.hash)));
             for &(at, new) in group {
-                point(table, lists, segment, from + at, new);
+                point(table, lists, segment, at, new);
             }
         }
-        listed
-            .last()
-            .map_or(from, |(at, entry)| from + at + entry.bytes())
+        listed.last().map_or(from, |(at, entry)| at + entry.bytes())
     }
 
     /// Marks the blob verified if it is still indexed at `offset` in `segment`; false if not.
@@ -200,10 +205,8 @@ impl Index {
     /// `from`; returns where it stopped (the list's length at its end).
     pub fn remove_stale(&mut self, segment: u32, list: &[u8], from: usize, n: usize) -> usize {
         let mut end = from;
-        for (at, entry) in entries(&list[from..]).take(n) {
-            let at = from + at;
-            let here = |slot: &Slot| (slot.segment, slot.entry) == (segment, at as u32);
-            self.table.remove(tag(entry.hash), here);
+        for (at, entry) in entries(list, from).take(n) {
+            unpoint(&mut self.table, segment, at, &entry);
             end = at + entry.bytes();
         }
         end
@@ -221,9 +224,8 @@ impl Index {
             return Vec::new();
         };
         let mut removed = Vec::new();
-        for (at, entry) in entries(&listed.list).filter(|(at, _)| filter(listed, *at)) {
-            let here = |slot: &Slot| (slot.segment, slot.entry) == (segment, at as u32);
-            if table.remove(tag(entry.hash), here) {
+        for (at, entry) in entries(&listed.list, 0).filter(|(at, _)| filter(listed, *at)) {
+            if unpoint(table, segment, at, &entry) {
                 removed.push(entry.digest());
             }
         }

@@ -15,14 +15,14 @@
 //!   deleted with every blob in it (an open file stays readable, so a reader in flight is not cut
 //!   short). A read of a blob whose segment goes within the next quarter of the bound copies it
 //!   to the newest, so blobs in use survive (LRU, approximately, at a segment's granularity).
-//! - Start-up reads index files, not segments. Each segment has one (`<seq>.idx`, see [`format`](mod@format)),
-//!   appended to with each write and never synced: at start it is believed only as far as it
-//!   agrees with its segment, and the segment is read from there (the tail a crash left). Then a
-//!   thread hashes every blob the index files listed; until it has, a blob is hashed when first
-//!   asked for. Until the index files are read, a lookup of a blob the index lacks waits (and
-//!   looks again as each chunk of entries comes in), so a committed blob is never reported
-//!   missing. The index files are mapped, not copied ([`list`]), and the index in memory is
-//!   compact ([`index`]), so that a million blobs load in well under a tenth of a second.
+//! - Start-up reads index files, not segments. Each segment has one (`<seq>.idx`, see
+//!   [`format`](mod@format)), appended to with each write and never synced: at start it is believed
+//!   only as far as it agrees with its segment, and the segment is read from there (the tail a
+//!   crash left). Then a thread hashes every blob the index files listed; until it has, a blob is
+//!   hashed when first asked for. Until the index files are read, a lookup of a blob the index
+//!   lacks waits (and looks again as each chunk of entries comes in), so a committed blob is never
+//!   reported missing. The index files are mapped, not copied ([`list`]), and the index in memory
+//!   is compact ([`index`]), so that a million blobs load in well under a tenth of a second.
 
 mod format;
 mod index;
