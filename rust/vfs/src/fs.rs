@@ -183,7 +183,8 @@ enum Handle {
 }
 
 pub struct Vfs {
-    pub(crate) table: Mutex<Table>,
+    /// Locked only through [`Vfs::table`], which removes dropped files once it is let go.
+    table: Mutex<Table>,
     pub(crate) cas: CasView,
     /// scratch/'s pool (statfs reports it).
     pool: Arc<Pool>,
