@@ -329,7 +329,7 @@ impl Vfs {
             Node::Scratch(node) => match node {
                 ScratchNode::Dir { meta, .. } => scratch(FileKind::Directory, 0, 2, meta),
                 ScratchNode::File { file, meta, .. } => {
-                    scratch(FileKind::File, file.size()?, entry.links, meta)
+                    scratch(FileKind::File, file.size(), entry.links, meta)
                 }
                 ScratchNode::Symlink { target, meta } => {
                     scratch(FileKind::Symlink, target.len() as u64, entry.links, meta)
@@ -480,17 +480,20 @@ impl Vfs {
         fh
     }
 
-    /// Opens a file; `write` and `truncate` only succeed in scratch/.
+    /// Opens a file; `write` and `truncate` only succeed in scratch/. A scratch file is opened
+    /// and truncated after the table's lock is let go: the kernel holds a reference to `ino`
+    /// while it opens it, so the node and its storage stay meanwhile.
     pub async fn open(&self, ino: u64, write: bool, truncate: bool) -> VfsResult<u64> {
         let cas = {
-            let mut table = self.table();
-            let entry = table.get(ino)?;
-            match &entry.node {
+            let table = self.table();
+            match &table.get(ino)?.node {
                 Node::Scratch(ScratchNode::File { file, .. }) => {
+                    let file = file.clone();
+                    drop(table);
                     let open = file.open(write || truncate)?;
                     if truncate {
                         open.set_len(0)?;
-                        table.changed(ino);
+                        self.table().changed(ino);
                     }
                     return Ok(self.add_handle(Handle::Scratch(Arc::new(open))));
                 }
@@ -545,21 +548,25 @@ impl Vfs {
         self.handles.lock().unwrap().remove(&fh);
     }
 
+    /// Creates and opens a file. Its storage is created before the table is locked (a system
+    /// call), and removed again if the name turns out to be taken.
     pub fn create(&self, parent: u64, name: &OsStr, mode: u32) -> VfsResult<(Attr, u64)> {
-        let mut table = self.table();
-        let pool = table.pool_of(parent)?;
         check_name(name)?;
-        if table.scratch_dir(parent)?.contains_key(name) {
-            return Err(Errno::EXIST);
-        }
-        let file = pool.create()?;
-        let open = file.open(true)?;
+        let pool = self.table().pool_of(parent)?;
+        let open = pool.create()?;
+        let mut table = self.table();
         let node = ScratchNode::File {
-            file,
+            file: open.node().clone(),
             meta: Meta::new(perm(mode), self.uid, self.gid),
             digest: None,
         };
-        let ino = self.add_scratch(&mut table, parent, name, node)?;
+        let ino = match self.add_scratch(&mut table, parent, name, node) {
+            Ok(ino) => ino,
+            Err(e) => {
+                table.dropped_files.push(open.node().clone());
+                return Err(e);
+            }
+        };
         let attr = self.attr(&table, ino)?;
         drop(table);
         Ok((attr, self.add_handle(Handle::Scratch(Arc::new(open)))))
@@ -731,6 +738,16 @@ impl Vfs {
         {
             return Err(Errno::PERM);
         }
+        if let Some(size) = changes.size {
+            // Truncation is a system call: done before the table is locked again for the rest.
+            let file = match &self.table().get(ino)?.node {
+                Node::Scratch(ScratchNode::File { file, .. }) => Some(file.clone()),
+                _ => None,
+            };
+            if let Some(file) = file {
+                file.open(true)?.set_len(size)?;
+            }
+        }
         let mut table = self.table();
         let node = match &mut table.get_mut(ino)?.node {
             Node::Scratch(node) => node,
@@ -739,12 +756,9 @@ impl Vfs {
             }
             _ => return Err(Errno::PERM),
         };
-        if let Some(size) = changes.size {
+        if changes.size.is_some() {
             match node {
-                ScratchNode::File { file, digest, .. } => {
-                    file.open(true)?.set_len(size)?;
-                    *digest = None;
-                }
+                ScratchNode::File { digest, .. } => *digest = None,
                 ScratchNode::Dir { .. } => return Err(Errno::ISDIR),
                 ScratchNode::Symlink { .. } => return Err(Errno::INVAL),
             }
@@ -903,6 +917,22 @@ mod tests {
         assert_eq!(stored(), 1, "its storage is not removed under the lock");
         drop(table);
         assert_eq!((stored(), vfs.pool.used()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn creating_a_taken_name_leaves_no_storage_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vfs, _) = vfs(dir.path(), 1 << 20);
+        let (_, fh) = vfs.create(SCRATCH_ROOT, name("f"), 0o644).unwrap();
+        vfs.release(fh);
+        assert_eq!(
+            vfs.create(SCRATCH_ROOT, name("f"), 0o644).err(),
+            Some(Errno::EXIST)
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("pool")).unwrap().count(),
+            1
+        );
     }
 
     /// cas/ resolves the instance names the gRPC front serves, and no others: a local blob is

@@ -364,7 +364,7 @@ impl Vfs {
             }
         };
         let open = file.open(false)?;
-        let size = file.size()?;
+        let size = file.size();
         // Large SHA256TREE files are hashed on several threads (independent subtrees).
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
         let read = |mut offset: u64, len: u64, sink: &mut dyn FnMut(&[u8])| {
@@ -389,7 +389,7 @@ impl Vfs {
         })) = table.get_mut(ino).map(|e| &mut e.node)
         {
             // Only if the file did not change meanwhile (a write clears the cache and the size).
-            if Arc::ptr_eq(same, &file) && same.size()? == size {
+            if Arc::ptr_eq(same, &file) && same.size() == size {
                 *cached = Some(digest);
             }
         }

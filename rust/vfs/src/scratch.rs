@@ -10,7 +10,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 /// Ownership, permissions and times of a scratch node.
@@ -69,10 +69,17 @@ pub enum ScratchNode {
 /// One regular file's storage in a pool, by number. No descriptor is kept open: a tree may have
 /// a million files. The pool file is removed when the node is unlinked for good ([`remove`]).
 ///
+/// Its length is kept here, not asked of the disk: `getattr` reads it under the inode table's
+/// lock, which every file system call takes, so it must not cost a system call. Every change of
+/// length goes through [`OpenFile`], which holds `len` while it writes.
+///
 /// [`remove`]: PoolFile::remove
 pub struct PoolFile {
     pub id: u64,
     pub pool: Arc<Pool>,
+    /// The file's length. Read-locked by writes within it (they run in parallel), write-locked
+    /// by writes that extend the file and by truncation, so it always matches the disk.
+    len: RwLock<u64>,
 }
 
 impl PoolFile {
@@ -92,22 +99,13 @@ impl PoolFile {
         })
     }
 
-    pub fn size(&self) -> VfsResult<u64> {
-        std::fs::metadata(self.path())
-            .map(|m| m.len())
-            .map_err(|e| Errno::from_io(&e))
-    }
-
-    /// Resizes the file, within the pool's bound.
-    pub fn set_len(self: &Arc<Self>, size: u64) -> VfsResult<()> {
-        self.open(true)?.set_len(size)
+    pub fn size(&self) -> u64 {
+        *self.len.read().unwrap()
     }
 
     /// Deletes the storage and returns its space to the pool. Open descriptors keep working.
     pub fn remove(&self) {
-        if let Ok(size) = self.size() {
-            self.pool.used.fetch_sub(size, Ordering::SeqCst);
-        }
+        self.pool.used.fetch_sub(self.size(), Ordering::SeqCst);
         let _ = std::fs::remove_file(self.path());
     }
 }
@@ -119,32 +117,56 @@ pub struct OpenFile {
 }
 
 impl OpenFile {
-    fn size(&self) -> VfsResult<u64> {
-        self.file
-            .metadata()
-            .map(|m| m.len())
-            .map_err(|e| Errno::from_io(&e))
+    pub fn node(&self) -> &Arc<PoolFile> {
+        &self.node
     }
 
+    /// Resizes the file, within the pool's bound.
     pub fn set_len(&self, size: u64) -> VfsResult<()> {
-        let old = self.size()?;
-        self.node.pool.reserve(old, size)?;
-        self.file.set_len(size).map_err(|e| {
-            let _ = self.node.pool.reserve(size, old);
-            Errno::from_io(&e)
-        })
+        let mut len = self.node.len.write().unwrap();
+        self.node.pool.reserve(*len, size)?;
+        if let Err(e) = self.file.set_len(size) {
+            self.settle(&mut len, size);
+            return Err(Errno::from_io(&e));
+        }
+        *len = size;
+        Ok(())
     }
 
     /// Writes at `offset`, within the pool's bound.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> VfsResult<u32> {
         use std::os::unix::fs::FileExt;
-        let old = self.size()?;
-        let new = old.max(offset + data.len() as u64);
-        self.node.pool.reserve(old, new)?;
-        self.file
-            .write_all_at(data, offset)
-            .map_err(|e| Errno::from_io(&e))?;
+        let end = offset + data.len() as u64;
+        let write = || {
+            self.file
+                .write_all_at(data, offset)
+                .map_err(|e| Errno::from_io(&e))
+        };
+        {
+            let len = self.node.len.read().unwrap();
+            if end <= *len {
+                write()?;
+                return Ok(data.len() as u32);
+            }
+        }
+        let mut len = self.node.len.write().unwrap();
+        let new = (*len).max(end);
+        self.node.pool.reserve(*len, new)?;
+        if let Err(e) = write() {
+            self.settle(&mut len, new);
+            return Err(e);
+        }
+        *len = new;
         Ok(data.len() as u32)
+    }
+
+    /// After a failed change of length, for which `reserved` bytes were reserved: counts what
+    /// the file really holds (a write may have been partly done), or keeps the reservation if
+    /// even that cannot be told.
+    fn settle(&self, len: &mut u64, reserved: u64) {
+        let real = self.file.metadata().map_or(reserved, |m| m.len());
+        let _ = self.node.pool.reserve(reserved, real);
+        *len = real;
     }
 
     pub fn read_at(&self, offset: u64, size: u32) -> VfsResult<Vec<u8>> {
@@ -211,27 +233,32 @@ impl Pool {
         }))
     }
 
-    pub fn create(self: &Arc<Self>) -> VfsResult<Arc<PoolFile>> {
+    /// A new empty file, open for reading and writing.
+    pub fn create(self: &Arc<Self>) -> VfsResult<OpenFile> {
         let id = self.next.fetch_add(1, Ordering::SeqCst);
-        let file = PoolFile {
+        let node = Arc::new(PoolFile {
             id,
             pool: self.clone(),
-        };
-        std::fs::OpenOptions::new()
+            len: RwLock::new(0),
+        });
+        let file = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
-            .open(file.path())
+            .open(node.path())
             .map_err(|e| Errno::from_io(&e))?;
-        Ok(Arc::new(file))
+        Ok(OpenFile { file, node })
     }
 
     /// An existing file of this pool, as saved state refers to it.
     pub fn adopt(self: &Arc<Self>, id: u64) -> Option<Arc<PoolFile>> {
-        let file = PoolFile {
+        let path = self.dir.join(id.to_string());
+        let len = std::fs::metadata(path).ok().filter(|m| m.is_file())?.len();
+        Some(Arc::new(PoolFile {
             id,
             pool: self.clone(),
-        };
-        file.path().is_file().then(|| Arc::new(file))
+            len: RwLock::new(len),
+        }))
     }
 
     /// Removes every file whose number `keep` rejects (left over from work never saved).
@@ -278,5 +305,62 @@ impl Pool {
 
     pub fn max_bytes(&self) -> u64 {
         self.max_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on_disk(file: &PoolFile) -> u64 {
+        std::fs::metadata(file.path()).unwrap().len()
+    }
+
+    #[test]
+    fn lengths_are_kept_in_step_with_the_disk_and_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Pool::open_empty(dir.path(), 100).unwrap();
+        let open = pool.create().unwrap();
+        let file = open.node().clone();
+        open.write_at(10, b"0123456789").unwrap();
+        open.write_at(0, b"abc").unwrap();
+        assert_eq!((file.size(), on_disk(&file), pool.used()), (20, 20, 20));
+        assert_eq!(open.write_at(95, b"0123456789"), Err(Errno::NOSPC));
+        assert_eq!(open.set_len(101), Err(Errno::NOSPC));
+        assert_eq!((file.size(), on_disk(&file), pool.used()), (20, 20, 20));
+        open.set_len(5).unwrap();
+        assert_eq!((file.size(), on_disk(&file), pool.used()), (5, 5, 5));
+        file.remove();
+        assert_eq!(pool.used(), 0);
+        let adopted = Pool::open_persistent(dir.path(), 100).unwrap();
+        assert_eq!(adopted.used(), 0);
+    }
+
+    /// Writers of one file, some within it and some extending it, in parallel: the length and
+    /// the pool's count end as the disk has it.
+    #[test]
+    fn parallel_writers_leave_length_and_pool_as_the_disk_has_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Pool::open_empty(dir.path(), 1 << 20).unwrap();
+        let open = Arc::new(pool.create().unwrap());
+        std::thread::scope(|scope| {
+            for writer in 0..4u64 {
+                let open = open.clone();
+                scope.spawn(move || {
+                    for i in 0..200u64 {
+                        open.write_at((i * 4 + writer) * 100, &[writer as u8; 150])
+                            .unwrap();
+                        if i % 50 == 49 {
+                            open.set_len(i * 300).unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        let file = open.node();
+        assert_eq!(file.size(), on_disk(file));
+        assert_eq!(pool.used(), on_disk(file));
+        let adopted = Pool::open_persistent(dir.path(), 1 << 20).unwrap();
+        assert_eq!(adopted.adopt(file.id).unwrap().size(), on_disk(file));
     }
 }
