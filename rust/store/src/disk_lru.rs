@@ -21,6 +21,7 @@
 
 use crate::clock::Clock;
 use crate::error::{StoreError, StoreResult};
+use crate::joint_bound::Member;
 use lru::LruCache;
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -103,6 +104,10 @@ pub struct DiskLru<K: DiskKey> {
     reserved: Arc<AtomicU64>,
     /// True until the entries found on disk at start are all in the index.
     loading: AtomicBool,
+    /// The bound: `options.max_bytes` at first, moved by a [`JointBound`] the store is part of.
+    ///
+    /// [`JointBound`]: crate::joint_bound::JointBound
+    max_bytes: AtomicU64,
 }
 
 /// Room for an entry being written, taken from the store's bound before its first byte. Dropping
@@ -161,6 +166,7 @@ impl<K: DiskKey> DiskLru<K> {
             settled: Condvar::new(),
             reserved: Arc::new(AtomicU64::new(0)),
             loading: AtomicBool::new(true),
+            max_bytes: AtomicU64::new(options.max_bytes),
         });
         Ok(store)
     }
@@ -236,7 +242,7 @@ impl<K: DiskKey> DiskLru<K> {
     /// the bound or the room is held by other writes in progress.
     pub fn reserve(&self, len: u64) -> StoreResult<Reservation> {
         let len = K::footprint(len);
-        let max = self.options.max_bytes;
+        let max = self.max_bytes();
         if len > max {
             return Err(StoreError::ResourceExhausted(format!(
                 "{len} bytes do not fit in the store's bound of {max} bytes"
@@ -301,11 +307,11 @@ impl<K: DiskKey> DiskLru<K> {
                 .map_err(|e| StoreError::io(what(), e))?
                 .len(),
         );
-        if len > self.options.max_bytes {
+        if len > self.max_bytes() {
             return Err(StoreError::ResourceExhausted(format!(
                 "{} is {len} bytes, more than the store's bound of {} bytes",
                 key.rel_path().display(),
-                self.options.max_bytes
+                self.max_bytes()
             )));
         }
         if self.options.sync_writes {
@@ -415,7 +421,7 @@ impl<K: DiskKey> DiskLru<K> {
             return;
         }
         let mut evicted = Vec::new();
-        while index.bytes + self.reserved.load(Ordering::Acquire) > self.options.max_bytes {
+        while index.bytes + self.reserved.load(Ordering::Acquire) > self.max_bytes() {
             let Some((key, entry)) = index.lru.pop_lru() else {
                 break;
             };
@@ -443,11 +449,44 @@ impl<K: DiskKey> DiskLru<K> {
         self.settled.notify_all();
     }
 
+    /// The store's bound.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes.load(Ordering::Acquire)
+    }
+
     fn now_secs(&self) -> u64 {
         self.clock
             .now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
+    }
+}
+
+impl<K: DiskKey> Member for DiskLru<K> {
+    fn max_bytes(&self) -> u64 {
+        DiskLru::max_bytes(self)
+    }
+
+    fn set_max_bytes(&self, max_bytes: u64) {
+        self.max_bytes.store(max_bytes, Ordering::Release);
+        self.evict(self.index.lock().unwrap());
+    }
+
+    fn footprint(&self) -> u64 {
+        self.index.lock().unwrap().bytes + self.reserved()
+    }
+
+    fn oldest_use(&self) -> Option<u64> {
+        let index = self.index.lock().unwrap();
+        index.lru.peek_lru().map(|(_, entry)| entry.touched)
+    }
+
+    fn floor(&self) -> u64 {
+        0
+    }
+
+    fn settled(&self) -> bool {
+        !self.loading()
     }
 }
 

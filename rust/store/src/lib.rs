@@ -14,6 +14,7 @@ mod demultiplexing;
 mod disk_lru;
 mod error;
 mod existence_caching;
+mod joint_bound;
 mod local_ac;
 mod local_cas;
 mod packed;

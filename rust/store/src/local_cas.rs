@@ -1,10 +1,12 @@
 //! The local content-addressable storage, verified on the way in: blobs up to
 //! [`PACKED_MAX_BLOB`] packed into segment files ([`Packed`]), larger ones a file each in a
-//! [`DiskLru`]. Small blobs written before packing existed stay readable in the [`DiskLru`].
+//! [`DiskLru`], both under one bound ([`JointBound`]). Small blobs written before packing existed
+//! stay readable in the [`DiskLru`].
 
 use crate::clock::Clock;
 use crate::disk_lru::{in_blocks, DiskKey, DiskLru, DiskLruOptions, Reservation};
 use crate::error::{StoreError, StoreResult};
+use crate::joint_bound::{JointBound, Member};
 use crate::packed::{Packed, PACKED_MAX_BLOB};
 use crate::traits::{mismatch, BlobSink, BlobStore, ByteStream};
 use async_trait::async_trait;
@@ -59,9 +61,6 @@ impl DiskKey for Digest {
     }
 }
 
-/// The share of `max_bytes` the packed small blobs get: a quarter.
-const PACKED_SHARE: u64 = 4;
-
 /// Whether a blob of this digest is packed.
 fn packs(digest: &Digest) -> bool {
     !digest.is_empty_blob() && digest.size() <= PACKED_MAX_BLOB
@@ -79,24 +78,39 @@ pub enum LocalBlob {
 pub struct LocalCas {
     blobs: Arc<DiskLru<Digest>>,
     packed: Arc<Packed>,
+    bound: Arc<JointBound>,
 }
 
 impl LocalCas {
-    /// Opens the store at `root`: a quarter of `options.max_bytes` for packed small blobs, the
-    /// rest for blobs with files of their own.
+    /// Opens the store at `root`, bounded to `options.max_bytes` in all. The packed blobs start
+    /// with the budget for what they hold (at least two segments), the files with the rest; the
+    /// budget then moves to whichever layout holds the newer data (see [`JointBound`]).
     pub fn open(
         root: &Path,
         options: DiskLruOptions,
         clock: Arc<dyn Clock>,
     ) -> std::io::Result<Self> {
-        let packed_bytes = options.max_bytes / PACKED_SHARE;
+        let packed = Packed::open(
+            &root.join("packed"),
+            options.max_bytes,
+            options.sync_writes,
+            clock.clone(),
+        )?;
+        let packed_bytes = packed
+            .footprint()
+            .max(packed.floor())
+            .min(options.max_bytes);
+        packed.set_max_bytes(packed_bytes);
         let files = DiskLruOptions {
             max_bytes: options.max_bytes - packed_bytes,
             ..options
         };
+        let blobs = DiskLru::open(root, files, clock)?;
+        let bound = JointBound::new(blobs.clone(), packed.clone(), packed.segment_bytes());
         Ok(LocalCas {
-            blobs: DiskLru::open(root, files, clock)?,
-            packed: Packed::open(&root.join("packed"), packed_bytes, options.sync_writes)?,
+            blobs,
+            packed,
+            bound: Arc::new(bound),
         })
     }
 
@@ -220,13 +234,18 @@ impl BlobStore for LocalCas {
         if packs(digest) {
             return Ok(Box::new(SmallSink {
                 packed: self.packed.clone(),
+                bound: self.bound.clone(),
                 digest: *digest,
                 data: Vec::with_capacity(digest.size() as usize),
             }));
         }
         // The declared size is reserved before any byte arrives: a blob that cannot fit is
-        // refused at once, and uploads in progress count against the bound.
-        let reservation = self.blobs.reserve(digest.size())?;
+        // refused at once, and uploads in progress count against the bound. Making room may
+        // evict, which unlinks files: not on the runtime's threads.
+        let (blobs, bound, size) = (self.blobs.clone(), self.bound.clone(), digest.size());
+        let reservation = tokio::task::spawn_blocking(move || reserve(&blobs, &bound, size))
+            .await
+            .map_err(join_error)??;
         let file = self.blobs.temp_file()?;
         let (to_writer, chunks) = mpsc::channel::<Bytes>(4);
         let what = format!("writing blob {digest}");
@@ -258,9 +277,9 @@ impl BlobStore for LocalCas {
             let mut results = self.batch_write("", vec![(*digest, data)]).await;
             return results.pop().expect("one result per blob");
         }
-        let blobs = self.blobs.clone();
+        let (blobs, bound) = (self.blobs.clone(), self.bound.clone());
         let digest = *digest;
-        tokio::task::spawn_blocking(move || match stage(&blobs, &digest, &data)? {
+        tokio::task::spawn_blocking(move || match stage(&blobs, &bound, &digest, &data)? {
             Some((file, reservation)) => blobs.insert(&digest, file, reservation),
             None => Ok(()),
         })
@@ -280,7 +299,7 @@ impl BlobStore for LocalCas {
             .into_iter()
             .enumerate()
             .partition(|(_, (d, _))| packs(d));
-        let packed = self.packed.clone();
+        let (packed, bound) = (self.packed.clone(), self.bound.clone());
         let small_done = tokio::task::spawn_blocking(move || {
             let mut results: Vec<(usize, StoreResult<()>)> = Vec::with_capacity(small.len());
             let mut verified = Vec::with_capacity(small.len());
@@ -291,6 +310,7 @@ impl BlobStore for LocalCas {
                 }
             }
             let batch: Vec<(Digest, &[u8])> = verified.iter().map(|(_, d, b)| (*d, *b)).collect();
+            bound.room_for_packed(Packed::stored_bytes(batch.iter().map(|(d, _)| d)));
             let stored = packed.put(&batch);
             results.extend(verified.iter().map(|(i, _, _)| (*i, stored.clone())));
             results
@@ -393,6 +413,7 @@ fn check_not_past_size(digest: &Digest, end: u64) -> StoreResult<()> {
 /// there is nothing to store: the empty blob, or one already present.
 fn stage(
     blobs: &DiskLru<Digest>,
+    bound: &JointBound,
     digest: &Digest,
     data: &[u8],
 ) -> StoreResult<Option<(NamedTempFile, Reservation)>> {
@@ -400,16 +421,23 @@ fn stage(
     if digest.is_empty_blob() || blobs.contains(std::slice::from_ref(digest))[0] {
         return Ok(None);
     }
-    let reservation = blobs.reserve(digest.size())?;
+    let reservation = reserve(blobs, bound, digest.size())?;
     let mut file = blobs.temp_file()?;
     file.write_all(data)
         .map_err(|e| StoreError::io(format!("writing blob {digest}"), e))?;
     Ok(Some((file, reservation)))
 }
 
+/// Room for a file of `len` bytes: budget moved to the files first, if it should be.
+fn reserve(blobs: &DiskLru<Digest>, bound: &JointBound, len: u64) -> StoreResult<Reservation> {
+    bound.room_for_files(in_blocks(len));
+    blobs.reserve(len)
+}
+
 /// An upload of a small blob: kept in memory, verified and packed at commit.
 struct SmallSink {
     packed: Arc<Packed>,
+    bound: Arc<JointBound>,
     digest: Digest,
     data: Vec<u8>,
 }
@@ -429,11 +457,13 @@ impl BlobSink for SmallSink {
     async fn commit(self: Box<Self>) -> StoreResult<()> {
         let SmallSink {
             packed,
+            bound,
             digest,
             data,
         } = *self;
         tokio::task::spawn_blocking(move || {
             verify(&digest, &data)?;
+            bound.room_for_packed(Packed::stored_bytes([&digest]));
             packed.put(&[(digest, &data)])
         })
         .await

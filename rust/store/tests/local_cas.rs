@@ -3,9 +3,10 @@
 
 use bytes::Bytes;
 use clientd_digest::{Digest, DigestFunction};
-use clientd_store::{BlobStore, DiskLruOptions, LocalCas, StoreError, SystemClock};
+use clientd_store::{BlobStore, DiskLruOptions, LocalCas, ManualClock, StoreError, SystemClock};
 use futures::StreamExt;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 fn blob(i: u64) -> Vec<u8> {
     let len = 1000 + (i as usize * 7919) % 200_000;
@@ -356,4 +357,76 @@ async fn packed_blobs_are_found_while_they_are_indexed() {
             }
         }
     }
+}
+
+/// `count` distinct blobs of `len` bytes, from `seed` on.
+fn blobs_of(seed: u64, count: u64, len: usize) -> Vec<(Digest, Bytes)> {
+    (seed..seed + count)
+        .map(|i| {
+            let mut data: Vec<u8> = (0..len).map(|j| (i as usize * 31 + j * 17) as u8).collect();
+            data[..8].copy_from_slice(&i.to_le_bytes());
+            (DigestFunction::Sha256.digest_of(&data), Bytes::from(data))
+        })
+        .collect()
+}
+
+async fn store_all(cas: &LocalCas, blobs: &[(Digest, Bytes)]) {
+    for batch in blobs.chunks(64) {
+        for result in cas.batch_write("", batch.to_vec()).await {
+            result.unwrap();
+        }
+        let (_, counted) = cas.usage();
+        assert!(counted <= 8 << 20, "counted {counted}");
+    }
+}
+
+async fn present(cas: &LocalCas, blobs: &[(Digest, Bytes)]) -> usize {
+    let digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+    digests.len() - cas.find_missing("", &digests).await.unwrap().len()
+}
+
+/// One bound over both layouts: small blobs alone get (nearly) all of it, and when both hold
+/// data, the layout whose least recently used data is older gives way.
+#[tokio::test]
+async fn both_layouts_share_the_bound_and_the_older_data_goes_first() {
+    let dir = tempfile::tempdir().unwrap();
+    const BOUND: u64 = 8 << 20;
+    let options = DiskLruOptions {
+        max_bytes: BOUND,
+        sync_writes: false,
+    };
+    let clock = Arc::new(ManualClock::new(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 30),
+    ));
+    let cas = LocalCas::open(dir.path(), options, clock.clone()).unwrap();
+    // Larger blobs (a file each) first: they fill what the packed blobs do not hold.
+    let files = blobs_of(0, 100, 64 << 10);
+    store_all(&cas, &files).await;
+    assert!(present(&cas, &files).await >= 80);
+    // An hour later, small blobs only, twice the bound: the files are older, so they go.
+    clock.advance(Duration::from_secs(3600));
+    let small = blobs_of(1000, 4096, 4 << 10);
+    store_all(&cas, &small).await;
+    assert!(
+        present(&cas, &files).await <= 5,
+        "the older files went first"
+    );
+    let kept = present(&cas, &small).await;
+    // Before the bound was joint, small blobs got a quarter of it: about 500 of these.
+    assert!(
+        kept * (4 << 10) > (BOUND as usize) * 3 / 4,
+        "{kept} small blobs kept"
+    );
+    assert_eq!(present(&cas, &small[small.len() - 256..]).await, 256);
+    // An hour later, larger blobs again: now the packed blobs are older, and make room.
+    clock.advance(Duration::from_secs(3600));
+    let newer = blobs_of(9000, 64, 64 << 10);
+    store_all(&cas, &newer).await;
+    assert_eq!(present(&cas, &newer).await, 64);
+    assert!(present(&cas, &small).await < kept);
+    assert!(
+        allocated(dir.path()) <= BOUND,
+        "{} bytes allocated",
+        allocated(dir.path())
+    );
 }

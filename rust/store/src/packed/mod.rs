@@ -30,7 +30,9 @@ mod list;
 mod start;
 mod table;
 
+use crate::clock::Clock;
 use crate::error::{StoreError, StoreResult};
+use crate::joint_bound::Member;
 use bytes::Bytes;
 use clientd_digest::Digest;
 use format::{data_offset, encode, encode_entry};
@@ -42,7 +44,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Blobs up to this size are packed; larger ones get a file each (where a block's waste is at
 /// most a quarter, and reads stream).
@@ -67,6 +71,9 @@ struct Segment {
     bytes: u64,
     /// Its index file's length (counted in the bound too).
     index_bytes: u64,
+    /// When it was last written to (seconds since the epoch): how old its blobs are, for a
+    /// [`JointBound`](crate::joint_bound::JointBound).
+    written: u64,
 }
 
 struct State {
@@ -112,8 +119,12 @@ struct Found {
 
 pub struct Packed {
     dir: PathBuf,
-    max_bytes: u64,
+    /// The bound: as opened at first, moved by a [`JointBound`] the store is part of.
+    ///
+    /// [`JointBound`]: crate::joint_bound::JointBound
+    max_bytes: AtomicU64,
     segment_bytes: u64,
+    clock: Arc<dyn Clock>,
     sync_writes: bool,
     state: RwLock<State>,
     writer: Mutex<Writer>,
@@ -140,9 +151,14 @@ fn numbered(name: &std::ffi::OsStr, extension: &str) -> Option<u32> {
 }
 
 impl Packed {
-    /// Opens (creating) the segments in `dir`, bounded to `max_bytes`; a thread reads their
-    /// index files, then verifies their blobs.
-    pub fn open(dir: &Path, max_bytes: u64, sync_writes: bool) -> io::Result<Arc<Self>> {
+    /// Opens (creating) the segments in `dir`, bounded to `max_bytes` (which sizes the segments
+    /// too); a thread reads their index files, then verifies their blobs.
+    pub fn open(
+        dir: &Path,
+        max_bytes: u64,
+        sync_writes: bool,
+        clock: Arc<dyn Clock>,
+    ) -> io::Result<Arc<Self>> {
         fs::create_dir_all(dir)?;
         let mut segments = BTreeMap::new();
         let mut indexes = BTreeMap::new();
@@ -156,13 +172,14 @@ impl Packed {
                 continue;
             };
             let file = File::open(entry.path())?;
-            let len = file.metadata()?.len();
+            let metadata = file.metadata()?;
             segments.insert(
                 number,
                 Segment {
                     file: Arc::new(file),
-                    bytes: len,
+                    bytes: metadata.len(),
                     index_bytes: 0,
+                    written: metadata.modified().map_or(0, secs),
                 },
             );
         }
@@ -178,8 +195,13 @@ impl Packed {
         let first = found.last().map_or(0, |n| n + 1);
         let packed = Arc::new(Packed {
             dir: dir.to_path_buf(),
-            max_bytes,
-            segment_bytes: (max_bytes / 8).clamp(256 << 10, 64 << 20),
+            max_bytes: AtomicU64::new(max_bytes),
+            // At most a quarter of the bound, so that two fit a small one.
+            segment_bytes: (max_bytes / 8)
+                .clamp(256 << 10, 64 << 20)
+                .min(max_bytes / 4)
+                .max(1),
+            clock,
             sync_writes,
             state: RwLock::new(State {
                 index: Index::default(),
@@ -222,6 +244,7 @@ impl Packed {
                 file: Arc::new(file),
                 bytes: 0,
                 index_bytes: 0,
+                written: self.now(),
             },
         );
         Ok(index)
@@ -235,8 +258,9 @@ impl Packed {
             let file = state.segments[&location.segment].file.clone();
             // Old: its segment goes once less than a quarter of the bound more is written. While
             // a quarter of the bound is free no blob is, and the segments need not be summed.
-            let quarter = self.max_bytes / 4;
-            let free = self.max_bytes.saturating_sub(state.bytes);
+            let max_bytes = self.max_bytes();
+            let quarter = max_bytes / 4;
+            let free = max_bytes.saturating_sub(state.bytes);
             let newest = state.segments.keys().next_back() == Some(&location.segment);
             let old = !newest
                 && free < quarter
@@ -440,11 +464,13 @@ impl Packed {
             index.write_all_at(&entries, *index_len)?;
             *index_len += entries.len() as u64;
         }
+        let now = self.now();
         let mut state = self.state.write().unwrap();
         state.bytes += n + entries.len() as u64;
         if let Some(entry) = state.segments.get_mut(&writer.segment) {
             entry.bytes = writer.len;
             entry.index_bytes += entries.len() as u64;
+            entry.written = now;
         }
         Ok(Written {
             segment: writer.segment,
@@ -482,7 +508,7 @@ impl Packed {
         if self.stage() == Start::Loading {
             return Evicted(evicted);
         }
-        while state.bytes + incoming > self.max_bytes && state.segments.len() > 1 {
+        while state.bytes + incoming > self.max_bytes() && state.segments.len() > 1 {
             let (number, segment) = state.segments.pop_first().expect("more than one");
             state.bytes -= segment.bytes + segment.index_bytes;
             let list = state.index.forget_segment(number).unwrap_or_default();
@@ -525,13 +551,73 @@ impl Packed {
         let state = self.state.read().unwrap();
         (state.index.len(), state.bytes)
     }
+
+    /// The bound.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes.load(Ordering::Acquire)
+    }
+
+    /// The bytes blobs of these digests take once packed, index entries included.
+    pub fn stored_bytes<'a>(digests: impl IntoIterator<Item = &'a Digest>) -> u64 {
+        digests.into_iter().map(format::stored_bytes).sum()
+    }
+
+    /// How large a segment grows: the least that moves between joint bounds at a time.
+    pub fn segment_bytes(&self) -> u64 {
+        self.segment_bytes
+    }
+
+    fn now(&self) -> u64 {
+        secs(self.clock.now())
+    }
+}
+
+fn secs(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Member for Packed {
+    fn max_bytes(&self) -> u64 {
+        Packed::max_bytes(self)
+    }
+
+    fn set_max_bytes(&self, max_bytes: u64) {
+        self.max_bytes.store(max_bytes, Ordering::Release);
+        let evicted = self.evict(&mut self.state.write().unwrap(), 0);
+        self.remove(evicted);
+    }
+
+    fn footprint(&self) -> u64 {
+        self.state.read().unwrap().bytes
+    }
+
+    /// The oldest segment's last write; the segment being written is never evicted.
+    fn oldest_use(&self) -> Option<u64> {
+        let state = self.state.read().unwrap();
+        let oldest = state.segments.values().next()?;
+        (state.segments.len() > 1).then_some(oldest.written)
+    }
+
+    /// Room for the segment being written and one more.
+    fn floor(&self) -> u64 {
+        2 * self.segment_bytes
+    }
+
+    fn settled(&self) -> bool {
+        self.stage() != Start::Loading
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::format::HEADER;
     use super::*;
+    use crate::clock::SystemClock;
     use clientd_digest::DigestFunction;
+
+    fn clock() -> Arc<dyn Clock> {
+        Arc::new(SystemClock)
+    }
 
     fn blob(seed: u64, len: usize) -> (Digest, Vec<u8>) {
         let data: Vec<u8> = (0..len)
@@ -553,7 +639,10 @@ mod tests {
     /// A directory with `blobs` stored in it by a Packed since closed.
     fn stored(blobs: &[(Digest, Vec<u8>)]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        put(&Packed::open(dir.path(), 1 << 30, true).unwrap(), blobs);
+        put(
+            &Packed::open(dir.path(), 1 << 30, true, clock()).unwrap(),
+            blobs,
+        );
         dir
     }
 
@@ -570,7 +659,7 @@ mod tests {
         let blobs: Vec<_> = (0..100).map(|i| blob(i, 1 + i as usize * 37)).collect();
         let other = DigestFunction::Blake3.digest_of(b"blake3 blob");
         {
-            let packed = Packed::open(dir.path(), 1 << 30, true).unwrap();
+            let packed = Packed::open(dir.path(), 1 << 30, true, clock()).unwrap();
             put(&packed, &blobs);
             packed.put(&[(other, b"blake3 blob")]).unwrap();
             put(&packed, &blobs[..10]); // again: skipped
@@ -582,7 +671,7 @@ mod tests {
             assert_eq!(&middle[..], &data[10..30]);
             assert_eq!(packed.usage().0, 101);
         }
-        let packed = Packed::open(dir.path(), 1 << 30, true).unwrap();
+        let packed = Packed::open(dir.path(), 1 << 30, true, clock()).unwrap();
         for (digest, data) in &blobs {
             assert!(packed.contains(digest), "found while or after loading");
             assert!(read(&packed, digest).as_ref() == Some(data), "{digest}");
@@ -603,7 +692,7 @@ mod tests {
     fn concurrent_writers_share_syncs_across_segments_and_every_blob_survives() {
         let dir = tempfile::tempdir().unwrap();
         // Segments of 256 KiB: the writers fill several, and nothing is evicted.
-        let packed = Packed::open(dir.path(), 2 << 20, true).unwrap();
+        let packed = Packed::open(dir.path(), 2 << 20, true, clock()).unwrap();
         let all: Vec<Vec<_>> = (0..4u64)
             .map(|t| (0..150).map(|i| blob(t << 20 | i, 3000)).collect())
             .collect();
@@ -620,7 +709,7 @@ mod tests {
         });
         drop(packed);
         assert!(fs::read_dir(dir.path()).unwrap().count() > 2);
-        let packed = Packed::open(dir.path(), 2 << 20, true).unwrap();
+        let packed = Packed::open(dir.path(), 2 << 20, true, clock()).unwrap();
         for (digest, data) in all.iter().flatten() {
             assert!(read(&packed, digest).as_ref() == Some(data), "{digest}");
         }
@@ -640,7 +729,7 @@ mod tests {
         let mut bytes = fs::read(&path).unwrap();
         bytes.extend_from_slice(&record[..record.len() - 1]);
         fs::write(&path, &bytes).unwrap();
-        let packed = Packed::open(dir.path(), 1 << 30, true).unwrap();
+        let packed = Packed::open(dir.path(), 1 << 30, true, clock()).unwrap();
         packed.wait_for(Start::Done);
         assert!(!packed.contains(&torn));
         assert_eq!(
@@ -657,7 +746,7 @@ mod tests {
         let second = HEADER + 32 + 500 + HEADER + 32;
         bytes[second + 7] ^= 1;
         fs::write(&path, &bytes).unwrap();
-        let packed = Packed::open(dir.path(), 1 << 30, true).unwrap();
+        let packed = Packed::open(dir.path(), 1 << 30, true, clock()).unwrap();
         packed.wait_for(Start::Done);
         assert!(!packed.contains(&blobs[1].0));
         assert_eq!(packed.usage().0, 9);
@@ -668,7 +757,7 @@ mod tests {
     fn the_bound_holds_on_real_bytes_and_blobs_in_use_survive() {
         let dir = tempfile::tempdir().unwrap();
         let bound = 2 << 20; // segments of 256 KiB
-        let packed = Packed::open(dir.path(), bound, false).unwrap();
+        let packed = Packed::open(dir.path(), bound, false, clock()).unwrap();
         packed.wait_for(Start::Done);
         let kept = blob(0, 4000);
         put(&packed, std::slice::from_ref(&kept));
@@ -704,7 +793,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let blobs: Vec<_> = (0..200).map(|i| blob(i, 100 + i as usize)).collect();
         {
-            let packed = Packed::open(dir.path(), 1 << 30, true).unwrap();
+            let packed = Packed::open(dir.path(), 1 << 30, true, clock()).unwrap();
             put(&packed, &blobs[..100]);
             put(&packed, &blobs[100..]);
         }
@@ -712,7 +801,7 @@ mod tests {
         let whole = fs::read(&index).unwrap();
         // Lost at a crash: the second batch's entries and a few bytes of the first's.
         fs::write(&index, &whole[..whole.len() / 2 - 5]).unwrap();
-        let packed = Packed::open(dir.path(), 1 << 30, true).unwrap();
+        let packed = Packed::open(dir.path(), 1 << 30, true, clock()).unwrap();
         for (digest, data) in &blobs {
             assert!(read(&packed, digest).as_ref() == Some(data), "{digest}");
         }
@@ -727,7 +816,7 @@ mod tests {
         drop(packed);
         // No index file at all (a cache from before they existed): one is written.
         fs::remove_file(&index).unwrap();
-        let packed = Packed::open(dir.path(), 1 << 30, true).unwrap();
+        let packed = Packed::open(dir.path(), 1 << 30, true, clock()).unwrap();
         packed.wait_for(Start::Done);
         assert_eq!(fs::read(&index).unwrap(), whole);
         assert_eq!(packed.usage().0, 200);
@@ -747,7 +836,7 @@ mod tests {
         let mut entries = fs::read(&index).unwrap();
         entries[20 * (16 + 32) + 16 + 3] ^= 1;
         fs::write(&index, &entries).unwrap();
-        let packed = Packed::open(dir.path(), 1 << 30, true).unwrap();
+        let packed = Packed::open(dir.path(), 1 << 30, true, clock()).unwrap();
         // Asked for whether or not the thread at start has reached it: refused either way.
         assert!(!packed.contains(&blobs[10].0));
         assert_eq!(read(&packed, &blobs[10].0), None);
