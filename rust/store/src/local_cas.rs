@@ -200,6 +200,11 @@ impl BlobStore for LocalCas {
             }
             return Err(StoreError::blob_not_found(digest));
         }
+        if packs(digest) {
+            if let Some(data) = self.packed.read_now(digest, offset, len) {
+                return Ok(futures::stream::once(async move { Ok(data) }).boxed());
+            }
+        }
         let blobs = self.blobs.clone();
         let digest = *digest;
         if len <= READ_CHUNK as u64 {

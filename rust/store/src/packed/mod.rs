@@ -252,37 +252,11 @@ impl Packed {
 
     /// blob, and hashes a blob not verified yet (dropping it if it does not verify).
     fn locate(&self, digest: &Digest) -> io::Result<Option<Found>> {
-        let lookup = || {
-            let state = self.state.read().unwrap();
-            let location = state.index.get(digest)?;
-            let file = state.segments[&location.segment].file.clone();
-            // Old: its segment goes once less than a quarter of the bound more is written. While
-            // a quarter of the bound is free no blob is, and the segments need not be summed.
-            let max_bytes = self.max_bytes();
-            let quarter = max_bytes / 4;
-            let free = max_bytes.saturating_sub(state.bytes);
-            let newest = state.segments.keys().next_back() == Some(&location.segment);
-            let old = !newest
-                && free < quarter
-                && free
-                    + state
-                        .segments
-                        .range(..=location.segment)
-                        .map(|(_, s)| s.bytes)
-                        .sum::<u64>()
-                    < quarter;
-            Some(Found {
-                location,
-                file,
-                old,
-                data: None,
-            })
-        };
         // The progress is read before the lookup: a blob missed while the index files were being
         // read is looked up again once more entries are in, even if they came just after the miss.
         let mut seen = self.progress();
         let found = loop {
-            if let Some(found) = lookup() {
+            if let Some(found) = self.find_now(digest) {
                 break found;
             }
             if seen.stage != Start::Loading {
@@ -295,6 +269,34 @@ impl Packed {
             return Ok(Some(found));
         }
         self.verify(digest, found)
+    }
+
+    /// The blob if the index has it now (verified or not), without waiting for the index.
+    fn find_now(&self, digest: &Digest) -> Option<Found> {
+        let state = self.state.read().unwrap();
+        let location = state.index.get(digest)?;
+        let file = state.segments[&location.segment].file.clone();
+        // Old: its segment goes once less than a quarter of the bound more is written. While a
+        // quarter of the bound is free no blob is, and the segments need not be summed.
+        let max_bytes = self.max_bytes();
+        let quarter = max_bytes / 4;
+        let free = max_bytes.saturating_sub(state.bytes);
+        let newest = state.segments.keys().next_back() == Some(&location.segment);
+        let old = !newest
+            && free < quarter
+            && free
+                + state
+                    .segments
+                    .range(..=location.segment)
+                    .map(|(_, s)| s.bytes)
+                    .sum::<u64>()
+                < quarter;
+        Some(Found {
+            location,
+            file,
+            old,
+            data: None,
+        })
     }
 
     /// Hashes a blob found but not verified yet: marks it verified, or drops it.
@@ -342,6 +344,21 @@ impl Packed {
     /// that [`Packed::contains`] finds.
     pub fn settling(&self) -> bool {
         self.stage() != Start::Done
+    }
+
+    /// `len` bytes of the blob from `offset` (the caller checks the range) if they can be had
+    /// without waiting for anything: the blob indexed and verified, not due to be copied to the
+    /// newest segment, and its bytes in the page cache (`preadv2` with `RWF_NOWAIT` fails rather
+    /// than wait for the disk). None otherwise, absent blobs included: [`Packed::read`] then
+    /// answers, on a thread that may block. So a small read is served on the runtime's thread,
+    /// without the hop to another thread that costs more than the read.
+    pub fn read_now(&self, digest: &Digest, offset: u64, len: u64) -> Option<Bytes> {
+        let found = self.find_now(digest)?;
+        if !found.location.verified || found.old {
+            return None;
+        }
+        let mut data = vec![0; len as usize];
+        read_cached(&found.file, &mut data, found.location.offset + offset).then(|| data.into())
     }
 
     /// `len` bytes of the blob from `offset` (the caller checks the range); None if absent.
@@ -572,6 +589,27 @@ impl Packed {
     }
 }
 
+/// Fills `buf` from `offset` of `file` if the bytes are all in the page cache; false (having
+/// waited for nothing) if they are not, or the kernel cannot tell.
+fn read_cached(file: &File, buf: &mut [u8], offset: u64) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: one iovec over `buf`, which outlives the call; the descriptor is open.
+    let n = unsafe {
+        libc::preadv2(
+            file.as_raw_fd(),
+            &iov,
+            1,
+            offset as libc::off_t,
+            libc::RWF_NOWAIT,
+        )
+    };
+    n >= 0 && n as usize == buf.len()
+}
+
 fn secs(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -651,6 +689,46 @@ mod tests {
             .read(digest, 0, digest.size())
             .unwrap()
             .map(|b| b.to_vec())
+    }
+
+    #[test]
+    fn a_blob_in_the_page_cache_is_read_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let packed = Packed::open(dir.path(), 1 << 30, true, clock()).unwrap();
+        let blobs: Vec<_> = (0..3).map(|i| blob(i, 1000)).collect();
+        put(&packed, &blobs);
+        let (digest, data) = &blobs[1];
+        let got = packed
+            .read_now(digest, 10, 100)
+            .expect("just written: in the page cache");
+        assert_eq!(&got[..], &data[10..110]);
+        assert_eq!(packed.read_now(&blob(9, 1000).0, 0, 10), None, "absent");
+        // Out of the page cache (synced, so the kernel can drop it): left to a thread that may
+        // wait for the disk.
+        let segment = File::open(segment_path(dir.path(), 0)).unwrap();
+        // SAFETY: advice on an open descriptor.
+        let dropped = unsafe {
+            libc::posix_fadvise(
+                std::os::unix::io::AsRawFd::as_raw_fd(&segment),
+                0,
+                0,
+                libc::POSIX_FADV_DONTNEED,
+            )
+        };
+        assert_eq!(dropped, 0);
+        assert_eq!(
+            packed.read_now(digest, 0, 1000),
+            None,
+            "not in the page cache"
+        );
+        assert_eq!(read(&packed, digest).as_ref(), Some(data));
+        // After a restart no blob is read this way before it has been hashed.
+        drop(packed);
+        let packed = Packed::open(dir.path(), 1 << 30, false, clock()).unwrap();
+        if let Some(got) = packed.read_now(digest, 0, 1000) {
+            assert!(packed.contains_now(digest));
+            assert_eq!(&got[..], &data[..]);
+        }
     }
 
     #[test]
