@@ -8,6 +8,14 @@ use futures::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+/// Options for a store of `max_bytes` that does not sync (tests need no power-loss safety).
+fn unsynced(max_bytes: u64) -> DiskLruOptions {
+    DiskLruOptions {
+        max_bytes,
+        sync_writes: false,
+    }
+}
+
 fn blob(i: u64) -> Vec<u8> {
     let len = 1000 + (i as usize * 7919) % 200_000;
     (0..len).map(|j| (i as usize * 31 + j * 17) as u8).collect()
@@ -21,10 +29,7 @@ async fn concurrent_writers_and_readers_with_eviction() {
     // evicted, and one that does not fit is refused (RESOURCE_EXHAUSTED), which a loaded machine
     // made happen with a quarter.
     const BOUND: u64 = 4_000_000;
-    let options = DiskLruOptions {
-        max_bytes: BOUND,
-        sync_writes: false,
-    };
+    let options = unsynced(BOUND);
     let cas = Arc::new(LocalCas::open(dir.path(), options, Arc::new(SystemClock)).unwrap());
     let digests: Vec<(Digest, Vec<u8>)> = (0..100)
         .map(|i| (DigestFunction::Sha256.digest_of(&blob(i)), blob(i)))
@@ -196,10 +201,7 @@ async fn batch_write_stores_each_blob_with_its_own_outcome() {
 #[tokio::test]
 async fn batch_read_returns_each_blob_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let options = DiskLruOptions {
-        max_bytes: 1 << 30,
-        sync_writes: false,
-    };
+    let options = unsynced(1 << 30);
     let cas = LocalCas::open(dir.path(), options, Arc::new(SystemClock)).unwrap();
     let blobs: Vec<(Digest, Bytes)> = (0..50u64)
         .map(|i| Bytes::from(blob(i)))
@@ -232,10 +234,7 @@ async fn batch_read_returns_each_blob_in_order() {
 #[tokio::test]
 async fn sha256tree_blobs_are_verified_and_namespaced() {
     let dir = tempfile::tempdir().unwrap();
-    let options = DiskLruOptions {
-        max_bytes: 1 << 30,
-        sync_writes: false,
-    };
+    let options = unsynced(1 << 30);
     let cas = LocalCas::open(dir.path(), options, Arc::new(SystemClock)).unwrap();
     let tree = DigestFunction::Sha256Tree;
     for len in [0, 1024, 1025, 3 * 1024 + 7, 90_000] {
@@ -293,10 +292,7 @@ fn allocated(dir: &std::path::Path) -> u64 {
 async fn the_bound_holds_on_the_disk_for_small_and_larger_blobs() {
     let dir = tempfile::tempdir().unwrap();
     const BOUND: u64 = 4 << 20;
-    let options = DiskLruOptions {
-        max_bytes: BOUND,
-        sync_writes: false,
-    };
+    let options = unsynced(BOUND);
     let cas = LocalCas::open(dir.path(), options, Arc::new(SystemClock)).unwrap();
     for i in 0..3000u64 {
         // 100 B to 4 KiB (packed), and one in five 16 KiB + 1 B (a file each, five blocks).
@@ -324,10 +320,7 @@ async fn the_bound_holds_on_the_disk_for_small_and_larger_blobs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packed_blobs_are_found_while_they_are_indexed() {
     let dir = tempfile::tempdir().unwrap();
-    let options = DiskLruOptions {
-        max_bytes: 1 << 30,
-        sync_writes: false,
-    };
+    let options = unsynced(1 << 30);
     let blobs: Vec<(Digest, Bytes)> = (0..20_000u64)
         .map(|i| Bytes::from(format!("small blob {i}")))
         .map(|data| (DigestFunction::Sha256.digest_of(&data), data))
@@ -391,10 +384,7 @@ async fn present(cas: &LocalCas, blobs: &[(Digest, Bytes)]) -> usize {
 async fn both_layouts_share_the_bound_and_the_older_data_goes_first() {
     let dir = tempfile::tempdir().unwrap();
     const BOUND: u64 = 8 << 20;
-    let options = DiskLruOptions {
-        max_bytes: BOUND,
-        sync_writes: false,
-    };
+    let options = unsynced(BOUND);
     let clock = Arc::new(ManualClock::new(
         SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 30),
     ));
