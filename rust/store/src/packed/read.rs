@@ -1,0 +1,185 @@
+//! Finding and reading packed blobs: lookups that wait for the index files at start, blobs
+//! hashed before they are first served, and reads that never wait when the bytes are in the
+//! page cache.
+
+use super::index::Location;
+use super::start::Start;
+use super::{Append, Found, Packed};
+use crate::error::{StoreError, StoreResult};
+use bytes::Bytes;
+use clientd_digest::Digest;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+impl Packed {
+    /// Where the blob is, waiting for the index files at start if the index lacks it; hashes a
+    /// blob not verified yet (dropping it if it does not verify).
+    pub(super) fn locate(&self, digest: &Digest) -> io::Result<Option<Found>> {
+        // The progress is read before the lookup: a blob missed while the index files were being
+        // read is looked up again once more entries are in, even if they came just after the miss.
+        let mut seen = self.progress();
+        let found = loop {
+            if let Some(found) = self.find_now(digest) {
+                break found;
+            }
+            if seen.stage != Start::Loading {
+                return Ok(None);
+            }
+            self.wait_past(seen);
+            seen = self.progress();
+        };
+        if found.location.verified {
+            return Ok(Some(found));
+        }
+        self.verify(digest, found)
+    }
+
+    /// The blob if the index has it now (verified or not), without waiting for the index.
+    fn find_now(&self, digest: &Digest) -> Option<Found> {
+        let state = self.state.read().unwrap();
+        let location = state.index.get(digest)?;
+        let file = state.segments[&location.segment].file.clone();
+        // Old: its segment goes once less than a quarter of the bound more is written. While a
+        // quarter of the bound is free no blob is, and the segments need not be summed.
+        let max_bytes = self.max_bytes();
+        let quarter = max_bytes / 4;
+        let free = max_bytes.saturating_sub(state.bytes);
+        let newest = state.segments.keys().next_back() == Some(&location.segment);
+        let old = !newest
+            && free < quarter
+            && free
+                + state
+                    .segments
+                    .range(..=location.segment)
+                    .map(|(_, s)| s.bytes)
+                    .sum::<u64>()
+                < quarter;
+        Some(Found {
+            location,
+            file,
+            old,
+            data: None,
+        })
+    }
+
+    /// Hashes a blob found but not verified yet: marks it verified, or drops it.
+    fn verify(&self, digest: &Digest, mut found: Found) -> io::Result<Option<Found>> {
+        let mut data = vec![0; digest.size() as usize];
+        found.file.read_exact_at(&mut data, found.location.offset)?;
+        let good = digest.function().digest_of(&data) == *digest;
+        let mut state = self.state.write().unwrap();
+        let Location {
+            segment, offset, ..
+        } = found.location;
+        if !good {
+            if state.index.get(digest) == Some(found.location) {
+                tracing::warn!(dir = %self.dir.display(), "blob {digest} does not hash to its digest; dropped");
+                state.index.remove(digest);
+            }
+            return Ok(None);
+        }
+        // If it moved or went meanwhile, the bytes read are still good.
+        state.index.set_verified(digest, segment, offset);
+        found.location.verified = true;
+        found.data = Some(data);
+        Ok(Some(found))
+    }
+
+    /// Whether the blob is here, waiting for the index at start if it lacks the blob.
+    pub fn contains(&self, digest: &Digest) -> bool {
+        match self.locate(digest) {
+            Ok(found) => found.is_some(),
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), "looking up packed blob {digest}: {e}");
+                false
+            }
+        }
+    }
+
+    /// Whether the index has the blob, verified, now (never waits, never reads).
+    pub fn contains_now(&self, digest: &Digest) -> bool {
+        let state = self.state.read().unwrap();
+        state.index.get(digest).is_some_and(|l| l.verified)
+    }
+
+    /// Whether a lookup may have to wait or read: the index files found at start are still
+    /// being read, or their blobs hashed. Until then, [`Packed::contains_now`] may miss a blob
+    /// that [`Packed::contains`] finds.
+    pub fn settling(&self) -> bool {
+        self.stage() != Start::Done
+    }
+
+    /// `len` bytes of the blob from `offset` (the caller checks the range) if they can be had
+    /// without waiting for anything: the blob indexed and verified, not due to be copied to the
+    /// newest segment, and its bytes in the page cache (`preadv2` with `RWF_NOWAIT` fails rather
+    /// than wait for the disk). None otherwise, absent blobs included: [`Packed::read`] then
+    /// answers, on a thread that may block. So a small read is served on the runtime's thread,
+    /// without the hop to another thread that costs more than the read.
+    pub fn read_now(&self, digest: &Digest, offset: u64, len: u64) -> Option<Bytes> {
+        let found = self.find_now(digest)?;
+        if !found.location.verified || found.old {
+            return None;
+        }
+        let mut data = vec![0; len as usize];
+        read_cached(&found.file, &mut data, found.location.offset + offset).then(|| data.into())
+    }
+
+    /// `len` bytes of the blob from `offset` (the caller checks the range); None if absent.
+    pub fn read(&self, digest: &Digest, offset: u64, len: u64) -> StoreResult<Option<Bytes>> {
+        let io_error = |e| StoreError::io(format!("reading packed blob {digest}"), e);
+        let Some(found) = self.locate(digest).map_err(io_error)? else {
+            return Ok(None);
+        };
+        let whole = match (found.data, found.old) {
+            (Some(data), _) => Some(data),
+            (None, true) => {
+                let mut data = vec![0; digest.size() as usize];
+                found
+                    .file
+                    .read_exact_at(&mut data, found.location.offset)
+                    .map_err(io_error)?;
+                Some(data)
+            }
+            (None, false) => None,
+        };
+        let Some(whole) = whole else {
+            let mut data = vec![0; len as usize];
+            found
+                .file
+                .read_exact_at(&mut data, found.location.offset + offset)
+                .map_err(io_error)?;
+            return Ok(Some(Bytes::from(data)));
+        };
+        if found.old {
+            // Copied to the newest segment before the oldest go; the copy needs no sync (the
+            // original is synced, and a torn copy is cut off at start).
+            if let Err(e) = self.append(&[(*digest, &whole)], Append::Refresh) {
+                tracing::debug!("refreshing packed blob {digest}: {e}");
+            }
+        }
+        let end = (offset + len) as usize;
+        Ok(Some(Bytes::from(whole).slice(offset as usize..end)))
+    }
+}
+
+/// Fills `buf` from `offset` of `file` if the bytes are all in the page cache; false (having
+/// waited for nothing) if they are not, or the kernel cannot tell.
+fn read_cached(file: &File, buf: &mut [u8], offset: u64) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: one iovec over `buf`, which outlives the call; the descriptor is open.
+    let n = unsafe {
+        libc::preadv2(
+            file.as_raw_fd(),
+            &iov,
+            1,
+            offset as libc::off_t,
+            libc::RWF_NOWAIT,
+        )
+    };
+    n >= 0 && n as usize == buf.len()
+}
