@@ -255,13 +255,27 @@ impl<K: DiskKey> DiskLru<K> {
                 "writes in progress hold {held} of the store's {max} bytes; {len} more do not fit"
             )));
         }
-        let reservation = Reservation {
-            reserved: self.reserved.clone(),
-            len,
-        };
-        self.reserved.fetch_add(len, Ordering::AcqRel);
+        let reservation = self.hold(len);
         self.evict(index);
         Ok(reservation)
+    }
+
+    /// Reserves room for `len` bytes only if it is free already: nothing is evicted, so no file
+    /// is unlinked and the caller need not be on a thread that may block. None otherwise.
+    pub fn reserve_free(&self, len: u64) -> Option<Reservation> {
+        let len = K::footprint(len);
+        let index = self.index.lock().unwrap();
+        let held = self.reserved.load(Ordering::Acquire);
+        (index.bytes + held + len <= self.max_bytes()).then(|| self.hold(len))
+    }
+
+    /// Counts `len` more bytes as reserved (under the index lock).
+    fn hold(&self, len: u64) -> Reservation {
+        self.reserved.fetch_add(len, Ordering::AcqRel);
+        Reservation {
+            reserved: self.reserved.clone(),
+            len,
+        }
     }
 
     /// Bytes reserved by writes in progress.
@@ -641,6 +655,22 @@ mod tests {
         );
         assert_eq!(store.usage(), (3, 30));
         assert!(!dir.path().join("entries/d/b").exists());
+    }
+
+    #[test]
+    fn reserve_free_takes_only_room_that_is_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = opened(DiskLru::<Name>::open(dir.path(), options(30), clock()).unwrap());
+        put(&store, "a", &[1; 10]).unwrap();
+        put(&store, "b", &[2; 10]).unwrap();
+        let held = store.reserve_free(5).expect("10 bytes are free");
+        assert!(store.reserve_free(10).is_none(), "5 are left");
+        assert_eq!(
+            (read(&store, "a"), store.reserved()),
+            (Some(vec![1; 10]), 5)
+        );
+        drop(held);
+        assert_eq!(store.reserved(), 0);
     }
 
     #[test]

@@ -245,12 +245,17 @@ impl BlobStore for LocalCas {
             }));
         }
         // The declared size is reserved before any byte arrives: a blob that cannot fit is
-        // refused at once, and uploads in progress count against the bound. Making room may
-        // evict, which unlinks files: not on the runtime's threads.
-        let (blobs, bound, size) = (self.blobs.clone(), self.bound.clone(), digest.size());
-        let reservation = tokio::task::spawn_blocking(move || reserve(&blobs, &bound, size))
-            .await
-            .map_err(join_error)??;
+        // refused at once, and uploads in progress count against the bound. Room that is free
+        // is taken here; making room may evict, which unlinks files: not on the runtime's threads.
+        let reservation = match self.blobs.reserve_free(digest.size()) {
+            Some(reservation) => reservation,
+            None => {
+                let (blobs, bound, size) = (self.blobs.clone(), self.bound.clone(), digest.size());
+                tokio::task::spawn_blocking(move || reserve(&blobs, &bound, size))
+                    .await
+                    .map_err(join_error)??
+            }
+        };
         let file = self.blobs.temp_file()?;
         let (to_writer, chunks) = mpsc::channel::<Bytes>(4);
         let what = format!("writing blob {digest}");
