@@ -464,7 +464,7 @@ impl<K: DiskKey> DiskLru<K> {
     }
 
     /// The store's bound.
-    pub fn max_bytes(&self) -> u64 {
+    fn max_bytes(&self) -> u64 {
         self.max_bytes.load(Ordering::Acquire)
     }
 

@@ -48,59 +48,47 @@ impl JointBound {
 
     /// Before `incoming` more bytes go to the files: budget moves to them if it should.
     pub(crate) fn room_for_files(&self, incoming: u64) {
-        make_room(
-            &*self.files,
-            &*self.packed,
-            incoming,
-            self.step,
-            &self.moving,
-        );
+        self.make_room(&*self.files, &*self.packed, incoming);
     }
 
     /// Before `incoming` more bytes are packed: budget moves to the packed blobs if it should.
     pub(crate) fn room_for_packed(&self, incoming: u64) {
-        make_room(
-            &*self.packed,
-            &*self.files,
-            incoming,
-            self.step,
-            &self.moving,
-        );
+        self.make_room(&*self.packed, &*self.files, incoming);
     }
-}
 
-/// Moves budget from `from` to `to` when `to` would otherwise evict: what `from` does not use,
-/// and more (making `from` evict) if `from` holds the older data or `to` could not fit the
-/// incoming bytes at all.
-fn make_room(to: &dyn Member, from: &dyn Member, incoming: u64, step: u64, moving: &Mutex<()>) {
-    if to.footprint() + incoming <= to.max_bytes() || !to.settled() || !from.settled() {
-        return;
+    /// Moves budget from `from` to `to` when `to` would otherwise evict: what `from` does not use,
+    /// and more (making `from` evict) if `from` holds the older data or `to` could not fit the
+    /// incoming bytes at all.
+    fn make_room(&self, to: &dyn Member, from: &dyn Member, incoming: u64) {
+        if to.footprint() + incoming <= to.max_bytes() || !to.settled() || !from.settled() {
+            return;
+        }
+        let _moving = self.moving.lock().unwrap();
+        let need = (to.footprint() + incoming).saturating_sub(to.max_bytes());
+        if need == 0 {
+            return;
+        }
+        let want = need.max(self.step);
+        let from_max = from.max_bytes();
+        let unused = from_max.saturating_sub(from.footprint().max(from.floor()));
+        let older = match (from.oldest_use(), to.oldest_use()) {
+            (Some(theirs), Some(ours)) => theirs < ours,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        let cannot_fit = incoming > to.max_bytes();
+        let give = if older || cannot_fit {
+            want.min(from_max.saturating_sub(from.floor()))
+        } else {
+            want.min(unused)
+        };
+        if give == 0 {
+            return;
+        }
+        // Shrunk first, so the two bounds never add up to more than the joint one.
+        from.set_max_bytes(from_max - give);
+        to.set_max_bytes(to.max_bytes() + give);
     }
-    let _moving = moving.lock().unwrap();
-    let need = (to.footprint() + incoming).saturating_sub(to.max_bytes());
-    if need == 0 {
-        return;
-    }
-    let want = need.max(step);
-    let from_max = from.max_bytes();
-    let unused = from_max.saturating_sub(from.footprint().max(from.floor()));
-    let older = match (from.oldest_use(), to.oldest_use()) {
-        (Some(theirs), Some(ours)) => theirs < ours,
-        (Some(_), None) => true,
-        (None, _) => false,
-    };
-    let cannot_fit = incoming > to.max_bytes();
-    let give = if older || cannot_fit {
-        want.min(from_max.saturating_sub(from.floor()))
-    } else {
-        want.min(unused)
-    };
-    if give == 0 {
-        return;
-    }
-    // Shrunk first, so the two bounds never add up to more than the joint one.
-    from.set_max_bytes(from_max - give);
-    to.set_max_bytes(to.max_bytes() + give);
 }
 
 #[cfg(test)]

@@ -320,8 +320,7 @@ impl BlobStore for LocalCas {
                 }
             }
             let batch: Vec<(Digest, &[u8])> = verified.iter().map(|(_, d, b)| (*d, *b)).collect();
-            bound.room_for_packed(Packed::stored_bytes(batch.iter().map(|(d, _)| d)));
-            let stored = packed.put(&batch);
+            let stored = pack(&packed, &bound, &batch);
             results.extend(verified.iter().map(|(i, _, _)| (*i, stored.clone())));
             results
         });
@@ -440,8 +439,14 @@ fn stage(
 
 /// Room for a file of `len` bytes: budget moved to the files first, if it should be.
 fn reserve(blobs: &DiskLru<Digest>, bound: &JointBound, len: u64) -> StoreResult<Reservation> {
-    bound.room_for_files(in_blocks(len));
+    bound.room_for_files(Digest::footprint(len));
     blobs.reserve(len)
+}
+
+/// Packs verified small blobs: budget moved to the packed blobs first, if it should be.
+fn pack(packed: &Packed, bound: &JointBound, blobs: &[(Digest, &[u8])]) -> StoreResult<()> {
+    bound.room_for_packed(Packed::stored_bytes(blobs.iter().map(|(d, _)| d)));
+    packed.put(blobs)
 }
 
 /// An upload of a small blob: kept in memory, verified and packed at commit.
@@ -473,8 +478,7 @@ impl BlobSink for SmallSink {
         } = *self;
         tokio::task::spawn_blocking(move || {
             verify(&digest, &data)?;
-            bound.room_for_packed(Packed::stored_bytes([&digest]));
-            packed.put(&[(digest, &data)])
+            pack(&packed, &bound, &[(digest, &data)])
         })
         .await
         .map_err(join_error)?

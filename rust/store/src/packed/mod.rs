@@ -422,7 +422,7 @@ impl Packed {
     }
 
     /// The bound.
-    pub fn max_bytes(&self) -> u64 {
+    fn max_bytes(&self) -> u64 {
         self.max_bytes.load(Ordering::Acquire)
     }
 
