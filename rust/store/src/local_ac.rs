@@ -105,8 +105,13 @@ impl ActionCache for LocalActionCache {
         let entries = self.entries.clone();
         let data = result.encode_to_vec();
         let action = *action;
-        let reservation = entries.reserve(data.len() as u64)?;
+        // Making room may evict, which unlinks files: not on the runtime's threads.
+        let free = entries.reserve_free(data.len() as u64);
         tokio::task::spawn_blocking(move || {
+            let reservation = match free {
+                Some(reservation) => reservation,
+                None => entries.reserve(data.len() as u64)?,
+            };
             let mut file = entries.temp_file()?;
             file.write_all(&data)
                 .map_err(|e| StoreError::io(format!("writing action result {action}"), e))?;

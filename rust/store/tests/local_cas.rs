@@ -156,6 +156,89 @@ async fn large_blob_in_chunks_and_read_from_an_offset() {
     assert_eq!(cas.find_missing("", &[wrong]).await.unwrap(), vec![wrong]);
 }
 
+/// Uploads as Bazel sends them, in WriteRequests of 16 KiB, at the sizes where the way a blob is
+/// stored changes (packed, kept in memory until commit, streamed in batches of 1 MiB): each one
+/// reads back whole; one wrong byte, or one byte too many, is refused; and neither a refused nor
+/// an abandoned upload leaves a temporary file behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_in_16_kib_requests_at_every_size_the_layout_turns_on() {
+    const KIB: usize = 1 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let cas = LocalCas::open(dir.path(), unsynced(1 << 30), Arc::new(SystemClock)).unwrap();
+    let temp_files = || std::fs::read_dir(dir.path().join("tmp")).unwrap().count();
+    let sizes = [
+        0,
+        100,
+        16 * KIB,
+        16 * KIB + 1,
+        1024 * KIB - 1,
+        1024 * KIB,
+        1024 * KIB + 1,
+        3 * 1024 * KIB + 5,
+    ];
+    for size in sizes {
+        let data: Vec<u8> = (0..size).map(|i| (i ^ (i >> 9) ^ size) as u8).collect();
+        let upload = |digest: Digest, data: Vec<u8>| {
+            let cas = &cas;
+            async move {
+                let mut sink = cas.begin_write("", &digest).await?;
+                for chunk in data.chunks(16 * KIB) {
+                    sink.write(Bytes::copy_from_slice(chunk)).await?;
+                }
+                sink.commit().await
+            }
+        };
+        let digest = DigestFunction::Sha256.digest_of(&data);
+        upload(digest, data.clone()).await.unwrap();
+        let mut stream = cas.read("", &digest, 0, None).await.unwrap();
+        let mut read = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            read.extend_from_slice(&chunk.unwrap());
+        }
+        assert!(read == data, "{size} bytes read back differ");
+        if size == 0 {
+            continue;
+        }
+
+        let mut wrong = data.clone();
+        wrong[size / 2] ^= 1;
+        let wrong_digest = DigestFunction::Sha256.digest_of(&wrong);
+        let err = upload(wrong_digest, data.clone()).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidArgument(_)),
+            "{size}: {err:?}"
+        );
+        assert_eq!(
+            cas.find_missing("", &[wrong_digest]).await.unwrap(),
+            vec![wrong_digest]
+        );
+
+        let mut longer = data.clone();
+        longer.push(0);
+        let err = upload(digest, longer).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidArgument(_)),
+            "{size}: {err:?}"
+        );
+
+        let mut abandoned = cas.begin_write("", &wrong_digest).await.unwrap();
+        abandoned
+            .write(Bytes::copy_from_slice(&data[..size / 2]))
+            .await
+            .unwrap();
+        assert_eq!(abandoned.committed(), (size / 2) as u64);
+        drop(abandoned);
+        // The writer thread of a streamed upload lets its file go once it sees the queue closed.
+        for _ in 0..100 {
+            if temp_files() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(temp_files(), 0, "{size}: temporary files left");
+    }
+}
+
 /// BatchUpdateBlobs' path: every blob gets its own outcome, in order, across group commits; a
 /// blob whose bytes do not match its digest is refused and the rest are stored.
 #[tokio::test]

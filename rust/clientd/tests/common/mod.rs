@@ -182,6 +182,7 @@ pub async fn unix_channel(socket: PathBuf) -> Channel {
         .expect("connecting to the daemon's socket")
 }
 
+#[derive(Clone)]
 pub struct Clients {
     pub cas: re::content_addressable_storage_client::ContentAddressableStorageClient<Channel>,
     pub ac: re::action_cache_client::ActionCacheClient<Channel>,

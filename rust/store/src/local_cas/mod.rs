@@ -19,10 +19,11 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tempfile::NamedTempFile;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
+use upload::{BufferedSink, Destination, StreamingSink, UPLOAD_BATCH};
+
+mod upload;
 
 /// Size of the chunks reads are streamed in: large enough for throughput, well below gRPC's 4 MiB
 /// default message limit.
@@ -237,12 +238,11 @@ impl BlobStore for LocalCas {
         digest: &Digest,
     ) -> StoreResult<Box<dyn BlobSink>> {
         if packs(digest) {
-            return Ok(Box::new(SmallSink {
+            let to = Destination::Packed {
                 packed: self.packed.clone(),
                 bound: self.bound.clone(),
-                digest: *digest,
-                data: Vec::with_capacity(digest.size() as usize),
-            }));
+            };
+            return Ok(Box::new(BufferedSink::new(*digest, to)));
         }
         // The declared size is reserved before any byte arrives: a blob that cannot fit is
         // refused at once, and uploads in progress count against the bound. Room that is free
@@ -256,25 +256,12 @@ impl BlobStore for LocalCas {
                     .map_err(join_error)??
             }
         };
-        let file = self.blobs.temp_file()?;
-        let (to_writer, chunks) = mpsc::channel::<Bytes>(4);
-        let what = format!("writing blob {digest}");
         let blobs = self.blobs.clone();
-        let writer = tokio::task::spawn_blocking(move || write_chunks(&blobs, file, chunks, &what));
-        // Hashing runs on its own thread, beside the writing: each takes about as long as the
-        // other, and both are pipelined with receiving the next chunk.
-        let (to_hasher, chunks) = mpsc::channel::<Bytes>(4);
-        let function = digest.function();
-        let hasher = tokio::task::spawn_blocking(move || hash_chunks(function, chunks));
-        Ok(Box::new(LocalSink {
-            blobs: self.blobs.clone(),
-            reservation,
-            digest: *digest,
-            to: Some([to_writer, to_hasher]),
-            writer,
-            hasher,
-            committed: 0,
-        }))
+        if digest.size() <= UPLOAD_BATCH {
+            let to = Destination::File { blobs, reservation };
+            return Ok(Box::new(BufferedSink::new(*digest, to)));
+        }
+        Ok(Box::new(StreamingSink::new(blobs, reservation, *digest)))
     }
 
     async fn write_bytes(
@@ -289,9 +276,13 @@ impl BlobStore for LocalCas {
         }
         let (blobs, bound) = (self.blobs.clone(), self.bound.clone());
         let digest = *digest;
-        tokio::task::spawn_blocking(move || match stage(&blobs, &bound, &digest, &data)? {
-            Some((file, reservation)) => blobs.insert(&digest, file, reservation),
-            None => Ok(()),
+        tokio::task::spawn_blocking(move || {
+            verify(&digest, &data)?;
+            if digest.is_empty_blob() || blobs.contains(std::slice::from_ref(&digest))[0] {
+                return Ok(()); // before reserving: nothing to make room for
+            }
+            let reservation = reserve(&blobs, &bound, digest.size())?;
+            store_file(&blobs, &digest, &data, reservation)
         })
         .await
         .map_err(join_error)?
@@ -418,23 +409,21 @@ fn check_not_past_size(digest: &Digest, end: u64) -> StoreResult<()> {
     Ok(())
 }
 
-/// Verifies an in-memory blob and writes it to a temporary file in the room it reserves. None when
-/// there is nothing to store: the empty blob, or one already present.
-fn stage(
+/// Writes a verified blob to a file of its own, in the room `reservation` holds, unless there is
+/// nothing to store: the empty blob, or one already present.
+fn store_file(
     blobs: &DiskLru<Digest>,
-    bound: &JointBound,
     digest: &Digest,
     data: &[u8],
-) -> StoreResult<Option<(NamedTempFile, Reservation)>> {
-    verify(digest, data)?;
+    reservation: Reservation,
+) -> StoreResult<()> {
     if digest.is_empty_blob() || blobs.contains(std::slice::from_ref(digest))[0] {
-        return Ok(None);
+        return Ok(());
     }
-    let reservation = reserve(blobs, bound, digest.size())?;
     let mut file = blobs.temp_file()?;
     file.write_all(data)
         .map_err(|e| StoreError::io(format!("writing blob {digest}"), e))?;
-    Ok(Some((file, reservation)))
+    blobs.insert(digest, file, reservation)
 }
 
 /// Room for a file of `len` bytes: budget moved to the files first, if it should be.
@@ -447,137 +436,6 @@ fn reserve(blobs: &DiskLru<Digest>, bound: &JointBound, len: u64) -> StoreResult
 fn pack(packed: &Packed, bound: &JointBound, blobs: &[(Digest, &[u8])]) -> StoreResult<()> {
     bound.room_for_packed(Packed::stored_bytes(blobs.iter().map(|(d, _)| d)));
     packed.put(blobs)
-}
-
-/// An upload of a small blob: kept in memory, verified and packed at commit.
-struct SmallSink {
-    packed: Arc<Packed>,
-    bound: Arc<JointBound>,
-    digest: Digest,
-    data: Vec<u8>,
-}
-
-#[async_trait]
-impl BlobSink for SmallSink {
-    async fn write(&mut self, data: Bytes) -> StoreResult<()> {
-        check_not_past_size(&self.digest, self.data.len() as u64 + data.len() as u64)?;
-        self.data.extend_from_slice(&data);
-        Ok(())
-    }
-
-    fn committed(&self) -> u64 {
-        self.data.len() as u64
-    }
-
-    async fn commit(self: Box<Self>) -> StoreResult<()> {
-        let SmallSink {
-            packed,
-            bound,
-            digest,
-            data,
-        } = *self;
-        tokio::task::spawn_blocking(move || {
-            verify(&digest, &data)?;
-            pack(&packed, &bound, &[(digest, &data)])
-        })
-        .await
-        .map_err(join_error)?
-    }
-}
-
-struct LocalSink {
-    blobs: Arc<DiskLru<Digest>>,
-    /// The blob's room in the bound, held until it is stored or the upload is dropped.
-    reservation: Reservation,
-    digest: Digest,
-    /// The writer's and the hasher's queues; None once committed.
-    to: Option<[mpsc::Sender<Bytes>; 2]>,
-    writer: JoinHandle<StoreResult<NamedTempFile>>,
-    hasher: JoinHandle<Digest>,
-    committed: u64,
-}
-
-impl LocalSink {
-    /// The writer's error, once it has stopped taking chunks.
-    async fn writer_error(&mut self) -> StoreError {
-        self.to = None;
-        match (&mut self.writer).await {
-            Ok(Err(e)) => e,
-            Ok(Ok(_)) => StoreError::Internal("blob writer stopped early".into()),
-            Err(e) => join_error(e),
-        }
-    }
-}
-
-#[async_trait]
-impl BlobSink for LocalSink {
-    async fn write(&mut self, data: Bytes) -> StoreResult<()> {
-        let end = self.committed + data.len() as u64;
-        check_not_past_size(&self.digest, end)?;
-        let [to_writer, to_hasher] = self.to.as_ref().expect("not committed");
-        // The hasher stops only when its queue closes, so only the writer can refuse a chunk.
-        let _ = to_hasher.send(data.clone()).await;
-        if to_writer.send(data).await.is_err() {
-            return Err(self.writer_error().await);
-        }
-        self.committed = end;
-        Ok(())
-    }
-
-    fn committed(&self) -> u64 {
-        self.committed
-    }
-
-    async fn commit(mut self: Box<Self>) -> StoreResult<()> {
-        self.to = None;
-        let file = (&mut self.writer).await.map_err(join_error)??;
-        let actual = (&mut self.hasher).await.map_err(join_error)?;
-        if actual != self.digest {
-            return Err(mismatch(&self.digest, &actual));
-        }
-        if self.digest.is_empty_blob() {
-            return Ok(());
-        }
-        let LocalSink {
-            blobs,
-            reservation,
-            digest,
-            ..
-        } = *self;
-        tokio::task::spawn_blocking(move || blobs.insert(&digest, file, reservation))
-            .await
-            .map_err(join_error)?
-    }
-}
-
-/// Writes the chunks, starting writeback of every WRITEBACK_WINDOW bytes as they fill up.
-fn write_chunks(
-    blobs: &DiskLru<Digest>,
-    mut file: NamedTempFile,
-    mut chunks: mpsc::Receiver<Bytes>,
-    what: &str,
-) -> StoreResult<NamedTempFile> {
-    let (mut written, mut flushed) = (0, 0);
-    while let Some(chunk) = chunks.blocking_recv() {
-        file.write_all(&chunk)
-            .map_err(|e| StoreError::io(what, e))?;
-        written += chunk.len() as u64;
-        if written - flushed >= WRITEBACK_WINDOW {
-            blobs.start_writeback(&file, flushed, written - flushed);
-            flushed = written;
-        }
-    }
-    Ok(file)
-}
-
-fn hash_chunks(function: DigestFunction, mut chunks: mpsc::Receiver<Bytes>) -> Digest {
-    let mut hasher = function.hasher();
-    let mut size = 0u64;
-    while let Some(chunk) = chunks.blocking_recv() {
-        hasher.update(&chunk);
-        size += chunk.len() as u64;
-    }
-    hasher.finish(size)
 }
 
 fn stream_file(
