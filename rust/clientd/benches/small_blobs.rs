@@ -8,6 +8,10 @@
 //! - BatchReadBlobs of 1,000 of them in one call, against opening and reading the same blobs
 //!   written as a file each (warm: both from the page cache), alternating which goes first;
 //! - FindMissingBlobs for 10,000 digests, half of them present;
+//! - one call at a time, as each of Bazel's job slots makes them on a cache hit: GetActionResult
+//!   of a stored result, then a ByteStream read of its 100-byte output (medians of 1,000): the
+//!   round trip of a call through this client and the daemon, to set against the time Bazel's
+//!   profile gives its own calls ("check cache hit", "download outputs");
 //! - start-up with BENCH_STARTUP_BLOBS (100,000) blobs in the cache, once packed (as small blobs
 //!   are stored) and once as a file each (as earlier versions stored them): the time from
 //!   starting the daemon to its answers for a blob it has and for one it lacks, and to
@@ -202,6 +206,8 @@ async fn main() {
         );
     }
 
+    let (get, read) = per_call(&mut c, &present[0]).await;
+
     drop(c);
     drop(daemon);
     let packed_startup = startup(Layout::Packed).await;
@@ -234,6 +240,11 @@ async fn main() {
         "  FindMissingBlobs(10,000 digests, {n_present} present): {:.2} ms (median of 30; target < 10 ms)",
         median(times).as_secs_f64() * 1e3
     );
+    println!(
+        "  one call at a time: GetActionResult {:.0} us, ByteStream read of 100 B {:.0} us (medians of 1,000)",
+        get.as_secs_f64() * 1e6,
+        read.as_secs_f64() * 1e6,
+    );
     for (what, s) in [("packed", packed_startup), ("a file each", files_startup)] {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
@@ -248,6 +259,43 @@ async fn main() {
             s.memory as f64 / s.blobs as f64,
         );
     }
+}
+
+/// Medians of 1,000 GetActionResult calls for a stored result naming `output`, and of as many
+/// ByteStream reads of `output`, one call at a time.
+async fn per_call(c: &mut Clients, output: &Digest) -> (Duration, Duration) {
+    let action = sha256(b"bench action");
+    let result = re::ActionResult {
+        output_files: vec![re::OutputFile {
+            path: "out".into(),
+            digest: Some(output.to_proto()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let update = re::UpdateActionResultRequest {
+        instance_name: "local/bench".into(),
+        action_digest: Some(action.to_proto()),
+        action_result: Some(result),
+        ..Default::default()
+    };
+    c.ac.update_action_result(update).await.unwrap();
+    let get = re::GetActionResultRequest {
+        instance_name: "local/bench".into(),
+        action_digest: Some(action.to_proto()),
+        ..Default::default()
+    };
+    let (mut gets, mut reads) = (Vec::new(), Vec::new());
+    for _ in 0..1000 {
+        let start = Instant::now();
+        c.ac.get_action_result(get.clone()).await.unwrap();
+        gets.push(start.elapsed());
+        let start = Instant::now();
+        let data = c.read("local/bench", output, 0, 0).await.unwrap();
+        reads.push(start.elapsed());
+        assert_eq!(data.len() as u64, output.size());
+    }
+    (median(gets), median(reads))
 }
 
 enum Layout {
