@@ -330,8 +330,9 @@ impl BlobStore for LocalCas {
         results.into_iter().map(|(_, result)| result).collect()
     }
 
-    /// Reads the blobs on one blocking thread, each into a buffer of its size: for small blobs
-    /// a task and a stream per blob cost more than the reads themselves.
+    /// Reads the blobs on one blocking thread (for small blobs a task and a stream per blob cost
+    /// more than the reads themselves): packed neighbours with one call, the others each into a
+    /// buffer of its size.
     async fn batch_read(
         &self,
         _instance_name: &str,
@@ -340,9 +341,25 @@ impl BlobStore for LocalCas {
         let (blobs, packed) = (self.blobs.clone(), self.packed.clone());
         let n = digests.len();
         tokio::task::spawn_blocking(move || {
+            // Packed blobs first, together (neighbours in a segment are read in one call); the
+            // rest, and small blobs an earlier version stored as files, a file each.
+            let small: Vec<Digest> = digests.iter().copied().filter(packs).collect();
+            let mut small = packed.read_together(&small).into_iter();
             digests
                 .iter()
-                .map(|digest| read_whole(&blobs, &packed, digest))
+                .map(|digest| {
+                    if digest.is_empty_blob() {
+                        return Ok(Bytes::new());
+                    }
+                    if !packs(digest) {
+                        return read_file_range(&blobs, digest, 0, digest.size());
+                    }
+                    match small.next().expect("one result per blob") {
+                        Ok(Some(data)) => Ok(data),
+                        Ok(None) => read_file_range(&blobs, digest, 0, digest.size()),
+                        Err(e) => Err(e),
+                    }
+                })
                 .collect()
         })
         .await
@@ -351,14 +368,6 @@ impl BlobStore for LocalCas {
             (0..n).map(|_| Err(e.clone())).collect()
         })
     }
-}
-
-/// A whole blob.
-fn read_whole(blobs: &DiskLru<Digest>, packed: &Packed, digest: &Digest) -> StoreResult<Bytes> {
-    if digest.is_empty_blob() {
-        return Ok(Bytes::new());
-    }
-    read_range(blobs, packed, digest, 0, digest.size())
 }
 
 /// `len` bytes of a blob from `offset`, read from its segment or its file in one call.
@@ -374,6 +383,16 @@ fn read_range(
             return Ok(data);
         }
     }
+    read_file_range(blobs, digest, offset, len)
+}
+
+/// `len` bytes from `offset` of a blob stored as a file of its own.
+fn read_file_range(
+    blobs: &DiskLru<Digest>,
+    digest: &Digest,
+    offset: u64,
+    len: u64,
+) -> StoreResult<Bytes> {
     let file = blobs
         .open_file(digest)?
         .ok_or_else(|| StoreError::blob_not_found(digest))?;

@@ -11,6 +11,7 @@ use clientd_digest::Digest;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 impl Packed {
     /// Where the blob is, waiting for the index files at start if the index lacks it; hashes a
@@ -160,6 +161,77 @@ impl Packed {
         }
         let end = (offset + len) as usize;
         Ok(Some(Bytes::from(whole).slice(offset as usize..end)))
+    }
+}
+
+/// Blobs read by [`Packed::read_together`] with one `pread` are at most this far apart in their
+/// segment (a record's header lies between two blobs written together)...
+const RUN_GAP: u64 = 4 << 10;
+/// ...and the run at most this long.
+const RUN_MAX: u64 = 4 << 20;
+
+impl Packed {
+    /// Whole blobs, in the order asked, None for those absent. Blobs that are verified, not due
+    /// to be copied to the newest segment, and near each other in one segment (as a batch
+    /// written together is) are read with one `pread` per run of them; the others one by one as
+    /// [`Packed::read`] does. BatchReadBlobs reads a thousand small blobs: a system call each
+    /// was a fifth of its time.
+    pub fn read_together(&self, digests: &[Digest]) -> Vec<StoreResult<Option<Bytes>>> {
+        let mut results: Vec<Option<StoreResult<Option<Bytes>>>> = vec![None; digests.len()];
+        // (segment, offset, index into digests, the segment's file) of the blobs read in runs.
+        let mut runs: Vec<(u32, u64, usize, Arc<File>)> = Vec::new();
+        for (i, digest) in digests.iter().enumerate() {
+            match self.find_now(digest) {
+                Some(found) if found.location.verified && !found.old => {
+                    runs.push((found.location.segment, found.location.offset, i, found.file))
+                }
+                _ => results[i] = Some(self.read(digest, 0, digest.size())),
+            }
+        }
+        runs.sort_unstable_by_key(|(segment, offset, _, _)| (*segment, *offset));
+        let mut rest = &runs[..];
+        while let Some((segment, start, _, file)) = rest.first() {
+            let mut end = start + digests[rest[0].2].size();
+            let n = rest
+                .iter()
+                .take_while(|(s, offset, i, _)| {
+                    let next_end = offset + digests[*i].size();
+                    let joins =
+                        s == segment && *offset <= end + RUN_GAP && next_end - start <= RUN_MAX;
+                    if joins {
+                        end = end.max(next_end);
+                    }
+                    joins
+                })
+                .count()
+                .max(1);
+            let (run, after) = rest.split_at(n);
+            rest = after;
+            let mut data = vec![0; (end - start) as usize];
+            match file.read_exact_at(&mut data, *start) {
+                Ok(()) => {
+                    let data = Bytes::from(data);
+                    for (_, offset, i, _) in run {
+                        let from = (offset - start) as usize;
+                        let blob = data.slice(from..from + digests[*i].size() as usize);
+                        results[*i] = Some(Ok(Some(blob)));
+                    }
+                }
+                Err(e) => {
+                    for (_, _, i, _) in run {
+                        let what = format!("reading packed blob {}", digests[*i]);
+                        results[*i] = Some(Err(StoreError::io(
+                            what,
+                            io::Error::new(e.kind(), e.to_string()),
+                        )));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every blob read"))
+            .collect()
     }
 }
 
