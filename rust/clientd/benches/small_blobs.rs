@@ -9,9 +9,10 @@
 //!   written as a file each (warm: both from the page cache), alternating which goes first;
 //! - FindMissingBlobs for 10,000 digests, half of them present;
 //! - one call at a time, as each of Bazel's job slots makes them on a cache hit: GetActionResult
-//!   of a stored result, then a ByteStream read of its 100-byte output (medians of 1,000): the
-//!   round trip of a call through this client and the daemon, to set against the time Bazel's
-//!   profile gives its own calls ("check cache hit", "download outputs");
+//!   of a stored result, then ByteStream reads of a 100-byte output (packed) and a 64 KiB one (a
+//!   file of its own) (medians of 1,000): the round trip of a call through this client and the
+//!   daemon, to set against the time Bazel's profile gives its own calls ("check cache hit",
+//!   "download outputs");
 //! - start-up with BENCH_STARTUP_BLOBS (100,000) blobs in the cache, once packed (as small blobs
 //!   are stored) and once as a file each (as earlier versions stored them): the time from
 //!   starting the daemon to its answers for a blob it has and for one it lacks, and to
@@ -206,7 +207,7 @@ async fn main() {
         );
     }
 
-    let (get, read) = per_call(&mut c, &present[0]).await;
+    let (get, read, read_file) = per_call(&mut c, &present[0]).await;
 
     drop(c);
     drop(daemon);
@@ -241,9 +242,11 @@ async fn main() {
         median(times).as_secs_f64() * 1e3
     );
     println!(
-        "  one call at a time: GetActionResult {:.0} us, ByteStream read of 100 B {:.0} us (medians of 1,000)",
+        "  one call at a time: GetActionResult {:.0} us, ByteStream read of 100 B {:.0} us, of 64 KiB \
+         {:.0} us (medians of 1,000)",
         get.as_secs_f64() * 1e6,
         read.as_secs_f64() * 1e6,
+        read_file.as_secs_f64() * 1e6,
     );
     for (what, s) in [("packed", packed_startup), ("a file each", files_startup)] {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -262,8 +265,12 @@ async fn main() {
 }
 
 /// Medians of 1,000 GetActionResult calls for a stored result naming `output`, and of as many
-/// ByteStream reads of `output`, one call at a time.
-async fn per_call(c: &mut Clients, output: &Digest) -> (Duration, Duration) {
+/// ByteStream reads of `output` and of a 64 KiB blob, one call at a time.
+async fn per_call(c: &mut Clients, output: &Digest) -> (Duration, Duration, Duration) {
+    let large = pseudo_random(64, 64 << 10);
+    let large_digest = sha256(&large);
+    c.batch_update("local/bench", &[(large_digest, large)])
+        .await;
     let action = sha256(b"bench action");
     let result = re::ActionResult {
         output_files: vec![re::OutputFile {
@@ -285,7 +292,7 @@ async fn per_call(c: &mut Clients, output: &Digest) -> (Duration, Duration) {
         action_digest: Some(action.to_proto()),
         ..Default::default()
     };
-    let (mut gets, mut reads) = (Vec::new(), Vec::new());
+    let (mut gets, mut reads, mut file_reads) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..1000 {
         let start = Instant::now();
         c.ac.get_action_result(get.clone()).await.unwrap();
@@ -294,8 +301,12 @@ async fn per_call(c: &mut Clients, output: &Digest) -> (Duration, Duration) {
         let data = c.read("local/bench", output, 0, 0).await.unwrap();
         reads.push(start.elapsed());
         assert_eq!(data.len() as u64, output.size());
+        let start = Instant::now();
+        let data = c.read("local/bench", &large_digest, 0, 0).await.unwrap();
+        file_reads.push(start.elapsed());
+        assert_eq!(data.len(), 64 << 10);
     }
-    (median(gets), median(reads))
+    (median(gets), median(reads), median(file_reads))
 }
 
 enum Layout {

@@ -22,6 +22,7 @@
 use crate::clock::Clock;
 use crate::error::{StoreError, StoreResult};
 use crate::joint_bound::Member;
+use crate::nowait::open_cached;
 use lru::LruCache;
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -395,6 +396,32 @@ impl<K: DiskKey> DiskLru<K> {
                 Ok(None)
             }
             Err(e) => Err(StoreError::io(format!("opening {}", path.display()), e)),
+        }
+    }
+
+    /// [`DiskLru::open_file`] if it can be done without waiting for the disk: the index loaded,
+    /// the entry's use not due to be written to its file's mtime, and the path's lookup in the
+    /// kernel's caches ([`open_cached`]). None when it cannot: `open_file` then answers, on a
+    /// thread that may wait. Some(None) when the entry is absent.
+    pub fn open_file_now(&self, key: &K) -> Option<Option<File>> {
+        if self.loading() {
+            return None;
+        }
+        let now = self.now_secs();
+        match self.index.lock().unwrap().lru.get(key) {
+            None => return Some(None),
+            Some(entry) if now.saturating_sub(entry.touched) >= TOUCH_INTERVAL.as_secs() => {
+                return None
+            }
+            Some(_) => {}
+        }
+        match open_cached(&self.root.join(key.rel_path())) {
+            Ok(file) => Some(Some(file)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.forget(key); // as open_file does
+                Some(None)
+            }
+            Err(_) => None, // would wait, or failed: open_file says which
         }
     }
 
@@ -816,5 +843,43 @@ mod tests {
         fs::remove_file(dir.path().join("entries/d/a")).unwrap();
         assert!(read(&store, "a").is_none());
         assert_eq!(store.usage(), (0, 0));
+    }
+
+    /// What open_file would open, opened without a blocking thread; absent entries answered
+    /// too; a read whose use is due to be written to the mtime, or a file removed by hand, left
+    /// to open_file as before.
+    #[test]
+    fn open_file_now_opens_what_open_file_would_or_leaves_it_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = clock();
+        let store = opened(DiskLru::<Name>::open(dir.path(), options(100), clock.clone()).unwrap());
+        put(&store, "a", b"xyz").unwrap();
+        put(&store, "b", b"b").unwrap();
+        let mut data = String::new();
+        let mut file = store.open_file_now(&Name("a".into())).unwrap().unwrap();
+        std::io::Read::read_to_string(&mut file, &mut data).unwrap();
+        assert_eq!(data, "xyz");
+        assert!(store
+            .open_file_now(&Name("absent".into()))
+            .unwrap()
+            .is_none());
+        clock.advance(TOUCH_INTERVAL + Duration::from_secs(5_000_000));
+        assert!(
+            store.open_file_now(&Name("a".into())).is_none(),
+            "the mtime is due"
+        );
+        read(&store, "a");
+        assert!(store.open_file_now(&Name("a".into())).unwrap().is_some());
+        fs::remove_file(dir.path().join("entries/d/b")).unwrap();
+        read(&store, "b"); // due too: refreshed by open_file, which finds it gone
+        assert!(store.open_file_now(&Name("b".into())).unwrap().is_none());
+        assert_eq!(store.usage().0, 1);
+        // Removed by hand when not due: forgotten here, or left to open_file if the kernel
+        // cannot tell without the disk; never opened.
+        fs::remove_file(dir.path().join("entries/d/a")).unwrap();
+        match store.open_file_now(&Name("a".into())) {
+            Some(found) => assert!(found.is_none() && store.usage().0 == 0),
+            None => assert!(read(&store, "a").is_none()),
+        }
     }
 }

@@ -17,6 +17,7 @@ mod existence_caching;
 mod joint_bound;
 mod local_ac;
 mod local_cas;
+mod nowait;
 mod packed;
 mod read_caching;
 mod router;

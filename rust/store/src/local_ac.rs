@@ -4,11 +4,13 @@ use crate::clock::Clock;
 use crate::disk_lru::{in_blocks, DiskKey, DiskLru, DiskLruOptions};
 use crate::error::{StoreError, StoreResult};
 use crate::local_cas::join_error;
+use crate::nowait::read_cached;
 use crate::traits::ActionCache;
 use async_trait::async_trait;
 use clientd_digest::{Digest, DigestFunction};
 use clientd_proto::build::bazel::remote::execution::v2::ActionResult;
 use prost::Message;
+use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -74,22 +76,30 @@ impl LocalActionCache {
 impl ActionCache for LocalActionCache {
     async fn get(&self, instance_name: &str, action: &Digest) -> StoreResult<Option<ActionResult>> {
         let key = AcKey::new(instance_name, action);
+        // A miss, or an entry in the page cache, is answered here: most lookups are one or the
+        // other, and a blocking thread would cost more than the lookup.
+        let opened = match self.entries.open_file_now(&key) {
+            Some(None) => return Ok(None),
+            Some(Some(file)) => match read_now(&file) {
+                Some(data) => return Ok(decode(action, &data)),
+                None => Some(file),
+            },
+            None => None,
+        };
         let entries = self.entries.clone();
         let action = *action;
         tokio::task::spawn_blocking(move || {
-            let Some(mut file) = entries.open_file(&key)? else {
-                return Ok(None);
+            let mut file = match opened {
+                Some(file) => file,
+                None => match entries.open_file(&key)? {
+                    Some(file) => file,
+                    None => return Ok(None),
+                },
             };
             let mut data = Vec::new();
             file.read_to_end(&mut data)
                 .map_err(|e| StoreError::io(format!("reading action result {action}"), e))?;
-            match ActionResult::decode(data.as_slice()) {
-                Ok(result) => Ok(Some(result)),
-                Err(e) => {
-                    tracing::warn!(%action, "ignoring undecodable action cache entry: {e}");
-                    Ok(None)
-                }
-            }
+            Ok(decode(&action, &data))
         })
         .await
         .map_err(join_error)?
@@ -119,6 +129,24 @@ impl ActionCache for LocalActionCache {
         })
         .await
         .map_err(join_error)?
+    }
+}
+
+/// The whole file, if it is in the page cache.
+fn read_now(file: &File) -> Option<Vec<u8>> {
+    let len = file.metadata().ok()?.len();
+    let mut data = vec![0; len as usize];
+    read_cached(file, &mut data, 0).then_some(data)
+}
+
+/// The entry's result; None (a miss, logged) if its bytes do not decode.
+fn decode(action: &Digest, data: &[u8]) -> Option<ActionResult> {
+    match ActionResult::decode(data) {
+        Ok(result) => Some(result),
+        Err(e) => {
+            tracing::warn!(%action, "ignoring undecodable action cache entry: {e}");
+            None
+        }
     }
 }
 
@@ -155,5 +183,37 @@ mod tests {
         drop(ac);
         let ac = LocalActionCache::open(dir.path(), options(), Arc::new(SystemClock)).unwrap();
         assert_eq!(ac.get("local/a", &action).await.unwrap(), Some(two));
+    }
+
+    /// An entry whose bytes do not decode is a miss, whether its bytes are in the page cache
+    /// (read on the calling thread) or not (read on a blocking one).
+    #[tokio::test]
+    async fn an_undecodable_entry_is_a_miss_either_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let ac = LocalActionCache::open(dir.path(), options(), Arc::new(SystemClock)).unwrap();
+        let action = DigestFunction::Sha256.digest_of(b"action");
+        let result = ActionResult {
+            exit_code: 3,
+            ..Default::default()
+        };
+        ac.put("local", &action, &result).await.unwrap();
+        let path = dir
+            .path()
+            .join("entries")
+            .join(AcKey::new("local", &action).rel_path());
+        std::fs::write(&path, b"\xff\xff\xff not a message").unwrap();
+        assert_eq!(ac.get("local", &action).await.unwrap(), None);
+        let file = File::open(&path).unwrap();
+        // SAFETY: advice on an open descriptor.
+        let dropped = unsafe {
+            libc::posix_fadvise(
+                std::os::unix::io::AsRawFd::as_raw_fd(&file),
+                0,
+                0,
+                libc::POSIX_FADV_DONTNEED,
+            )
+        };
+        assert_eq!(dropped, 0);
+        assert_eq!(ac.get("local", &action).await.unwrap(), None);
     }
 }

@@ -7,6 +7,7 @@ use crate::clock::Clock;
 use crate::disk_lru::{in_blocks, DiskKey, DiskLru, DiskLruOptions, Reservation};
 use crate::error::{StoreError, StoreResult};
 use crate::joint_bound::{JointBound, Member};
+use crate::nowait::read_cached;
 use crate::packed::{Packed, PACKED_MAX_BLOB};
 use crate::traits::{mismatch, BlobSink, BlobStore, ByteStream};
 use async_trait::async_trait;
@@ -139,6 +140,14 @@ impl LocalCas {
         let (packed, packed_bytes) = self.packed.usage();
         (files + packed, file_bytes + packed_bytes)
     }
+
+    /// `len` bytes from `offset` of a blob stored as a file, if they can be had without waiting
+    /// for the disk (see [`DiskLru::open_file_now`]); None otherwise, absent blobs included.
+    fn read_file_now(&self, digest: &Digest, offset: u64, len: u64) -> Option<Bytes> {
+        let file = self.blobs.open_file_now(digest)??;
+        let mut data = vec![0; len as usize];
+        read_cached(&file, &mut data, offset).then(|| data.into())
+    }
 }
 
 #[async_trait]
@@ -201,10 +210,13 @@ impl BlobStore for LocalCas {
             }
             return Err(StoreError::blob_not_found(digest));
         }
-        if packs(digest) {
-            if let Some(data) = self.packed.read_now(digest, offset, len) {
-                return Ok(futures::stream::once(async move { Ok(data) }).boxed());
-            }
+        let now = match packs(digest) {
+            true => self.packed.read_now(digest, offset, len),
+            false if len <= READ_CHUNK as u64 => self.read_file_now(digest, offset, len),
+            false => None,
+        };
+        if let Some(data) = now {
+            return Ok(futures::stream::once(async move { Ok(data) }).boxed());
         }
         let blobs = self.blobs.clone();
         let digest = *digest;

@@ -6,6 +6,7 @@ use super::index::Location;
 use super::start::Start;
 use super::{Append, Found, Packed};
 use crate::error::{StoreError, StoreResult};
+use crate::nowait::read_cached;
 use bytes::Bytes;
 use clientd_digest::Digest;
 use std::fs::File;
@@ -233,25 +234,4 @@ impl Packed {
             .map(|r| r.expect("every blob read"))
             .collect()
     }
-}
-
-/// Fills `buf` from `offset` of `file` if the bytes are all in the page cache; false (having
-/// waited for nothing) if they are not, or the kernel cannot tell.
-fn read_cached(file: &File, buf: &mut [u8], offset: u64) -> bool {
-    use std::os::unix::io::AsRawFd;
-    let iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: one iovec over `buf`, which outlives the call; the descriptor is open.
-    let n = unsafe {
-        libc::preadv2(
-            file.as_raw_fd(),
-            &iov,
-            1,
-            offset as libc::off_t,
-            libc::RWF_NOWAIT,
-        )
-    };
-    n >= 0 && n as usize == buf.len()
 }
