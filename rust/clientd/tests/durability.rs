@@ -9,6 +9,8 @@ use clientd_store::PACKED_MAX_BLOB;
 use common::*;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::Code;
 
@@ -96,8 +98,14 @@ async fn kill_9_during_small_blob_batches_keeps_every_acknowledged_blob() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path(), None, &[]);
     let mut tasks = Vec::new();
+    // Acknowledged bytes: the kill comes after more than the packed blobs' first budget (two
+    // 64 MiB segments), so that budget has had to move to them from the files while four
+    // writers raced (a segment of acknowledged blobs was once evicted there), and the restart
+    // finds five segments.
+    let acknowledged_bytes = Arc::new(AtomicU64::new(0));
     for worker in 0..4u64 {
         let channel = daemon.channel().await;
+        let acknowledged_bytes = acknowledged_bytes.clone();
         tasks.push(tokio::spawn(async move {
             let mut c = Clients::new(channel);
             let (mut acknowledged, mut attempted) = (Vec::new(), Vec::new());
@@ -124,11 +132,20 @@ async fn kill_9_during_small_blob_batches_keeps_every_acknowledged_blob() {
                     assert_eq!(response.status.unwrap().code, 0);
                 }
                 acknowledged.extend(blobs.iter().map(|(d, _)| *d));
+                let bytes = blobs.iter().map(|(_, b)| b.len() as u64).sum();
+                acknowledged_bytes.fetch_add(bytes, Ordering::Relaxed);
             }
             (acknowledged, attempted)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let start = std::time::Instant::now();
+    while acknowledged_bytes.load(Ordering::Relaxed) < 320 << 20 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "too slow to fill five segments"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     daemon.kill9();
     let (mut acknowledged, mut attempted) = (Vec::new(), Vec::new());
     for task in tasks {

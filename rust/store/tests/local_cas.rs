@@ -503,3 +503,40 @@ async fn both_layouts_share_the_bound_and_the_older_data_goes_first() {
         allocated(dir.path())
     );
 }
+
+/// Four writers pack small blobs past the packed blobs' first budget (two segments) while the
+/// files use none of theirs: the budget moves to the packed blobs as they need it, under the
+/// packed writer's lock, so racing writers never make them evict (a check then a write let
+/// another writer take the room in between, and a segment of acknowledged blobs went).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_writers_past_the_packed_budget_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // 64 MiB in all: 8 MiB segments, the packed blobs start with 16 MiB.
+    let cas =
+        Arc::new(LocalCas::open(dir.path(), unsynced(64 << 20), Arc::new(SystemClock)).unwrap());
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let cas = cas.clone();
+            tokio::spawn(async move {
+                let mut written = Vec::new();
+                for batch in 0..30u64 {
+                    let blobs = blobs_of(w << 32 | batch << 8, 40, 9000);
+                    for result in cas.batch_write("", blobs.clone()).await {
+                        result.unwrap();
+                    }
+                    written.extend(blobs);
+                }
+                written
+            })
+        })
+        .collect();
+    let mut written = Vec::new();
+    for writer in writers {
+        written.extend(writer.await.unwrap());
+    }
+    assert!(
+        written.len() * 9000 > 32 << 20,
+        "past the first budget twice over"
+    );
+    assert_eq!(present(&cas, &written).await, written.len());
+}

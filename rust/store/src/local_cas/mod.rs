@@ -113,11 +113,23 @@ impl LocalCas {
             ..options
         };
         let blobs = DiskLru::open(root, files, clock)?;
-        let bound = JointBound::new(blobs.clone(), packed.clone(), packed.segment_bytes());
+        let bound = Arc::new(JointBound::new(
+            blobs.clone(),
+            packed.clone(),
+            packed.segment_bytes(),
+        ));
+        // Packing that would evict asks the joint bound first (under the packed writer's lock,
+        // so that concurrent writes cannot take the room it makes).
+        let weak = Arc::downgrade(&bound);
+        packed.when_full(Box::new(move |n| {
+            if let Some(bound) = weak.upgrade() {
+                bound.room_for_packed(n);
+            }
+        }));
         Ok(LocalCas {
             blobs,
             packed,
-            bound: Arc::new(bound),
+            bound,
         })
     }
 
@@ -255,10 +267,7 @@ impl BlobStore for LocalCas {
         digest: &Digest,
     ) -> StoreResult<Box<dyn BlobSink>> {
         if packs(digest) {
-            let to = Destination::Packed {
-                packed: self.packed.clone(),
-                bound: self.bound.clone(),
-            };
+            let to = Destination::Packed(self.packed.clone());
             return Ok(Box::new(BufferedSink::new(*digest, to)));
         }
         // The declared size is reserved before any byte arrives: a blob that cannot fit is
@@ -317,7 +326,7 @@ impl BlobStore for LocalCas {
             .into_iter()
             .enumerate()
             .partition(|(_, (d, _))| packs(d));
-        let (packed, bound) = (self.packed.clone(), self.bound.clone());
+        let packed = self.packed.clone();
         let small_done = tokio::task::spawn_blocking(move || {
             let mut results: Vec<(usize, StoreResult<()>)> = Vec::with_capacity(small.len());
             let mut verified = Vec::with_capacity(small.len());
@@ -328,7 +337,7 @@ impl BlobStore for LocalCas {
                 }
             }
             let batch: Vec<(Digest, &[u8])> = verified.iter().map(|(_, d, b)| (*d, *b)).collect();
-            let stored = pack(&packed, &bound, &batch);
+            let stored = packed.put(&batch);
             results.extend(verified.iter().map(|(i, _, _)| (*i, stored.clone())));
             results
         });
@@ -466,12 +475,6 @@ fn store_file(
 fn reserve(blobs: &DiskLru<Digest>, bound: &JointBound, len: u64) -> StoreResult<Reservation> {
     bound.room_for_files(Digest::footprint(len));
     blobs.reserve(len)
-}
-
-/// Packs verified small blobs: budget moved to the packed blobs first, if it should be.
-fn pack(packed: &Packed, bound: &JointBound, blobs: &[(Digest, &[u8])]) -> StoreResult<()> {
-    bound.room_for_packed(Packed::stored_bytes(blobs.iter().map(|(d, _)| d)));
-    packed.put(blobs)
 }
 
 fn stream_file(

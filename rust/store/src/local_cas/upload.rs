@@ -10,10 +10,9 @@
 //! - a larger blob goes to a writer thread and a hasher thread in batches of [`UPLOAD_BATCH`],
 //!   the two working side by side while the next batch arrives ([`StreamingSink`]).
 
-use super::{check_not_past_size, join_error, pack, store_file, verify, WRITEBACK_WINDOW};
+use super::{check_not_past_size, join_error, store_file, verify, WRITEBACK_WINDOW};
 use crate::disk_lru::{DiskLru, Reservation};
 use crate::error::{StoreError, StoreResult};
-use crate::joint_bound::JointBound;
 use crate::packed::Packed;
 use crate::traits::{mismatch, BlobSink};
 use async_trait::async_trait;
@@ -31,11 +30,8 @@ pub(super) const UPLOAD_BATCH: u64 = 1 << 20;
 
 /// Where a verified blob goes.
 pub(super) enum Destination {
-    /// Small blobs: into a segment, under the joint bound.
-    Packed {
-        packed: Arc<Packed>,
-        bound: Arc<JointBound>,
-    },
+    /// Small blobs: into a segment.
+    Packed(Arc<Packed>),
     /// A file of its own, in the room reserved when the upload began.
     File {
         blobs: Arc<DiskLru<Digest>>,
@@ -78,7 +74,7 @@ impl BlobSink for BufferedSink {
         tokio::task::spawn_blocking(move || {
             verify(&digest, &data)?;
             match to {
-                Destination::Packed { packed, bound } => pack(&packed, &bound, &[(digest, &data)]),
+                Destination::Packed(packed) => packed.put(&[(digest, &data)]),
                 Destination::File { blobs, reservation } => {
                     store_file(&blobs, &digest, &data, reservation)
                 }

@@ -46,11 +46,6 @@ pub(super) fn encode(digest: &Digest, data: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(data);
 }
 
-/// The bytes a blob takes in a segment and its index file: its record and its index entry.
-pub(super) fn stored_bytes(digest: &Digest) -> u64 {
-    (HEADER + ENTRY_HEADER + 2 * digest.hash().len()) as u64 + digest.size()
-}
-
 /// Where a record's blob starts, for a record that starts at `record_at`.
 pub(super) fn data_offset(digest: &Digest, record_at: u64) -> u64 {
     record_at + (HEADER + digest.hash().len()) as u64

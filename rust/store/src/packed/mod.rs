@@ -45,7 +45,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Blobs up to this size are packed; larger ones get a file each (where a block's waste is at
@@ -132,7 +132,16 @@ pub struct Packed {
     synced: Mutex<(u32, u64)>,
     start: Mutex<Progress>,
     loaded: Condvar,
+    /// Asked for room before an append would make the store evict, with the writer's lock held
+    /// (so no other write takes the room meanwhile). A store under a [`JointBound`] moves budget
+    /// to itself there, rather than evict a segment while the files leave budget unused.
+    ///
+    /// [`JointBound`]: crate::joint_bound::JointBound
+    room: OnceLock<RoomHook>,
 }
+
+/// See [`Packed::room`].
+pub(crate) type RoomHook = Box<dyn Fn(u64) + Send + Sync>;
 
 fn segment_path(dir: &Path, segment: u32) -> PathBuf {
     dir.join(format!("{segment:016x}.pack"))
@@ -216,6 +225,7 @@ impl Packed {
             synced: Mutex::new((0, 0)),
             start: Mutex::new(Progress::STARTED),
             loaded: Condvar::new(),
+            room: OnceLock::new(),
         });
         let loader = packed.clone();
         std::thread::Builder::new()
@@ -248,6 +258,12 @@ impl Packed {
             },
         );
         Ok(index)
+    }
+
+    /// Sets what is asked for room before an append would make the store evict (once; later
+    /// calls are ignored). It must not write to this store.
+    pub(crate) fn when_full(&self, room: RoomHook) {
+        let _ = self.room.set(room);
     }
 
     /// Stores blobs whose digests the caller has verified, each at most [`PACKED_MAX_BLOB`]:
@@ -321,9 +337,19 @@ impl Packed {
             pending.next();
         }
         let n = records.len() as u64;
+        let incoming = n + entries.len() as u64;
+        if let Some(room) = self.room.get() {
+            let full = {
+                let state = self.state.read().unwrap();
+                state.bytes + incoming > self.max_bytes()
+            };
+            if full {
+                room(incoming);
+            }
+        }
         let (file, evicted) = {
             let mut state = self.state.write().unwrap();
-            let evicted = self.evict(&mut state, n + entries.len() as u64);
+            let evicted = self.evict(&mut state, incoming);
             (state.segments[&writer.segment].file.clone(), evicted)
         };
         self.remove(evicted);
@@ -335,7 +361,7 @@ impl Packed {
         }
         let now = self.now();
         let mut state = self.state.write().unwrap();
-        state.bytes += n + entries.len() as u64;
+        state.bytes += incoming;
         if let Some(entry) = state.segments.get_mut(&writer.segment) {
             entry.bytes = writer.len;
             entry.index_bytes += entries.len() as u64;
@@ -373,11 +399,17 @@ impl Packed {
     /// more bytes fit the bound; [`Packed::remove`] deletes their files. Nothing is evicted while
     /// the index files found at start are being read: the load evicts when they are.
     fn evict(&self, state: &mut State, incoming: u64) -> Evicted {
+        self.evict_down_to(state, self.max_bytes().saturating_sub(incoming))
+    }
+
+    /// Takes the oldest segments (not the one being written) out of the index until the store
+    /// holds at most `limit` bytes; nothing while the index files found at start are being read.
+    fn evict_down_to(&self, state: &mut State, limit: u64) -> Evicted {
         let mut evicted = Vec::new();
         if self.stage() == Start::Loading {
             return Evicted(evicted);
         }
-        while state.bytes + incoming > self.max_bytes() && state.segments.len() > 1 {
+        while state.bytes > limit && state.segments.len() > 1 {
             let (number, segment) = state.segments.pop_first().expect("more than one");
             state.bytes -= segment.bytes + segment.index_bytes;
             let list = state.index.forget_segment(number).unwrap_or_default();
@@ -424,11 +456,6 @@ impl Packed {
     /// The bound.
     fn max_bytes(&self) -> u64 {
         self.max_bytes.load(Ordering::Acquire)
-    }
-
-    /// The bytes blobs of these digests take once packed, index entries included.
-    pub fn stored_bytes<'a>(digests: impl IntoIterator<Item = &'a Digest>) -> u64 {
-        digests.into_iter().map(format::stored_bytes).sum()
     }
 
     /// How large a segment grows: the least that moves between joint bounds at a time.
@@ -796,5 +823,42 @@ mod tests {
             }
             packed.wait_for(Start::Done); // the second round: every blob verified
         }
+    }
+
+    /// The bound set from the bytes counted at open (as a joint bound sets it), and an index file
+    /// behind its segment (a crash between writing blobs and listing them): completing the index
+    /// file adds bytes, and that evicts nothing.
+    #[test]
+    fn completing_a_lagging_index_file_at_start_evicts_nothing() {
+        let blobs: Vec<_> = (0..600).map(|i| blob(i, 2000 + i as usize)).collect();
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let packed = Packed::open(dir.path(), 4 << 20, true, clock()).unwrap();
+            for chunk in blobs.chunks(10) {
+                put(&packed, chunk);
+            }
+        }
+        assert!(files(dir.path(), "pack") >= 3);
+        let newest = (0..)
+            .take_while(|n| index_path(dir.path(), *n + 1).exists())
+            .last();
+        let index = index_path(dir.path(), newest.unwrap_or(0));
+        let len = fs::metadata(&index).unwrap().len();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&index)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+        let on_disk: u64 = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        let packed = Packed::open(dir.path(), on_disk, true, clock()).unwrap();
+        packed.wait_for(Start::Done);
+        for (digest, data) in &blobs {
+            assert!(read(&packed, digest).as_ref() == Some(data), "{digest}");
+        }
+        assert_eq!(packed.usage().0, blobs.len());
     }
 }

@@ -39,6 +39,7 @@ impl Packed {
     /// (and, past where those end, from the segments); then the blobs the index files listed are
     /// verified.
     pub(super) fn load(&self, found: &[u32]) {
+        let counted = self.state.read().unwrap().bytes;
         let mut listed = Vec::new();
         std::thread::scope(|scope| {
             // Room for the blobs the index files list, made at once (growing the table moves
@@ -59,7 +60,17 @@ impl Packed {
             }
         });
         self.advance(Start::Verifying);
-        let evicted = self.evict(&mut self.state.write().unwrap(), 0);
+        // Evicted now: only what is over the bound beyond what the loading itself added (index
+        // files completed from their segments, writes meanwhile), i.e. a bound lowered since the
+        // last run. The bound was set from the bytes counted before loading, so what loading
+        // added is the store outgrowing nothing: the next write moves budget for it under the
+        // joint bound, or evicts. (Evicting it here once lost a whole segment of acknowledged
+        // blobs after every crash that left an index file behind its segment.)
+        let evicted = {
+            let mut state = self.state.write().unwrap();
+            let added = state.bytes.saturating_sub(counted);
+            self.evict_down_to(&mut state, self.max_bytes() + added)
+        };
         self.remove(evicted);
         for number in listed {
             if let Err(e) = self.verify_segment(number) {
