@@ -840,9 +840,10 @@ mod tests {
         }
         assert!(files(dir.path(), "pack") >= 3);
         let newest = (0..)
-            .take_while(|n| index_path(dir.path(), *n + 1).exists())
-            .last();
-        let index = index_path(dir.path(), newest.unwrap_or(0));
+            .take_while(|n| index_path(dir.path(), *n).exists())
+            .last()
+            .unwrap();
+        let index = index_path(dir.path(), newest);
         let len = fs::metadata(&index).unwrap().len();
         fs::OpenOptions::new()
             .write(true)
