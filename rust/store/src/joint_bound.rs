@@ -7,7 +7,8 @@
 //! cache of small blobs only, or of large ones only, gets the whole bound, and across both what
 //! goes first is what was used longest ago (at a segment's granularity for packed blobs).
 
-use std::sync::{Arc, Mutex};
+use crate::packed::Budget;
+use std::sync::{Arc, Mutex, Weak};
 
 /// A store under a joint bound.
 pub(crate) trait Member: Send + Sync {
@@ -70,7 +71,7 @@ impl JointBound {
         }
         let want = need.max(self.step);
         let from_max = from.max_bytes();
-        let unused = from_max.saturating_sub(from.footprint().max(from.floor()));
+        let unused = unused(from);
         let older = match (from.oldest_use(), to.oldest_use()) {
             (Some(theirs), Some(ours)) => theirs < ours,
             (Some(_), None) => true,
@@ -88,6 +89,28 @@ impl JointBound {
         // Shrunk first, so the two bounds never add up to more than the joint one.
         from.set_max_bytes(from_max - give);
         to.set_max_bytes(to.max_bytes() + give);
+    }
+}
+
+/// Budget `member` holds and does not use (beyond its floor).
+fn unused(member: &dyn Member) -> u64 {
+    member
+        .max_bytes()
+        .saturating_sub(member.footprint().max(member.floor()))
+}
+
+/// The packed blobs' side of a joint bound. Weak: the bound holds the packed store.
+pub(crate) struct PackedBudget(pub(crate) Weak<JointBound>);
+
+impl Budget for PackedBudget {
+    fn make_room(&self, incoming: u64) {
+        if let Some(bound) = self.0.upgrade() {
+            bound.room_for_packed(incoming);
+        }
+    }
+
+    fn spare(&self) -> u64 {
+        self.0.upgrade().map_or(0, |bound| unused(&*bound.files))
     }
 }
 

@@ -540,3 +540,32 @@ async fn racing_writers_past_the_packed_budget_lose_nothing() {
     );
     assert_eq!(present(&cas, &written).await, written.len());
 }
+
+/// After a restart the packed blobs' bound is what they hold, yet while the files leave budget
+/// unused no segment is about to go: reading blobs from the oldest copies none of them to the
+/// newest segment (each read used to, until the budget had moved).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_reads_copy_nothing_while_the_files_leave_budget_unused() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = blobs_of(0, 4000, 9000); // 36 MB: five 8 MiB segments
+    {
+        let cas = LocalCas::open(dir.path(), unsynced(64 << 20), Arc::new(SystemClock)).unwrap();
+        for batch in blobs.chunks(100) {
+            for result in cas.batch_write("", batch.to_vec()).await {
+                result.unwrap();
+            }
+        }
+    }
+    let cas = LocalCas::open(dir.path(), unsynced(64 << 20), Arc::new(SystemClock)).unwrap();
+    assert_eq!(present(&cas, &blobs).await, blobs.len());
+    let before = cas.usage();
+    for (digest, data) in &blobs[..500] {
+        let mut stream = cas.read("", digest, 0, None).await.unwrap();
+        let mut read = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            read.extend_from_slice(&chunk.unwrap());
+        }
+        assert!(read == data[..]);
+    }
+    assert_eq!(cas.usage(), before, "blobs copied by reads");
+}

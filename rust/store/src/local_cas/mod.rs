@@ -6,7 +6,7 @@
 use crate::clock::Clock;
 use crate::disk_lru::{in_blocks, DiskKey, DiskLru, DiskLruOptions, Reservation};
 use crate::error::{StoreError, StoreResult};
-use crate::joint_bound::{JointBound, Member};
+use crate::joint_bound::{JointBound, Member, PackedBudget};
 use crate::nowait::read_cached;
 use crate::packed::{Packed, PACKED_MAX_BLOB};
 use crate::traits::{mismatch, BlobSink, BlobStore, ByteStream};
@@ -120,12 +120,7 @@ impl LocalCas {
         ));
         // Packing that would evict asks the joint bound first (under the packed writer's lock,
         // so that concurrent writes cannot take the room it makes).
-        let weak = Arc::downgrade(&bound);
-        packed.when_full(Box::new(move |n| {
-            if let Some(bound) = weak.upgrade() {
-                bound.room_for_packed(n);
-            }
-        }));
+        packed.set_budget(Box::new(PackedBudget(Arc::downgrade(&bound))));
         Ok(LocalCas {
             blobs,
             packed,

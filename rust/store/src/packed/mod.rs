@@ -132,16 +132,22 @@ pub struct Packed {
     synced: Mutex<(u32, u64)>,
     start: Mutex<Progress>,
     loaded: Condvar,
-    /// Asked for room before an append would make the store evict, with the writer's lock held
-    /// (so no other write takes the room meanwhile). A store under a [`JointBound`] moves budget
-    /// to itself there, rather than evict a segment while the files leave budget unused.
+    /// The budget beyond its own bound, when the store is under a [`JointBound`].
     ///
     /// [`JointBound`]: crate::joint_bound::JointBound
-    room: OnceLock<RoomHook>,
+    budget: OnceLock<Box<dyn Budget>>,
 }
 
-/// See [`Packed::room`].
-pub(crate) type RoomHook = Box<dyn Fn(u64) + Send + Sync>;
+/// What a store can have beyond its own bound: under a joint bound, budget the other layout
+/// does not use, or holds for older data.
+pub(crate) trait Budget: Send + Sync {
+    /// Asked before an append would make the store evict, with the writer's lock held (so no
+    /// other write takes the room meanwhile): moves budget to the store if it should. It must
+    /// not write to the store.
+    fn make_room(&self, incoming: u64);
+    /// Budget the store could have without anything being evicted.
+    fn spare(&self) -> u64;
+}
 
 fn segment_path(dir: &Path, segment: u32) -> PathBuf {
     dir.join(format!("{segment:016x}.pack"))
@@ -225,7 +231,7 @@ impl Packed {
             synced: Mutex::new((0, 0)),
             start: Mutex::new(Progress::STARTED),
             loaded: Condvar::new(),
-            room: OnceLock::new(),
+            budget: OnceLock::new(),
         });
         let loader = packed.clone();
         std::thread::Builder::new()
@@ -260,10 +266,14 @@ impl Packed {
         Ok(index)
     }
 
-    /// Sets what is asked for room before an append would make the store evict (once; later
-    /// calls are ignored). It must not write to this store.
-    pub(crate) fn when_full(&self, room: RoomHook) {
-        let _ = self.room.set(room);
+    /// Puts the store under a joint bound's `budget` (once; later calls are ignored).
+    pub(crate) fn set_budget(&self, budget: Box<dyn Budget>) {
+        let _ = self.budget.set(budget);
+    }
+
+    /// See [`Budget::spare`]; none without a joint bound.
+    fn spare(&self) -> u64 {
+        self.budget.get().map_or(0, |b| b.spare())
     }
 
     /// Stores blobs whose digests the caller has verified, each at most [`PACKED_MAX_BLOB`]:
@@ -338,13 +348,13 @@ impl Packed {
         }
         let n = records.len() as u64;
         let incoming = n + entries.len() as u64;
-        if let Some(room) = self.room.get() {
+        if let Some(budget) = self.budget.get() {
             let full = {
                 let state = self.state.read().unwrap();
                 state.bytes + incoming > self.max_bytes()
             };
             if full {
-                room(incoming);
+                budget.make_room(incoming);
             }
         }
         let (file, evicted) = {

@@ -43,20 +43,26 @@ impl Packed {
         let location = state.index.get(digest)?;
         let file = state.segments[&location.segment].file.clone();
         // Old: its segment goes once less than a quarter of the bound more is written. While a
-        // quarter of the bound is free no blob is, and the segments need not be summed.
+        // quarter of the bound is free no blob is, and the segments need not be summed; nor
+        // while budget the store could have without evicting anything (a joint bound's other
+        // layout leaves it unused) makes up the rest, as after a restart, when the bound is
+        // what the store holds.
         let max_bytes = self.max_bytes();
         let quarter = max_bytes / 4;
         let free = max_bytes.saturating_sub(state.bytes);
         let newest = state.segments.keys().next_back() == Some(&location.segment);
-        let old = !newest
-            && free < quarter
-            && free
-                + state
+        let before = match !newest && free < quarter {
+            true => Some(
+                state
                     .segments
                     .range(..=location.segment)
                     .map(|(_, s)| s.bytes)
-                    .sum::<u64>()
-                < quarter;
+                    .sum::<u64>(),
+            ),
+            false => None,
+        };
+        drop(state);
+        let old = before.is_some_and(|before| free + before + self.spare() < quarter);
         Some(Found {
             location,
             file,
