@@ -16,6 +16,16 @@ fn unsynced(max_bytes: u64) -> DiskLruOptions {
     }
 }
 
+/// The bytes a read of the blob streams back.
+async fn read(cas: &LocalCas, digest: &Digest, offset: u64, limit: Option<u64>) -> Vec<u8> {
+    let mut stream = cas.read("", digest, offset, limit).await.unwrap();
+    let mut read = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        read.extend_from_slice(&chunk.unwrap());
+    }
+    read
+}
+
 fn blob(i: u64) -> Vec<u8> {
     let len = 1000 + (i as usize * 7919) % 200_000;
     (0..len).map(|j| (i as usize * 31 + j * 17) as u8).collect()
@@ -141,11 +151,7 @@ async fn large_blob_in_chunks_and_read_from_an_offset() {
     };
     upload(digest).await.unwrap();
     let (offset, limit) = ((1 << 20) + 5, 18 << 20);
-    let mut stream = cas.read("", &digest, offset, Some(limit)).await.unwrap();
-    let mut read = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        read.extend_from_slice(&chunk.unwrap());
-    }
+    let read = read(&cas, &digest, offset, Some(limit)).await;
     assert!(read == data[offset as usize..(offset + limit) as usize]);
 
     let mut wrong = data.clone();
@@ -190,11 +196,7 @@ async fn uploads_in_16_kib_requests_at_every_size_the_layout_turns_on() {
         };
         let digest = DigestFunction::Sha256.digest_of(&data);
         upload(digest, data.clone()).await.unwrap();
-        let mut stream = cas.read("", &digest, 0, None).await.unwrap();
-        let mut read = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            read.extend_from_slice(&chunk.unwrap());
-        }
+        let read = read(&cas, &digest, 0, None).await;
         assert!(read == data, "{size} bytes read back differ");
         if size == 0 {
             continue;
@@ -560,12 +562,7 @@ async fn after_a_restart_reads_copy_nothing_while_the_files_leave_budget_unused(
     assert_eq!(present(&cas, &blobs).await, blobs.len());
     let before = cas.usage();
     for (digest, data) in &blobs[..500] {
-        let mut stream = cas.read("", digest, 0, None).await.unwrap();
-        let mut read = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            read.extend_from_slice(&chunk.unwrap());
-        }
-        assert!(read == data[..]);
+        assert!(read(&cas, digest, 0, None).await == data[..]);
     }
     assert_eq!(cas.usage(), before, "blobs copied by reads");
 }
