@@ -134,9 +134,7 @@ impl ActionCache for LocalActionCache {
 
 /// The whole file, if it is in the page cache.
 fn read_now(file: &File) -> Option<Vec<u8>> {
-    let len = file.metadata().ok()?.len();
-    let mut data = vec![0; len as usize];
-    read_cached(file, &mut data, 0).then_some(data)
+    read_cached(file, 0, file.metadata().ok()?.len())
 }
 
 /// The entry's result; None (a miss, logged) if its bytes do not decode.

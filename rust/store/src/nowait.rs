@@ -43,9 +43,10 @@ pub fn open_cached(path: &Path) -> io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd as i32) })
 }
 
-/// Fills `buf` from `offset` of `file` if the bytes are all in the page cache; false (having
-/// waited for nothing) if they are not, or the kernel cannot tell.
-pub fn read_cached(file: &File, buf: &mut [u8], offset: u64) -> bool {
+/// `len` bytes from `offset` of `file` if they are all in the page cache; None (having waited
+/// for nothing) if they are not, or the kernel cannot tell.
+pub fn read_cached(file: &File, offset: u64, len: u64) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; len as usize];
     let iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -60,7 +61,7 @@ pub fn read_cached(file: &File, buf: &mut [u8], offset: u64) -> bool {
             libc::RWF_NOWAIT,
         )
     };
-    n >= 0 && n as usize == buf.len()
+    (n >= 0 && n as usize == buf.len()).then_some(buf)
 }
 
 #[cfg(test)]
@@ -73,11 +74,8 @@ mod tests {
         let path = dir.path().join("f");
         std::fs::write(&path, b"hello, page cache").unwrap();
         let file = open_cached(&path).expect("just created: its lookup is cached");
-        let mut buf = [0u8; 5];
-        assert!(read_cached(&file, &mut buf, 7));
-        assert_eq!(&buf, b"page ");
-        let mut past_the_end = [0u8; 100];
-        assert!(!read_cached(&file, &mut past_the_end, 0), "short read");
+        assert_eq!(read_cached(&file, 7, 5).as_deref(), Some(&b"page "[..]));
+        assert_eq!(read_cached(&file, 0, 100), None, "short read");
         let absent = open_cached(&dir.path().join("absent")).unwrap_err();
         assert!(
             matches!(

@@ -157,8 +157,7 @@ impl LocalCas {
     /// for the disk (see [`DiskLru::open_file_now`]); None otherwise, absent blobs included.
     fn read_file_now(&self, digest: &Digest, offset: u64, len: u64) -> Option<Bytes> {
         let file = self.blobs.open_file_now(digest)??;
-        let mut data = vec![0; len as usize];
-        read_cached(&file, &mut data, offset).then(|| data.into())
+        read_cached(&file, offset, len).map(Bytes::from)
     }
 }
 

@@ -14,6 +14,12 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+/// Blobs read by [`Packed::read_together`] with one `pread` are at most this far apart in their
+/// segment (a record's header lies between two blobs written together)...
+const RUN_GAP: u64 = 4 << 10;
+/// ...and the run at most this long.
+const RUN_MAX: u64 = 4 << 20;
+
 impl Packed {
     /// Where the blob is, waiting for the index files at start if the index lacks it; hashes a
     /// blob not verified yet (dropping it if it does not verify).
@@ -129,8 +135,7 @@ impl Packed {
         if !found.location.verified || found.old {
             return None;
         }
-        let mut data = vec![0; len as usize];
-        read_cached(&found.file, &mut data, found.location.offset + offset).then(|| data.into())
+        read_cached(&found.file, found.location.offset + offset, len).map(Bytes::from)
     }
 
     /// `len` bytes of the blob from `offset` (the caller checks the range); None if absent.
@@ -169,15 +174,7 @@ impl Packed {
         let end = (offset + len) as usize;
         Ok(Some(Bytes::from(whole).slice(offset as usize..end)))
     }
-}
 
-/// Blobs read by [`Packed::read_together`] with one `pread` are at most this far apart in their
-/// segment (a record's header lies between two blobs written together)...
-const RUN_GAP: u64 = 4 << 10;
-/// ...and the run at most this long.
-const RUN_MAX: u64 = 4 << 20;
-
-impl Packed {
     /// Whole blobs, in the order asked, None for those absent. Blobs that are verified, not due
     /// to be copied to the newest segment, and near each other in one segment (as a batch
     /// written together is) are read with one `pread` per run of them; the others one by one as
@@ -197,21 +194,18 @@ impl Packed {
         }
         runs.sort_unstable_by_key(|(segment, offset, _, _)| (*segment, *offset));
         let mut rest = &runs[..];
-        while let Some((segment, start, _, file)) = rest.first() {
-            let mut end = start + digests[rest[0].2].size();
-            let n = rest
-                .iter()
-                .take_while(|(s, offset, i, _)| {
-                    let next_end = offset + digests[*i].size();
-                    let joins =
-                        s == segment && *offset <= end + RUN_GAP && next_end - start <= RUN_MAX;
-                    if joins {
-                        end = end.max(next_end);
-                    }
-                    joins
-                })
-                .count()
-                .max(1);
+        while let Some((segment, start, first, file)) = rest.first() {
+            // The run: the first blob, and each next one in the same segment near enough.
+            let mut end = start + digests[*first].size();
+            let mut n = 1;
+            while let Some((s, offset, i, _)) = rest.get(n) {
+                let next_end = offset + digests[*i].size();
+                if s != segment || *offset > end + RUN_GAP || next_end - start > RUN_MAX {
+                    break;
+                }
+                end = end.max(next_end);
+                n += 1;
+            }
             let (run, after) = rest.split_at(n);
             rest = after;
             let mut data = vec![0; (end - start) as usize];
