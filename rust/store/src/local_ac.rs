@@ -201,17 +201,7 @@ mod tests {
             .join(AcKey::new("local", &action).rel_path());
         std::fs::write(&path, b"\xff\xff\xff not a message").unwrap();
         assert_eq!(ac.get("local", &action).await.unwrap(), None);
-        let file = File::open(&path).unwrap();
-        // SAFETY: advice on an open descriptor.
-        let dropped = unsafe {
-            libc::posix_fadvise(
-                std::os::unix::io::AsRawFd::as_raw_fd(&file),
-                0,
-                0,
-                libc::POSIX_FADV_DONTNEED,
-            )
-        };
-        assert_eq!(dropped, 0);
+        crate::nowait::drop_cached(&path);
         assert_eq!(ac.get("local", &action).await.unwrap(), None);
     }
 }

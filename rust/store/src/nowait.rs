@@ -64,6 +64,16 @@ pub fn read_cached(file: &File, offset: u64, len: u64) -> Option<Vec<u8>> {
     (n >= 0 && n as usize == buf.len()).then_some(buf)
 }
 
+/// Asks the kernel to drop `path`'s pages from the page cache (the file is synced or clean, so
+/// it can), for tests of what happens when the bytes are not there.
+#[cfg(test)]
+pub(crate) fn drop_cached(path: &Path) {
+    let file = File::open(path).unwrap();
+    // SAFETY: advice on an open descriptor.
+    let dropped = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(dropped, 0);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -573,17 +573,7 @@ mod tests {
         assert_eq!(packed.read_now(&blob(9, 1000).0, 0, 10), None, "absent");
         // Out of the page cache (synced, so the kernel can drop it): left to a thread that may
         // wait for the disk.
-        let segment = File::open(segment_path(dir.path(), 0)).unwrap();
-        // SAFETY: advice on an open descriptor.
-        let dropped = unsafe {
-            libc::posix_fadvise(
-                std::os::unix::io::AsRawFd::as_raw_fd(&segment),
-                0,
-                0,
-                libc::POSIX_FADV_DONTNEED,
-            )
-        };
-        assert_eq!(dropped, 0);
+        crate::nowait::drop_cached(&segment_path(dir.path(), 0));
         assert_eq!(
             packed.read_now(digest, 0, 1000),
             None,
