@@ -21,20 +21,49 @@
 # round, and the ratios are medians of the per-round ratios [min..max]. It also gives the CPU time
 # the Bazel server and the daemon used per build: whose work the difference is.
 #
-# Environment: ROUNDS (5), N_ACTIONS (500), RECORD_COST (unset), MAX_BYTES (4194304), JOBS (Bazel's --jobs; default:
-# Bazel's), CLIENTD (a binary instead of building this tree's), CLIENTD_CONFIG (a config.json for
-# the daemon instead of its defaults, e.g. to measure without sync_writes), KEEP_TMP=1 (keep the temp dir:
-# Bazel logs and --profile files, the daemon's log). Needs tests/setup.sh (Bazel, netty's epoll
-# library), python3, cargo. About 6 minutes on 2 CPUs with the defaults. Exits non-zero when a
-# build fails; a warm build that is not all cache hits is reported.
+# Each side has a Bazel server of its own (its own --output_user_root), as a user has one server
+# per workspace with one cache setup, and one untimed round (PRIME) goes first: a server's JIT
+# compiler is still busy for several builds (its C2 threads used 0.5 to 1.5 s of CPU in each of
+# the first warm builds), and one server alternating between the disk cache's code and gRPC's
+# keeps recompiling both. SERVERS=shared measures in one server, as this benchmark used to.
+#
+# Environment: ROUNDS (5), PRIME (1), SERVERS (separate | shared), N_ACTIONS (500), RECORD_COST
+# (unset), MAX_BYTES (4194304), JOBS (Bazel's --jobs; default: Bazel's), CLIENTD (a binary instead
+# of building this tree's), CLIENTD_CONFIG (a config.json for the daemon instead of its defaults,
+# e.g. to measure without sync_writes), KEEP_TMP=1 (keep the temp dir: Bazel logs and --profile
+# files, the daemon's log). Needs tests/setup.sh (Bazel, netty's epoll library), python3, cargo.
+# About 7 minutes on 2 CPUs with the defaults. Exits non-zero when a build fails; a warm build
+# that is not all cache hits is reported.
 set -uo pipefail
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ROUNDS=${ROUNDS:-5}
+PRIME=${PRIME:-1}
+SERVERS=${SERVERS:-separate}
 N_ACTIONS=${N_ACTIONS:-500}
 MAX_BYTES=${MAX_BYTES:-4194304}
+case $SERVERS in separate | shared) ;; *) die "SERVERS must be separate or shared, not $SERVERS" ;; esac
+
+# The Bazel server the next build talks to: one per side (none, disk, clientd, clientd-norecord),
+# or one for all with SERVERS=shared.
+SERVER=none
+SERVER_NAMES=(none disk clientd clientd-norecord)
+bz() {
+    local root="$T/bazel-root"
+    [ "$SERVERS" = shared ] || root+="-$SERVER"
+    HOME="$T/home" "$BAZEL" --output_user_root="$root" "$@"
+}
+# lib.sh's cleanup shuts the servers down through this.
+bz_shutdown() {
+    local name
+    for name in "${SERVER_NAMES[@]}"; do
+        SERVER=$name
+        [ -d "$WS" ] && (cd "$WS" && bz shutdown >/dev/null 2>&1)
+    done
+    return 0
+}
 
 need_bazel
 make_tmp clientd-bench-warm
@@ -51,18 +80,20 @@ note "workspace: $N_ACTIONS genrules, outputs 8 B .. $MAX_BYTES B, $((TOTAL_BYTE
 RESULTS="$T/times"
 : >"$RESULTS"
 
-# measure ROUND SCENARIO FLAGS...: times one build (timed_build); appends "SCENARIO ROUND SECS
-# BAZEL_CPU DAEMON_CPU".
+# measure ROUND SCENARIO FLAGS...: times one build (timed_build) in the scenario's side's server;
+# appends "SCENARIO ROUND SECS BAZEL_CPU DAEMON_CPU", unless ROUND is a priming round (p1, ...).
 measure() {
     local round=$1 scenario=$2 log hits
     shift 2
     log="$T/logs/$scenario-$round"
+    SERVER=${scenario%-cold}
+    SERVER=${SERVER%-warm}
     timed_build "$log" "$@"
     if [ "$BUILD_RC" -ne 0 ]; then
         tail -n 30 "$log.log" | sed 's/^/#   /'
         die "($scenario) bazel build failed"
     fi
-    echo "$scenario $round $BUILD_SECS $BAZEL_CPU $DAEMON_CPU" >>"$RESULTS"
+    case $round in p*) ;; *) echo "$scenario $round $BUILD_SECS $BAZEL_CPU $DAEMON_CPU" >>"$RESULTS" ;; esac
     hits=$(count "$log.log" "remote cache hit")
     note "round $round $scenario: $BUILD_SECS s (CPU: Bazel $BAZEL_CPU s, clientd $DAEMON_CPU s); $(summary_line "$log.log")"
     case $scenario in *warm)
@@ -108,6 +139,11 @@ norecord_side() { clientd_side "$1" norecord; }
 (cd "$WS" && bz info release) >"$T/logs/bazel-info.log" 2>&1 || { cat "$T/logs/bazel-info.log"; die "bazel does not start"; }
 SIDES=(disk_side clientd_side)
 [ -z "${RECORD_COST:-}" ] || SIDES+=(norecord_side)
+for round in $(seq "$PRIME"); do
+    note "priming round $round (untimed): each side's Bazel server compiles its code paths"
+    measure "p$round" none
+    for side in "${SIDES[@]}"; do "$side" "p$round"; done
+done
 for round in $(seq "$ROUNDS"); do
     measure "$round" none
     # Each round starts with the next side: every side goes first as often as the others.
@@ -116,9 +152,9 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
-python3 - "$RESULTS" "$N_ACTIONS" "$TOTAL_BYTES" "${JOBS:-default}" <<'EOF'
+python3 - "$RESULTS" "$N_ACTIONS" "$TOTAL_BYTES" "${JOBS:-default}" "$SERVERS" "$PRIME" <<'EOF'
 import collections, statistics, sys
-path, n, total, jobs = sys.argv[1:]
+path, n, total, jobs, servers, prime = sys.argv[1:]
 times = collections.defaultdict(dict)
 cpu = collections.defaultdict(dict)
 for line in open(path):
@@ -127,7 +163,8 @@ for line in open(path):
     cpu[scenario][int(rnd)] = (float(bazel_cpu), float(daemon_cpu))
 rounds = sorted(times["none"])
 print()
-print("warm_build: %s actions, %.0f MiB of outputs, --jobs %s, %d rounds" % (n, int(total) / 2**20, jobs, len(rounds)))
+print("warm_build: %s actions, %.0f MiB of outputs, --jobs %s, %d rounds after %s untimed, Bazel servers %s"
+      % (n, int(total) / 2**20, jobs, len(rounds), prime, servers))
 print("%-14s %s" % ("seconds", " ".join("%7s" % ("r%d" % r) for r in rounds)))
 for s in ("none", "disk-cold", "clientd-cold", "disk-warm", "clientd-warm"):
     print("%-14s %s" % (s, " ".join("%7.2f" % times[s][r] for r in rounds)))
