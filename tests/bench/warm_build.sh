@@ -45,25 +45,8 @@ SERVERS=${SERVERS:-separate}
 N_ACTIONS=${N_ACTIONS:-500}
 MAX_BYTES=${MAX_BYTES:-4194304}
 case $SERVERS in separate | shared) ;; *) die "SERVERS must be separate or shared, not $SERVERS" ;; esac
-
-# The Bazel server the next build talks to: one per side (none, disk, clientd, clientd-norecord),
-# or one for all with SERVERS=shared.
-SERVER=none
-SERVER_NAMES=(none disk clientd clientd-norecord)
-bz() {
-    local root="$T/bazel-root"
-    [ "$SERVERS" = shared ] || root+="-$SERVER"
-    HOME="$T/home" "$BAZEL" --output_user_root="$root" "$@"
-}
-# lib.sh's cleanup shuts the servers down through this.
-bz_shutdown() {
-    local name
-    for name in "${SERVER_NAMES[@]}"; do
-        SERVER=$name
-        [ -d "$WS" ] && (cd "$WS" && bz shutdown >/dev/null 2>&1)
-    done
-    return 0
-}
+# One Bazel server per side (lib.sh's BAZEL_SERVER, set by measure), or one for all.
+[ "$SERVERS" = shared ] || { BAZEL_SERVERS=(none disk clientd clientd-norecord); BAZEL_SERVER=none; }
 
 need_bazel
 make_tmp clientd-bench-warm
@@ -86,8 +69,10 @@ measure() {
     local round=$1 scenario=$2 log hits
     shift 2
     log="$T/logs/$scenario-$round"
-    SERVER=${scenario%-cold}
-    SERVER=${SERVER%-warm}
+    if [ "$SERVERS" = separate ]; then
+        BAZEL_SERVER=${scenario%-cold}
+        BAZEL_SERVER=${BAZEL_SERVER%-warm}
+    fi
     timed_build "$log" "$@"
     if [ "$BUILD_RC" -ne 0 ]; then
         tail -n 30 "$log.log" | sed 's/^/#   /'

@@ -77,7 +77,9 @@
 #                      with the script's status. INT and TERM are ignored while it runs.
 # Bazel:
 #   bz ARGS...         $BAZEL ARGS... with everything of its own under $T: HOME=$T/home (no
-#                      ~/.bazelrc) and --output_user_root=$T/bazel-root.
+#                      ~/.bazelrc) and --output_user_root=$T/bazel-root, or $T/bazel-root-NAME
+#                      when BAZEL_SERVER=NAME: a Bazel server of its own (list every NAME used in
+#                      BAZEL_SERVERS, for bz_shutdown).
 #   new_workspace DIR [LINE...]
 #                      DIR with an empty WORKSPACE and a .bazelrc as the README tells users of
 #                      Debian's Bazel: $JVM_LINE (need_netty_epoll), `try-import
@@ -94,7 +96,8 @@
 #                      bz ARGS... in DIR (default $WS), all output in $T/LOG.log; notes
 #                      `ARG1 LOG: exit RC in N s; <process summary>`; returns Bazel's status.
 #   bz_clean LOG       bazel clean in $WS, output in $T/LOG.log; dies `clean` when it fails.
-#   bz_shutdown        bazel shutdown in each of WORKSPACES that exists (quietly, never fails).
+#   bz_shutdown        bazel shutdown in each of WORKSPACES that exists, in the default server and
+#                      each of BAZEL_SERVERS (quietly, never fails).
 #   summary_line LOG   Bazel's last `INFO: N processes: ...` line in the file LOG.
 #   count LOG KIND     the number that line gives for KIND ("remote cache hit", "remote",
 #                      "internal", ...; 0 if absent), or for "total", "non-internal" (all but
@@ -114,6 +117,8 @@ T=""
 MNT=""
 WS=""
 WORKSPACES=()
+BAZEL_SERVER=""
+BAZEL_SERVERS=()
 DAEMON_PID=""
 DAEMON_DIR=""
 DAEMON_RUST_LOG=info
@@ -343,8 +348,11 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- Bazel ---------------------------------------------------------------------------------------
+# The output user root of BAZEL_SERVER's Bazel server.
+bazel_root() { echo "$T/bazel-root${BAZEL_SERVER:+-$BAZEL_SERVER}"; }
+
 bz() {
-    HOME="$T/home" "$BAZEL" --output_user_root="$T/bazel-root" "$@"
+    HOME="$T/home" "$BAZEL" --output_user_root="$(bazel_root)" "$@"
 }
 
 need_netty_epoll() {
@@ -399,9 +407,13 @@ bz_clean() {
 }
 
 bz_shutdown() {
-    local ws
-    for ws in "${WORKSPACES[@]}"; do
-        [ -d "$ws" ] && (cd "$ws" && bz shutdown >/dev/null 2>&1)
+    local ws BAZEL_SERVER
+    for BAZEL_SERVER in "" "${BAZEL_SERVERS[@]}"; do
+        # No root, no server: `bazel shutdown` would only unpack Bazel there.
+        [ -d "$(bazel_root)" ] || continue
+        for ws in "${WORKSPACES[@]}"; do
+            [ -d "$ws" ] && (cd "$ws" && bz shutdown >/dev/null 2>&1)
+        done
     done
     return 0
 }
