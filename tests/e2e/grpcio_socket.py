@@ -139,6 +139,11 @@ def metrics_checks(base):
         (value("clientd_action_cache_hits"), value("clientd_action_cache_misses"))
     assert value("clientd_blobs_stored") >= 1 and value("clientd_stored_bytes") >= 1
     assert families["clientd_upstream_request_duration_seconds"].type == "histogram"
+    # The daemon's own time per method on the front, for the calls this client made above.
+    front = families["clientd_request_duration_seconds"]
+    assert front.type == "histogram", front.type
+    counts = {s.labels["method"]: s.value for s in front.samples if s.name.endswith("_count")}
+    assert counts.get("GetActionResult", 0) >= 2 and counts.get("Read", 0) >= 1, counts
     assert families["clientd_cluster_up"].type == "gauge"
     note(f"/metrics: {len(families)} families, {len(text.splitlines())} lines")
 

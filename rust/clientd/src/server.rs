@@ -7,7 +7,8 @@ use clientd_digest::DigestFunction;
 use clientd_grpc::{
     lenient_incoming, served_capabilities, ActionCacheService, ByteStreamService,
     CapabilitiesService, CasService, Clusters, ExecutionService, ForwardHeadersLayer, Insight,
-    MessageLimitLayer, Recorder, Scrubbing, ServerInfo, StatsService, MAX_MESSAGE_BYTES,
+    MessageLimitLayer, Recorder, Scrubbing, ServerInfo, StatsService, TimingLayer,
+    MAX_MESSAGE_BYTES,
 };
 use clientd_outputs::OutputService;
 use clientd_proto::bazel_output_service::bazel_output_service_server::BazelOutputServiceServer;
@@ -21,7 +22,7 @@ use clientd_store::{
     LocalCas, ReadCaching, Router, Stats, SystemClock,
 };
 use clientd_upstream::{
-    Cluster, ClusterOptions, Endpoint, RetryPolicy, UpstreamActionCache, UpstreamCas,
+    Cluster, ClusterOptions, Endpoint, Latency, RetryPolicy, UpstreamActionCache, UpstreamCas,
 };
 use clientd_vfs::{CasView, DigestFunctions, Pool, Routing, Vfs};
 use clientd_web::Web;
@@ -328,10 +329,11 @@ pub async fn serve(config: Config) -> Result<(), String> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
+    let front_latency = Arc::new(Latency::default());
     for (listener, bound) in tcp {
         tracing::info!("serving on grpc://{bound}");
         servers.spawn(
-            server()
+            server(&front_latency)
                 .add_routes(grpc.clone())
                 .serve_with_incoming_shutdown(
                     // Without TCP_NODELAY a small reply can wait up to 40 ms for the client's
@@ -351,6 +353,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
                 .targets()
                 .filter_map(|(_, c)| c.clone())
                 .collect(),
+            front_latency: front_latency.clone(),
             activity: composition.activity.clone(),
             blobs: composition.stores.clone(),
             results: composition.stores.clone(),
@@ -370,7 +373,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let unix = bind_unix(&socket)?;
     // Any :authority is accepted on the socket: real clients send the socket path there.
     servers.spawn(
-        server()
+        server(&front_latency)
             .add_routes(grpc.clone())
             .serve_with_incoming_shutdown(lenient_incoming(unix), stopped(stop_rx.clone())),
     );
@@ -468,11 +471,17 @@ fn log_stats(stats: &Stats) {
 
 type Layers = tower::layer::util::Stack<
     MessageLimitLayer,
-    tower::layer::util::Stack<ForwardHeadersLayer, tower::layer::util::Identity>,
+    tower::layer::util::Stack<
+        ForwardHeadersLayer,
+        tower::layer::util::Stack<TimingLayer, tower::layer::util::Identity>,
+    >,
 >;
 
-fn server() -> Server<Layers> {
+/// A gRPC server whose calls are timed into `latency` (for `/metrics`), given their forwardable
+/// headers as context, and held to the message size limit.
+fn server(latency: &Arc<Latency>) -> Server<Layers> {
     Server::builder()
+        .layer(TimingLayer::new(latency.clone()))
         .layer(ForwardHeadersLayer)
         .layer(MessageLimitLayer)
         .initial_stream_window_size(STREAM_WINDOW)

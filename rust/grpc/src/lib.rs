@@ -15,6 +15,7 @@ mod request;
 mod routes;
 mod scrubbing;
 mod stats;
+mod timing;
 
 pub use action_cache::ActionCacheService;
 pub use activity::Recorder;
@@ -28,6 +29,7 @@ pub use message_limit::MessageLimitLayer;
 pub use routes::Clusters;
 pub use scrubbing::Scrubbing;
 pub use stats::{Insight, ServerInfo, StatsService};
+pub use timing::TimingLayer;
 
 /// Largest gRPC message accepted or sent: a full batch plus framing, as bb_clientd uses.
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;

@@ -1,13 +1,17 @@
-//! How long a cluster takes to answer, per method: histograms for `/metrics`
-//! (`clientd_upstream_request_duration_seconds`), observed by [`crate::Cluster::call`].
+//! How long calls take, per method: histograms for `/metrics`. A cluster's answers
+//! (`clientd_upstream_request_duration_seconds`) are observed by [`crate::Cluster::call`], the
+//! daemon's own on its gRPC front (`clientd_request_duration_seconds`) by clientd_grpc's
+//! `TimingLayer`.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Upper bounds of the buckets, in seconds (Prometheus' `le`), for calls from 1 ms to 10 s.
-pub const BUCKETS: [f64; 13] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+/// Upper bounds of the buckets, in seconds (Prometheus' `le`), for calls from 100 µs (a local
+/// cache hit) to 10 s.
+pub const BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 
 /// One method's calls: cumulative counts per bucket (as Prometheus wants them), the sum and the
@@ -38,7 +42,7 @@ impl Histogram {
 pub struct Latency(Mutex<BTreeMap<String, Histogram>>);
 
 impl Latency {
-    pub(crate) fn observe(&self, method: &str, elapsed: Duration) {
+    pub fn observe(&self, method: &str, elapsed: Duration) {
         let mut methods = self.0.lock().unwrap();
         match methods.get_mut(method) {
             Some(histogram) => histogram.observe(elapsed),
@@ -74,9 +78,10 @@ mod tests {
         let (method, h) = &snapshot[0];
         assert_eq!(method, "GetActionResult");
         assert_eq!(h.count, 3);
-        assert_eq!(h.buckets[0], 1); // <= 1 ms
-        assert_eq!(h.buckets[5], 2); // <= 50 ms
-        assert_eq!(h.buckets[12], 2); // <= 10 s: the 20 s call is only in +Inf (count)
+        assert_eq!(h.buckets[2], 0); // <= 500 µs
+        assert_eq!(h.buckets[3], 1); // <= 1 ms
+        assert_eq!(h.buckets[8], 2); // <= 50 ms
+        assert_eq!(h.buckets[15], 2); // <= 10 s: the 20 s call is only in +Inf (count)
         assert!((h.sum_seconds - 20.0308).abs() < 1e-6);
     }
 }

@@ -10,7 +10,7 @@ mod page;
 use bytes::Bytes;
 use clientd_activity::ActivityLog;
 use clientd_store::{ActionCache, BlobStore, Stats};
-use clientd_upstream::Cluster;
+use clientd_upstream::{Cluster, Latency};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -28,6 +28,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Web {
     pub stats: Arc<Stats>,
     pub clusters: Vec<Arc<Cluster>>,
+    /// The daemon's time per method on its gRPC front (clientd_grpc's `TimingLayer`).
+    pub front_latency: Arc<Latency>,
     pub activity: Option<Arc<ActivityLog>>,
     /// Every instance's CAS and action cache (the front's stores).
     pub blobs: Arc<dyn BlobStore>,
@@ -72,7 +74,7 @@ async fn route(web: &Web, request: &Request<Incoming>) -> Response<Full<Bytes>> 
         "/metrics" => response(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            metrics::render(&web.stats, &web.clusters),
+            metrics::render(&web.stats, &web.clusters, &web.front_latency),
         ),
         "/" => response(StatusCode::OK, HTML, page::index(web)),
         "/invocation" => page(invocation::invocation(
