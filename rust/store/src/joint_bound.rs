@@ -34,6 +34,10 @@ pub(crate) struct JointBound {
     step: u64,
     /// Held while budget moves (one move at a time keeps the sum of the bounds exact).
     moving: Mutex<()>,
+    /// Held by a file write from its check for room until its reservation is made, as the packed
+    /// writer's lock does for packing: otherwise a racing writer takes the room moved for this
+    /// one, and this one's reservation evicts the files' newest data instead of older packed data.
+    reserving_file: Mutex<()>,
 }
 
 impl JointBound {
@@ -44,12 +48,25 @@ impl JointBound {
             packed,
             step,
             moving: Mutex::new(()),
+            reserving_file: Mutex::new(()),
         }
     }
 
-    /// Before `incoming` more bytes go to the files: budget moves to them if it should.
-    pub(crate) fn room_for_files(&self, incoming: u64) {
+    /// Reserves room for a file of `incoming` bytes (`reserve` does, and may evict the files' own
+    /// least recently used): budget moves to the files first if it should, and no other file
+    /// write checks for room or reserves in between.
+    pub(crate) fn reserve_file<R>(&self, incoming: u64, reserve: impl FnOnce() -> R) -> R {
+        let _one_at_a_time = self.reserving_file.lock().unwrap();
         self.make_room(&*self.files, &*self.packed, incoming);
+        reserve()
+    }
+
+    /// Reserves room that is free already (`reserve` evicts nothing), unless another file write
+    /// is reserving: None then, and the caller takes [`JointBound::reserve_file`]'s way. Never
+    /// waits, so the runtime's threads may call it.
+    pub(crate) fn reserve_free_file<R>(&self, reserve: impl FnOnce() -> Option<R>) -> Option<R> {
+        let _one_at_a_time = self.reserving_file.try_lock().ok()?;
+        reserve()
     }
 
     /// Before `incoming` more bytes are packed: budget moves to the packed blobs if it should.
@@ -205,8 +222,7 @@ mod tests {
         packed.write(6, 20);
         assert_eq!((files.times(), packed.times()), (vec![5], vec![2, 3, 6]));
         // The files need 30 more, and packed's oldest (2) is older than theirs (5).
-        bound.room_for_files(30);
-        files.write(7, 30);
+        bound.reserve_file(30, || files.write(7, 30));
         assert_eq!((files.times(), packed.times()), (vec![5, 7], vec![3, 6]));
         // Packed needs 20 more, and its own oldest (3) is the oldest: it evicts its own.
         bound.room_for_packed(20);
@@ -222,13 +238,13 @@ mod tests {
         let packed = Fake::new(50, &[(8, 25), (9, 25)], 10);
         let bound = joint(&files, &packed, 1);
         // The files need 30 more, and their own data is the oldest: they evict it.
-        bound.room_for_files(30);
-        files.write(7, 30);
+        bound.reserve_file(30, || files.write(7, 30));
         assert_eq!((files.times(), packed.times()), (vec![7], vec![8, 9]));
         // A file larger than the files' bound takes budget from packed, down to its floor.
-        bound.room_for_files(80);
-        assert_eq!((files.max_bytes(), packed.max_bytes()), (90, 10));
-        files.write(10, 80);
+        bound.reserve_file(80, || {
+            assert_eq!((files.max_bytes(), packed.max_bytes()), (90, 10));
+            files.write(10, 80)
+        });
         assert_eq!(files.times(), vec![10]);
         assert!(packed.footprint() <= 10);
     }

@@ -267,7 +267,8 @@ impl BlobStore for LocalCas {
         // The declared size is reserved before any byte arrives: a blob that cannot fit is
         // refused at once, and uploads in progress count against the bound. Room that is free
         // is taken here; making room may evict, which unlinks files: not on the runtime's threads.
-        let reservation = match self.blobs.reserve_free(digest.size()) {
+        let free = || self.blobs.reserve_free(digest.size());
+        let reservation = match self.bound.reserve_free_file(free) {
             Some(reservation) => reservation,
             None => {
                 let (blobs, bound, size) = (self.blobs.clone(), self.bound.clone(), digest.size());
@@ -467,8 +468,7 @@ fn store_file(
 
 /// Room for a file of `len` bytes: budget moved to the files first, if it should be.
 fn reserve(blobs: &DiskLru<Digest>, bound: &JointBound, len: u64) -> StoreResult<Reservation> {
-    bound.room_for_files(Digest::footprint(len));
-    blobs.reserve(len)
+    bound.reserve_file(Digest::footprint(len), || blobs.reserve(len))
 }
 
 fn stream_file(
