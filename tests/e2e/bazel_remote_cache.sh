@@ -6,7 +6,9 @@
 # Builds a WORKSPACE-mode workspace of genrules with --remote_instance_name=local/test, cleans,
 # builds again and checks that every action was a remote cache hit with byte-identical outputs;
 # then checks that another namespace (local/other) gets no hits and that an unrouted instance
-# name (elsewhere/x) gets no hits either (and that the daemon's error reaches Bazel). The daemon
+# name (elsewhere/x) gets no hits either (and that the daemon's error reaches Bazel); then the same
+# through Bazel's HTTP cache client on the same socket (`clientd bazelrc --http`): all executed,
+# then all hits, the same outputs, and bad requests refused with a reason. The daemon
 # also listens on loopback TCP (--tcp-listen, no configuration file): `clientd bazelrc --tcp` must
 # name that listener, which it learns from the running daemon.
 #
@@ -274,6 +276,82 @@ if [ "$hits" -le 0 ]; then
     pass unrouted_instance_no_hits
 else
     fail unrouted_instance_no_hits "$(summary_line "$T/elsewhere.log")"
+fi
+
+# --- 5. Bazel's HTTP cache client on the same socket (`clientd bazelrc --http`) ----------------
+# The fragment: --remote_cache=http://localhost/local/http through --remote_proxy=unix:<socket>.
+write_fragment --http --instance local/http
+if grep -qx "build:clientd --remote_cache=http://localhost/local/http" "$WS/clientd.bazelrc" &&
+    grep -qx "build:clientd --remote_proxy=unix:$DAEMON_SOCKET" "$WS/clientd.bazelrc"; then
+    pass http_fragment
+else
+    fail http_fragment "want --remote_cache=http://localhost/local/http and --remote_proxy=unix:$DAEMON_SOCKET: $(grep -v '^#' "$WS/clientd.bazelrc" | tr '\n' '|')"
+fi
+# Its action results are keyed by hash alone, so the first build runs every action (the blobs it
+# uploads are in the CAS already, from gRPC's builds); after `bazel clean`, every one is a hit.
+# (--remote_instance_name, which build() passes, means nothing to Bazel's HTTP client.)
+for round in http_cold http_warm; do
+    bz_clean "clean_$round"
+    if ! build "$round" local/http --execution_log_json_file="$T/$round.json"; then
+        show_log "$round" 60
+        tail -n 20 "$T/daemon.log"
+        die "${round}_build" "bazel build exited non-zero"
+    fi
+    read -r n_spawns n_hits < <(spawns "$T/$round.json" 2>"$T/$round.misses")
+    case $round in http_cold) want=0 ;; http_warm) want=$N_SPAWNS ;; esac
+    if [ "${n_spawns:-0}" -eq "$N_SPAWNS" ] && [ "${n_hits:-0}" -eq "$want" ]; then
+        pass "${round}_hits"
+    else
+        fail "${round}_hits" "execution log: ${n_hits:-?} of ${n_spawns:-?} spawns remote cache hits, want $want of $N_SPAWNS; $(summary_line "$T/$round.log")"
+        sed 's/^/#   /' "$T/$round.misses"
+    fi
+    checksums >"$T/sums_$round"
+    if cmp -s "$T/sums1" "$T/sums_$round" && [ -x "$WS/bazel-bin/tool.sh" ]; then
+        pass "${round}_outputs_identical"
+    else
+        fail "${round}_outputs_identical" "bazel-bin differs from the gRPC build's (or tool.sh lost its executable bit)"
+        diff "$T/sums1" "$T/sums_$round" | head -n 10 | sed 's/^/#   /'
+    fi
+    warnings=$(grep -cE 'WARNING: .*([Rr]emote|[Uu]pload|[Cc]ache)' "$T/$round.log")
+    if [ "$warnings" -eq 0 ]; then
+        pass "${round}_no_remote_warnings"
+    else
+        fail "${round}_no_remote_warnings" "$(grep -m 3 -E 'WARNING: .*([Rr]emote|[Uu]pload|[Cc]ache)' "$T/$round.log" | cut -c1-300 | tr '\n' '|')"
+    fi
+done
+# Bad requests on the socket get a status and a reason: a cluster's instance (501), bytes that are
+# not the hash's (400, and nothing stored), a PUT without Content-Length (411).
+if out=$(python3 - "$DAEMON_SOCKET" <<'PY' 2>&1
+import hashlib, http.client, socket, sys
+
+class Unix(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(sys.argv[1])
+
+def call(method, path, body=None, headers={}):
+    c = Unix("localhost")
+    c.request(method, path, body=body, headers=headers)
+    r = c.getresponse()
+    return r.status, r.read().decode()
+
+h = hashlib.sha256(b"right").hexdigest()
+for (method, path, body, headers), (want, says) in [
+    (("GET", "/rw.example.com/x/ac/" + h, None, {}), (501, "local/...")),
+    (("PUT", "/local/http/cas/" + h, b"wrong", {}), (400, "hashes to")),
+    (("GET", "/local/http/cas/" + h, None, {}), (404, "")),
+    (("PUT", "/local/http/cas/" + h, iter([b"right"]), {"Transfer-Encoding": "chunked"}), (411, "Content-Length")),
+    (("PUT", "/local/http/cas/" + h, b"right", {}), (200, "")),
+    (("GET", "/local/http/cas/" + h, None, {}), (200, "right")),
+]:
+    status, text = call(method, path, body, headers)
+    assert status == want and says in text, (method, path, status, text)
+print("ok")
+PY
+); then
+    pass http_errors
+else
+    fail http_errors "$(printf '%s' "$out" | tail -n 3 | tr '\n' '|')"
 fi
 
 # --- the daemon stayed up throughout ----------------------------------------------------------

@@ -5,7 +5,7 @@ use crate::config::{ClusterConfig, Config};
 use clientd_activity::ActivityLog;
 use clientd_digest::DigestFunction;
 use clientd_grpc::{
-    lenient_incoming, served_capabilities, ActionCacheService, ByteStreamService,
+    served_capabilities, split_incoming, ActionCacheService, ByteStreamService,
     CapabilitiesService, CasService, Clusters, ExecutionService, ForwardHeadersLayer, Insight,
     MessageLimitLayer, Recorder, Scrubbing, ServerInfo, StatsService, TimingLayer,
     MAX_MESSAGE_BYTES,
@@ -15,6 +15,7 @@ use clientd_proto::bazel_output_service::bazel_output_service_server::BazelOutpu
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_proto::clientd::v1::stats_server::StatsServer;
 use clientd_proto::google::bytestream::byte_stream_server::ByteStreamServer;
+use clientd_rest::RestCache;
 use clientd_scrub::ScrubbingConfig;
 use clientd_store::{
     ActionCache, ActionResultCaching, Backend, BlobStore, Clock, CompletenessChecking,
@@ -371,11 +372,20 @@ pub async fn serve(config: Config) -> Result<(), String> {
     }
 
     let unix = bind_unix(&socket)?;
-    // Any :authority is accepted on the socket: real clients send the socket path there.
+    // Any :authority is accepted on the socket: real clients send the socket path there. Its
+    // HTTP/1.1 connections are Bazel's HTTP cache client's (`--remote_cache=http://...`).
+    let rest = Arc::new(RestCache::new(
+        composition.stores.clone(),
+        composition.stores.clone(),
+        composition.stats.clone(),
+    ));
+    let incoming = split_incoming(unix, move |connection| {
+        tokio::spawn(rest.clone().serve(connection));
+    });
     servers.spawn(
         server(&front_latency)
             .add_routes(grpc.clone())
-            .serve_with_incoming_shutdown(lenient_incoming(unix), stopped(stop_rx.clone())),
+            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
     );
     // Last, so that this line tells a watcher every listener is up.
     tracing::info!("serving on unix:{}", socket.display());

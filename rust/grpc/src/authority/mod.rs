@@ -12,26 +12,15 @@
 mod rewriter;
 
 use bytes::BytesMut;
-use futures::{Stream, StreamExt};
 use rewriter::{Rewriter, Step};
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{UnixListener, UnixStream};
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::Connected;
 
 /// How much to read at a time while a header block is being gathered.
 const GATHER_CHUNK: usize = 16 << 10;
-
-/// The accepted connections of `listener`, each wrapped in [`LenientAuthority`]: what
-/// `Server::serve_with_incoming` takes for the UNIX socket.
-pub fn lenient_incoming(
-    listener: UnixListener,
-) -> impl Stream<Item = io::Result<LenientAuthority<UnixStream>>> {
-    UnixListenerStream::new(listener).map(|stream| stream.map(LenientAuthority::new))
-}
 
 /// A server-side HTTP/2 connection whose client may send any `:authority` (see the module
 /// documentation). Reads pass through uncopied except for header blocks, which are re-encoded;
@@ -54,6 +43,14 @@ impl<S> LenientAuthority<S> {
             held: BytesMut::new(),
             ready: BytesMut::new(),
         }
+    }
+
+    /// A connection whose first bytes were read from it already (to tell its protocol).
+    pub fn with_received(inner: S, received: BytesMut) -> Self {
+        let mut connection = LenientAuthority::new(inner);
+        connection.held = received;
+        connection.drain_held();
+        connection
     }
 
     /// Decides on as much of `held` as can be, moving the result to `ready`.

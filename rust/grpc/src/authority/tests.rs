@@ -10,6 +10,7 @@ use prost::Message;
 use re::capabilities_server::CapabilitiesServer;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::wrappers::UnixListenerStream;
 
 const RST_STREAM: u8 = 0x3;
@@ -95,7 +96,9 @@ enum Answer {
 }
 
 /// A Capabilities server on a UNIX socket in a temporary directory, each connection through
-/// [`LenientAuthority`] when `lenient`, as the daemon serves its socket.
+/// [`LenientAuthority`] when `lenient`, as the daemon serves its socket ([`split_incoming`]).
+///
+/// [`split_incoming`]: crate::front_door::split_incoming
 fn serve(lenient: bool) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("grpc");
@@ -105,7 +108,10 @@ fn serve(lenient: bool) -> (tempfile::TempDir, std::path::PathBuf) {
         .add_service(CapabilitiesServer::new(CapabilitiesService::new(clusters)));
     tokio::spawn(async move {
         match lenient {
-            true => router.serve_with_incoming(lenient_incoming(listener)).await,
+            true => {
+                let incoming = crate::front_door::split_incoming(listener, |_| {});
+                router.serve_with_incoming(incoming).await
+            }
             false => {
                 router
                     .serve_with_incoming(UnixListenerStream::new(listener))

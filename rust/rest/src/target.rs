@@ -1,0 +1,78 @@
+//! What a request names: `/<instance name>/ac/<hash>` or `/<instance name>/cas/<hash>`, as
+//! Bazel forms them from `--remote_cache=http://localhost/<instance name>`.
+
+use clientd_digest::{validate_instance_name, Digest};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    ActionCache,
+    Cas,
+}
+
+/// A request's target. The protocol names entries by their hash alone, so `name` is the hash
+/// with size 0: the action-cache key as is (an action's size is never sent), and for blobs the
+/// key [`crate::sizes::Sizes`] finds the size under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    pub instance: String,
+    pub kind: Kind,
+    pub name: Digest,
+}
+
+/// Parses a request path; the error says what is wrong with it.
+pub(crate) fn parse(path: &str) -> Result<Target, String> {
+    let usage = || {
+        format!(
+            "{path:?} is not /<instance name>/ac/<hash> or /<instance name>/cas/<hash> \
+             (Bazel: --remote_cache=http://localhost/local/<name> --remote_proxy=unix:<socket>)"
+        )
+    };
+    let (rest, hash) = path.rsplit_once('/').ok_or_else(usage)?;
+    let (instance, kind) = rest.rsplit_once('/').ok_or_else(usage)?;
+    let kind = match kind {
+        "ac" => Kind::ActionCache,
+        "cas" => Kind::Cas,
+        _ => return Err(usage()),
+    };
+    let instance = instance.strip_prefix('/').unwrap_or(instance);
+    validate_instance_name(instance).map_err(|e| format!("{path:?}: {e}"))?;
+    let name = Digest::parse(None, hash, 0).map_err(|e| format!("{path:?}: {e}"))?;
+    Ok(Target {
+        instance: instance.to_string(),
+        kind,
+        name,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn instance_kind_and_hash() {
+        let target = parse(&format!("/local/main/ac/{HASH}")).unwrap();
+        assert_eq!(target.instance, "local/main");
+        assert_eq!(target.kind, Kind::ActionCache);
+        assert_eq!(
+            (target.name.hash_hex(), target.name.size()),
+            (HASH.into(), 0)
+        );
+        let target = parse(&format!("/cas/{HASH}")).unwrap();
+        assert_eq!((target.instance.as_str(), target.kind), ("", Kind::Cas));
+    }
+
+    #[test]
+    fn malformed_paths_say_what_is_expected() {
+        for path in [
+            "/".to_string(),
+            format!("/local/blobs/{HASH}"),
+            "/local/ac/E3B0".to_string(),
+            format!("/local//main/cas/{HASH}"),
+        ] {
+            let e = parse(&path).unwrap_err();
+            assert!(e.contains(&format!("{path:?}")), "{e}");
+        }
+    }
+}
