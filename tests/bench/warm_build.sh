@@ -15,6 +15,8 @@
 #   clientd cold:  a fresh daemon (empty cache) and --config=clientd: every action runs and is
 #                  uploaded over the socket;
 #   clientd warm:  after `bazel clean`: every action a hit, outputs downloaded over the socket.
+#   clientd-http cold/warm (unless HTTP=0): the same through Bazel's HTTP cache client on the
+#                  same socket (`clientd bazelrc --http`);
 #   clientd-norecord cold/warm (RECORD_COST=1): the same with the activity record off
 #                  (`activity.max_invocations: 0`), to give the record's cost as a ratio.
 # The sides take turns going first (these machines are shared and noisy); the table gives every
@@ -27,12 +29,12 @@
 # the first warm builds), and one server alternating between the disk cache's code and gRPC's
 # keeps recompiling both. SERVERS=shared measures in one server, as this benchmark used to.
 #
-# Environment: ROUNDS (5), PRIME (1), SERVERS (separate | shared), N_ACTIONS (500), RECORD_COST
-# (unset), MAX_BYTES (4194304), JOBS (Bazel's --jobs; default: Bazel's), CLIENTD (a binary instead
+# Environment: ROUNDS (5), PRIME (1), SERVERS (separate | shared), N_ACTIONS (500), HTTP (1),
+# RECORD_COST (unset), MAX_BYTES (4194304), JOBS (Bazel's --jobs; default: Bazel's), CLIENTD (a binary instead
 # of building this tree's), CLIENTD_CONFIG (a config.json for the daemon instead of its defaults,
 # e.g. to measure without sync_writes), KEEP_TMP=1 (keep the temp dir: Bazel logs and --profile
 # files, the daemon's log). Needs tests/setup.sh (Bazel, netty's epoll library), python3, cargo.
-# About 7 minutes on 2 CPUs with the defaults. Exits non-zero when a build fails; a warm build
+# About 9 minutes on 2 CPUs with the defaults. Exits non-zero when a build fails; a warm build
 # that is not all cache hits is reported.
 set -uo pipefail
 
@@ -46,7 +48,7 @@ N_ACTIONS=${N_ACTIONS:-500}
 MAX_BYTES=${MAX_BYTES:-4194304}
 case $SERVERS in separate | shared) ;; *) die "SERVERS must be separate or shared, not $SERVERS" ;; esac
 # One Bazel server per side (lib.sh's BAZEL_SERVER, set by measure), or one for all.
-[ "$SERVERS" = shared ] || { BAZEL_SERVERS=(none disk clientd clientd-norecord); BAZEL_SERVER=none; }
+[ "$SERVERS" = shared ] || { BAZEL_SERVERS=(none disk clientd clientd-http clientd-norecord); BAZEL_SERVER=none; }
 
 need_bazel
 make_tmp clientd-bench-warm
@@ -94,10 +96,10 @@ disk_side() {
     rm -rf "$dir"
 }
 
-# clientd_side ROUND [norecord]: a fresh daemon, cold then warm; `norecord` turns the activity
-# record off.
+# clientd_side ROUND [norecord | http]: a fresh daemon, cold then warm; `norecord` turns the
+# activity record off, `http` has Bazel use its HTTP cache client (`clientd bazelrc --http`).
 clientd_side() {
-    local round=$1 name=clientd
+    local round=$1 name=clientd fragment=()
     DAEMON_DIR="$T/clientd-$round"
     mkdir -p "$DAEMON_DIR/config/clientd"
     [ -z "${CLIENTD_CONFIG:-}" ] || cp "$CLIENTD_CONFIG" "$DAEMON_DIR/config/clientd/config.json"
@@ -111,18 +113,23 @@ config.setdefault("activity", {})["max_invocations"] = 0
 json.dump(config, open(path, "w"))
 PY
     fi
+    if [ "${2:-}" = http ]; then
+        name=clientd-http
+        fragment=(--http)
+    fi
     start_daemon serve --no-mount || die "clientd did not start"
-    # shellcheck disable=SC2119 # the default fragment: no extra arguments
-    write_fragment >/dev/null
+    write_fragment "${fragment[@]}" >/dev/null
     measure "$round" "$name-cold" --config=clientd
     measure "$round" "$name-warm" --config=clientd
     stop_daemon
     rm -rf "$DAEMON_DIR"
 }
 norecord_side() { clientd_side "$1" norecord; }
+http_side() { clientd_side "$1" http; }
 
 (cd "$WS" && bz info release) >"$T/logs/bazel-info.log" 2>&1 || { cat "$T/logs/bazel-info.log"; die "bazel does not start"; }
 SIDES=(disk_side clientd_side)
+[ "${HTTP:-1}" = 0 ] || SIDES+=(http_side)
 [ -z "${RECORD_COST:-}" ] || SIDES+=(norecord_side)
 for round in $(seq "$PRIME"); do
     note "priming round $round (untimed): each side's Bazel server compiles its code paths"
@@ -150,12 +157,12 @@ rounds = sorted(times["none"])
 print()
 print("warm_build: %s actions, %.0f MiB of outputs, --jobs %s, %d rounds after %s untimed, Bazel servers %s"
       % (n, int(total) / 2**20, jobs, len(rounds), prime, servers))
-print("%-14s %s" % ("seconds", " ".join("%7s" % ("r%d" % r) for r in rounds)))
+print("%-21s %s" % ("seconds", " ".join("%7s" % ("r%d" % r) for r in rounds)))
 for s in ("none", "disk-cold", "clientd-cold", "disk-warm", "clientd-warm"):
-    print("%-14s %s" % (s, " ".join("%7.2f" % times[s][r] for r in rounds)))
-for s in ("clientd-norecord-cold", "clientd-norecord-warm"):
+    print("%-21s %s" % (s, " ".join("%7.2f" % times[s][r] for r in rounds)))
+for s in ("clientd-http-cold", "clientd-http-warm", "clientd-norecord-cold", "clientd-norecord-warm"):
     if s in times:
-        print("%-14s %s" % (s, " ".join("%7.2f" % times[s][r] for r in rounds)))
+        print("%-21s %s" % (s, " ".join("%7.2f" % times[s][r] for r in rounds)))
 def summary(values):
     return "%.2f [%.2f..%.2f]" % (statistics.median(values), min(values), max(values))
 ratio = lambda a, b: [times[a][r] / times[b][r] for r in rounds]
@@ -164,11 +171,18 @@ print("clientd / disk cache, warm (all hits):  %s   (target <= 1.00)" % summary(
 print("clientd / disk cache, cold (empty):     %s   (target <= 1.10)" % summary(ratio("clientd-cold", "disk-cold")))
 print("filling the cache vs none: clientd %s, disk cache %s" % (
     summary([t - 1 for t in ratio("clientd-cold", "none")]), summary([t - 1 for t in ratio("disk-cold", "none")])))
+if "clientd-http-warm" in times:
+    print("clientd over HTTP / disk cache, warm:   %s" % summary(ratio("clientd-http-warm", "disk-warm")))
+    print("clientd over HTTP / disk cache, cold:   %s" % summary(ratio("clientd-http-cold", "disk-cold")))
+    print("clientd over HTTP / over gRPC: warm %s, cold %s" % (
+        summary(ratio("clientd-http-warm", "clientd-warm")), summary(ratio("clientd-http-cold", "clientd-cold"))))
 per_action = lambda s: [1000 * times[s][r] / int(n) for r in rounds]
 print("warm, ms per action: clientd %s, disk cache %s" % (summary(per_action("clientd-warm")), summary(per_action("disk-warm"))))
 print("CPU seconds per build, medians (Bazel's server / clientd; the actions' processes not counted):")
-for s in ("none", "disk-cold", "clientd-cold", "disk-warm", "clientd-warm"):
-    print("  %-13s %6.2f / %5.2f" % (s, statistics.median(cpu[s][r][0] for r in rounds), statistics.median(cpu[s][r][1] for r in rounds)))
+for s in ("none", "disk-cold", "clientd-cold", "clientd-http-cold", "disk-warm", "clientd-warm", "clientd-http-warm"):
+    if s not in times:
+        continue
+    print("  %-17s %6.2f / %5.2f" % (s, statistics.median(cpu[s][r][0] for r in rounds), statistics.median(cpu[s][r][1] for r in rounds)))
 if "clientd-norecord-warm" in times:
     print("the activity record's cost, clientd / clientd without it: warm %s, cold %s" % (
         summary(ratio("clientd-warm", "clientd-norecord-warm")), summary(ratio("clientd-cold", "clientd-norecord-cold"))))
