@@ -378,6 +378,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         composition.stores.clone(),
         composition.stores.clone(),
         composition.stats.clone(),
+        front_latency.clone(),
     ));
     let incoming = split_incoming(unix, move |connection| {
         tokio::spawn(rest.clone().serve(connection));

@@ -24,6 +24,7 @@ use bytes::{Bytes, BytesMut};
 use clientd_digest::{is_local_instance, Digest};
 use clientd_proto::build::bazel::remote::execution::v2::{ActionResult, Tree};
 use clientd_store::{ActionCache, BlobStore, Stats, StoreError};
+use clientd_upstream::Latency;
 use futures::StreamExt;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -35,7 +36,7 @@ use sizes::Sizes;
 use std::convert::Infallible;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use target::{Kind, Target};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -60,6 +61,9 @@ pub struct RestCache {
     blobs: Arc<dyn BlobStore>,
     results: Arc<dyn ActionCache>,
     stats: Arc<Stats>,
+    /// The daemon's time per kind of request (`GET /ac`, `PUT /cas`, ...), shared with the gRPC
+    /// front's methods: `clientd_request_duration_seconds` on `/metrics`.
+    latency: Arc<Latency>,
     sizes: Sizes,
 }
 
@@ -68,11 +72,13 @@ impl RestCache {
         blobs: Arc<dyn BlobStore>,
         results: Arc<dyn ActionCache>,
         stats: Arc<Stats>,
+        latency: Arc<Latency>,
     ) -> Self {
         RestCache {
             blobs,
             results,
             stats,
+            latency,
             sizes: Sizes::new(NonZeroUsize::new(KNOWN_BLOBS).expect("not zero")),
         }
     }
@@ -95,18 +101,38 @@ impl RestCache {
         }
     }
 
-    /// Answers one request.
+    /// Answers one request, timed until its response starts (a blob's bytes then stream).
     pub async fn handle<B>(&self, request: Request<B>) -> Response<ResponseBody>
+    where
+        B: Body<Data = Bytes> + Send + Unpin,
+        B::Error: Into<BoxError>,
+    {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let (response, kind) = self.answer(request).await;
+        if let Some(kind) = kind {
+            let name = match kind {
+                Kind::ActionCache => "ac",
+                Kind::Cas => "cas",
+            };
+            self.latency
+                .observe(&format!("{method} /{name}"), started.elapsed());
+        }
+        response
+    }
+
+    /// The response, and what the request was for if it named anything.
+    async fn answer<B>(&self, request: Request<B>) -> (Response<ResponseBody>, Option<Kind>)
     where
         B: Body<Data = Bytes> + Send + Unpin,
         B::Error: Into<BoxError>,
     {
         let target = match target::parse(request.uri().path()) {
             Ok(target) => target,
-            Err(e) => return text(StatusCode::BAD_REQUEST, e),
+            Err(e) => return (text(StatusCode::BAD_REQUEST, e), None),
         };
         if !is_local_instance(&target.instance) {
-            return text(
+            let refusal = text(
                 StatusCode::NOT_IMPLEMENTED,
                 format!(
                     "instance {:?}: the HTTP cache serves local and local/... instances only; a \
@@ -114,6 +140,7 @@ impl RestCache {
                     target.instance
                 ),
             );
+            return (refusal, Some(target.kind));
         }
         let head = request.method() == Method::HEAD;
         let answer = match (request.method().clone(), target.kind) {
@@ -126,7 +153,8 @@ impl RestCache {
                 format!("{method} is not served; GET, HEAD and PUT are"),
             )),
         };
-        answer.unwrap_or_else(|Refusal(status, message)| text(status, message))
+        let response = answer.unwrap_or_else(|Refusal(status, message)| text(status, message));
+        (response, Some(target.kind))
     }
 
     async fn get_result(&self, target: &Target, head: bool) -> Answer {

@@ -13,6 +13,7 @@ struct Front {
     blobs: Arc<dyn BlobStore>,
     results: Arc<dyn ActionCache>,
     stats: Arc<Stats>,
+    latency: Arc<clientd_upstream::Latency>,
 }
 
 impl Front {
@@ -32,12 +33,18 @@ impl Front {
             blobs,
             results,
             stats: Arc::new(Stats::default()),
+            latency: Arc::default(),
         }
     }
 
     /// A front over the same stores that has learned nothing yet (as after a restart).
     fn cache(&self) -> RestCache {
-        RestCache::new(self.blobs.clone(), self.results.clone(), self.stats.clone())
+        RestCache::new(
+            self.blobs.clone(),
+            self.results.clone(),
+            self.stats.clone(),
+            self.latency.clone(),
+        )
     }
 }
 

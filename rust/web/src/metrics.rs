@@ -1,6 +1,6 @@
 //! `/metrics` in the Prometheus text format (version 0.0.4): every counter of [`Stats`] (with its
 //! doc comment as HELP), whether each cluster is up, each cluster's call latencies per method as
-//! histograms, and the daemon's own time per method on its gRPC front.
+//! histograms, and the daemon's own time per method on its gRPC front and its HTTP cache.
 
 use clientd_store::Stats;
 use clientd_upstream::{Cluster, Histogram, Latency, BUCKETS};
@@ -77,9 +77,10 @@ pub fn render(stats: &Stats, clusters: &[std::sync::Arc<Cluster>], front: &Laten
     let name = "clientd_request_duration_seconds";
     let _ = writeln!(
         out,
-        "# HELP {name} Time the daemon took to answer a call on its gRPC front, by method, until \
-         the response starts (a Read: its first bytes ready; a Write: the whole upload). What a \
-         client measures beyond this is the client's and the wire's."
+        "# HELP {name} Time the daemon took to answer a call on its gRPC front, by method, or a \
+         request to its HTTP cache (GET /ac, PUT /cas, ...), until the response starts (a Read: \
+         its first bytes ready; a Write: the whole upload). What a client measures beyond this \
+         is the client's and the wire's."
     );
     let _ = writeln!(out, "# TYPE {name} histogram");
     for (method, observed) in front.snapshot() {
