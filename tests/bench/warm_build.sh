@@ -24,17 +24,18 @@
 # the Bazel server and the daemon used per build: whose work the difference is.
 #
 # Each side has a Bazel server of its own (its own --output_user_root), as a user has one server
-# per workspace with one cache setup, and one untimed round (PRIME) goes first: a server's JIT
+# per workspace with one cache setup, and untimed rounds (PRIME, 3) go first: a server's JIT
 # compiler is still busy for several builds (its C2 threads used 0.5 to 1.5 s of CPU in each of
-# the first warm builds), and one server alternating between the disk cache's code and gRPC's
-# keeps recompiling both. SERVERS=shared measures in one server, as this benchmark used to.
+# the first warm builds; the HTTP client's warm builds took 2.9, 2.0 and 1.9 s of Bazel's CPU in
+# the first three rounds, 1.6 after), and one server alternating between the disk cache's code
+# and gRPC's keeps recompiling both. SERVERS=shared measures in one server, as this benchmark used to.
 #
-# Environment: ROUNDS (5), PRIME (1), SERVERS (separate | shared), N_ACTIONS (500), HTTP (1),
+# Environment: ROUNDS (5), PRIME (3), SERVERS (separate | shared), N_ACTIONS (500), HTTP (1),
 # RECORD_COST (unset), MAX_BYTES (4194304), JOBS (Bazel's --jobs; default: Bazel's), CLIENTD (a binary instead
 # of building this tree's), CLIENTD_CONFIG (a config.json for the daemon instead of its defaults,
 # e.g. to measure without sync_writes), KEEP_TMP=1 (keep the temp dir: Bazel logs and --profile
 # files, the daemon's log). Needs tests/setup.sh (Bazel, netty's epoll library), python3, cargo.
-# About 9 minutes on 2 CPUs with the defaults. Exits non-zero when a build fails; a warm build
+# About 14 minutes on 2 CPUs with the defaults. Exits non-zero when a build fails; a warm build
 # that is not all cache hits is reported.
 set -uo pipefail
 
@@ -42,7 +43,7 @@ set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ROUNDS=${ROUNDS:-5}
-PRIME=${PRIME:-1}
+PRIME=${PRIME:-3}
 SERVERS=${SERVERS:-separate}
 N_ACTIONS=${N_ACTIONS:-500}
 MAX_BYTES=${MAX_BYTES:-4194304}

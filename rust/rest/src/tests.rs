@@ -276,3 +276,69 @@ async fn bad_requests_get_a_status_and_a_reason() {
         assert!(message.contains(says), "{method} {path}: {message}");
     }
 }
+
+#[tokio::test]
+async fn a_body_shorter_than_its_length_stores_nothing() {
+    let front = Front::new();
+    let cache = front.cache();
+    let data = b"twelve bytes";
+    let digest = digest_of(data);
+    // The client declared 12 bytes and sent 6 (a connection cut mid-upload, as the handler sees
+    // it): refused, and the blob is not there.
+    let request = Request::builder()
+        .method("PUT")
+        .uri(format!("/local/cas/{}", digest.hash_hex()))
+        .header(header::CONTENT_LENGTH, data.len())
+        .body(Full::new(Bytes::from_static(&data[..6])))
+        .unwrap();
+    let response = cache.handle(request).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let missing = front.blobs.find_missing("local", &[digest]).await.unwrap();
+    assert_eq!(missing, [digest]);
+}
+
+#[tokio::test]
+async fn head_answers_without_a_body() {
+    let front = Front::new();
+    let cache = front.cache();
+    let data = Bytes::from_static(b"an output");
+    let digest = digest_of(&data);
+    let blob = format!("/local/cas/{}", digest.hash_hex());
+    assert_eq!(
+        call(&cache, "PUT", &blob, Some(data)).await.0,
+        StatusCode::OK
+    );
+    let ac = format!("/local/ac/{}", digest_of(b"action").hash_hex());
+    assert_eq!(
+        call(&cache, "HEAD", &ac, None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let result = result_naming(&digest, None).encode_to_vec();
+    assert_eq!(
+        call(&cache, "PUT", &ac, Some(result.clone().into()))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let request = Request::builder()
+        .method("HEAD")
+        .uri(&ac)
+        .body(Full::new(Bytes::new()));
+    let response = cache.handle(request.unwrap()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[header::CONTENT_LENGTH],
+        result.len().to_string()
+    );
+    assert!(response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .is_empty());
+    assert_eq!(
+        call(&cache, "HEAD", &blob, None).await,
+        (StatusCode::OK, Bytes::new())
+    );
+}
