@@ -2,6 +2,9 @@
 //! [`clientd_store`] traits, or forward to a cluster ([`clientd_upstream`]). Every request is checked here (instance names, digests, resource
 //! names) so that stores only ever see well-formed values.
 
+#[macro_use]
+mod write_through; // first: the modules below use its macro
+
 mod action_cache;
 mod activity;
 mod authority;

@@ -48,18 +48,26 @@ impl Front {
     }
 }
 
+/// A request with `body`, declaring `length` bytes if given.
+fn request(method: &str, path: &str, length: Option<usize>, body: Bytes) -> Request<Full<Bytes>> {
+    let mut request = Request::builder().method(method).uri(path);
+    if let Some(length) = length {
+        request = request.header(header::CONTENT_LENGTH, length);
+    }
+    request.body(Full::new(body)).unwrap()
+}
+
+/// The status and body of the answer to a request with `body` (and its Content-Length), if any.
 async fn call(
     cache: &RestCache,
     method: &str,
     path: &str,
     body: Option<Bytes>,
 ) -> (StatusCode, Bytes) {
-    let mut request = Request::builder().method(method).uri(path);
-    if let Some(body) = &body {
-        request = request.header(header::CONTENT_LENGTH, body.len());
-    }
-    let request = request.body(Full::new(body.unwrap_or_default())).unwrap();
-    let response = cache.handle(request).await;
+    let length = body.as_ref().map(Bytes::len);
+    let response = cache
+        .handle(request(method, path, length, body.unwrap_or_default()))
+        .await;
     let status = response.status();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, body)
@@ -285,13 +293,11 @@ async fn a_body_shorter_than_its_length_stores_nothing() {
     let digest = digest_of(data);
     // The client declared 12 bytes and sent 6 (a connection cut mid-upload, as the handler sees
     // it): refused, and the blob is not there.
-    let request = Request::builder()
-        .method("PUT")
-        .uri(format!("/local/cas/{}", digest.hash_hex()))
-        .header(header::CONTENT_LENGTH, data.len())
-        .body(Full::new(Bytes::from_static(&data[..6])))
-        .unwrap();
-    let response = cache.handle(request).await;
+    let path = format!("/local/cas/{}", digest.hash_hex());
+    let short = Bytes::from_static(&data[..6]);
+    let response = cache
+        .handle(request("PUT", &path, Some(data.len()), short))
+        .await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let missing = front.blobs.find_missing("local", &[digest]).await.unwrap();
     assert_eq!(missing, [digest]);
