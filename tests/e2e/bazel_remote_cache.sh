@@ -320,8 +320,9 @@ for round in http_cold http_warm; do
     fi
 done
 # Bad requests on the socket get a status and a reason: a cluster's instance (501), bytes that are
-# not the hash's (400, and nothing stored), a PUT without Content-Length (411).
-if out=$(python3 - "$DAEMON_SOCKET" <<'PY' 2>&1
+# not the hash's (400, and nothing stored), a PUT without Content-Length (411); and blobs that
+# gRPC builds stored are found by their hash alone.
+if out=$(python3 - "$DAEMON_SOCKET" "$WS/bazel-bin/big.bin" "$WS/bazel-bin/small_00.txt" <<'PY' 2>&1
 import hashlib, http.client, socket, sys
 
 class Unix(http.client.HTTPConnection):
@@ -345,6 +346,15 @@ for (method, path, body, headers), (want, says) in [
 ]:
     status, text = call(method, path, body, headers)
     assert status == want and says in text, (method, path, status, text)
+# Outputs stored over gRPC, which this protocol never handed out: found by hash in the store
+# (a file of its own, and a packed blob).
+for path in sys.argv[2:]:
+    data = open(path, "rb").read()
+    status, _ = call("HEAD", "/local/http/cas/" + hashlib.sha256(data).hexdigest())
+    c = Unix("localhost")
+    c.request("GET", "/local/http/cas/" + hashlib.sha256(data).hexdigest())
+    r = c.getresponse()
+    assert (status, r.status, r.read() == data) == (200, 200, True), (path, status, r.status)
 # A chunked PUT (no Content-Length), sent whole: the daemon answers before reading the body and
 # closes the connection, so a client sending the body afterwards would see a broken pipe.
 s = socket.socket(socket.AF_UNIX)

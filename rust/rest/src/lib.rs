@@ -200,16 +200,27 @@ impl RestCache {
     }
 
     async fn get_blob(&self, target: &Target, head: bool) -> Answer {
-        let known = self.sizes.get(&target.name).ok_or_else(|| {
-            Refusal(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "blob {} is not one this front handed out or took in lately (the protocol \
-                     names blobs by hash alone)",
-                    target.name.hash_hex()
-                ),
-            )
-        })?;
+        let known = match self.sizes.get(&target.name) {
+            Some(known) => known,
+            None => {
+                // Not handed out or taken in lately: the store looks the hash up.
+                let found = self
+                    .blobs
+                    .digest_by_hash(&target.instance, &target.name)
+                    .await?;
+                let digest = found.ok_or_else(|| {
+                    Refusal(
+                        StatusCode::NOT_FOUND,
+                        format!("no blob with hash {}", target.name.hash_hex()),
+                    )
+                })?;
+                self.sizes.learn(digest, false);
+                sizes::Known {
+                    digest,
+                    tree: false,
+                }
+            }
+        };
         let digest = known.digest;
         if head {
             return match self.blobs.contains(&target.instance, &digest).await? {

@@ -1,10 +1,12 @@
 //! Blob sizes by hash. The HTTP cache protocol names a blob by its hash alone, while the CAS
 //! (its files, its index, `cas/`) knows blobs by hash and size. Bazel asks for a blob by hash
-//! only after it learned the hash from this front: from an ActionResult it got here (outputs,
-//! stdout, stderr, output directories' Trees), from a Tree it got here (the files in it), or
-//! from its own upload. So the front remembers the digests it hands out and takes in, bounded
-//! (least recently used go first). A blob it does not know is answered 404, which Bazel takes as
-//! a cache miss: it runs the action again, and nothing is wrong, only slower.
+//! nearly always just after it learned the hash from this front: from an ActionResult it got
+//! here (outputs, stdout, stderr, output directories' Trees), from a Tree it got here (the files
+//! in it), or from its own upload. So the front remembers the digests it hands out and takes in,
+//! bounded (least recently used go first), and asks the store to look a hash up
+//! ([`clientd_store::BlobStore::digest_by_hash`]: its packed index, a directory listing) only
+//! for the others, such as an output of an earlier build that Builds without the Bytes fetches
+//! late, after the daemon restarted.
 
 use clientd_digest::Digest;
 use clientd_proto::build::bazel::remote::execution::v2 as re;

@@ -179,14 +179,10 @@ async fn action_results_and_the_blobs_they_name_after_a_restart() {
     let put = call(&cache, "PUT", &ac, Some(result.encode_to_vec().into())).await;
     assert_eq!(put.0, StatusCode::OK);
 
-    // A front that knows no sizes: the result teaches it the file's and the Tree's, and the
-    // Tree its file's.
+    // A front that knows no sizes (after a restart): the result teaches it the file's and the
+    // Tree's, and the Tree its file's.
     let cache = front.cache();
     let file_path = format!("/local/main/cas/{}", file_digest.hash_hex());
-    assert_eq!(
-        call(&cache, "GET", &file_path, None).await.0,
-        StatusCode::NOT_FOUND
-    );
     let (status, got) = call(&cache, "GET", &ac, None).await;
     assert_eq!(
         (status, ActionResult::decode(got).unwrap()),
@@ -199,8 +195,16 @@ async fn action_results_and_the_blobs_they_name_after_a_restart() {
     );
     assert_eq!(
         call(&cache, "GET", &file_path, None).await,
+        (StatusCode::OK, file.clone())
+    );
+    // And one more such front: what it has not learned, the store looks up by hash.
+    let cache = front.cache();
+    assert_eq!(
+        call(&cache, "GET", &file_path, None).await,
         (StatusCode::OK, file)
     );
+    let (status, message) = call(&cache, "GET", &format!("/local/main/cas/{action}"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{message:?}");
 
     // Another instance's action cache is another namespace.
     let elsewhere = format!("/local/other/ac/{action}");

@@ -58,6 +58,15 @@ impl BlobStore for Demultiplexing {
         backend.cas.read(rest, digest, offset, limit).await
     }
 
+    async fn digest_by_hash(
+        &self,
+        instance_name: &str,
+        name: &Digest,
+    ) -> StoreResult<Option<Digest>> {
+        let (backend, rest) = self.route(instance_name)?;
+        backend.cas.digest_by_hash(rest, name).await
+    }
+
     async fn known_present(&self, instance_name: &str, digest: &Digest) -> bool {
         match self.route(instance_name) {
             Ok((backend, rest)) => backend.cas.known_present(rest, digest).await,

@@ -279,6 +279,11 @@ impl<K: DiskKey> DiskLru<K> {
         }
     }
 
+    /// The directory the entries' files are in (their [`DiskKey::rel_path`]s are relative to it).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Bytes reserved by writes in progress.
     pub fn reserved(&self) -> u64 {
         self.reserved.load(Ordering::Acquire)

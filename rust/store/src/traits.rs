@@ -102,6 +102,18 @@ pub trait BlobStore: Send + Sync + 'static {
         false
     }
 
+    /// The blob whose hash is `name`'s, whatever its size, for clients that name blobs by hash
+    /// alone (Bazel's HTTP cache client). None if absent, or if the store cannot tell (the
+    /// default: a cluster's CAS is asked by hash and size).
+    async fn digest_by_hash(
+        &self,
+        instance_name: &str,
+        name: &Digest,
+    ) -> StoreResult<Option<Digest>> {
+        let _ = (instance_name, name);
+        Ok(None)
+    }
+
     /// Whether one blob is present.
     async fn contains(&self, instance_name: &str, digest: &Digest) -> StoreResult<bool> {
         Ok(self

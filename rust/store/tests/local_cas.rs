@@ -566,3 +566,30 @@ async fn after_a_restart_reads_copy_nothing_while_the_files_leave_budget_unused(
     }
     assert_eq!(cas.usage(), before, "blobs copied by reads");
 }
+
+/// Bazel's HTTP cache client names blobs by hash alone: the store finds them whatever their
+/// layout, also after a restart (its index and its files, not a memory of what it handed out).
+#[tokio::test]
+async fn blobs_are_found_by_hash_alone_in_both_layouts_and_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = blobs_of(1, 3, 100); // packed
+    let large = blobs_of(10, 3, 64 << 10); // a file each
+    let absent = blobs_of(20, 1, 100);
+    let by_hash = |digest: &Digest| Digest::from_raw(digest.function(), digest.hash(), 0).unwrap();
+    for restart in [false, true] {
+        let cas = LocalCas::open(dir.path(), unsynced(64 << 20), Arc::new(SystemClock)).unwrap();
+        if !restart {
+            store_all(&cas, &small).await;
+            store_all(&cas, &large).await;
+        }
+        for (digest, _) in small.iter().chain(&large) {
+            let found = cas.digest_by_hash("", &by_hash(digest)).await.unwrap();
+            assert_eq!(found, Some(*digest), "restart: {restart}");
+        }
+        let found = cas
+            .digest_by_hash("", &by_hash(&absent[0].0))
+            .await
+            .unwrap();
+        assert_eq!(found, None);
+    }
+}

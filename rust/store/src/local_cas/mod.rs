@@ -163,6 +163,20 @@ impl LocalCas {
 
 #[async_trait]
 impl BlobStore for LocalCas {
+    async fn digest_by_hash(
+        &self,
+        _instance_name: &str,
+        name: &Digest,
+    ) -> StoreResult<Option<Digest>> {
+        if name.is_empty_blob() {
+            return Ok(Some(*name));
+        }
+        let (blobs, packed, name) = (self.blobs.clone(), self.packed.clone(), *name);
+        tokio::task::spawn_blocking(move || digest_by_hash(&blobs, &packed, &name))
+            .await
+            .map_err(join_error)
+    }
+
     async fn known_present(&self, instance_name: &str, digest: &Digest) -> bool {
         self.contains(instance_name, digest).await.unwrap_or(false)
     }
@@ -464,6 +478,23 @@ fn store_file(
     file.write_all(data)
         .map_err(|e| StoreError::io(format!("writing blob {digest}"), e))?;
     blobs.insert(digest, file, reservation)
+}
+
+/// The blob whose hash is `name`'s, whatever its size (`name`'s is ignored), if it is here:
+/// packed, or a file (found by listing its shard directory, a 256th of the files). Blocks.
+fn digest_by_hash(blobs: &DiskLru<Digest>, packed: &Packed, name: &Digest) -> Option<Digest> {
+    if let Some(digest) = packed.digest_by_hash(name) {
+        return Some(digest);
+    }
+    let path = name.rel_path();
+    let shard = path.parent().expect("a blob's path has a shard directory");
+    let prefix = format!("{}-", name.hash_hex());
+    let listing = std::fs::read_dir(blobs.root().join(shard)).ok()?;
+    listing
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|file| file.starts_with(&prefix))
+        .filter_map(|file| Digest::from_rel_path(&shard.join(file)))
+        .find(|digest| blobs.contains(std::slice::from_ref(digest))[0])
 }
 
 /// Room for a file of `len` bytes: budget moved to the files first, if it should be.

@@ -115,6 +115,16 @@ impl Index {
         })
     }
 
+    /// The digest of the blob indexed under `name`'s hash (its size unknown: 0), if any.
+    pub fn find_hash(&self, name: &Digest) -> Option<Digest> {
+        let is = |slot: &Slot| {
+            entry_in(&self.lists, slot)
+                .is_some_and(|e| (e.function, e.hash) == (name.function(), name.hash()))
+        };
+        let slot = self.table.find(tag(name.hash()), is)?;
+        Some(entry_in(&self.lists, &slot)?.digest())
+    }
+
     /// Number of blobs indexed (with those of a forgotten segment until their slots are removed).
     pub fn len(&self) -> usize {
         self.table.len()

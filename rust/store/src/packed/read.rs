@@ -24,23 +24,31 @@ impl Packed {
     /// Where the blob is, waiting for the index files at start if the index lacks it; hashes a
     /// blob not verified yet (dropping it if it does not verify).
     pub(super) fn locate(&self, digest: &Digest) -> io::Result<Option<Found>> {
-        // The progress is read before the lookup: a blob missed while the index files were being
-        // read is looked up again once more entries are in, even if they came just after the miss.
-        let mut seen = self.progress();
-        let found = loop {
-            if let Some(found) = self.find_now(digest) {
-                break found;
-            }
-            if seen.stage != Start::Loading {
-                return Ok(None);
-            }
-            self.wait_past(seen);
-            seen = self.progress();
+        let Some(found) = self.once_indexed(|| self.find_now(digest)) else {
+            return Ok(None);
         };
         if found.location.verified {
             return Ok(Some(found));
         }
         self.verify(digest, found)
+    }
+
+    /// What `lookup` finds in the index; while the index files are being read at start, looked
+    /// up again as entries come in until it finds something or they are all in.
+    fn once_indexed<T>(&self, lookup: impl Fn() -> Option<T>) -> Option<T> {
+        // The progress is read before the lookup: a blob missed while the index files were being
+        // read is looked up again once more entries are in, even if they came just after the miss.
+        let mut seen = self.progress();
+        loop {
+            if let Some(found) = lookup() {
+                return Some(found);
+            }
+            if seen.stage != Start::Loading {
+                return None;
+            }
+            self.wait_past(seen);
+            seen = self.progress();
+        }
     }
 
     /// The blob if the index has it now (verified or not), without waiting for the index.
@@ -109,6 +117,13 @@ impl Packed {
                 false
             }
         }
+    }
+
+    /// The blob whose hash is `name`'s (whatever its size), if it is here: for clients that name
+    /// blobs by hash alone. Waits for the index at start as [`Packed::contains`] does.
+    pub fn digest_by_hash(&self, name: &Digest) -> Option<Digest> {
+        let digest = self.once_indexed(|| self.state.read().unwrap().index.find_hash(name))?;
+        self.contains(&digest).then_some(digest)
     }
 
     /// Whether the index has the blob, verified, now (never waits, never reads).
