@@ -8,7 +8,8 @@
 # then checks that another namespace (local/other) gets no hits and that an unrouted instance
 # name (elsewhere/x) gets no hits either (and that the daemon's error reaches Bazel); then the same
 # through Bazel's HTTP cache client on the same socket (`clientd bazelrc --http`): all executed,
-# then all hits, the same outputs, and bad requests refused with a reason. The daemon
+# then all hits (also on the TCP listener, `--http --tcp`), the same outputs, and bad requests
+# refused with a reason. The daemon
 # also listens on loopback TCP (--tcp-listen, no configuration file): `clientd bazelrc --tcp` must
 # name that listener, which it learns from the running daemon.
 #
@@ -288,9 +289,20 @@ else
     fail http_fragment "want --remote_cache=http://localhost/local/http and --remote_proxy=unix:$DAEMON_SOCKET: $(grep -v '^#' "$WS/clientd.bazelrc" | tr '\n' '|')"
 fi
 # Its action results are keyed by hash alone, so the first build runs every action (the blobs it
-# uploads are in the CAS already, from gRPC's builds); after `bazel clean`, every one is a hit.
+# uploads are in the CAS already, from gRPC's builds); after `bazel clean`, every one is a hit,
+# through the socket and through the TCP listener.
 # (--remote_instance_name, which build() passes, means nothing to Bazel's HTTP client.)
-for round in http_cold http_warm; do
+for round in http_cold http_warm http_tcp_warm; do
+    if [ "$round" = http_tcp_warm ]; then
+        # The same over the TCP listener: --remote_cache=http://127.0.0.1:<port>/local/http.
+        write_fragment --http --tcp --instance local/http
+        if grep -qx "build:clientd --remote_cache=http://127.0.0.1:$PORT/local/http" "$WS/clientd.bazelrc" &&
+            ! grep -q remote_proxy "$WS/clientd.bazelrc"; then
+            pass http_tcp_fragment
+        else
+            fail http_tcp_fragment "$(grep -v '^#' "$WS/clientd.bazelrc" | tr '\n' '|')"
+        fi
+    fi
     bz_clean "clean_$round"
     if ! build "$round" local/http --execution_log_json_file="$T/$round.json"; then
         show_log "$round" 60
@@ -298,7 +310,7 @@ for round in http_cold http_warm; do
         die "${round}_build" "bazel build exited non-zero"
     fi
     read -r n_spawns n_hits < <(spawns "$T/$round.json" 2>"$T/$round.misses")
-    case $round in http_cold) want=0 ;; http_warm) want=$N_SPAWNS ;; esac
+    case $round in http_cold) want=0 ;; *) want=$N_SPAWNS ;; esac
     if [ "${n_spawns:-0}" -eq "$N_SPAWNS" ] && [ "${n_hits:-0}" -eq "$want" ]; then
         pass "${round}_hits"
     else

@@ -13,20 +13,26 @@ pub enum Connection {
     Unix(PathBuf),
     /// A loopback listener, for Bazel builds that cannot use UNIX sockets.
     Tcp(SocketAddr),
-    /// The UNIX socket, with Bazel's HTTP cache protocol for the cache (`--remote_cache=http://`
-    /// through `--remote_proxy`): Bazel 4's HTTP cache client costs it less CPU per action than
-    /// its gRPC client. Local instances only, and no activity record (no request metadata).
-    UnixHttp(PathBuf),
 }
 
 impl Connection {
     /// Where Bazel's gRPC clients reach the daemon.
     fn uri(&self) -> String {
         match self {
-            Connection::Unix(path) | Connection::UnixHttp(path) => {
-                format!("unix:{}", path.display())
-            }
+            Connection::Unix(path) => format!("unix:{}", path.display()),
             Connection::Tcp(addr) => format!("grpc://{addr}"),
+        }
+    }
+
+    /// The flags for Bazel's HTTP cache client and `instance_name` (the URL's path: Bazel sends
+    /// no instance name over HTTP).
+    fn http_cache(&self, instance_name: &str) -> Vec<String> {
+        match self {
+            Connection::Unix(path) => vec![
+                format!("--remote_cache=http://localhost/{instance_name}"),
+                format!("--remote_proxy=unix:{}", path.display()),
+            ],
+            Connection::Tcp(addr) => vec![format!("--remote_cache=http://{addr}/{instance_name}")],
         }
     }
 }
@@ -38,6 +44,10 @@ pub struct FragmentOptions {
     /// How Bazel reaches every service, the Output Service included (the daemon serves all of
     /// them on each listener).
     pub connection: Connection,
+    /// The cache through Bazel's HTTP cache client rather than gRPC (the daemon serves both on
+    /// each listener): Bazel 4's HTTP client costs it less CPU per action. Local instances only,
+    /// and no activity record (HTTP requests carry no request metadata).
+    pub http_cache: bool,
     /// `local/<name>` or `<cluster prefix>/<instance>`.
     pub instance_name: String,
     /// For an instance name routed to a cluster: the cluster's `host:port` and the instance name
@@ -93,7 +103,7 @@ pub fn fragment(options: &FragmentOptions) -> Result<String, String> {
     let mut flags: Vec<String> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
     let service = options.connection.uri();
-    if let Connection::UnixHttp(socket) = &options.connection {
+    if options.http_cache {
         if options.remote_execution || !is_local_instance(&options.instance_name) {
             return Err(format!(
                 "--http: instance {:?} is a cluster's; Bazel's HTTP cache protocol is served for \
@@ -101,12 +111,7 @@ pub fn fragment(options: &FragmentOptions) -> Result<String, String> {
                 options.instance_name
             ));
         }
-        // The instance name is the URL's path: Bazel sends no instance name over HTTP.
-        flags.push(format!(
-            "--remote_cache=http://localhost/{}",
-            options.instance_name
-        ));
-        flags.push(format!("--remote_proxy=unix:{}", socket.display()));
+        flags.extend(options.connection.http_cache(&options.instance_name));
     } else {
         if options.remote_execution {
             flags.push(format!("--remote_executor={service}"));
@@ -195,6 +200,7 @@ mod tests {
         FragmentOptions {
             bazel: BazelVersion::parse(version).unwrap(),
             connection: Connection::Unix("/home/u/.cache/clientd/grpc".into()),
+            http_cache: false,
             instance_name: "mycluster.example.com/hello".into(),
             cluster: Some(("mycluster.example.com:443".into(), "hello".into())),
             remote_execution: true,
@@ -277,7 +283,7 @@ mod tests {
         assert!(!text.contains("unix:"), "{text}");
         // Bazel's HTTP cache client through the socket; its Output Service is gRPC's.
         let mut http = local.clone();
-        http.connection = Connection::UnixHttp("/home/u/.cache/clientd/grpc".into());
+        http.http_cache = true;
         http.mount = Some("/home/u/clientd".into());
         assert_eq!(
             &flags(&fragment(&http).unwrap())[..2],
@@ -289,6 +295,12 @@ mod tests {
         assert!(fragment(&http)
             .unwrap()
             .contains("--experimental_remote_output_service=unix:/home/u/.cache/clientd/grpc\n"));
+        let mut http_tcp = http.clone();
+        http_tcp.connection = Connection::Tcp("127.0.0.1:8980".parse().unwrap());
+        assert_eq!(
+            flags(&fragment(&http_tcp).unwrap())[0],
+            "common:clientd --remote_cache=http://127.0.0.1:8980/local/myproject"
+        );
         http.instance_name = "mycluster.example.com/hello".into();
         assert!(fragment(&http).unwrap_err().contains("local cache only"));
         let mut scrub = local.clone();

@@ -28,10 +28,11 @@ pub struct BazelrcArgs {
     /// that cannot use UNIX sockets, such as Debian's 4.2.3 without netty's epoll library).
     #[arg(long)]
     tcp: bool,
-    /// Bazel's HTTP cache protocol on the UNIX socket (`--remote_cache=http://localhost/<instance>`,
-    /// `--remote_proxy=unix:<socket>`) instead of gRPC, for the local cache: Bazel 4's HTTP client
-    /// costs less per action. No activity record (`clientd explain`, the pages) for these builds.
-    #[arg(long, conflicts_with = "tcp")]
+    /// Bazel's HTTP cache protocol instead of gRPC, for the local cache: on the socket
+    /// (`--remote_cache=http://localhost/<instance>`, `--remote_proxy=unix:<socket>`), or with
+    /// --tcp on the TCP listener. Bazel 4's HTTP client costs less per action. No activity record
+    /// (`clientd explain`, the pages) for these builds.
+    #[arg(long)]
     http: bool,
     /// Do not use the Output Service even where Bazel has it (7.2 and later).
     #[arg(long)]
@@ -189,10 +190,7 @@ impl Daemon {
     }
 
     /// How Bazel reaches the daemon: its socket, or with `tcp` its first TCP listener.
-    fn connection(&self, tcp: bool, http: bool) -> Result<Connection, String> {
-        if http {
-            return Ok(Connection::UnixHttp(self.socket.clone()));
-        }
+    fn connection(&self, tcp: bool) -> Result<Connection, String> {
         if !tcp {
             return Ok(Connection::Unix(self.socket.clone()));
         }
@@ -258,7 +256,8 @@ pub(crate) fn render(config: &Config, args: &BazelrcArgs) -> Result<String, Stri
     };
     let options = FragmentOptions {
         bazel: bazel_version(args.bazel_version.as_deref())?,
-        connection: daemon.connection(args.tcp, args.http)?,
+        connection: daemon.connection(args.tcp)?,
+        http_cache: args.http,
         remote_execution: endpoint.is_some() && !args.cache_only,
         instance_name: instance,
         cluster,

@@ -5,7 +5,7 @@ use crate::config::{ClusterConfig, Config};
 use clientd_activity::ActivityLog;
 use clientd_digest::DigestFunction;
 use clientd_grpc::{
-    served_capabilities, split_incoming, ActionCacheService, ByteStreamService,
+    served_capabilities, split_tcp, split_unix, ActionCacheService, ByteStreamService,
     CapabilitiesService, CasService, Clusters, ExecutionService, ForwardHeadersLayer, Insight,
     MessageLimitLayer, Recorder, Scrubbing, ServerInfo, StatsService, TimingLayer,
     MAX_MESSAGE_BYTES,
@@ -42,7 +42,6 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::sync::Semaphore;
 use tonic::service::Routes;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 /// HTTP/2 flow-control windows. The 64 KiB protocol default costs a round trip per 64 KiB, which
@@ -331,15 +330,24 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     let front_latency = Arc::new(Latency::default());
+    // Every listener's HTTP/1.1 connections are Bazel's HTTP cache client's
+    // (`--remote_cache=http://...`); the rest are gRPC's.
+    let rest = Arc::new(RestCache::new(
+        composition.stores.clone(),
+        composition.stores.clone(),
+        composition.stats.clone(),
+        front_latency.clone(),
+    ));
     for (listener, bound) in tcp {
         tracing::info!("serving on grpc://{bound}");
         servers.spawn(
             server(&front_latency)
                 .add_routes(grpc.clone())
                 .serve_with_incoming_shutdown(
-                    // Without TCP_NODELAY a small reply can wait up to 40 ms for the client's
-                    // delayed ACK (Nagle): a round trip per action for Bazel.
-                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    split_tcp(listener, {
+                        let rest = rest.clone();
+                        move |connection| rest.spawn(connection)
+                    }),
                     stopped(stop_rx.clone()),
                 ),
         );
@@ -372,17 +380,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
     }
 
     let unix = bind_unix(&socket)?;
-    // Any :authority is accepted on the socket: real clients send the socket path there. Its
-    // HTTP/1.1 connections are Bazel's HTTP cache client's (`--remote_cache=http://...`).
-    let rest = Arc::new(RestCache::new(
-        composition.stores.clone(),
-        composition.stores.clone(),
-        composition.stats.clone(),
-        front_latency.clone(),
-    ));
-    let incoming = split_incoming(unix, move |connection| {
-        tokio::spawn(rest.clone().serve(connection));
-    });
+    // Any :authority is accepted on the socket: real clients send the socket path there.
+    let incoming = split_unix(unix, move |connection| rest.spawn(connection));
     servers.spawn(
         server(&front_latency)
             .add_routes(grpc.clone())

@@ -1,19 +1,21 @@
-//! The UNIX socket carries gRPC and one other protocol (the daemon's HTTP/1.1 cache): each
+//! Each listener carries gRPC and one other protocol (the daemon's HTTP/1.1 cache): each
 //! connection's first bytes tell which. A gRPC client starts with the HTTP/2 connection preface;
 //! an HTTP/1.1 client with a request line (`GET `, `PUT `, ...), which parts from the preface
 //! by its second byte at the latest. Both speak first, so nothing waits on the server.
 
 use crate::authority::LenientAuthority;
 use bytes::{Buf, BytesMut};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
+use tonic::transport::server::Connected;
 
 /// What every HTTP/2 client sends first (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -24,51 +26,83 @@ const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections accepted and told apart but not yet taken by the gRPC server.
 const QUEUED: usize = 64;
 
-/// The HTTP/2 connections of `listener`, each wrapped in [`LenientAuthority`], for
-/// `Server::serve_with_incoming`; every other connection goes to `other` with the bytes read
-/// from it so far ([`Replayed`]). Accepting ends when the gRPC server drops the stream.
-pub fn split_incoming<F>(
+/// The UNIX socket's HTTP/2 connections, each wrapped in [`LenientAuthority`] (any
+/// `:authority`), for `Server::serve_with_incoming`; every other connection goes to `other`.
+pub fn split_unix<F>(
     listener: UnixListener,
     other: F,
 ) -> impl Stream<Item = io::Result<LenientAuthority<UnixStream>>>
 where
     F: Fn(Replayed<UnixStream>) + Send + Sync + 'static,
 {
+    split(
+        UnixListenerStream::new(listener),
+        LenientAuthority::with_received,
+        other,
+    )
+}
+
+/// A TCP listener's HTTP/2 connections (TCP_NODELAY set: without it a small reply can wait
+/// for the client's delayed ACK, 40 ms, a round trip per action for Bazel); every other
+/// connection goes to `other`.
+pub fn split_tcp<F>(
+    listener: TcpListener,
+    other: F,
+) -> impl Stream<Item = io::Result<Replayed<TcpStream>>>
+where
+    F: Fn(Replayed<TcpStream>) + Send + Sync + 'static,
+{
+    let accepted = TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    });
+    split(accepted, Replayed::new, other)
+}
+
+/// The HTTP/2 connections of `accepted`, made into what the gRPC server takes by `grpc` (with
+/// the bytes read from them so far); every other connection goes to `other` with those bytes
+/// ([`Replayed`]). Accepting ends when the gRPC server drops the stream.
+fn split<S, A, W, G, F>(accepted: A, grpc: G, other: F) -> impl Stream<Item = io::Result<W>>
+where
+    S: AsyncRead + Unpin + Send + 'static,
+    A: Stream<Item = io::Result<S>> + Send + 'static,
+    W: Send + 'static,
+    G: Fn(S, BytesMut) -> W + Send + Sync + 'static,
+    F: Fn(Replayed<S>) + Send + Sync + 'static,
+{
     let (tx, rx) = mpsc::channel(QUEUED);
-    let other = std::sync::Arc::new(other);
+    let (grpc, other) = (Arc::new(grpc), Arc::new(other));
     tokio::spawn(async move {
+        let mut accepted = std::pin::pin!(accepted);
         loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
+            let next = tokio::select! {
+                next = accepted.next() => next,
                 _ = tx.closed() => return,
             };
-            let mut stream = match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
+            let mut stream = match next {
+                Some(Ok(stream)) => stream,
+                Some(Err(e)) => {
                     // Out of descriptors, say: the server hears of it, as it would have.
                     if tx.send(Err(e)).await.is_err() {
                         return;
                     }
                     continue;
                 }
+                None => return,
             };
-            let (tx, other) = (tx.clone(), other.clone());
+            let (tx, grpc, other) = (tx.clone(), grpc.clone(), other.clone());
             tokio::spawn(async move {
                 let first = tokio::time::timeout(FIRST_BYTES_TIMEOUT, first_bytes(&mut stream));
                 match first.await {
                     Ok(Ok((received, true))) => {
-                        let _ = tx
-                            .send(Ok(LenientAuthority::with_received(stream, received)))
-                            .await;
+                        let _ = tx.send(Ok(grpc(stream, received))).await;
                     }
-                    Ok(Ok((received, false))) => other(Replayed {
-                        received,
-                        inner: stream,
-                    }),
-                    Ok(Err(e)) => tracing::debug!("socket connection: {e}"),
-                    Err(_) => tracing::debug!(
-                        "socket connection: nothing sent in {FIRST_BYTES_TIMEOUT:?}"
-                    ),
+                    Ok(Ok((received, false))) => other(Replayed::new(stream, received)),
+                    Ok(Err(e)) => tracing::debug!("new connection: {e}"),
+                    Err(_) => {
+                        tracing::debug!("new connection: nothing sent in {FIRST_BYTES_TIMEOUT:?}")
+                    }
                 }
             });
         }
@@ -77,7 +111,7 @@ where
 }
 
 /// Reads until the bytes are the whole preface (true) or part from it (false); what was read.
-async fn first_bytes(stream: &mut UnixStream) -> io::Result<(BytesMut, bool)> {
+async fn first_bytes<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<(BytesMut, bool)> {
     let mut received = BytesMut::with_capacity(PREFACE.len());
     loop {
         let n = received.len();
@@ -98,6 +132,20 @@ async fn first_bytes(stream: &mut UnixStream) -> io::Result<(BytesMut, bool)> {
 pub struct Replayed<S> {
     received: BytesMut,
     inner: S,
+}
+
+impl<S> Replayed<S> {
+    pub fn new(inner: S, received: BytesMut) -> Self {
+        Replayed { received, inner }
+    }
+}
+
+impl<S: Connected> Connected for Replayed<S> {
+    type ConnectInfo = S::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Replayed<S> {
@@ -131,7 +179,7 @@ mod tests {
         let path = dir.path().join("socket");
         let listener = UnixListener::bind(&path).unwrap();
         let (others_tx, mut others) = mpsc::unbounded_channel();
-        let mut incoming = Box::pin(split_incoming(listener, move |c| {
+        let mut incoming = Box::pin(split_unix(listener, move |c| {
             others_tx.send(c).unwrap();
         }));
 

@@ -29,7 +29,7 @@ pub use capabilities::{served_capabilities, CapabilitiesService, MAX_BATCH_TOTAL
 pub use cas::CasService;
 pub use execution::ExecutionService;
 pub use forwarding::ForwardHeadersLayer;
-pub use front_door::{split_incoming, Replayed};
+pub use front_door::{split_tcp, split_unix, Replayed};
 pub use message_limit::MessageLimitLayer;
 pub use routes::Clusters;
 pub use scrubbing::Scrubbing;

@@ -83,8 +83,16 @@ impl RestCache {
         }
     }
 
+    /// Serves one HTTP/1.1 connection on a task of its own.
+    pub fn spawn<S>(self: &Arc<Self>, io: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        tokio::spawn(self.clone().serve(io));
+    }
+
     /// Serves one HTTP/1.1 connection (keep-alive: Bazel reuses them) until the client closes it.
-    pub async fn serve<S>(self: Arc<Self>, io: S)
+    async fn serve<S>(self: Arc<Self>, io: S)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {

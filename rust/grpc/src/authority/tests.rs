@@ -96,9 +96,9 @@ enum Answer {
 }
 
 /// A Capabilities server on a UNIX socket in a temporary directory, each connection through
-/// [`LenientAuthority`] when `lenient`, as the daemon serves its socket ([`split_incoming`]).
+/// [`LenientAuthority`] when `lenient`, as the daemon serves its socket ([`split_unix`]).
 ///
-/// [`split_incoming`]: crate::front_door::split_incoming
+/// [`split_unix`]: crate::front_door::split_unix
 fn serve(lenient: bool) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("grpc");
@@ -109,7 +109,7 @@ fn serve(lenient: bool) -> (tempfile::TempDir, std::path::PathBuf) {
     tokio::spawn(async move {
         match lenient {
             true => {
-                let incoming = crate::front_door::split_incoming(listener, |_| {});
+                let incoming = crate::front_door::split_unix(listener, |_| {});
                 router.serve_with_incoming(incoming).await
             }
             false => {
