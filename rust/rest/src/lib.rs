@@ -118,7 +118,9 @@ impl RestCache {
         let started = Instant::now();
         let method = request.method().clone();
         let (response, kind) = self.answer(request).await;
-        if let Some(kind) = kind {
+        // Only the methods served, so that a client's odd ones add no histograms.
+        let served = matches!(method, Method::GET | Method::HEAD | Method::PUT);
+        if let (Some(kind), true) = (kind, served) {
             let name = match kind {
                 Kind::ActionCache => "ac",
                 Kind::Cas => "cas",
