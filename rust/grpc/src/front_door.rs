@@ -170,7 +170,6 @@ write_through!(Replayed);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::StreamExt;
     use tokio::io::AsyncWriteExt;
 
     #[tokio::test]
