@@ -16,6 +16,8 @@
 //! - Action results put here are keyed by the action's hash alone, so they are not the ones gRPC
 //!   clients put (those are keyed by hash and size); blobs are shared.
 //! - No request metadata travels with these calls, so they are not in the activity record.
+//! - Refusals carry a reason in a text body: 400 (bad path or bytes), 405, 411 (a blob's PUT
+//!   without Content-Length), 413 (an action result over 64 MiB), 501, 507 (the disk is full).
 
 mod sizes;
 mod target;
@@ -28,7 +30,7 @@ use clientd_upstream::Latency;
 use futures::StreamExt;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full, Limited, StreamBody};
+use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited, StreamBody};
 use hyper::body::{Body, Frame};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prost::Message;
@@ -156,7 +158,7 @@ impl RestCache {
         let answer = match (request.method().clone(), target.kind) {
             (Method::GET | Method::HEAD, Kind::ActionCache) => self.get_result(&target, head).await,
             (Method::GET | Method::HEAD, Kind::Cas) => self.get_blob(&target, head).await,
-            (Method::PUT, Kind::ActionCache) => self.put_result(&target, request.into_body()).await,
+            (Method::PUT, Kind::ActionCache) => self.put_result(&target, request).await,
             (Method::PUT, Kind::Cas) => self.put_blob(&target, request).await,
             (method, _) => Err(Refusal(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -181,19 +183,31 @@ impl RestCache {
         Ok(whole(result.encode_to_vec().into(), head))
     }
 
-    async fn put_result<B>(&self, target: &Target, body: B) -> Answer
+    async fn put_result<B>(&self, target: &Target, request: Request<B>) -> Answer
     where
         B: Body<Data = Bytes> + Send + Unpin,
         B::Error: Into<BoxError>,
     {
-        let data = Limited::new(body, MAX_ACTION_RESULT)
+        let too_large = || {
+            Refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("an action result is at most {MAX_ACTION_RESULT} bytes"),
+            )
+        };
+        // A declared length over the limit is refused before its body is read; a body without
+        // one is cut off at the limit.
+        if content_length(&request).is_ok_and(|len| len > MAX_ACTION_RESULT as u64) {
+            return Err(too_large());
+        }
+        let data = Limited::new(request.into_body(), MAX_ACTION_RESULT)
             .collect()
             .await
-            .map_err(|e| {
-                Refusal(
+            .map_err(|e| match e.downcast_ref::<LengthLimitError>() {
+                Some(_) => too_large(),
+                None => Refusal(
                     StatusCode::BAD_REQUEST,
                     format!("reading the action result: {e}"),
-                )
+                ),
             })?
             .to_bytes();
         let result = ActionResult::decode(data).map_err(|e| {

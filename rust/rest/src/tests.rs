@@ -290,6 +290,23 @@ async fn bad_requests_get_a_status_and_a_reason() {
 }
 
 #[tokio::test]
+async fn an_action_result_over_the_limit_is_too_large() {
+    let front = Front::new();
+    let cache = front.cache();
+    let path = format!("/local/ac/{}", digest_of(b"action").hash_hex());
+    // Declared too long: refused before the body is read.
+    let declared = request("PUT", &path, Some(MAX_ACTION_RESULT + 1), Bytes::new());
+    let response = cache.handle(declared).await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // No length declared (a chunked body): cut off at the limit.
+    let long = Bytes::from(vec![0u8; MAX_ACTION_RESULT + 1]);
+    let response = cache.handle(request("PUT", &path, None, long)).await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("at most"));
+}
+
+#[tokio::test]
 async fn a_body_shorter_than_its_length_stores_nothing() {
     let front = Front::new();
     let cache = front.cache();
