@@ -261,7 +261,10 @@ pub struct StoreConfig {
     /// Bound on the bytes stored; least recently used entries are evicted beyond it.
     /// Default: 20 GiB for the CAS, 1 GiB for the action cache. Example: `53687091200`.
     pub max_size_bytes: Option<u64>,
-    /// fsync every entry before it becomes visible, so it survives power loss as well as crashes.
+    /// fsync every entry's bytes before it becomes visible, so that after a power loss an entry is
+    /// whole or absent, never torn; a packed blob is kept from its acknowledgement on, while the
+    /// newest entries with a file of their own can be lost with their directory's update. Off, only
+    /// the daemon's own crashes are safe.
     /// Example: `true`.
     pub sync_writes: bool,
 }

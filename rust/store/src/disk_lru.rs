@@ -74,7 +74,8 @@ pub fn in_blocks(len: u64) -> u64 {
 pub struct DiskLruOptions {
     /// Bound on the bytes of all entries together; the least recently used go first.
     pub max_bytes: u64,
-    /// fsync each file before renaming it into place, so entries survive power loss, not only crashes.
+    /// fsync each file before renaming it into place, so that after a power loss an entry is whole
+    /// or absent, never torn (the rename is not synced: the newest entries can be lost).
     pub sync_writes: bool,
 }
 
