@@ -20,11 +20,11 @@ cpu_ticks() {
 }
 
 # timed_build LOG FLAGS...: in $WS, `bazel clean` and `bazel build --nobuild //... FLAGS` (so the
-# Bazel server, loading and analysis are not timed), then `bazel build //... FLAGS` timed by wall
-# clock, with its output in LOG.log and its profile in LOG.profile.json. Sets BUILD_SECS (two
-# decimals), BUILD_RC, and BAZEL_CPU and DAEMON_CPU: the CPU seconds the Bazel server and the
-# daemon ($DAEMON_PID, if one runs) used during the build (actions' processes not included), to
-# tell whose work a difference in wall time is.
+# Bazel server, loading and analysis are not timed) and `sync`, then `bazel build //... FLAGS`
+# timed by wall clock, with its output in LOG.log and its profile in LOG.profile.json. Sets
+# BUILD_SECS (two decimals), BUILD_RC, and BAZEL_CPU and DAEMON_CPU: the CPU seconds the Bazel
+# server and the daemon ($DAEMON_PID, if one runs) used during the build (actions' processes not
+# included), to tell whose work a difference in wall time is.
 timed_build() {
     local log=$1 t0 t1 server bazel0 daemon0
     shift
@@ -32,6 +32,9 @@ timed_build() {
     (cd "$WS" && bz build --nobuild //... "$@" "${JOB_FLAGS[@]}") >"$log.nobuild" 2>&1 ||
         { tail -n 20 "$log.nobuild"; die "bazel build --nobuild failed ($log)"; }
     server=$(cd "$WS" && bz info server_pid 2>/dev/null)
+    # What the previous build left in the page cache goes to the disk now, not during this one:
+    # otherwise its writeback lands on whichever side comes next, and most on a side that syncs.
+    sync
     bazel0=$(cpu_ticks "$server")
     daemon0=$(cpu_ticks "${DAEMON_PID:-}")
     t0=$EPOCHREALTIME

@@ -8,7 +8,9 @@
 # The workspace: N_ACTIONS genrules (default 500; tests/bench/genrule_workspace.py), outputs from
 # 8 B to MAX_BYTES (4 MiB). Each round times `bazel build //...` by wall clock, after `bazel clean`
 # and a `bazel build --nobuild //...` with the same flags (so the Bazel server, loading and
-# analysis are not in the timing):
+# analysis are not in the timing) and a `sync` (the previous build's writeback, 300 MiB or more
+# left in the page cache, would otherwise slow whichever side comes next, a side whose writes are
+# synced most):
 #   none:          no cache at all (what filling a cache costs is measured against it);
 #   disk cold:     --disk_cache=DIR, DIR empty: every action runs and is stored;
 #   disk warm:     after `bazel clean`: every action a cache hit, outputs copied from DIR;
