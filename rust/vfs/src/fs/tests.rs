@@ -1,0 +1,104 @@
+//! Lookups and listings, without mounting; and the helpers the other parts' tests share.
+
+use super::*;
+use crate::cas::{DigestFunctions, Routing};
+use clientd_digest::DigestFunction;
+use clientd_store::{BlobStore, DiskLruOptions, LocalCas, SystemClock};
+use std::time::Duration;
+
+/// The front serves local and local/... with every digest function; cas/ follows it.
+struct LocalOnly;
+
+impl Routing for LocalOnly {
+    fn serves(&self, name: &str) -> bool {
+        clientd_digest::is_local_instance(name)
+    }
+    fn digest_functions<'a>(&'a self, _name: &'a str) -> DigestFunctions<'a> {
+        Box::pin(async { Some(DigestFunction::ALL.to_vec()) })
+    }
+}
+
+pub(super) fn vfs(dir: &std::path::Path, pool_bytes: u64) -> (Vfs, Arc<LocalCas>) {
+    vfs_with(dir, pool_bytes, Box::new(LocalOnly))
+}
+
+fn vfs_with(
+    dir: &std::path::Path,
+    pool_bytes: u64,
+    routing: Box<dyn Routing>,
+) -> (Vfs, Arc<LocalCas>) {
+    let options = DiskLruOptions {
+        max_bytes: 1 << 20,
+        sync_writes: false,
+    };
+    let local = Arc::new(LocalCas::open(&dir.join("cas"), options, Arc::new(SystemClock)).unwrap());
+    let cas = CasView::new(
+        local.clone(),
+        routing,
+        local.clone(),
+        Duration::from_secs(5),
+    );
+    let pool = Pool::open_empty(&dir.join("pool"), pool_bytes).unwrap();
+    (Vfs::new(cas, pool, 1000, 1000), local)
+}
+
+pub(super) fn name(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+/// cas/ resolves the instance names the gRPC front serves, and no others: a local blob is
+/// not readable under a name a gRPC call would be refused for.
+#[tokio::test]
+async fn cas_serves_only_routable_instance_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vfs, local) = vfs(dir.path(), 1 << 20);
+    let data = bytes::Bytes::from_static(b"content");
+    let digest = clientd_digest::DigestFunction::Sha256.digest_of(&data);
+    local.write_bytes("", &digest, data).await.unwrap();
+    let nosuch = vfs.lookup(CAS_ROOT, name("nosuch")).await.unwrap().ino;
+    let x = vfs.lookup(nosuch, name("x")).await.unwrap().ino;
+    assert_eq!(vfs.lookup(x, name("blobs")).await.err(), Some(Errno::NOENT));
+    assert_eq!(
+        vfs.lookup(CAS_ROOT, name("blobs")).await.err(),
+        Some(Errno::NOENT)
+    );
+    let mut ino = CAS_ROOT;
+    for part in ["local", "x", "blobs", "sha256", "file"] {
+        ino = vfs.lookup(ino, name(part)).await.unwrap().ino;
+    }
+    assert!(vfs.lookup(ino, name(&digest.file_name())).await.is_ok());
+}
+
+/// blobs/ lists the digest functions offered for its instance name: those of a cluster that
+/// offers one, EIO while a cluster's offer is unknown (it does not answer).
+#[tokio::test]
+async fn blobs_lists_the_offered_digest_functions() {
+    struct Offers;
+    impl Routing for Offers {
+        fn serves(&self, _name: &str) -> bool {
+            true
+        }
+        fn digest_functions<'a>(&'a self, name: &'a str) -> DigestFunctions<'a> {
+            Box::pin(async move { (name == "one").then(|| vec![DigestFunction::Sha256]) })
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (vfs, _) = vfs_with(dir.path(), 1 << 20, Box::new(Offers));
+    let blobs = |instance: &'static str| {
+        let vfs = &vfs;
+        async move {
+            let top = vfs.lookup(CAS_ROOT, name(instance)).await.unwrap().ino;
+            let blobs = vfs.lookup(top, name("blobs")).await.unwrap();
+            assert_eq!(blobs.perm, 0o555);
+            vfs.readdir(blobs.ino).await
+        }
+    };
+    let listed: Vec<OsString> = blobs("one")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.2)
+        .collect();
+    assert_eq!(listed, vec![OsString::from("sha256")]);
+    assert_eq!(blobs("down").await.err(), Some(Errno::IO));
+}
