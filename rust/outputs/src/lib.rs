@@ -6,6 +6,8 @@
 //! write there like anywhere else. At the end of each build the tree is saved, and at start the
 //! saved trees come back, so incremental builds continue after a restart.
 
+mod bases;
+mod expand;
 mod locators;
 mod paths;
 mod service;

@@ -27,6 +27,16 @@ pub fn check(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks that `name`, a name in a Directory message, is one path component: REAPI requires
+/// every child of a directory to be exactly one segment (so equal trees hash equally).
+pub fn check_component(name: &str) -> Result<(), String> {
+    check(name)?;
+    match name.contains('/') {
+        true => Err(format!("name {name:?} is more than one path component")),
+        false => Ok(()),
+    }
+}
+
 /// `base/relative`, normalized; None if it leaves the output path.
 pub fn join(base: &str, relative: &str) -> Option<String> {
     let mut parts: Vec<&str> = Vec::new();
@@ -63,6 +73,10 @@ mod tests {
         assert!(check("k8-fastbuild/bin/a.txt").is_ok());
         for bad in ["", "/abs", "a//b", "a/./b", "../x", "a/..", "a/"] {
             assert!(check(bad).is_err(), "{bad}");
+        }
+        assert!(check_component("a.txt").is_ok());
+        for bad in ["a/b", "..", ""] {
+            assert!(check_component(bad).is_err(), "{bad}");
         }
         assert_eq!(join("a/b", "../c").as_deref(), Some("a/c"));
         assert_eq!(join("", "../c"), None);

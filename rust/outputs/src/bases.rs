@@ -1,0 +1,332 @@
+//! The output paths the service keeps, one per output base: created at StartBuild, saved at
+//! FinalizeBuild, restored at start (those saved recently enough), removed by Clean.
+
+use crate::expand;
+use crate::locators;
+use crate::paths;
+use crate::service::status;
+use crate::state::{self, LastBuild};
+use clientd_digest::{truncate, Digest, DigestFunction};
+use clientd_proto::bazel_output_service as pb;
+use clientd_proto::build::bazel::remote::execution::v2 as re;
+use clientd_proto::google::rpc::Status as RpcStatus;
+use clientd_store::{BlobStore, StoreError};
+use clientd_vfs::{Lstat, OutputEntry, OutputStat, Pool, Vfs};
+use prost::Message;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tonic::{Code, Status};
+
+/// Symlinks followed while resolving one BatchStat path, as the kernel allows.
+const MAX_SYMLINKS: usize = 40;
+
+/// One output base's output path.
+pub(crate) struct Base {
+    pub(crate) root: u64,
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) last: Option<LastBuild>,
+    /// The build in progress (StartBuild seen, FinalizeBuild not yet).
+    pub(crate) running: Option<Build>,
+}
+
+#[derive(Clone)]
+pub(crate) struct Build {
+    pub(crate) output_base_id: String,
+    pub(crate) build_id: String,
+    pub(crate) instance_name: Arc<str>,
+    pub(crate) function: DigestFunction,
+    pub(crate) aliases: Vec<(String, String)>,
+    pub(crate) root: u64,
+}
+
+/// What the RPCs share, reachable from blocking threads.
+pub struct Shared {
+    pub(crate) vfs: Arc<Vfs>,
+    pub(crate) stores: Arc<dyn BlobStore>,
+    /// `<cache_dir>/outputs`: one directory per output base (state and files/).
+    pub(crate) dir: PathBuf,
+    /// `<mount>/outputs`, for absolute output path suffixes.
+    pub(crate) mount_outputs: PathBuf,
+    pub(crate) pool_max_bytes: u64,
+    /// Largest Tree a TreeArtifactLocator may name.
+    pub(crate) max_tree_bytes: u64,
+    pub(crate) bases: Mutex<HashMap<String, Base>>,
+}
+
+impl Shared {
+    pub(crate) fn restore_all(&self, max_age: Duration) -> Result<(), String> {
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        for entry in entries.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let base_dir = entry.path();
+            let saved = std::fs::metadata(base_dir.join("state")).and_then(|m| m.modified());
+            let fresh = saved
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .is_some_and(|age| age <= max_age);
+            if !fresh {
+                tracing::info!("outputs/{id}: no state saved within {max_age:?}; removing it");
+                let _ = std::fs::remove_dir_all(&base_dir);
+                continue;
+            }
+            let start = std::time::Instant::now();
+            match self.restore(&id) {
+                Ok(count) => tracing::info!(
+                    "outputs/{id}: restored {count} entries in {:?}",
+                    start.elapsed()
+                ),
+                Err(e) => {
+                    tracing::warn!("outputs/{id}: cannot restore ({e}); removing it");
+                    self.vfs.remove_output_root(&id);
+                    let _ = std::fs::remove_dir_all(&base_dir);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn restore(&self, id: &str) -> Result<usize, String> {
+        let base_dir = self.dir.join(id);
+        let (last, entries) = state::load(&base_dir)?;
+        let pool = Pool::open_persistent(&base_dir.join("files"), self.pool_max_bytes)
+            .map_err(|e| e.to_string())?;
+        let root = self
+            .vfs
+            .output_root(id, pool.clone())
+            .map_err(|e| format!("errno {}", e.0))?;
+        let local: std::collections::HashSet<u64> = entries
+            .iter()
+            .filter_map(|(_, e)| match e {
+                OutputEntry::LocalFile { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect();
+        pool.retain(|id| local.contains(&id))
+            .map_err(|e| e.to_string())?;
+        let count = entries.len();
+        for (result, (path, _)) in self
+            .vfs
+            .stage(root, entries.clone())
+            .into_iter()
+            .zip(&entries)
+        {
+            if let Err(e) = result {
+                tracing::warn!("outputs/{id}/{path}: not restored (errno {})", e.0);
+            }
+        }
+        self.bases.lock().unwrap().insert(
+            id.to_string(),
+            Base {
+                root,
+                pool,
+                last: Some(last),
+                running: None,
+            },
+        );
+        Ok(count)
+    }
+
+    /// The output base `id`, created empty if new.
+    pub(crate) fn base(&self, id: &str) -> Result<(u64, Option<Build>), Status> {
+        let mut bases = self.bases.lock().unwrap();
+        if let Some(base) = bases.get(id) {
+            return Ok((base.root, base.running.clone()));
+        }
+        let pool = Pool::open_persistent(&self.dir.join(id).join("files"), self.pool_max_bytes)
+            .map_err(|e| {
+                Status::internal(format!("cannot create the output path's storage: {e}"))
+            })?;
+        let root = self.vfs.output_root(id, pool.clone()).map_err(|e| {
+            Status::invalid_argument(format!("output_base_id {:?}: errno {}", truncate(id), e.0))
+        })?;
+        bases.insert(
+            id.to_string(),
+            Base {
+                root,
+                pool,
+                last: None,
+                running: None,
+            },
+        );
+        Ok((root, None))
+    }
+
+    /// The running build `build_id`.
+    pub(crate) fn build(&self, build_id: &str) -> Result<Build, Status> {
+        let bases = self.bases.lock().unwrap();
+        bases
+            .values()
+            .filter_map(|b| b.running.as_ref())
+            .find(|b| b.build_id == build_id)
+            .cloned()
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "build {:?} is not running: StartBuild first (or it was finalized)",
+                    truncate(build_id)
+                ))
+            })
+    }
+
+    /// Saves `build`'s output path and marks the build finished.
+    pub(crate) fn finalize(&self, build: &Build) -> Result<(), Status> {
+        let entries = self.vfs.snapshot(build.root);
+        let last = LastBuild {
+            build_id: build.build_id.clone(),
+            instance_name: build.instance_name.clone(),
+            function: build.function,
+        };
+        let dir = self.dir.join(&build.output_base_id);
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| state::save(&dir, &last, &entries))
+            .map_err(|e| Status::internal(format!("cannot save {}: {e}", dir.display())))?;
+        let mut bases = self.bases.lock().unwrap();
+        if let Some(base) = bases.get_mut(&build.output_base_id) {
+            if base
+                .running
+                .as_ref()
+                .is_some_and(|r| r.build_id == build.build_id)
+            {
+                base.running = None;
+            }
+            base.last = Some(last);
+        }
+        Ok(())
+    }
+
+    /// Removes staged CAS files staged for another instance name or digest function (BatchStat
+    /// would answer with digests this build cannot use). Returns their paths, and the CAS files
+    /// kept (all of `instance_name`), for the existence check.
+    pub(crate) fn drop_foreign(
+        &self,
+        root: u64,
+        instance_name: &str,
+        function: DigestFunction,
+    ) -> (Vec<String>, Vec<(String, Digest)>) {
+        let mut kept = Vec::new();
+        let mut removed = Vec::new();
+        for (path, entry) in self.vfs.snapshot(root) {
+            if let OutputEntry::CasFile {
+                instance, digest, ..
+            } = entry
+            {
+                if &*instance != instance_name || digest.function() != function {
+                    let _ = self.vfs.remove_output(root, &path);
+                    removed.push(path);
+                    continue;
+                }
+                kept.push((path, digest));
+            }
+        }
+        (removed, kept)
+    }
+
+    /// The entries a Tree expands to below `path`.
+    pub(crate) async fn expand_tree(
+        &self,
+        build: &Build,
+        path: &str,
+        tree: &Digest,
+        expected_root: Option<&Digest>,
+    ) -> Result<Vec<(String, OutputEntry)>, RpcStatus> {
+        if tree.size() > self.max_tree_bytes {
+            return Err(status(
+                Code::ResourceExhausted,
+                format!(
+                    "{path}: tree {tree} is larger than outputs.max_tree_size_bytes ({} bytes): \
+                     it is read into memory to be staged",
+                    self.max_tree_bytes
+                ),
+            ));
+        }
+        let bytes = self
+            .stores
+            .read_bytes(&build.instance_name, tree)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound(_) => status(
+                    Code::NotFound,
+                    format!("{path}: tree {tree} is not in the CAS"),
+                ),
+                e => {
+                    let s = Status::from(e);
+                    status(
+                        s.code(),
+                        format!("{path}: reading tree {tree}: {}", s.message()),
+                    )
+                }
+            })?;
+        let tree_message = re::Tree::decode(bytes).map_err(|e| {
+            status(
+                Code::InvalidArgument,
+                format!("{path}: {tree} is not a Tree: {e}"),
+            )
+        })?;
+        expand::expand(
+            path,
+            tree,
+            tree_message,
+            build.function,
+            &build.instance_name,
+            expected_root,
+        )
+    }
+
+    /// Forgets output base `id`: its tree, its files and its saved state.
+    pub(crate) fn clean(&self, id: &str) -> Result<(), Status> {
+        if let Some(base) = self.bases.lock().unwrap().remove(id) {
+            drop(base.pool);
+        }
+        self.vfs.remove_output_root(id);
+        match std::fs::remove_dir_all(self.dir.join(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Status::internal(format!(
+                    "cannot remove the saved state of {id}: {e}"
+                )))
+            }
+            _ => {}
+        }
+        tracing::info!("outputs/{id}: cleaned");
+        Ok(())
+    }
+
+    /// lstat of `path`, following intermediate symlinks (through the aliases for absolute ones).
+    pub(crate) fn stat(&self, build: &Build, path: &str) -> Option<pb::batch_stat_response::Stat> {
+        use pb::batch_stat_response::stat;
+        let mut path = path.to_string();
+        for _ in 0..MAX_SYMLINKS {
+            match self.vfs.output_lstat(build.root, &path).ok()? {
+                Lstat::Found(found) => {
+                    let kind = match found {
+                        OutputStat::Directory => Some(stat::Type::Directory(stat::Directory {})),
+                        OutputStat::Symlink(target) => {
+                            Some(stat::Type::Symlink(stat::Symlink { target }))
+                        }
+                        OutputStat::File { ino, digest } => {
+                            let digest = match digest {
+                                Some(d) => Some(d),
+                                None => self.vfs.local_digest(ino, build.function).ok(),
+                            };
+                            Some(stat::Type::File(stat::File {
+                                locator: digest.as_ref().map(locators::file_locator),
+                            }))
+                        }
+                        OutputStat::Other => None,
+                    };
+                    return Some(pb::batch_stat_response::Stat { r#type: kind });
+                }
+                Lstat::ThroughSymlink { dir, target, rest } => {
+                    let resolved = if target.starts_with('/') {
+                        paths::unalias(&target, &build.aliases)?
+                    } else {
+                        paths::join(&dir, &target)?
+                    };
+                    path = paths::join(&resolved, &rest)?;
+                }
+            }
+        }
+        None
+    }
+}
