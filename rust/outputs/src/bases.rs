@@ -56,6 +56,8 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Restores every output path saved under `dir` within `max_age`, and removes the others and
+    /// any that cannot be restored.
     pub(crate) fn restore_all(&self, max_age: Duration) -> Result<(), String> {
         let entries =
             std::fs::read_dir(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
@@ -88,6 +90,7 @@ impl Shared {
         Ok(())
     }
 
+    /// Restores output path `id` from its saved state; the number of entries staged.
     pub(crate) fn restore(&self, id: &str) -> Result<usize, String> {
         let base_dir = self.dir.join(id);
         let (last, entries) = state::load(&base_dir)?;
@@ -328,5 +331,161 @@ impl Shared {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clientd_store::{DiskLruOptions, LocalCas, SystemClock};
+    use clientd_vfs::{CasView, DigestFunctions, Routing};
+
+    struct LocalOnly;
+
+    impl Routing for LocalOnly {
+        fn serves(&self, name: &str) -> bool {
+            clientd_digest::is_local_instance(name)
+        }
+        fn digest_functions<'a>(&'a self, _name: &'a str) -> DigestFunctions<'a> {
+            Box::pin(async { Some(DigestFunction::ALL.to_vec()) })
+        }
+    }
+
+    /// A service's state over `dir` (`cas/`, `outputs/`), as after a start of the daemon.
+    fn shared(dir: &std::path::Path) -> Shared {
+        let options = DiskLruOptions {
+            max_bytes: 1 << 20,
+            sync_writes: false,
+        };
+        let local =
+            Arc::new(LocalCas::open(&dir.join("cas"), options, Arc::new(SystemClock)).unwrap());
+        let cas = CasView::new(
+            local.clone(),
+            Box::new(LocalOnly),
+            local.clone(),
+            Duration::from_secs(5),
+        );
+        let scratch = Pool::open_empty(&dir.join("scratch"), 1 << 20).unwrap();
+        Shared {
+            vfs: Arc::new(Vfs::new(cas, scratch, 1000, 1000)),
+            stores: local,
+            dir: dir.join("outputs"),
+            mount_outputs: dir.join("mnt/outputs"),
+            pool_max_bytes: 1 << 20,
+            max_tree_bytes: 1 << 20,
+            bases: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Output base `id` with `entries` staged, and its build running.
+    fn started(shared: &Shared, id: &str, entries: &[(&str, OutputEntry)]) -> Build {
+        std::fs::create_dir_all(&shared.dir).unwrap();
+        let (root, running) = shared.base(id).unwrap();
+        assert!(running.is_none());
+        let staged = entries
+            .iter()
+            .map(|(path, entry)| (path.to_string(), entry.clone()))
+            .collect();
+        for result in shared.vfs.stage(root, staged) {
+            result.unwrap();
+        }
+        let build = Build {
+            output_base_id: id.into(),
+            build_id: format!("{id}-build"),
+            instance_name: Arc::from("local"),
+            function: DigestFunction::Sha256,
+            aliases: vec![("/exec/bazel-out".into(), ".".into())],
+            root,
+        };
+        shared.bases.lock().unwrap().get_mut(id).unwrap().running = Some(build.clone());
+        build
+    }
+
+    fn tree() -> Vec<(&'static str, OutputEntry)> {
+        vec![
+            ("k8", OutputEntry::Directory),
+            ("k8/bin", OutputEntry::Directory),
+            ("k8/bin/link", OutputEntry::Symlink("../lib".into())),
+            ("k8/lib", OutputEntry::Directory),
+            (
+                "k8/lib/abs",
+                OutputEntry::Symlink("/exec/bazel-out/k8/bin".into()),
+            ),
+            ("loop", OutputEntry::Symlink("loop".into())),
+        ]
+    }
+
+    #[test]
+    fn a_saved_output_path_is_restored_and_an_old_one_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = shared(dir.path());
+        let build = started(&first, "base", &tree());
+        first.finalize(&build).unwrap();
+        assert!(first.bases.lock().unwrap()["base"].running.is_none());
+        drop(first);
+
+        let second = shared(dir.path());
+        second.restore_all(Duration::from_secs(3600)).unwrap();
+        let root = {
+            let bases = second.bases.lock().unwrap();
+            let base = &bases["base"];
+            assert_eq!(base.last.as_ref().unwrap().build_id, "base-build");
+            base.root
+        };
+        assert_eq!(
+            second.vfs.output_lstat(root, "k8/bin/link").unwrap(),
+            Lstat::Found(OutputStat::Symlink("../lib".into()))
+        );
+        drop(second);
+
+        // Not saved within the age allowed: removed, storage and all.
+        let third = shared(dir.path());
+        third.restore_all(Duration::ZERO).unwrap();
+        assert!(third.bases.lock().unwrap().is_empty());
+        assert!(!dir.path().join("outputs/base").exists());
+    }
+
+    #[test]
+    fn clean_forgets_the_tree_and_its_saved_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let build = started(&shared, "base", &tree());
+        shared.finalize(&build).unwrap();
+        assert!(dir.path().join("outputs/base/state").exists());
+        shared.clean("base").unwrap();
+        assert!(shared.bases.lock().unwrap().is_empty());
+        assert!(!dir.path().join("outputs/base").exists());
+        assert!(shared.vfs.output_lstat(build.root, "k8").is_err());
+        // Cleaning what is not there is not an error.
+        shared.clean("base").unwrap();
+    }
+
+    #[test]
+    fn stat_follows_symlinks_within_the_output_path_and_through_its_aliases() {
+        use pb::batch_stat_response::stat::Type;
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let build = started(&shared, "base", &tree());
+        let kind = |path: &str| shared.stat(&build, path).map(|s| s.r#type);
+        // The last component is not followed (lstat); those before it are.
+        assert!(matches!(kind("k8/bin/link"), Some(Some(Type::Symlink(_)))));
+        // A relative target: k8/bin/link/abs is k8/lib/abs.
+        assert!(matches!(
+            kind("k8/bin/link/abs"),
+            Some(Some(Type::Symlink(_)))
+        ));
+        // An absolute target through the alias: k8/lib/abs/link is k8/bin/link.
+        assert!(matches!(
+            kind("k8/lib/abs/link"),
+            Some(Some(Type::Symlink(_)))
+        ));
+        assert!(matches!(
+            kind("k8/lib/abs/link/abs"),
+            Some(Some(Type::Symlink(_)))
+        ));
+        assert!(matches!(kind("k8/lib"), Some(Some(Type::Directory(_)))));
+        // Missing, and a loop that never resolves: no stat.
+        assert!(kind("k8/missing").is_none());
+        assert!(kind("loop/x").is_none());
     }
 }
