@@ -71,6 +71,11 @@ impl BlobStore for ConcurrencyLimiting<dyn BlobStore> {
         self.inner.known_present(instance_name, digest).await
     }
 
+    async fn make_local(&self, instance_name: &str, digest: &Digest) -> StoreResult<()> {
+        let _permit = self.permit().await?;
+        self.inner.make_local(instance_name, digest).await
+    }
+
     async fn begin_write(
         &self,
         instance_name: &str,
@@ -112,5 +117,42 @@ impl ActionCache for ConcurrencyLimiting<dyn ActionCache> {
     ) -> StoreResult<()> {
         let _permit = self.permit().await?;
         self.inner.put(instance_name, action, result).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::disk_lru::DiskLruOptions;
+    use crate::local_cas::LocalCas;
+    use clientd_digest::DigestFunction;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn make_local_forwards_and_waits_for_a_permit() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = DiskLruOptions {
+            max_bytes: 1 << 20,
+            sync_writes: false,
+        };
+        let inner = Arc::new(LocalCas::open(dir.path(), options, Arc::new(SystemClock)).unwrap());
+        let limited = ConcurrencyLimiting::<dyn BlobStore>::new(inner, Arc::new(Semaphore::new(1)));
+        let data = Bytes::from_static(b"here");
+        let digest = DigestFunction::Sha256.digest_of(&data);
+        limited.write_bytes("i", &digest, data).await.unwrap();
+        limited.make_local("i", &digest).await.unwrap();
+        let absent = DigestFunction::Sha256.digest_of(b"absent");
+        assert!(matches!(
+            limited.make_local("i", &absent).await,
+            Err(StoreError::NotFound(_))
+        ));
+        // A read in progress holds the only permit until its stream is dropped.
+        let stream = limited.read("i", &digest, 0, None).await.unwrap();
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(50), limited.make_local("i", &digest));
+        assert!(waiting.await.is_err(), "make_local ran without a permit");
+        drop(stream);
+        limited.make_local("i", &digest).await.unwrap();
     }
 }

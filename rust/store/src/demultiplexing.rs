@@ -67,6 +67,11 @@ impl BlobStore for Demultiplexing {
         backend.cas.digest_by_hash(rest, name).await
     }
 
+    async fn make_local(&self, instance_name: &str, digest: &Digest) -> StoreResult<()> {
+        let (backend, rest) = self.route(instance_name)?;
+        backend.cas.make_local(rest, digest).await
+    }
+
     async fn known_present(&self, instance_name: &str, digest: &Digest) -> bool {
         match self.route(instance_name) {
             Ok((backend, rest)) => backend.cas.known_present(rest, digest).await,
@@ -172,6 +177,11 @@ mod tests {
             .unwrap();
         assert!(demux.contains("a.example.com", &digest).await.unwrap());
         assert!(!demux.contains("local/x", &digest).await.unwrap());
+        demux.make_local("a.example.com/x", &digest).await.unwrap();
+        assert!(matches!(
+            demux.make_local("local/x", &digest).await,
+            Err(crate::StoreError::NotFound(_))
+        ));
         let err = demux.contains("elsewhere", &digest).await.unwrap_err();
         assert!(
             matches!(err, crate::StoreError::InvalidArgument(_)),

@@ -121,6 +121,10 @@ impl BlobStore for ExistenceCaching {
         self.inner.read(instance_name, digest, offset, limit).await
     }
 
+    async fn make_local(&self, instance_name: &str, digest: &Digest) -> StoreResult<()> {
+        self.inner.make_local(instance_name, digest).await
+    }
+
     async fn known_present(&self, instance_name: &str, digest: &Digest) -> bool {
         let key = (Arc::<str>::from(instance_name), *digest);
         let now = self.clock.now();
@@ -201,6 +205,9 @@ mod tests {
             limit: Option<u64>,
         ) -> StoreResult<ByteStream> {
             self.inner.read(instance, digest, offset, limit).await
+        }
+        async fn make_local(&self, instance: &str, digest: &Digest) -> StoreResult<()> {
+            self.inner.make_local(instance, digest).await
         }
         async fn begin_write(
             &self,

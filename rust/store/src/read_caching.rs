@@ -128,6 +128,15 @@ impl BlobStore for ReadCaching {
         self.fast.read(instance_name, digest, offset, limit).await
     }
 
+    /// The local copy if there is one; otherwise fetched from the slow store into it, as a read
+    /// would be (one fetch for concurrent callers).
+    async fn make_local(&self, instance_name: &str, digest: &Digest) -> StoreResult<()> {
+        match self.fast.make_local(instance_name, digest).await {
+            Err(StoreError::NotFound(_)) => self.fill(instance_name, digest).await,
+            local => local,
+        }
+    }
+
     async fn known_present(&self, instance_name: &str, digest: &Digest) -> bool {
         self.slow.known_present(instance_name, digest).await
     }
@@ -231,5 +240,61 @@ impl BlobSink for TeeSink {
         combine(&digest, fast, slow.commit().await)?;
         count_upload(&stats, &digest);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::disk_lru::DiskLruOptions;
+    use crate::local_cas::LocalCas;
+    use clientd_digest::DigestFunction;
+
+    /// A local CAS in `dir`: the fast store, or (a stand-in for a cluster) the slow one.
+    fn store(dir: &std::path::Path) -> Arc<LocalCas> {
+        let options = DiskLruOptions {
+            max_bytes: 1 << 20,
+            sync_writes: false,
+        };
+        Arc::new(LocalCas::open(dir, options, Arc::new(SystemClock)).unwrap())
+    }
+
+    #[tokio::test]
+    async fn make_local_fetches_from_the_slow_store_once_for_concurrent_callers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fast, slow) = (
+            store(&dir.path().join("fast")),
+            store(&dir.path().join("slow")),
+        );
+        let stats = Arc::new(Stats::default());
+        let caching = ReadCaching::new(fast.clone(), slow.clone(), stats.clone());
+        let data = Bytes::from_static(b"only in the cluster");
+        let digest = DigestFunction::Sha256.digest_of(&data);
+        slow.write_bytes("c", &digest, data.clone()).await.unwrap();
+
+        let fetched = || {
+            stats
+                .upstream_fetches
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let (a, b) = futures::join!(
+            caching.make_local("c", &digest),
+            caching.make_local("c", &digest)
+        );
+        a.unwrap();
+        b.unwrap();
+        assert_eq!(fast.read_bytes("", &digest).await.unwrap(), data);
+        assert_eq!(fetched(), 1, "one fetch for both callers");
+        // Local now: nothing more is fetched.
+        caching.make_local("c", &digest).await.unwrap();
+        assert_eq!(fetched(), 1);
+
+        let nowhere = DigestFunction::Sha256.digest_of(b"nowhere");
+        assert!(matches!(
+            caching.make_local("c", &nowhere).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(!fast.contains("", &nowhere).await.unwrap());
     }
 }

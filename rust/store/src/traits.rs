@@ -94,6 +94,13 @@ pub trait BlobStore: Send + Sync + 'static {
             .await
     }
 
+    /// Makes sure the blob is in the local CAS, fetching it from where the instance's blobs come
+    /// from if it is not (read caching copies it from the cluster), so that the caller can then
+    /// open the local copy: the file system does, to serve a cas/ file from the local disk.
+    /// NOT_FOUND if nobody has it. Every store says what it does: a decorator forwards, a store
+    /// with no local copy (a cluster's CAS) refuses.
+    async fn make_local(&self, instance_name: &str, digest: &Digest) -> StoreResult<()>;
+
     /// Whether the store knows it holds `digest` without asking anyone over the network. Uploads
     /// use it to finish early: asking a cluster would cost a round trip per upload, for blobs
     /// Bazel has just been told are missing.

@@ -172,6 +172,14 @@ impl BlobStore for UpstreamCas {
             .collect())
     }
 
+    /// A cluster's CAS keeps no local copy: read caching in front of it does.
+    async fn make_local(&self, _instance_name: &str, digest: &Digest) -> StoreResult<()> {
+        Err(StoreError::Unimplemented(format!(
+            "{}: cannot make blob {digest} local: no local CAS in front of it",
+            self.cluster.describe()
+        )))
+    }
+
     async fn read(
         &self,
         instance_name: &str,

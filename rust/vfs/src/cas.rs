@@ -13,7 +13,6 @@ use clientd_digest::{Digest, DigestFunction, RESERVED_SEGMENTS};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_store::{BlobStore, LocalBlob, LocalCas, StoreError};
 use futures::future::BoxFuture;
-use futures::StreamExt;
 use lru::LruCache;
 use prost::Message;
 use std::collections::HashMap;
@@ -508,12 +507,7 @@ impl CasView {
                 if let Some(blob) = self.local_blob(digest)? {
                     return Ok(blob);
                 }
-                // A one-byte read makes read caching fetch the blob into the local CAS.
-                let fill = async {
-                    let mut stream = self.stores.read(instance, digest, 0, Some(1)).await?;
-                    while stream.next().await.transpose()?.is_some() {}
-                    Ok(())
-                };
+                let fill = self.stores.make_local(instance, digest);
                 self.bounded("fetching", digest, fill).await?;
                 self.local_blob(digest)?.ok_or(Errno::IO)
             }

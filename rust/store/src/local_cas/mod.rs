@@ -181,6 +181,14 @@ impl BlobStore for LocalCas {
         self.contains(instance_name, digest).await.unwrap_or(false)
     }
 
+    /// Local already, or nowhere.
+    async fn make_local(&self, instance_name: &str, digest: &Digest) -> StoreResult<()> {
+        match self.contains(instance_name, digest).await? {
+            true => Ok(()),
+            false => Err(StoreError::blob_not_found(digest)),
+        }
+    }
+
     async fn find_missing(
         &self,
         _instance_name: &str,
