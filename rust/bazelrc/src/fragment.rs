@@ -71,29 +71,45 @@ const SCRUBBING: (u32, u32) = (7, 0);
 const COMMON_IGNORES_UNKNOWN: (u32, u32) = (7, 0);
 const BYTESTREAM_URI_PREFIX: (u32, u32) = (4, 1);
 
+/// Why a combination of options cannot work; each message says what to do instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FragmentError {
+    #[error(
+        "instance {0:?} is the local cache, which cannot execute actions: use --cache-only, or an \
+         instance name under a configured cluster"
+    )]
+    LocalCannotExecute(String),
+    #[error(
+        "with remote execution Bazel runs the actions --experimental_remote_scrubbing_config \
+         matches locally (7.1 and later; 7.0 refuses the combination): give the file to the \
+         daemon instead (`clientd serve --scrubbing-config FILE`, or scrubbing_config in its \
+         configuration), which scrubs on Execute for any Bazel. --scrubbing-config here is for \
+         --cache-only builds"
+    )]
+    ScrubbingWithExecution,
+    #[error("--experimental_remote_scrubbing_config needs Bazel 7.0 or later; this is Bazel {0}")]
+    ScrubbingNeedsBazel7(BazelVersion),
+    #[error(
+        "--http: instance {0:?} is a cluster's; Bazel's HTTP cache protocol is served for the \
+         local cache only (local/<name>), as it names blobs and actions by hash alone"
+    )]
+    HttpForCluster(String),
+}
+
 /// The fragment's text, or why the combination cannot work.
-pub fn fragment(options: &FragmentOptions) -> Result<String, String> {
+pub fn fragment(options: &FragmentOptions) -> Result<String, FragmentError> {
     let bazel = options.bazel;
     let at_least = |(major, minor): (u32, u32)| bazel.at_least(major, minor);
     if options.remote_execution && is_local_instance(&options.instance_name) {
-        return Err(format!(
-            "instance {:?} is the local cache, which cannot execute actions: use --cache-only, or an \
-             instance name under a configured cluster",
-            options.instance_name
+        return Err(FragmentError::LocalCannotExecute(
+            options.instance_name.clone(),
         ));
     }
     if options.scrubbing_config.is_some() && options.remote_execution {
-        return Err("with remote execution Bazel runs the actions \
-             --experimental_remote_scrubbing_config matches locally (7.1 and later; 7.0 refuses \
-             the combination): give the file to the daemon instead (`clientd serve \
-             --scrubbing-config FILE`, or scrubbing_config in its configuration), which scrubs on \
-             Execute for any Bazel. --scrubbing-config here is for --cache-only builds"
-            .into());
+        return Err(FragmentError::ScrubbingWithExecution);
     }
     if options.scrubbing_config.is_some() && !at_least(SCRUBBING) {
-        return Err(format!(
-            "--experimental_remote_scrubbing_config needs Bazel 7.0 or later; this is Bazel {bazel}"
-        ));
+        return Err(FragmentError::ScrubbingNeedsBazel7(bazel));
     }
     let command = if at_least(COMMON_IGNORES_UNKNOWN) {
         "common"
@@ -105,11 +121,7 @@ pub fn fragment(options: &FragmentOptions) -> Result<String, String> {
     let service = options.connection.uri();
     if options.http_cache {
         if options.remote_execution || !is_local_instance(&options.instance_name) {
-            return Err(format!(
-                "--http: instance {:?} is a cluster's; Bazel's HTTP cache protocol is served for \
-                 the local cache only (local/<name>), as it names blobs and actions by hash alone",
-                options.instance_name
-            ));
+            return Err(FragmentError::HttpForCluster(options.instance_name.clone()));
         }
         flags.extend(options.connection.http_cache(&options.instance_name));
     } else {
@@ -258,7 +270,10 @@ mod tests {
         let mut local = options("7.2.0");
         local.instance_name = "local/myproject".into();
         local.cluster = None;
-        assert!(fragment(&local).unwrap_err().contains("cannot execute"));
+        assert!(fragment(&local)
+            .unwrap_err()
+            .to_string()
+            .contains("cannot execute"));
         local.remote_execution = false;
         local.mount = None;
         let text = fragment(&local).unwrap();
@@ -302,14 +317,17 @@ mod tests {
             "common:clientd --remote_cache=http://127.0.0.1:8980/local/myproject"
         );
         http.instance_name = "mycluster.example.com/hello".into();
-        assert!(fragment(&http).unwrap_err().contains("local cache only"));
+        assert!(fragment(&http)
+            .unwrap_err()
+            .to_string()
+            .contains("local cache only"));
         let mut scrub = local.clone();
         scrub.scrubbing_config = Some("/ws/scrub.txtpb".into());
         assert!(fragment(&scrub)
             .unwrap()
             .contains("common:clientd --experimental_remote_scrubbing_config=/ws/scrub.txtpb\n"));
         scrub.bazel = BazelVersion::new(6, 4, 0);
-        assert!(fragment(&scrub).unwrap_err().contains("7.0"));
+        assert!(fragment(&scrub).unwrap_err().to_string().contains("7.0"));
     }
 
     #[test]
@@ -325,8 +343,10 @@ mod tests {
         // Bazel's own scrubbing with remote execution runs the actions locally: refused.
         remote.scrubbing_config = Some("/ws/scrub.txtpb".into());
         let err = fragment(&remote).unwrap_err();
+        assert_eq!(err, FragmentError::ScrubbingWithExecution);
         assert!(
-            err.contains("clientd serve --scrubbing-config FILE"),
+            err.to_string()
+                .contains("clientd serve --scrubbing-config FILE"),
             "{err}"
         );
         let mut cache_only = options("4.2.3");

@@ -4,5 +4,5 @@
 mod fragment;
 mod version;
 
-pub use fragment::{fragment, Connection, FragmentOptions};
-pub use version::BazelVersion;
+pub use fragment::{fragment, Connection, FragmentError, FragmentOptions};
+pub use version::{BazelVersion, VersionError};

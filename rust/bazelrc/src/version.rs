@@ -2,6 +2,11 @@
 
 use std::fmt;
 
+/// Text that is not a Bazel version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a Bazel version (expected e.g. 7.2.1)")]
+pub struct VersionError(pub String);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct BazelVersion {
     pub major: u32,
@@ -19,18 +24,18 @@ impl BazelVersion {
     }
 
     /// Parses `7.2.1`, `bazel 7.2.1`, `bazel 8.0.0rc2` or `release 6.5.0` (Bazel's own spellings).
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, VersionError> {
+        let not_a_version = || VersionError(text.to_string());
         let word = text
             .split_whitespace()
             .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))
-            .ok_or_else(|| format!("{text:?} is not a Bazel version (expected e.g. 7.2.1)"))?;
+            .ok_or_else(not_a_version)?;
         let mut numbers = word.split('.').map(|part| {
             let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
             digits.parse::<u32>()
         });
         let mut next = || numbers.next().transpose().ok().flatten();
-        let major = next()
-            .ok_or_else(|| format!("{text:?} is not a Bazel version (expected e.g. 7.2.1)"))?;
+        let major = next().ok_or_else(not_a_version)?;
         Ok(BazelVersion::new(
             major,
             next().unwrap_or(0),

@@ -99,7 +99,7 @@ impl BazelrcArgs {
 /// The Bazel version given, or what `bazel --version` in PATH says.
 pub(crate) fn bazel_version(given: Option<&str>) -> Result<BazelVersion, String> {
     if let Some(text) = given {
-        return BazelVersion::parse(text);
+        return BazelVersion::parse(text).map_err(|e| e.to_string());
     }
     let mut command = std::process::Command::new("bazel");
     command.arg("--version");
@@ -267,7 +267,7 @@ pub(crate) fn render(config: &Config, args: &BazelrcArgs) -> Result<String, Stri
         daemon_scrubbing: daemon.scrubbing,
         digest_function: "sha256".into(),
     };
-    fragment(&options)
+    fragment(&options).map_err(|e| e.to_string())
 }
 
 pub fn scrub(args: ScrubArgs) -> Result<(), String> {
