@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::daemon;
 use clap::Args;
 use clientd_bazelrc::{fragment, BazelVersion, Connection, FragmentOptions};
-use clientd_digest::validate_instance_name;
+use clientd_digest::{validate_instance_name, LOCAL_INSTANCE};
 use clientd_scrub::{scrub_config, Pattern, ScrubOptions, ScrubbingConfig};
 use clientd_store::Router;
 use clientd_upstream::Endpoint;
@@ -233,7 +233,7 @@ pub(crate) fn render(config: &Config, args: &BazelrcArgs) -> Result<String, Stri
     };
     validate_instance_name(&instance).map_err(|e| format!("--instance: {e}"))?;
     let daemon = Daemon::find(config)?;
-    let mut routes: Vec<(String, Option<String>)> = vec![("local".into(), None)];
+    let mut routes: Vec<(String, Option<String>)> = vec![(LOCAL_INSTANCE.into(), None)];
     routes.extend(
         daemon
             .clusters

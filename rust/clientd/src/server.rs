@@ -3,7 +3,7 @@
 
 use crate::config::{ClusterConfig, Config};
 use clientd_activity::ActivityLog;
-use clientd_digest::DigestFunction;
+use clientd_digest::{DigestFunction, LOCAL_INSTANCE};
 use clientd_grpc::{
     served_capabilities, split_tcp, split_unix, ActionCacheService, ByteStreamService,
     CapabilitiesService, CasService, Clusters, ExecutionService, ForwardHeadersLayer, Insight,
@@ -99,13 +99,13 @@ pub fn compose(config: &Config, clock: Arc<dyn Clock>) -> Result<Composition, St
     ));
     let stats = Arc::new(Stats::default());
     let mut stores = vec![(
-        "local".to_string(),
+        LOCAL_INSTANCE.to_string(),
         Backend {
             cas: local_cas.clone(),
             action_cache: local_action_cache,
         },
     )];
-    let mut clusters = vec![("local".to_string(), None)];
+    let mut clusters = vec![(LOCAL_INSTANCE.to_string(), None)];
     for (prefix, cluster_config) in &config.clusters {
         let cluster = Arc::new(Cluster::new(cluster_options(prefix, cluster_config)?)?);
         let permits = Arc::new(Semaphore::new(cluster_config.max_concurrent_requests));

@@ -13,10 +13,15 @@ pub const RESERVED_SEGMENTS: [&str; 7] = [
     "compressed-blobs",
 ];
 
+/// The instance name prefix clientd reserves for its own cache: `local` and `local/...` are
+/// routed to the local CAS and action cache, never to a cluster.
+pub const LOCAL_INSTANCE: &str = "local";
+
 /// Whether an instance name is the local cache's (`local` or under `local/`), as opposed to a
 /// cluster's: the one namespace clientd reserves for itself.
 pub fn is_local_instance(name: &str) -> bool {
-    name == "local" || name.starts_with("local/")
+    name.strip_prefix(LOCAL_INSTANCE)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// Checks an instance name: empty, or `/`-separated non-empty segments none of which is reserved.
@@ -62,6 +67,16 @@ mod tests {
             "x/actionResults/y",
         ] {
             assert!(validate_instance_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_local_namespace_is_local_and_its_subnames_only() {
+        for local in ["local", "local/a", "local/a/b"] {
+            assert!(is_local_instance(local), "{local}");
+        }
+        for other in ["", "localhost", "locals/a", "a/local", "cluster.example.com"] {
+            assert!(!is_local_instance(other), "{other}");
         }
     }
 }
