@@ -75,7 +75,13 @@ mod tests {
         for local in ["local", "local/a", "local/a/b"] {
             assert!(is_local_instance(local), "{local}");
         }
-        for other in ["", "localhost", "locals/a", "a/local", "cluster.example.com"] {
+        for other in [
+            "",
+            "localhost",
+            "locals/a",
+            "a/local",
+            "cluster.example.com",
+        ] {
             assert!(!is_local_instance(other), "{other}");
         }
     }

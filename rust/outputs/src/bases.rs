@@ -338,18 +338,7 @@ impl Shared {
 mod tests {
     use super::*;
     use clientd_store::{DiskLruOptions, LocalCas, SystemClock};
-    use clientd_vfs::{CasView, DigestFunctions, Routing};
-
-    struct LocalOnly;
-
-    impl Routing for LocalOnly {
-        fn serves(&self, name: &str) -> bool {
-            clientd_digest::is_local_instance(name)
-        }
-        fn digest_functions<'a>(&'a self, _name: &'a str) -> DigestFunctions<'a> {
-            Box::pin(async { Some(DigestFunction::ALL.to_vec()) })
-        }
-    }
+    use clientd_vfs::{CasView, LocalRouting};
 
     /// A service's state over `dir` (`cas/`, `outputs/`), as after a start of the daemon.
     fn shared(dir: &std::path::Path) -> Shared {
@@ -361,7 +350,7 @@ mod tests {
             Arc::new(LocalCas::open(&dir.join("cas"), options, Arc::new(SystemClock)).unwrap());
         let cas = CasView::new(
             local.clone(),
-            Box::new(LocalOnly),
+            Box::new(LocalRouting),
             local.clone(),
             Duration::from_secs(5),
         );

@@ -55,14 +55,16 @@ pub(crate) fn expand(
             format!("{path}: tree {tree}: {what}"),
         )
     };
+    // A node's digest, parsed with the tree's function.
+    let digest_of = |digest: Option<&re::Digest>, what: &str, name: &str| {
+        digest
+            .and_then(|d| Digest::from_proto(Some(function), d).ok())
+            .ok_or_else(|| bad(format!("{what} {name:?} has no valid digest")))
+    };
     while let Some((dir_path, dir)) = stack.pop() {
         for file in &dir.files {
             paths::check_component(&file.name).map_err(&bad)?;
-            let digest = file
-                .digest
-                .as_ref()
-                .and_then(|d| Digest::from_proto(Some(function), d).ok())
-                .ok_or_else(|| bad(format!("file {:?} has no valid digest", file.name)))?;
+            let digest = digest_of(file.digest.as_ref(), "file", &file.name)?;
             out.push((
                 format!("{dir_path}/{}", file.name),
                 OutputEntry::CasFile {
@@ -81,11 +83,7 @@ pub(crate) fn expand(
         }
         for sub in &dir.directories {
             paths::check_component(&sub.name).map_err(&bad)?;
-            let digest = sub
-                .digest
-                .as_ref()
-                .and_then(|d| Digest::from_proto(Some(function), d).ok())
-                .ok_or_else(|| bad(format!("directory {:?} has no valid digest", sub.name)))?;
+            let digest = digest_of(sub.digest.as_ref(), "directory", &sub.name)?;
             let child = children.get(&digest).ok_or_else(|| {
                 bad(format!(
                     "directory {:?} ({digest}) is not among its children",

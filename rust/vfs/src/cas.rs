@@ -129,6 +129,22 @@ pub trait Routing: Send + Sync {
 /// What [`Routing::digest_functions`] returns.
 pub type DigestFunctions<'a> = BoxFuture<'a, Option<Vec<DigestFunction>>>;
 
+/// The routing of a file system over the local cache alone, with no clusters: `local` and
+/// `local/...`, with every digest function clientd supports. For code that builds a
+/// [`Vfs`](crate::Vfs) without the daemon's front (the tests of this crate and of the Output
+/// Service's).
+pub struct LocalRouting;
+
+impl Routing for LocalRouting {
+    fn serves(&self, instance_name: &str) -> bool {
+        clientd_digest::is_local_instance(instance_name)
+    }
+
+    fn digest_functions<'a>(&'a self, _instance_name: &'a str) -> DigestFunctions<'a> {
+        Box::pin(async { Some(DigestFunction::ALL.to_vec()) })
+    }
+}
+
 pub struct CasView {
     stores: Arc<dyn BlobStore>,
     routing: Box<dyn Routing>,

@@ -18,7 +18,7 @@ mod outputs;
 mod scratch;
 
 pub use attr::{Attr, Errno, FileKind, SetAttr, Statfs, VfsResult};
-pub use cas::{CasView, DigestFunctions, Routing};
+pub use cas::{CasView, DigestFunctions, LocalRouting, Routing};
 pub use command::script;
 pub use fs::{Invalidate, Listing, Vfs, CAS_ROOT, OUTPUTS_ROOT, ROOT, SCRATCH_ROOT};
 pub use outputs::{Lstat, OutputEntry, OutputStat};

@@ -1,25 +1,13 @@
 //! Lookups and listings, without mounting; and the helpers the other parts' tests share.
 
 use super::*;
-use crate::cas::{DigestFunctions, Routing};
+use crate::cas::{DigestFunctions, LocalRouting, Routing};
 use clientd_digest::DigestFunction;
 use clientd_store::{BlobStore, DiskLruOptions, LocalCas, SystemClock};
 use std::time::Duration;
 
-/// The front serves local and local/... with every digest function; cas/ follows it.
-struct LocalOnly;
-
-impl Routing for LocalOnly {
-    fn serves(&self, name: &str) -> bool {
-        clientd_digest::is_local_instance(name)
-    }
-    fn digest_functions<'a>(&'a self, _name: &'a str) -> DigestFunctions<'a> {
-        Box::pin(async { Some(DigestFunction::ALL.to_vec()) })
-    }
-}
-
 pub(super) fn vfs(dir: &std::path::Path, pool_bytes: u64) -> (Vfs, Arc<LocalCas>) {
-    vfs_with(dir, pool_bytes, Box::new(LocalOnly))
+    vfs_with(dir, pool_bytes, Box::new(LocalRouting))
 }
 
 fn vfs_with(
