@@ -23,7 +23,9 @@
 #                  (`activity.max_invocations: 0`), to give the record's cost as a ratio.
 # The sides take turns going first (these machines are shared and noisy); the table gives every
 # round, and the ratios are medians of the per-round ratios [min..max]. It also gives the CPU time
-# the Bazel server and the daemon used per build: whose work the difference is.
+# the Bazel server and the daemon used per build (whose work the difference is), and from Bazel's
+# --profile of each build the median time per action in its job slot, its cache lookup, a hit's
+# downloads and the action's run (where the difference goes).
 #
 # Each side has a Bazel server of its own (its own --output_user_root), as a user has one server
 # per workspace with one cache setup, and untimed rounds (PRIME, 3) go first: a server's JIT
@@ -147,9 +149,9 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
-python3 - "$RESULTS" "$N_ACTIONS" "$TOTAL_BYTES" "${JOBS:-default}" "$SERVERS" "$PRIME" <<'EOF'
-import collections, statistics, sys
-path, n, total, jobs, servers, prime = sys.argv[1:]
+python3 - "$RESULTS" "$N_ACTIONS" "$TOTAL_BYTES" "${JOBS:-default}" "$SERVERS" "$PRIME" "$T/logs" <<'EOF'
+import collections, json, os, statistics, sys
+path, n, total, jobs, servers, prime, logs = sys.argv[1:]
 times = collections.defaultdict(dict)
 cpu = collections.defaultdict(dict)
 for line in open(path):
@@ -189,4 +191,26 @@ for s in ("none", "disk-cold", "clientd-cold", "clientd-http-cold", "disk-warm",
 if "clientd-norecord-warm" in times:
     print("the activity record's cost, clientd / clientd without it: warm %s, cold %s" % (
         summary(ratio("clientd-warm", "clientd-norecord-warm")), summary(ratio("clientd-cold", "clientd-norecord-cold"))))
+# Where an action's time goes, from Bazel's --profile of each timed build: the median per action
+# over all rounds of a scenario, in ms. "execute" is the whole of an action in its job slot (run,
+# cache lookup, download or upload), "lookup" the cache lookup, "download" a hit's downloads.
+PHASES = (("execute", "ActionContinuation.execute"), ("lookup", "check cache hit"),
+          ("download", "download outputs"), ("run", "subprocess.run"))
+def phases(scenario):
+    found = collections.defaultdict(list)
+    for r in rounds:
+        try:
+            events = json.load(open(os.path.join(logs, "%s-%s.profile.json" % (scenario, r))))
+        except (OSError, ValueError):
+            continue
+        for e in events.get("traceEvents", []) if isinstance(events, dict) else events:
+            for key, name in PHASES:
+                if e.get("ph") == "X" and e.get("name") == name:
+                    found[key].append(e.get("dur", 0) / 1000)
+    return " ".join("%s %6s" % (key, "%.2f" % statistics.median(found[key]) if found[key] else "-")
+                    for key, _ in PHASES)
+print("Bazel's profile, ms per action (medians):")
+for s in ("disk-cold", "clientd-cold", "clientd-http-cold", "disk-warm", "clientd-warm", "clientd-http-warm"):
+    if s in times:
+        print("  %-17s %s" % (s, phases(s)))
 EOF
