@@ -289,7 +289,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
         config.outputs.max_size_bytes,
         Duration::from_secs(config.outputs.max_age_seconds),
         config.outputs.max_tree_size_bytes,
-    )?;
+    )
+    .map_err(|e| format!("the Output Service's saved output paths: {e}"))?;
     // Bound before the routes, so that the Stats service can tell `clientd bazelrc` the ports.
     let mut tcp = Vec::new();
     for addr in &config.grpc.tcp_listen {

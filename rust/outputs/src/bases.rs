@@ -1,6 +1,7 @@
 //! The output paths the service keeps, one per output base: created at StartBuild, saved at
 //! FinalizeBuild, restored at start (those saved recently enough), removed by Clean.
 
+use crate::error::OutputsError;
 use crate::expand;
 use crate::locators;
 use crate::paths;
@@ -58,9 +59,8 @@ pub struct Shared {
 impl Shared {
     /// Restores every output path saved under `dir` within `max_age`, and removes the others and
     /// any that cannot be restored.
-    pub(crate) fn restore_all(&self, max_age: Duration) -> Result<(), String> {
-        let entries =
-            std::fs::read_dir(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+    pub(crate) fn restore_all(&self, max_age: Duration) -> Result<(), OutputsError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(OutputsError::io("read", &self.dir))?;
         for entry in entries.flatten() {
             let id = entry.file_name().to_string_lossy().into_owned();
             let base_dir = entry.path();
@@ -91,15 +91,19 @@ impl Shared {
     }
 
     /// Restores output path `id` from its saved state; the number of entries staged.
-    pub(crate) fn restore(&self, id: &str) -> Result<usize, String> {
+    pub(crate) fn restore(&self, id: &str) -> Result<usize, OutputsError> {
         let base_dir = self.dir.join(id);
         let (last, entries) = state::load(&base_dir)?;
-        let pool = Pool::open_persistent(&base_dir.join("files"), self.pool_max_bytes)
-            .map_err(|e| e.to_string())?;
+        let files = base_dir.join("files");
+        let pool = Pool::open_persistent(&files, self.pool_max_bytes)
+            .map_err(OutputsError::io("open the files of", &files))?;
         let root = self
             .vfs
             .output_root(id, pool.clone())
-            .map_err(|e| format!("errno {}", e.0))?;
+            .map_err(|e| OutputsError::Root {
+                id: id.to_string(),
+                errno: e.0,
+            })?;
         let local: std::collections::HashSet<u64> = entries
             .iter()
             .filter_map(|(_, e)| match e {
@@ -108,7 +112,7 @@ impl Shared {
             })
             .collect();
         pool.retain(|id| local.contains(&id))
-            .map_err(|e| e.to_string())?;
+            .map_err(OutputsError::io("clean up the files of", &files))?;
         let count = entries.len();
         for (result, (path, _)) in self
             .vfs
@@ -432,6 +436,21 @@ mod tests {
         third.restore_all(Duration::ZERO).unwrap();
         assert!(third.bases.lock().unwrap().is_empty());
         assert!(!dir.path().join("outputs/base").exists());
+    }
+
+    #[test]
+    fn a_saved_state_that_does_not_decode_is_removed_with_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("outputs/base");
+        std::fs::create_dir_all(base.join("files")).unwrap();
+        std::fs::write(base.join("state"), b"\xff\xff not a message").unwrap();
+        let shared = shared(dir.path());
+        let err = shared.restore("base").unwrap_err();
+        assert!(matches!(err, OutputsError::Decode { .. }), "{err}");
+        assert!(err.to_string().contains("outputs/base/state"), "{err}");
+        shared.restore_all(Duration::from_secs(3600)).unwrap();
+        assert!(shared.bases.lock().unwrap().is_empty());
+        assert!(!base.exists());
     }
 
     #[test]

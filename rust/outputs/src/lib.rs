@@ -7,10 +7,12 @@
 //! saved trees come back, so incremental builds continue after a restart.
 
 mod bases;
+mod error;
 mod expand;
 mod locators;
 mod paths;
 mod service;
 mod state;
 
+pub use error::OutputsError;
 pub use service::OutputService;

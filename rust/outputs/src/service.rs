@@ -2,6 +2,7 @@
 //! FinalizeArtifacts per action, BatchStat on incremental builds, FinalizeBuild; Clean.
 
 use crate::bases::{Build, Shared};
+use crate::error::OutputsError;
 use crate::locators::{self, Locator};
 use crate::paths;
 use clientd_digest::{truncate, validate_instance_name, Digest, DigestFunction};
@@ -64,9 +65,8 @@ impl OutputService {
         pool_max_bytes: u64,
         max_age: Duration,
         max_tree_bytes: u64,
-    ) -> Result<Self, String> {
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    ) -> Result<Self, OutputsError> {
+        std::fs::create_dir_all(&dir).map_err(OutputsError::io("create", &dir))?;
         let service = OutputService(Arc::new(Shared {
             vfs,
             stores,

@@ -2,6 +2,7 @@
 //! OutputPathState message, written to a temporary file, synced and renamed into place) next to
 //! `files/`, the pool of files Bazel's local actions wrote.
 
+use crate::error::OutputsError;
 use clientd_digest::{Digest, DigestFunction};
 use clientd_proto::clientd::v1::{output_path_state as pb, OutputPathState};
 use clientd_vfs::OutputEntry;
@@ -74,13 +75,15 @@ pub fn save(
 }
 
 /// Reads the saved state in `dir`: the last build and the entries, parents first.
-pub fn load(dir: &Path) -> Result<(LastBuild, Vec<(String, OutputEntry)>), String> {
+pub fn load(dir: &Path) -> Result<(LastBuild, Vec<(String, OutputEntry)>), OutputsError> {
     let path = dir.join("state");
-    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let state =
-        OutputPathState::decode(&bytes[..]).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = std::fs::read(&path).map_err(OutputsError::io("read", &path))?;
+    let state = OutputPathState::decode(&bytes[..]).map_err(|source| OutputsError::Decode {
+        path: path.clone(),
+        source,
+    })?;
     let function = DigestFunction::from_proto(state.digest_function)
-        .map_err(|e| e.to_string())?
+        .map_err(|source| OutputsError::Function { path, source })?
         .unwrap_or(DigestFunction::Sha256);
     let names: Vec<Arc<str>> = state
         .instance_names
