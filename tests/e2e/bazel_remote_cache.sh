@@ -332,8 +332,8 @@ for round in http_cold http_warm http_tcp_warm; do
     fi
 done
 # Bad requests on the socket get a status and a reason: a cluster's instance (501), bytes that are
-# not the hash's (400, and nothing stored), a PUT without Content-Length (411); and blobs that
-# gRPC builds stored are found by their hash alone.
+# not the hash's (400, and nothing stored), a PUT without Content-Length (411), an action result
+# over 64 MiB (413); and blobs that gRPC builds stored are found by their hash alone.
 if out=$(python3 - "$DAEMON_SOCKET" "$WS/bazel-bin/big.bin" "$WS/bazel-bin/small_00.txt" <<'PY' 2>&1
 import hashlib, http.client, socket, sys
 
@@ -375,6 +375,13 @@ s.sendall(b"PUT /local/http/cas/" + h.encode() + b" HTTP/1.1\r\nHost: localhost\
           b"Transfer-Encoding: chunked\r\n\r\n5\r\nright\r\n0\r\n\r\n")
 answer = s.makefile("rb").readline().decode()
 assert answer.startswith("HTTP/1.1 411"), answer
+# An action result declared longer than 64 MiB: refused before its body is read (413).
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(b"PUT /local/http/ac/" + h.encode() + b" HTTP/1.1\r\nHost: localhost\r\n"
+          b"Content-Length: 67108865\r\n\r\n")
+answer = s.makefile("rb").readline().decode()
+assert answer.startswith("HTTP/1.1 413"), answer
 print("ok")
 PY
 ); then
