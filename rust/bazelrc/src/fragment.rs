@@ -174,6 +174,16 @@ pub fn fragment(options: &FragmentOptions) -> Result<String, FragmentError> {
             path.display()
         ));
     }
+    let local_cache = !options.remote_execution && is_local_instance(&options.instance_name);
+    if local_cache && !options.http_cache && !at_least(OUTPUT_SERVICE) {
+        notes.push(
+            "Bazel's HTTP cache client costs it less time per action than its gRPC client \
+             (measured with Bazel 4.2.3: builds took about a tenth less time): `clientd bazelrc \
+             --http` writes flags for it on the same socket, but its calls carry no invocation \
+             id, so `clientd explain` and the pages see none of its actions."
+                .into(),
+        );
+    }
     match (&options.daemon_scrubbing, options.remote_execution) {
         (Some(path), true) => notes.push(format!(
             "The daemon scrubs the stamped actions {} matches on Execute: build with --stamp and \
@@ -321,6 +331,19 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("local cache only"));
+        // Bazel before 7.2 with the local cache over gRPC is told of --http, and only then.
+        let mut old_grpc = local.clone();
+        old_grpc.bazel = BazelVersion::parse("4.2.3").unwrap();
+        assert!(fragment(&old_grpc)
+            .unwrap()
+            .contains("`clientd bazelrc --http`"));
+        let mut old_http = old_grpc.clone();
+        old_http.http_cache = true;
+        for quiet in [&local, &old_http] {
+            assert!(!fragment(quiet)
+                .unwrap()
+                .contains("`clientd bazelrc --http`"));
+        }
         let mut scrub = local.clone();
         scrub.scrubbing_config = Some("/ws/scrub.txtpb".into());
         assert!(fragment(&scrub)
