@@ -12,7 +12,9 @@ use tonic::transport::Channel;
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 fn client(config: &Config) -> Result<StatsClient<Channel>, String> {
-    let channel = Endpoint::Unix(config.unix_socket().to_path_buf()).channel(None, TIMEOUT)?;
+    let channel = Endpoint::Unix(config.unix_socket().to_path_buf())
+        .channel(None, TIMEOUT)
+        .map_err(|e| e.to_string())?;
     Ok(StatsClient::new(channel))
 }
 

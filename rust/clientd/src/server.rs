@@ -107,7 +107,9 @@ pub fn compose(config: &Config, clock: Arc<dyn Clock>) -> Result<Composition, St
     )];
     let mut clusters = vec![(LOCAL_INSTANCE.to_string(), None)];
     for (prefix, cluster_config) in &config.clusters {
-        let cluster = Arc::new(Cluster::new(cluster_options(prefix, cluster_config)?)?);
+        let cluster = Arc::new(
+            Cluster::new(cluster_options(prefix, cluster_config)?).map_err(|e| e.to_string())?,
+        );
         let permits = Arc::new(Semaphore::new(cluster_config.max_concurrent_requests));
         let upstream_cas: Arc<dyn BlobStore> = Arc::new(UpstreamCas::new(cluster.clone()));
         let upstream_action_cache: Arc<dyn ActionCache> =

@@ -1,6 +1,6 @@
 //! One configured cluster: its channel, the headers its calls carry, retries and capabilities.
 
-use crate::endpoint::Endpoint;
+use crate::endpoint::{ConfigError, Endpoint};
 use crate::health::Watch;
 use crate::latency::Latency;
 use crate::retry::RetryPolicy;
@@ -110,11 +110,15 @@ pub struct Cluster {
 
 impl Cluster {
     /// Prepares the connection; nothing is dialled until the first call.
-    pub fn new(options: ClusterOptions) -> Result<Self, String> {
+    pub fn new(options: ClusterOptions) -> Result<Self, ConfigError> {
+        let in_cluster = |source| ConfigError::Cluster {
+            prefix: options.prefix.clone(),
+            source: Box::new(source),
+        };
         let channel = options
             .endpoint
             .channel(options.ca_file.as_deref(), options.connect_timeout)
-            .map_err(|e| format!("cluster {:?}: {e}", options.prefix))?;
+            .map_err(in_cluster)?;
         let headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)> = options
             .headers
             .iter()
@@ -123,10 +127,7 @@ impl Cluster {
                 let value = value.parse::<AsciiMetadataValue>();
                 match (key, value) {
                     (Ok(k), Ok(v)) => Ok((k, v)),
-                    _ => Err(format!(
-                        "cluster {:?}: header {name:?} is not a valid ASCII gRPC header",
-                        options.prefix
-                    )),
+                    _ => Err(in_cluster(ConfigError::Header(name.clone()))),
                 }
             })
             .collect::<Result<_, _>>()?;

@@ -7,6 +7,38 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
+/// Why a cluster cannot be set up from its configuration: a bad endpoint, a CA file, a header.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "endpoint {text:?}: {why}; expected grpc://HOST:PORT, grpcs://HOST:PORT or unix:/PATH"
+    )]
+    Endpoint { text: String, why: String },
+    #[error("endpoint {endpoint}: {source}")]
+    Transport {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("cannot read CA file {}: {source}", path.display())]
+    CaFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("endpoint {0}: a CA file only applies to grpcs:// endpoints")]
+    CaFileWithoutTls(String),
+    #[error("header {0:?} is not a valid ASCII gRPC header")]
+    Header(String),
+    /// One of the above, in the named cluster's configuration.
+    #[error("cluster {prefix:?}: {source}")]
+    Cluster {
+        prefix: String,
+        #[source]
+        source: Box<ConfigError>,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     /// Plain-text HTTP/2 to `host:port`.
@@ -25,11 +57,12 @@ const CONNECTION_WINDOW: u32 = 64 << 20;
 const MAX_FRAME_SIZE: u32 = 1 << 20;
 
 impl Endpoint {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let bad = |why: &str| {
-            Err(format!(
-                "endpoint {text:?}: {why}; expected grpc://HOST:PORT, grpcs://HOST:PORT or unix:/PATH"
-            ))
+            Err(ConfigError::Endpoint {
+                text: text.to_string(),
+                why: why.to_string(),
+            })
         };
         if let Some(path) = text.strip_prefix("unix:") {
             let path = path.strip_prefix("//").unwrap_or(path);
@@ -66,7 +99,11 @@ impl Endpoint {
         &self,
         ca_file: Option<&std::path::Path>,
         connect_timeout: Duration,
-    ) -> Result<Channel, String> {
+    ) -> Result<Channel, ConfigError> {
+        let transport = |source| ConfigError::Transport {
+            endpoint: self.to_string(),
+            source,
+        };
         let uri = match self {
             Endpoint::Grpc(authority) => format!("http://{authority}"),
             Endpoint::Grpcs(authority) => format!("https://{authority}"),
@@ -74,7 +111,7 @@ impl Endpoint {
             Endpoint::Unix(_) => "http://localhost".to_string(),
         };
         let mut endpoint = tonic::transport::Endpoint::from_shared(uri)
-            .map_err(|e| format!("endpoint {self}: {e}"))?
+            .map_err(transport)?
             .connect_timeout(connect_timeout)
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
@@ -90,19 +127,17 @@ impl Endpoint {
             let mut tls = ClientTlsConfig::new().domain_name(host);
             tls = match ca_file {
                 Some(path) => {
-                    let pem = std::fs::read(path)
-                        .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+                    let pem = std::fs::read(path).map_err(|source| ConfigError::CaFile {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
                     tls.ca_certificate(Certificate::from_pem(pem))
                 }
                 None => tls.with_native_roots(),
             };
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| format!("endpoint {self}: {e}"))?;
+            endpoint = endpoint.tls_config(tls).map_err(transport)?;
         } else if ca_file.is_some() {
-            return Err(format!(
-                "endpoint {self}: a CA file only applies to grpcs:// endpoints"
-            ));
+            return Err(ConfigError::CaFileWithoutTls(self.to_string()));
         }
         Ok(match self {
             Endpoint::Unix(path) => {
@@ -165,7 +200,7 @@ mod tests {
             "grpc://x:1/path",
             "unix:relative.sock",
         ] {
-            let err = Endpoint::parse(bad).unwrap_err();
+            let err = Endpoint::parse(bad).unwrap_err().to_string();
             assert!(err.contains("expected grpc://"), "{bad}: {err}");
         }
     }

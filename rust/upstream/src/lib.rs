@@ -18,6 +18,6 @@ mod retry;
 pub use action_cache::UpstreamActionCache;
 pub use cas::UpstreamCas;
 pub use cluster::{Cluster, ClusterOptions};
-pub use endpoint::Endpoint;
+pub use endpoint::{ConfigError, Endpoint};
 pub use latency::{Histogram, Latency, BUCKETS};
 pub use retry::RetryPolicy;

@@ -85,7 +85,8 @@ async fn grpcs_verifies_the_server_against_the_configured_ca() {
         ..options_for(&endpoint)
     })
     .err()
-    .unwrap();
+    .unwrap()
+    .to_string();
     assert!(missing.contains("cannot read CA file"), "{missing}");
 }
 
