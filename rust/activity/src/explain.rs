@@ -283,16 +283,28 @@ async fn differences(
     reasons
 }
 
+/// What an explanation was asked for that the activity record does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExplainError {
+    #[error("no invocation {0:?} in the activity record")]
+    NoInvocation(String),
+    #[error("the activity record is empty: no build has gone through this daemon yet")]
+    EmptyRecord,
+    #[error("no action {action} in invocation {invocation}")]
+    NoAction { invocation: String, action: String },
+}
+
 /// Where invocation `id` (the most recent one when None) is in the record.
-fn position(invocations: &[Invocation], id: Option<&str>) -> Result<usize, String> {
+fn position(invocations: &[Invocation], id: Option<&str>) -> Result<usize, ExplainError> {
     match id {
         Some(id) => invocations
             .iter()
             .position(|i| i.id == id)
-            .ok_or_else(|| format!("no invocation {id:?} in the activity record")),
-        None => invocations.len().checked_sub(1).ok_or_else(|| {
-            "the activity record is empty: no build has gone through this daemon yet".into()
-        }),
+            .ok_or_else(|| ExplainError::NoInvocation(id.to_string())),
+        None => invocations
+            .len()
+            .checked_sub(1)
+            .ok_or(ExplainError::EmptyRecord),
     }
 }
 
@@ -320,13 +332,16 @@ pub async fn explain_action(
     id: &str,
     action: &str,
     store: &dyn BlobStore,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, ExplainError> {
     let position = position(invocations, Some(id))?;
     let record = invocations[position]
         .actions
         .iter()
         .find(|a| a.action == action)
-        .ok_or_else(|| format!("no action {action} in invocation {id}"))?;
+        .ok_or_else(|| ExplainError::NoAction {
+            invocation: id.to_string(),
+            action: action.to_string(),
+        })?;
     if record.outcome.is_hit() {
         return Ok(vec![]);
     }
@@ -340,7 +355,7 @@ pub async fn explain(
     invocations: &[Invocation],
     id: Option<&str>,
     store: &dyn BlobStore,
-) -> Result<Explanation, String> {
+) -> Result<Explanation, ExplainError> {
     let position = position(invocations, id)?;
     let invocation = &invocations[position];
     let earlier = earlier(invocations, position);
@@ -400,4 +415,24 @@ async fn explain_one(
          first build clientd saw)",
         record.target, record.mnemonic
     )]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_the_record_lacks_is_named() {
+        assert_eq!(position(&[], None), Err(ExplainError::EmptyRecord));
+        let mut one = Invocation::default();
+        one.id = "first".into();
+        let record = [one];
+        assert_eq!(position(&record, None), Ok(0));
+        assert_eq!(position(&record, Some("first")), Ok(0));
+        let missing = position(&record, Some("other")).unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "no invocation \"other\" in the activity record"
+        );
+    }
 }

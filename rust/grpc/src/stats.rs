@@ -133,7 +133,7 @@ impl stats_server::Stats for StatsService {
         let wanted = (!id.is_empty()).then_some(id.as_str());
         let explanation = explain(&invocations, wanted, &*insight.blobs)
             .await
-            .map_err(Status::not_found)?;
+            .map_err(|e| Status::not_found(e.to_string()))?;
         Ok(Response::new(pb::ExplainResponse {
             invocation_id: explanation.invocation,
             actions: explanation.actions as u64,

@@ -219,7 +219,9 @@ pub async fn action(web: &Web, query: &HashMap<String, String>) -> Result<String
         );
     }
     out.push_str("</table>");
-    let reasons = explain_action(&invocations, id, key, &*web.blobs).await?;
+    let reasons = explain_action(&invocations, id, key, &*web.blobs)
+        .await
+        .map_err(|e| e.to_string())?;
     if !reasons.is_empty() {
         out.push_str("<h2>Why it missed the cache</h2><ul class=\"explanation\">");
         for reason in reasons {
