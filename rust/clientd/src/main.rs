@@ -169,7 +169,7 @@ fn unmount(args: UnmountArgs) -> Result<(), String> {
             info.unix_socket
         ));
     }
-    match clientd_fuse::unmount_stale(&path)? {
+    match clientd_fuse::unmount_stale(&path).map_err(|e| e.to_string())? {
         true => eprintln!("clientd: unmounted {}", path.display()),
         false => eprintln!("clientd: nothing is mounted at {}", path.display()),
     }

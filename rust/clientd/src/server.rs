@@ -322,11 +322,10 @@ pub async fn serve(config: Config) -> Result<(), String> {
     };
     let grpc = grpc_routes(&config, &composition, outputs, clock, info);
     let mount = match config.mount.enabled {
-        true => Some(clientd_fuse::mount(
-            vfs,
-            config.mount_path(),
-            tokio::runtime::Handle::current(),
-        )?),
+        true => Some(
+            clientd_fuse::mount(vfs, config.mount_path(), tokio::runtime::Handle::current())
+                .map_err(|e| e.to_string())?,
+        ),
         false => None,
     };
 

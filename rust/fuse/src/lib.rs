@@ -5,4 +5,4 @@
 mod adapter;
 mod mount;
 
-pub use mount::{is_mounted, mount, unmount_stale, Mount};
+pub use mount::{is_mounted, mount, unmount_stale, Mount, MountError};

@@ -54,9 +54,36 @@ pub fn is_mounted(path: &Path) -> bool {
     })
 }
 
+/// Why the file system cannot be mounted, or a stale mount removed.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("{} is mounted and `fusermount3 -u -z` could not unmount it ({status})", path.display())]
+    Stale { path: PathBuf, status: String },
+    #[error("cannot create mount point {}: {source}", path.display())]
+    MountPoint {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot mount the file system at {}: {source}{}; run with --no-mount to do without it",
+        path.display(),
+        if source.kind() == std::io::ErrorKind::NotFound {
+            " (is fusermount3 installed? `apt-get install fuse3`)"
+        } else {
+            ""
+        }
+    )]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Unmounts (lazily) a FUSE file system at `path`: the stale mount a daemon that did not exit
 /// cleanly leaves behind. Whether there was one.
-pub fn unmount_stale(path: &Path) -> Result<bool, String> {
+pub fn unmount_stale(path: &Path) -> Result<bool, MountError> {
     if !is_mounted(path) {
         return Ok(false);
     }
@@ -67,24 +94,30 @@ pub fn unmount_stale(path: &Path) -> Result<bool, String> {
         .status();
     match status {
         Ok(s) if s.success() => Ok(true),
-        _ => Err(format!(
-            "{} is mounted and `fusermount3 -u -z` could not unmount it ({status:?})",
-            path.display()
-        )),
+        _ => Err(MountError::Stale {
+            path: path.to_path_buf(),
+            status: format!("{status:?}"),
+        }),
     }
 }
 
 /// Mounts `vfs` at `path`, creating the directory and first removing a stale mount left there by
 /// a daemon that did not exit cleanly.
-pub fn mount(vfs: Arc<Vfs>, path: &Path, runtime: tokio::runtime::Handle) -> Result<Mount, String> {
+pub fn mount(
+    vfs: Arc<Vfs>,
+    path: &Path,
+    runtime: tokio::runtime::Handle,
+) -> Result<Mount, MountError> {
     if unmount_stale(path)? {
         tracing::warn!(
             "{} was still mounted (a daemon crashed?); unmounted it",
             path.display()
         );
     }
-    std::fs::create_dir_all(path)
-        .map_err(|e| format!("cannot create mount point {}: {e}", path.display()))?;
+    std::fs::create_dir_all(path).map_err(|source| MountError::MountPoint {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("clientd".into()),
@@ -104,16 +137,9 @@ pub fn mount(vfs: Arc<Vfs>, path: &Path, runtime: tokio::runtime::Handle) -> Res
         path,
         &config,
     )
-    .map_err(|e| {
-        let hint = if e.kind() == std::io::ErrorKind::NotFound {
-            " (is fusermount3 installed? `apt-get install fuse3`)"
-        } else {
-            ""
-        };
-        format!(
-            "cannot mount the file system at {}: {e}{hint}; run with --no-mount to do without it",
-            path.display()
-        )
+    .map_err(|source| MountError::Mount {
+        path: path.to_path_buf(),
+        source,
     })?;
     kernel_cache_owner.set_invalidator(Box::new(KernelCache(session.notifier())));
     tracing::info!("mounted the file system at {}", path.display());
@@ -121,4 +147,32 @@ pub fn mount(vfs: Arc<Vfs>, path: &Path, runtime: tokio::runtime::Handle) -> Res
         session: Some(session),
         path: path.to_path_buf(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_fusermount_is_named_with_the_way_out() {
+        let missing = MountError::Mount {
+            path: "/home/u/clientd".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        let text = missing.to_string();
+        assert!(
+            text.starts_with("cannot mount the file system at /home/u/clientd: "),
+            "{text}"
+        );
+        assert!(text.contains("apt-get install fuse3"), "{text}");
+        assert!(
+            text.ends_with("run with --no-mount to do without it"),
+            "{text}"
+        );
+        let denied = MountError::Mount {
+            path: "/home/u/clientd".into(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        assert!(!denied.to_string().contains("fuse3"), "{denied}");
+    }
 }
