@@ -367,20 +367,21 @@ for path in sys.argv[2:]:
     c.request("GET", "/local/http/cas/" + hashlib.sha256(data).hexdigest())
     r = c.getresponse()
     assert (status, r.status, r.read() == data) == (200, 200, True), (path, status, r.status)
+def status_line(request):
+    """The status line of the answer to raw bytes sent whole on a new connection."""
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    s.sendall(request)
+    return s.makefile("rb").readline().decode()
+
 # A chunked PUT (no Content-Length), sent whole: the daemon answers before reading the body and
 # closes the connection, so a client sending the body afterwards would see a broken pipe.
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-s.sendall(b"PUT /local/http/cas/" + h.encode() + b" HTTP/1.1\r\nHost: localhost\r\n"
-          b"Transfer-Encoding: chunked\r\n\r\n5\r\nright\r\n0\r\n\r\n")
-answer = s.makefile("rb").readline().decode()
+answer = status_line(b"PUT /local/http/cas/" + h.encode() + b" HTTP/1.1\r\nHost: localhost\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n5\r\nright\r\n0\r\n\r\n")
 assert answer.startswith("HTTP/1.1 411"), answer
 # An action result declared longer than 64 MiB: refused before its body is read (413).
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-s.sendall(b"PUT /local/http/ac/" + h.encode() + b" HTTP/1.1\r\nHost: localhost\r\n"
-          b"Content-Length: 67108865\r\n\r\n")
-answer = s.makefile("rb").readline().decode()
+answer = status_line(b"PUT /local/http/ac/" + h.encode() + b" HTTP/1.1\r\nHost: localhost\r\n"
+                     b"Content-Length: 67108865\r\n\r\n")
 assert answer.startswith("HTTP/1.1 413"), answer
 print("ok")
 PY
