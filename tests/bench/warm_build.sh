@@ -194,8 +194,8 @@ if "clientd-norecord-warm" in times:
 # Where an action's time goes, from Bazel's --profile of each timed build: the median per action
 # over all rounds of a scenario, in ms. "execute" is the whole of an action in its job slot (run,
 # cache lookup, download or upload), "lookup" the cache lookup, "download" a hit's downloads.
-PHASES = (("execute", "ActionContinuation.execute"), ("lookup", "check cache hit"),
-          ("download", "download outputs"), ("run", "subprocess.run"))
+PHASES = {"ActionContinuation.execute": "execute", "check cache hit": "lookup",
+          "download outputs": "download", "subprocess.run": "run"}
 def phases(scenario):
     found = collections.defaultdict(list)
     for r in rounds:
@@ -204,11 +204,11 @@ def phases(scenario):
         except (OSError, ValueError):
             continue
         for e in events.get("traceEvents", []) if isinstance(events, dict) else events:
-            for key, name in PHASES:
-                if e.get("ph") == "X" and e.get("name") == name:
-                    found[key].append(e.get("dur", 0) / 1000)
+            key = PHASES.get(e.get("name")) if e.get("ph") == "X" else None
+            if key:
+                found[key].append(e.get("dur", 0) / 1000)
     return " ".join("%s %6s" % (key, "%.2f" % statistics.median(found[key]) if found[key] else "-")
-                    for key, _ in PHASES)
+                    for key in PHASES.values())
 print("Bazel's profile, ms per action (medians):")
 for s in ("disk-cold", "clientd-cold", "clientd-http-cold", "disk-warm", "clientd-warm", "clientd-http-warm"):
     if s in times:
