@@ -5,8 +5,9 @@ large ones are not all last).
 
   genrule_workspace.py N MAX_BYTES
 
-80% are leaves, 16% hash five leaves each and 4% hash four of those: three levels of dependency,
-so a cache hit of one action is not only ever followed by hits of its siblings. The last line is
+80% are leaves, 16% hash five leaves each and 4% hash four of those (fewer in a workspace too small
+to have five leaves or four of those: a label may appear only once in srcs): three levels of
+dependency, so a cache hit of one action is not only ever followed by hits of its siblings. The last line is
 "# total output bytes: B".
 """
 
@@ -33,14 +34,14 @@ def main() -> None:
     mids = []
     for j in range(n_mid):
         k = n_leaf + j
-        srcs = ", ".join('":g%03d"' % ((5 * j + i) % n_leaf) for i in range(5))
+        srcs = ", ".join('":g%03d"' % ((5 * j + i) % n_leaf) for i in range(min(5, n_leaf)))
         mids.append("m%03d" % j)
         print('genrule(name = "m%03d", srcs = [%s], outs = ["m%03d.out"], '
               'cmd = "{ cat $(SRCS) | sha256sum; yes mid-%d || true; } | head -c %d > $@")'
               % (j, srcs, j, k, size(k)))
     for j in range(n_top):
         k = n_leaf + n_mid + j
-        srcs = ", ".join('":%s"' % mids[(4 * j + i) % n_mid] for i in range(4))
+        srcs = ", ".join('":%s"' % mids[(4 * j + i) % n_mid] for i in range(min(4, n_mid)))
         print('genrule(name = "t%03d", srcs = [%s], outs = ["t%03d.out"], '
               'cmd = "{ cat $(SRCS) | sha256sum; yes top-%d || true; } | head -c %d > $@")'
               % (j, srcs, j, k, size(k)))
