@@ -94,16 +94,7 @@ impl Shared {
     pub(crate) fn restore(&self, id: &str) -> Result<usize, OutputsError> {
         let base_dir = self.dir.join(id);
         let (last, entries) = state::load(&base_dir)?;
-        let files = base_dir.join("files");
-        let pool = Pool::open_persistent(&files, self.pool_max_bytes)
-            .map_err(OutputsError::io("open the files of", &files))?;
-        let root = self
-            .vfs
-            .output_root(id, pool.clone())
-            .map_err(|e| OutputsError::Root {
-                id: id.to_string(),
-                errno: e.0,
-            })?;
+        let (root, pool) = self.open(id)?;
         let local: std::collections::HashSet<u64> = entries
             .iter()
             .filter_map(|(_, e)| match e {
@@ -111,6 +102,7 @@ impl Shared {
                 _ => None,
             })
             .collect();
+        let files = base_dir.join("files");
         pool.retain(|id| local.contains(&id))
             .map_err(OutputsError::io("clean up the files of", &files))?;
         let count = entries.len();
@@ -136,18 +128,34 @@ impl Shared {
         Ok(count)
     }
 
+    /// Output path `id`'s file pool (`<dir>/<id>/files`, created if new) and its root in the file
+    /// system: what both a restored and a new output path start from.
+    fn open(&self, id: &str) -> Result<(u64, Arc<Pool>), OutputsError> {
+        let files = self.dir.join(id).join("files");
+        let pool = Pool::open_persistent(&files, self.pool_max_bytes)
+            .map_err(OutputsError::io("open the files of", &files))?;
+        let root = self
+            .vfs
+            .output_root(id, pool.clone())
+            .map_err(|e| OutputsError::Root {
+                id: id.to_string(),
+                errno: e.0,
+            })?;
+        Ok((root, pool))
+    }
+
     /// The output base `id`, created empty if new.
     pub(crate) fn base(&self, id: &str) -> Result<(u64, Option<Build>), Status> {
         let mut bases = self.bases.lock().unwrap();
         if let Some(base) = bases.get(id) {
             return Ok((base.root, base.running.clone()));
         }
-        let pool = Pool::open_persistent(&self.dir.join(id).join("files"), self.pool_max_bytes)
-            .map_err(|e| {
-                Status::internal(format!("cannot create the output path's storage: {e}"))
-            })?;
-        let root = self.vfs.output_root(id, pool.clone()).map_err(|e| {
-            Status::invalid_argument(format!("output_base_id {:?}: errno {}", truncate(id), e.0))
+        let (root, pool) = self.open(id).map_err(|e| match e {
+            OutputsError::Root { errno, .. } => Status::invalid_argument(format!(
+                "output_base_id {:?}: errno {errno}",
+                truncate(id)
+            )),
+            e => Status::internal(format!("cannot create the output path's storage: {e}")),
         })?;
         bases.insert(
             id.to_string(),
