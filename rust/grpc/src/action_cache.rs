@@ -42,7 +42,12 @@ impl ActionCacheRpc for ActionCacheService {
             self.recorder
                 .record(&metadata, instance_name, &action, outcome, started, result)
         };
-        match self.cache.get(instance_name, &action).await? {
+        match self
+            .cache
+            .get(instance_name, &action)
+            .await
+            .map_err(request::status)?
+        {
             Some(result) => {
                 Stats::add(&self.stats.action_cache_hits, 1);
                 let outcome = match is_local_instance(instance_name) {
@@ -84,7 +89,10 @@ impl ActionCacheRpc for ActionCacheService {
                 &format!("output file {:?}", truncate(&file.path)),
             )?;
         }
-        self.cache.put(instance_name, &action, &result).await?;
+        self.cache
+            .put(instance_name, &action, &result)
+            .await
+            .map_err(request::status)?;
         self.recorder.record(
             &metadata,
             instance_name,

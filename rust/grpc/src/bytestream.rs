@@ -139,9 +139,9 @@ impl ByteStreamService {
                 // Interrupted uploads waiting to be resumed hold room in the bound: a new
                 // upload that needs it takes it from them.
                 Err(StoreError::ResourceExhausted(_)) if self.drop_idle_uploads() > 0 => {
-                    begin().await?
+                    begin().await.map_err(request::status)?
                 }
-                other => other?,
+                other => other.map_err(request::status)?,
             };
             *guard = Some(PartialUpload {
                 sink,
@@ -170,7 +170,7 @@ impl ByteStreamService {
                 if let Err(e) = written {
                     *guard = None;
                     slot.committed.store(0, Ordering::Release);
-                    return Err(e.into());
+                    return Err(request::status(e));
                 }
                 slot.committed
                     .store(upload.sink.committed(), Ordering::Release);
@@ -183,7 +183,7 @@ impl ByteStreamService {
                 let committed = upload.sink.commit().await;
                 drop(guard);
                 self.forget(&name);
-                committed?;
+                committed.map_err(request::status)?;
                 Stats::add(&self.stats.blobs_stored, 1);
                 Stats::add(&self.stats.bytes_stored, digest.size());
                 return Ok(done);
@@ -251,7 +251,8 @@ impl ByteStream for ByteStreamService {
                 request.read_offset as u64,
                 limit,
             )
-            .await?;
+            .await
+            .map_err(request::status)?;
         Stats::add(&self.stats.blobs_served, 1);
         let stats = self.stats.clone();
         let responses = chunks.map(move |chunk| match chunk {
@@ -262,7 +263,7 @@ impl ByteStream for ByteStreamService {
                 }
                 Ok(bs::ReadResponse { data })
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(request::status(e)),
         });
         Ok(Response::new(responses.boxed()))
     }
@@ -309,7 +310,8 @@ impl ByteStream for ByteStreamService {
         if self
             .cas
             .contains(&resource.instance_name, &resource.digest)
-            .await?
+            .await
+            .map_err(request::status)?
         {
             return Ok(Response::new(bs::QueryWriteStatusResponse {
                 committed_size: resource.digest.size() as i64,

@@ -51,7 +51,7 @@ pub async fn served_capabilities(
     instance_name: &str,
 ) -> Result<re::ServerCapabilities, Status> {
     let local = local_capabilities();
-    match clusters.route(instance_name)? {
+    match clusters.route(instance_name).map_err(request::status)? {
         (None, _) => Ok(local),
         (Some(cluster), rest) => Ok(limit(cluster.capabilities(rest).await?, local)),
     }

@@ -67,7 +67,11 @@ impl ContentAddressableStorage for CasService {
         let instance_name = request::instance_name(&request.instance_name)?;
         let function = request::digest_function(request.digest_function)?;
         let digests = parse_digests(function, &request.blob_digests)?;
-        let missing = self.cas.find_missing(instance_name, &digests).await?;
+        let missing = self
+            .cas
+            .find_missing(instance_name, &digests)
+            .await
+            .map_err(request::status)?;
         Ok(Response::new(re::FindMissingBlobsResponse {
             missing_blob_digests: missing.iter().map(Digest::to_proto).collect(),
         }))
@@ -116,7 +120,7 @@ impl ContentAddressableStorage for CasService {
                                 Stats::add(&self.stats.blobs_stored, 1);
                                 Stats::add(&self.stats.bytes_stored, entry.data.len() as u64);
                             })
-                            .map_err(Status::from)
+                            .map_err(request::status)
                     },
                     Err,
                 );
@@ -155,7 +159,7 @@ impl ContentAddressableStorage for CasService {
                         }
                         (data, request::ok_status())
                     }
-                    Err(e) => (Default::default(), request::rpc_status(&e.into())),
+                    Err(e) => (Default::default(), request::rpc_status(&request::status(e))),
                 };
                 re::batch_read_blobs_response::Response {
                     digest: Some(digest.to_proto()),
@@ -202,8 +206,13 @@ impl ContentAddressableStorage for CasService {
             position: 0,
         };
         // The root must exist; everything below it that is missing is omitted, as REAPI says.
-        if !self.cas.contains(&walk.instance_name, &root).await? {
-            return Err(StoreError::blob_not_found(&root).into());
+        if !self
+            .cas
+            .contains(&walk.instance_name, &root)
+            .await
+            .map_err(request::status)?
+        {
+            return Err(request::status(StoreError::blob_not_found(&root)));
         }
         let pages = stream::unfold(Some(walk), move |walk| async move {
             let mut walk = walk?;
@@ -270,7 +279,7 @@ impl TreeWalk {
             let data = match self.cas.read_bytes(&self.instance_name, &digest).await {
                 Ok(data) => data,
                 Err(StoreError::NotFound(_)) => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(request::status(e)),
             };
             let directory = re::Directory::decode(data).map_err(|e| {
                 Status::invalid_argument(format!("blob {digest} is not a Directory: {e}"))

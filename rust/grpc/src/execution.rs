@@ -100,7 +100,10 @@ impl Execution for ExecutionService {
         let metadata = request_metadata(&metadata);
         let full_name = request.instance_name.clone();
         let instance_name = request::instance_name(&full_name)?;
-        let (prefix, cluster, rest) = self.clusters.route_with_prefix(instance_name)?;
+        let (prefix, cluster, rest) = self
+            .clusters
+            .route_with_prefix(instance_name)
+            .map_err(request::status)?;
         let Some(cluster) = cluster else {
             return Err(Status::unimplemented(format!(
                 "instance name {:?} is a local cache and cannot execute actions; \

@@ -1,7 +1,9 @@
-//! Request validation shared by the services.
+//! Request validation shared by the services, and the gRPC edge of the store's errors: a
+//! [`StoreError`] becomes a [`Status`] here, so the store itself needs no transport.
 
 use clientd_digest::{validate_instance_name, Digest, DigestFunction};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
+use clientd_store::StoreError;
 use tonic::Status;
 
 /// The instance name, refused with INVALID_ARGUMENT if malformed.
@@ -26,6 +28,11 @@ pub fn digest(
         .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
 }
 
+/// A store error as the status the client gets: its code and message.
+pub fn status(err: StoreError) -> Status {
+    Status::new(err.code().into(), err.message())
+}
+
 /// A `google.rpc.Status` for per-entry results of batch calls.
 pub fn rpc_status(status: &Status) -> clientd_proto::google::rpc::Status {
     clientd_proto::google::rpc::Status {
@@ -37,4 +44,34 @@ pub fn rpc_status(status: &Status) -> clientd_proto::google::rpc::Status {
 
 pub fn ok_status() -> clientd_proto::google::rpc::Status {
     clientd_proto::google::rpc::Status::default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn store_errors_keep_their_code_and_message() {
+        let m = || "blob x: why".to_string();
+        for (err, code) in [
+            (StoreError::NotFound(m()), Code::NotFound),
+            (StoreError::InvalidArgument(m()), Code::InvalidArgument),
+            (StoreError::ResourceExhausted(m()), Code::ResourceExhausted),
+            (
+                StoreError::FailedPrecondition(m()),
+                Code::FailedPrecondition,
+            ),
+            (StoreError::OutOfRange(m()), Code::OutOfRange),
+            (StoreError::Unavailable(m()), Code::Unavailable),
+            (StoreError::Internal(m()), Code::Internal),
+            (StoreError::Unauthenticated(m()), Code::Unauthenticated),
+            (StoreError::PermissionDenied(m()), Code::PermissionDenied),
+            (StoreError::DeadlineExceeded(m()), Code::DeadlineExceeded),
+            (StoreError::Unimplemented(m()), Code::Unimplemented),
+        ] {
+            let status = status(err);
+            assert_eq!((status.code(), status.message()), (code, "blob x: why"));
+        }
+    }
 }

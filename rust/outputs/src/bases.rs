@@ -265,13 +265,10 @@ impl Shared {
                     Code::NotFound,
                     format!("{path}: tree {tree} is not in the CAS"),
                 ),
-                e => {
-                    let s = Status::from(e);
-                    status(
-                        s.code(),
-                        format!("{path}: reading tree {tree}: {}", s.message()),
-                    )
-                }
+                e => status(
+                    Code::from(e.code()),
+                    format!("{path}: reading tree {tree}: {e}"),
+                ),
             })?;
         let tree_message = re::Tree::decode(bytes).map_err(|e| {
             status(

@@ -112,7 +112,7 @@ impl OutputService {
                 .await
                 .map_err(|e| {
                     Status::new(
-                        Status::from(e.clone()).code(),
+                        e.code().into(),
                         format!(
                             "checking staged outputs in {:?}: {e}",
                             truncate(&instance_name)
@@ -272,7 +272,8 @@ impl BazelOutputService for OutputService {
         let missing: std::collections::HashSet<Digest> = self
             .stores
             .find_missing(&build.instance_name, &digests)
-            .await?
+            .await
+            .map_err(|e| Status::new(e.code().into(), e.message()))?
             .into_iter()
             .collect();
         let mut staged: Vec<(usize, Vec<(String, OutputEntry)>)> = Vec::new();

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
-use tonic::metadata::MetadataMap;
 
 /// The binary header carrying REAPI's RequestMetadata (invocation, target, mnemonic).
 pub const REQUEST_METADATA: &str = "build.bazel.remote.execution.v2.requestmetadata-bin";
@@ -21,7 +20,8 @@ pub const FORWARDED_HEADERS: [&str; 2] = ["authorization", REQUEST_METADATA];
 /// The forwarded headers of one client call, and its deadline.
 #[derive(Debug, Clone, Default)]
 pub struct RequestContext {
-    pub metadata: MetadataMap,
+    /// The [`FORWARDED_HEADERS`] the client sent (gRPC metadata is HTTP/2 headers).
+    pub headers: http::HeaderMap,
     /// When the client stops waiting (its `grpc-timeout`): calls made for it need not last longer.
     pub deadline: Option<Instant>,
     /// Bytes fetched from clusters on this call's behalf (counted by the read cache, also in the
@@ -43,7 +43,7 @@ impl RequestContext {
             .and_then(|v| grpc_timeout(v.to_str().ok()?))
             .and_then(|timeout| Instant::now().checked_add(timeout));
         RequestContext {
-            metadata: MetadataMap::from_headers(kept),
+            headers: kept,
             deadline,
             fetched: Default::default(),
         }
@@ -142,7 +142,7 @@ mod tests {
         let before = Instant::now();
         let context = RequestContext::from_headers(&headers);
         let after = Instant::now();
-        assert_eq!(context.metadata.len(), 1);
+        assert_eq!(context.headers.len(), 1);
         let deadline = context.deadline.unwrap();
         let ten = Duration::from_secs(10);
         assert!(before + ten <= deadline && deadline <= after + ten);

@@ -6,7 +6,7 @@
 //! does that for reads, and the cluster for writes.
 
 use crate::cluster::{
-    broken_connection_is_unavailable, digest_function_field, upstream_error, Cluster,
+    broken_connection_is_unavailable, digest_function_field, store_error, upstream_error, Cluster,
 };
 use crate::health::Watch;
 use async_trait::async_trait;
@@ -230,7 +230,7 @@ impl BlobStore for UpstreamCas {
             .cluster
             .batch_limit(instance_name)
             .await
-            .map_err(|s| StoreError::from_status(&s))?;
+            .map_err(|s| store_error(&s))?;
         if digest.size() + BATCH_ENTRY_OVERHEAD <= limit {
             return Ok(Box::new(BufferedSink {
                 cas: UpstreamCas::new(self.cluster.clone()),
@@ -241,7 +241,7 @@ impl BlobStore for UpstreamCas {
         }
         self.cluster
             .check_up(format_args!("ByteStream.Write of blob {digest}"))
-            .map_err(|s| StoreError::from_status(&s))?;
+            .map_err(|s| store_error(&s))?;
         Ok(Box::new(ByteStreamSink::start(
             &self.cluster,
             instance_name,
@@ -256,7 +256,7 @@ impl BlobStore for UpstreamCas {
     ) -> Vec<StoreResult<()>> {
         let limit = match self.cluster.batch_limit(instance_name).await {
             Ok(limit) => limit,
-            Err(s) => return vec![Err(StoreError::from_status(&s)); blobs.len()],
+            Err(s) => return vec![Err(store_error(&s)); blobs.len()],
         };
         // Greedy packing in request order; blobs too large for any batch go by ByteStream.
         let mut groups: Vec<(DigestFunction, Vec<usize>)> = Vec::new();

@@ -66,7 +66,12 @@ pub(crate) fn upstream_error(
     code: tonic::Code,
     message: &str,
 ) -> StoreError {
-    StoreError::from_status(&Status::new(code, format!("{describe}: {what}: {message}")))
+    StoreError::from_code(code as i32, format!("{describe}: {what}: {message}"))
+}
+
+/// A cluster's status as a store error (see [`StoreError::from_code`]).
+pub(crate) fn store_error(status: &Status) -> StoreError {
+    StoreError::from_code(status.code() as i32, status.message())
 }
 
 /// How to reach a cluster; built from the daemon's config.
@@ -186,8 +191,8 @@ impl Cluster {
         for (key, value) in &self.headers {
             metadata.insert(key.clone(), value.clone());
         }
-        let client = context::current();
-        let client = client.as_ref().map(|c| &c.metadata);
+        let client = context::current().map(|c| MetadataMap::from_headers(c.headers));
+        let client = client.as_ref();
         match client.and_then(|m| m.get(AUTHORIZATION)) {
             Some(auth) => {
                 metadata.insert(AUTHORIZATION, auth.clone());
@@ -342,7 +347,7 @@ impl Cluster {
     {
         self.call(what, call)
             .await
-            .map_err(|status| StoreError::from_status(&status))
+            .map_err(|status| store_error(&status))
     }
 
     pub(crate) fn cas_client(&self) -> ContentAddressableStorageClient<Channel> {
@@ -442,6 +447,28 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clusters_status_keeps_its_message_and_the_code_a_client_acts_on() {
+        let m = "why";
+        for (status, err) in [
+            (Status::not_found(m), StoreError::NotFound(m.into())),
+            (
+                Status::permission_denied(m),
+                StoreError::PermissionDenied(m.into()),
+            ),
+            (
+                Status::resource_exhausted(m),
+                StoreError::ResourceExhausted(m.into()),
+            ),
+            (Status::aborted(m), StoreError::Unavailable(m.into())),
+            (Status::cancelled(m), StoreError::Unavailable(m.into())),
+            (Status::data_loss(m), StoreError::Internal(m.into())),
+            (Status::unknown(m), StoreError::Internal(m.into())),
+        ] {
+            assert_eq!(store_error(&status), err);
+        }
+    }
 
     fn cluster(request_timeout: Duration) -> Cluster {
         Cluster::new(ClusterOptions {

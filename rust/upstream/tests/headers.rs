@@ -69,10 +69,12 @@ async fn forwarded_static_and_remembered_headers_reach_the_cluster() {
     };
     headers.insert("cookie", "not forwarded".parse().unwrap());
     let mut client = RequestContext::from_headers(&headers);
-    client.metadata.insert_bin(
+    let mut metadata = MetadataMap::from_headers(client.headers);
+    metadata.insert_bin(
         "build.bazel.remote.execution.v2.requestmetadata-bin",
         BinaryMetadataValue::from_bytes(&bazel.encode_to_vec()),
     );
+    client.headers = metadata.into_headers();
     context::scope(client, cluster.capabilities("a"))
         .await
         .unwrap();
