@@ -63,7 +63,7 @@ pub(crate) fn expand(
     };
     while let Some((dir_path, dir)) = stack.pop() {
         for file in &dir.files {
-            paths::check_component(&file.name).map_err(&bad)?;
+            paths::check_component(&file.name).map_err(|e| bad(e.to_string()))?;
             let digest = digest_of(file.digest.as_ref(), "file", &file.name)?;
             out.push((
                 format!("{dir_path}/{}", file.name),
@@ -75,14 +75,14 @@ pub(crate) fn expand(
             ));
         }
         for link in &dir.symlinks {
-            paths::check_component(&link.name).map_err(&bad)?;
+            paths::check_component(&link.name).map_err(|e| bad(e.to_string()))?;
             out.push((
                 format!("{dir_path}/{}", link.name),
                 OutputEntry::Symlink(link.target.clone()),
             ));
         }
         for sub in &dir.directories {
-            paths::check_component(&sub.name).map_err(&bad)?;
+            paths::check_component(&sub.name).map_err(|e| bad(e.to_string()))?;
             let digest = digest_of(sub.digest.as_ref(), "directory", &sub.name)?;
             let child = children.get(&digest).ok_or_else(|| {
                 bad(format!(

@@ -3,7 +3,7 @@
 
 use crate::bases::{Build, Shared};
 use crate::error::OutputsError;
-use crate::locators::{self, Locator};
+use crate::locators::{self, Locator, LocatorError};
 use crate::paths;
 use clientd_digest::{truncate, validate_instance_name, Digest, DigestFunction};
 use clientd_proto::bazel_output_service as pb;
@@ -39,6 +39,11 @@ pub(crate) fn status(code: Code, message: impl Into<String>) -> RpcStatus {
         message: message.into(),
         details: vec![],
     }
+}
+
+/// INVALID_ARGUMENT saying why.
+fn invalid(why: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(why.to_string())
 }
 
 fn ok() -> RpcStatus {
@@ -148,7 +153,7 @@ impl BazelOutputService for OutputService {
         request: Request<pb::CleanRequest>,
     ) -> Result<Response<pb::CleanResponse>, Status> {
         let id = request.into_inner().output_base_id;
-        paths::check(&id).map_err(Status::invalid_argument)?;
+        paths::check(&id).map_err(invalid)?;
         self.blocking(move |s| s.clean(&id)).await??;
         Ok(Response::new(pb::CleanResponse {}))
     }
@@ -171,16 +176,15 @@ impl BazelOutputService for OutputService {
                 truncate(&id)
             )));
         }
-        paths::check(&id).map_err(Status::invalid_argument)?;
+        paths::check(&id).map_err(invalid)?;
         if request.build_id.is_empty() {
             return Err(Status::invalid_argument("build_id is empty"));
         }
-        let args =
-            locators::start_build_args(request.args.as_ref()).map_err(Status::invalid_argument)?;
+        let args = locators::start_build_args(request.args.as_ref()).map_err(invalid)?;
         validate_instance_name(&args.instance_name)
             .map_err(|e| Status::invalid_argument(format!("args.instance_name: {e}")))?;
         let function = DigestFunction::from_proto(args.digest_function)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?
+            .map_err(invalid)?
             .unwrap_or(DigestFunction::Sha256);
 
         let base_id = id.clone();
@@ -253,10 +257,14 @@ impl BazelOutputService for OutputService {
         let mut files: Vec<(usize, Digest)> = Vec::new();
         let mut trees: Vec<(usize, Digest, Option<Digest>)> = Vec::new();
         for (i, artifact) in request.artifacts.iter().enumerate() {
-            let locator = paths::check(&artifact.path).and_then(|()| {
-                let any = artifact.locator.as_ref().ok_or("locator is missing")?;
-                Locator::decode(any, build.function)
-            });
+            let locator = paths::check(&artifact.path)
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    let any = artifact.locator.as_ref();
+                    let any = any.ok_or(LocatorError::Missing("locator"));
+                    any.and_then(|any| Locator::decode(any, build.function))
+                        .map_err(|e| e.to_string())
+                });
             match locator {
                 Ok(Locator::File(digest)) => files.push((i, digest)),
                 Ok(Locator::Tree { tree, root }) => trees.push((i, tree, root)),
