@@ -141,7 +141,7 @@ impl RestCache {
     {
         let target = match target::parse(request.uri().path()) {
             Ok(target) => target,
-            Err(e) => return (text(StatusCode::BAD_REQUEST, e), None),
+            Err(e) => return (text(StatusCode::BAD_REQUEST, e.to_string()), None),
         };
         if !is_local_instance(&target.instance) {
             let refusal = text(

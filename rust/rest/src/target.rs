@@ -1,7 +1,7 @@
 //! What a request names: `/<instance name>/ac/<hash>` or `/<instance name>/cas/<hash>`, as
 //! Bazel forms them from `--remote_cache=http://localhost/<instance name>`.
 
-use clientd_digest::{validate_instance_name, Digest};
+use clientd_digest::{validate_instance_name, Digest, DigestError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -19,24 +19,40 @@ pub(crate) struct Target {
     pub name: Digest,
 }
 
-/// Parses a request path; the error says what is wrong with it.
-pub(crate) fn parse(path: &str) -> Result<Target, String> {
-    let usage = || {
-        format!(
-            "{path:?} is not /<instance name>/ac/<hash> or /<instance name>/cas/<hash> \
-             (Bazel: --remote_cache=http://localhost/local/<name> --remote_proxy=unix:<socket>)"
-        )
+/// Why a request path names nothing: every message quotes the path.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum PathError {
+    #[error(
+        "{0:?} is not /<instance name>/ac/<hash> or /<instance name>/cas/<hash> \
+         (Bazel: --remote_cache=http://localhost/local/<name> --remote_proxy=unix:<socket>)"
+    )]
+    Shape(String),
+    /// A malformed instance name or hash.
+    #[error("{path:?}: {source}")]
+    Part {
+        path: String,
+        #[source]
+        source: DigestError,
+    },
+}
+
+/// Parses a request path.
+pub(crate) fn parse(path: &str) -> Result<Target, PathError> {
+    let shape = || PathError::Shape(path.to_string());
+    let part = |source| PathError::Part {
+        path: path.to_string(),
+        source,
     };
-    let (rest, hash) = path.rsplit_once('/').ok_or_else(usage)?;
-    let (instance, kind) = rest.rsplit_once('/').ok_or_else(usage)?;
+    let (rest, hash) = path.rsplit_once('/').ok_or_else(shape)?;
+    let (instance, kind) = rest.rsplit_once('/').ok_or_else(shape)?;
     let kind = match kind {
         "ac" => Kind::ActionCache,
         "cas" => Kind::Cas,
-        _ => return Err(usage()),
+        _ => return Err(shape()),
     };
     let instance = instance.strip_prefix('/').unwrap_or(instance);
-    validate_instance_name(instance).map_err(|e| format!("{path:?}: {e}"))?;
-    let name = Digest::parse(None, hash, 0).map_err(|e| format!("{path:?}: {e}"))?;
+    validate_instance_name(instance).map_err(part)?;
+    let name = Digest::parse(None, hash, 0).map_err(part)?;
     Ok(Target {
         instance: instance.to_string(),
         kind,
@@ -65,14 +81,15 @@ mod tests {
 
     #[test]
     fn malformed_paths_say_what_is_expected() {
-        for path in [
-            "/".to_string(),
-            format!("/local/blobs/{HASH}"),
-            "/local/ac/E3B0".to_string(),
-            format!("/local//main/cas/{HASH}"),
+        for (path, shape) in [
+            ("/".to_string(), true),
+            (format!("/local/blobs/{HASH}"), true),
+            ("/local/ac/E3B0".to_string(), false),
+            (format!("/local//main/cas/{HASH}"), false),
         ] {
             let e = parse(&path).unwrap_err();
-            assert!(e.contains(&format!("{path:?}")), "{e}");
+            assert_eq!(matches!(e, PathError::Shape(_)), shape, "{e}");
+            assert!(e.to_string().contains(&format!("{path:?}")), "{e}");
         }
     }
 }
