@@ -4,9 +4,12 @@
 //! through this listener, the `cas/` paths to use in a shell, and why it missed the cache;
 //! `/blob?instance=I&digest=FUNCTION/HASH/SIZE`: a blob's bytes.
 
+use crate::error::PageError;
 use crate::page::{bar, encode, escape, frame};
 use crate::Web;
-use clientd_activity::{explain_action, flatten, load, parse_action, Invocation, Outcome};
+use clientd_activity::{
+    explain_action, flatten, load, parse_action, ExplainError, Invocation, Outcome,
+};
 use clientd_digest::{Digest, DigestFunction};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use std::collections::HashMap;
@@ -94,16 +97,19 @@ fn charts(invocation: &Invocation) -> String {
     out
 }
 
-pub fn invocation(web: &Web, query: &HashMap<String, String>) -> Result<String, String> {
-    let log = web.activity.as_ref().ok_or("no activity record")?;
+pub fn invocation(web: &Web, query: &HashMap<String, String>) -> Result<String, PageError> {
+    let log = web
+        .activity
+        .as_ref()
+        .ok_or_else(|| PageError::not_found("no activity record"))?;
     let id = query
         .get("id")
-        .ok_or("which invocation? /invocation?id=...")?;
+        .ok_or_else(|| PageError::bad_request("which invocation? /invocation?id=..."))?;
     let invocations = log.invocations();
     let invocation = invocations
         .iter()
         .find(|i| &i.id == id)
-        .ok_or_else(|| format!("no invocation {id:?} in the activity record"))?;
+        .ok_or_else(|| ExplainError::NoInvocation(id.clone()))?;
     let filter = query.get("outcome").filter(|o| !o.is_empty());
     let (n, hits) = (invocation.actions.len(), invocation.hits());
     let traffic = invocation.traffic;
@@ -168,18 +174,24 @@ pub fn invocation(web: &Web, query: &HashMap<String, String>) -> Result<String, 
     Ok(frame(&format!("Invocation {id}"), &out))
 }
 
-pub async fn action(web: &Web, query: &HashMap<String, String>) -> Result<String, String> {
-    let log = web.activity.as_ref().ok_or("no activity record")?;
+pub async fn action(web: &Web, query: &HashMap<String, String>) -> Result<String, PageError> {
+    let log = web
+        .activity
+        .as_ref()
+        .ok_or_else(|| PageError::not_found("no activity record"))?;
     let (Some(id), Some(key)) = (query.get("invocation"), query.get("action")) else {
-        return Err("which action? /action?invocation=...&action=...".into());
+        return Err(PageError::bad_request(
+            "which action? /action?invocation=...&action=...",
+        ));
     };
     let invocations = log.invocations();
     let record = invocations
         .iter()
         .find(|i| &i.id == id)
         .and_then(|i| i.actions.iter().find(|a| &a.action == key))
-        .ok_or_else(|| format!("no action {key} in invocation {id:?}"))?;
-    let digest = parse_action(record).ok_or("a malformed action digest in the record")?;
+        .ok_or_else(|| PageError::not_found(format!("no action {key} in invocation {id:?}")))?;
+    let digest = parse_action(record)
+        .ok_or_else(|| PageError::not_found("a malformed action digest in the record"))?;
     let instance = &record.instance;
     let mut out = format!(
         "<table><tr><td>target</td><td>{}</td></tr><tr><td>mnemonic</td><td>{}</td></tr>\
@@ -219,9 +231,7 @@ pub async fn action(web: &Web, query: &HashMap<String, String>) -> Result<String
         );
     }
     out.push_str("</table>");
-    let reasons = explain_action(&invocations, id, key, &*web.blobs)
-        .await
-        .map_err(|e| e.to_string())?;
+    let reasons = explain_action(&invocations, id, key, &*web.blobs).await?;
     if !reasons.is_empty() {
         out.push_str("<h2>Why it missed the cache</h2><ul class=\"explanation\">");
         for reason in reasons {
@@ -323,24 +333,28 @@ async fn outputs(web: &Web, instance: &str, digest: &Digest) -> String {
 }
 
 /// `/blob`: the bytes (text/plain when they are UTF-8), or why not.
-pub async fn blob(web: &Web, query: &HashMap<String, String>) -> Result<(String, Vec<u8>), String> {
+pub async fn blob(
+    web: &Web,
+    query: &HashMap<String, String>,
+) -> Result<(String, Vec<u8>), PageError> {
     let (Some(instance), Some(digest)) = (query.get("instance"), query.get("digest")) else {
-        return Err("which blob? /blob?instance=...&digest=FUNCTION/HASH/SIZE".into());
-    };
-    let (function, rest) = digest.split_once('/').ok_or("digest: FUNCTION/HASH/SIZE")?;
-    let function = DigestFunction::from_name(function).ok_or("unknown digest function")?;
-    let digest = Digest::parse_joined(Some(function), rest, '/').map_err(|e| e.to_string())?;
-    if digest.size() > MAX_BLOB_BYTES {
-        return Err(format!(
-            "{digest} is larger than {MAX_BLOB_BYTES} bytes: read it in cas/"
+        return Err(PageError::bad_request(
+            "which blob? /blob?instance=...&digest=FUNCTION/HASH/SIZE",
         ));
+    };
+    let bad = PageError::BadRequest;
+    let (function, rest) = digest
+        .split_once('/')
+        .ok_or_else(|| bad("digest: FUNCTION/HASH/SIZE".into()))?;
+    let function =
+        DigestFunction::from_name(function).ok_or_else(|| bad("unknown digest function".into()))?;
+    let digest = Digest::parse_joined(Some(function), rest, '/').map_err(|e| bad(e.to_string()))?;
+    if digest.size() > MAX_BLOB_BYTES {
+        return Err(bad(format!(
+            "{digest} is larger than {MAX_BLOB_BYTES} bytes: read it in cas/"
+        )));
     }
-    let bytes = web
-        .blobs
-        .read_bytes(instance, &digest)
-        .await
-        .map_err(|e| e.to_string())?
-        .to_vec();
+    let bytes = web.blobs.read_bytes(instance, &digest).await?.to_vec();
     let content_type = match std::str::from_utf8(&bytes) {
         Ok(_) => "text/plain; charset=utf-8",
         Err(_) => "application/octet-stream",

@@ -3,6 +3,7 @@
 //! actions, one action (command, inputs, outputs, why it missed), and blobs. HTTP/1.1 only, GET
 //! only, no state: every answer is rendered from the daemon's counters, record and stores.
 
+mod error;
 mod invocation;
 mod metrics;
 mod page;
@@ -11,6 +12,7 @@ use bytes::Bytes;
 use clientd_activity::ActivityLog;
 use clientd_store::{ActionCache, BlobStore, Stats};
 use clientd_upstream::{Cluster, Latency};
+use error::PageError;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -54,12 +56,16 @@ fn response(
 const HTML: &str = "text/html; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
 
-/// A page, or NOT_FOUND with what is wrong.
-fn page(rendered: Result<String, String>) -> Response<Full<Bytes>> {
+/// A page, or the status of what is wrong and a line saying it.
+fn page(rendered: Result<String, PageError>) -> Response<Full<Bytes>> {
     match rendered {
         Ok(html) => response(StatusCode::OK, HTML, html),
-        Err(e) => response(StatusCode::NOT_FOUND, TEXT, format!("{e}\n")),
+        Err(e) => refusal(&e),
     }
+}
+
+fn refusal(e: &PageError) -> Response<Full<Bytes>> {
+    response(e.status(), TEXT, format!("{e}\n"))
 }
 
 async fn route(web: &Web, request: &Request<Incoming>) -> Response<Full<Bytes>> {
@@ -84,7 +90,7 @@ async fn route(web: &Web, request: &Request<Incoming>) -> Response<Full<Bytes>> 
         "/action" => page(invocation::action(web, &page::query(request.uri().query())).await),
         "/blob" => match invocation::blob(web, &page::query(request.uri().query())).await {
             Ok((content_type, bytes)) => response(StatusCode::OK, &content_type, bytes),
-            Err(e) => response(StatusCode::NOT_FOUND, TEXT, format!("{e}\n")),
+            Err(e) => refusal(&e),
         },
         path => response(
             StatusCode::NOT_FOUND,
