@@ -281,7 +281,7 @@ pub fn scrub(args: ScrubArgs) -> Result<(), String> {
         replace: args.replace,
         salt: args.salt,
     };
-    let (text, warnings) = scrub_config(&options)?;
+    let (text, warnings) = scrub_config(&options).map_err(|e| e.to_string())?;
     for warning in warnings {
         eprintln!("clientd: warning: {warning}");
     }

@@ -22,12 +22,33 @@ pub struct ScrubOptions {
     pub salt: Option<String>,
 }
 
-/// Java regexes (Bazel's) are mostly a superset of what fancy-regex accepts; a regex it refuses is
-/// almost certainly a mistake.
-fn check_regex(what: &str, regex: &str) -> Result<(), String> {
+/// Why `clientd scrub-config` cannot write a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error(
+        "give at least one --mnemonic or --label: a rule matching every action would scrub \
+         every cache key"
+    )]
+    NoMatcher,
+    /// Java regexes (Bazel's) are mostly a superset of what fancy-regex accepts; a regex it
+    /// refuses is almost certainly a mistake.
+    #[error("{flag} {regex:?} is not a valid regular expression: {source}")]
+    Regex {
+        flag: &'static str,
+        regex: String,
+        #[source]
+        source: Box<fancy_regex::Error>,
+    },
+}
+
+fn check_regex(flag: &'static str, regex: &str) -> Result<(), GenerateError> {
     fancy_regex::Regex::new(regex)
         .map(|_| ())
-        .map_err(|e| format!("{what} {regex:?} is not a valid regular expression: {e}"))
+        .map_err(|source| GenerateError::Regex {
+            flag,
+            regex: regex.to_string(),
+            source: Box::new(source),
+        })
 }
 
 /// A text-proto string literal.
@@ -54,13 +75,9 @@ fn quote(text: &str) -> String {
 }
 
 /// The config text and the warnings to show the user.
-pub fn scrub_config(options: &ScrubOptions) -> Result<(String, Vec<String>), String> {
+pub fn scrub_config(options: &ScrubOptions) -> Result<(String, Vec<String>), GenerateError> {
     if options.mnemonics.is_empty() && options.labels.is_empty() {
-        return Err(
-            "give at least one --mnemonic or --label: a rule matching every action would scrub \
-             every cache key"
-                .into(),
-        );
+        return Err(GenerateError::NoMatcher);
     }
     for m in &options.mnemonics {
         check_regex("--mnemonic", m)?;
@@ -157,12 +174,13 @@ mod tests {
     #[test]
     fn bad_input_is_refused_clearly() {
         let err = scrub_config(&ScrubOptions::default()).unwrap_err();
-        assert!(err.contains("--mnemonic or --label"), "{err}");
+        assert!(matches!(err, GenerateError::NoMatcher));
+        assert!(err.to_string().contains("--mnemonic or --label"), "{err}");
         let bad = ScrubOptions {
             mnemonics: vec!["Genrule(".into()],
             ..Default::default()
         };
-        let err = scrub_config(&bad).unwrap_err();
+        let err = scrub_config(&bad).unwrap_err().to_string();
         assert!(
             err.contains("--mnemonic \"Genrule(\" is not a valid regular expression"),
             "{err}"

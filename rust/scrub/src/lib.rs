@@ -10,5 +10,5 @@ pub mod key;
 mod textproto;
 
 pub use config::{ConfigError, Pattern, Rule, ScrubbingConfig, Transform};
-pub use generate::{scrub_config, ScrubOptions};
+pub use generate::{scrub_config, GenerateError, ScrubOptions};
 pub use key::{scrub_action, ScrubError, ScrubbedAction};
