@@ -722,3 +722,89 @@ async fn a_scrubbed_execute_whose_inputs_are_missing_is_forwarded_unscrubbed() {
     assert!(err.message().contains("cannot execute"), "{err:?}");
     assert_eq!(stats(&proxy).await["scrub_failures"], 1);
 }
+
+/// The daemon's `/metrics` page, fetched from its HTTP listener at `addr`.
+fn metrics(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut page = String::new();
+    stream.read_to_string(&mut page).unwrap();
+    page
+}
+
+/// How many calls of `method` the daemon made to its cluster, from `/metrics`.
+fn upstream_calls(page: &str, method: &str) -> u64 {
+    let series = format!(
+        "clientd_upstream_request_duration_seconds_count{{cluster=\"up.example.com\",method=\"{method}\"}} "
+    );
+    page.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_batch_read_reaches_the_cluster_in_batch_reads_not_a_call_per_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        free.local_addr().unwrap().to_string()
+    };
+    let (upstream, proxy) = pair(dir.path(), &["--http-listen", &addr]);
+    let blobs: Vec<(Digest, Vec<u8>)> = (0..300)
+        .map(|i| {
+            let data = pseudo_random(1000 + i, 100 + i as usize);
+            (sha256(&data), data)
+        })
+        .collect();
+    let stored = upstream
+        .clients()
+        .await
+        .batch_update(UPSTREAM, &blobs)
+        .await;
+    assert!(stored.iter().all(|&code| code == 0), "{stored:?}");
+    let absent = sha256(b"in no store");
+    let mut digests: Vec<re::Digest> = blobs.iter().map(|(d, _)| d.to_proto()).collect();
+    digests.push(absent.to_proto());
+
+    let mut clients = proxy.clients().await;
+    for round in ["fetched", "local"] {
+        let responses = clients
+            .cas
+            .batch_read_blobs(re::BatchReadBlobsRequest {
+                instance_name: PROXIED.into(),
+                digests: digests.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .responses;
+        assert_eq!(responses.len(), blobs.len() + 1, "{round}");
+        for (response, (digest, data)) in responses.iter().zip(&blobs) {
+            assert_eq!(
+                response.digest.as_ref(),
+                Some(&digest.to_proto()),
+                "{round}"
+            );
+            assert_eq!(response.status.as_ref().map_or(0, |s| s.code), 0, "{round}");
+            assert!(response.data == *data, "{round}: {digest} has other bytes");
+        }
+        let last = responses.last().unwrap().status.as_ref().unwrap();
+        assert_eq!(last.code, Code::NotFound as i32, "{round}");
+
+        let page = metrics(&addr);
+        // 300 blobs of about 250 bytes fit in one batch; the absent one is asked for once more
+        // in the second round.
+        let batches = upstream_calls(&page, "BatchReadBlobs");
+        match round {
+            "fetched" => assert_eq!(batches, 1, "{page}"),
+            _ => assert_eq!(batches, 2, "only the absent blob again: {page}"),
+        }
+        assert_eq!(upstream_calls(&page, "ByteStream.Read"), 0, "{page}");
+        assert!(!page.contains(" of blob"), "a series per blob: {page}");
+    }
+    assert_eq!(stats(&proxy).await["upstream_fetches"], 300);
+}

@@ -129,9 +129,9 @@ impl ActionCache for ActionResultCaching {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
-    use crate::disk_lru::DiskLruOptions;
     use crate::local_ac::LocalActionCache;
     use crate::local_cas::LocalCas;
+    use crate::test_store::small_options;
     use clientd_digest::DigestFunction;
     use clientd_proto::build::bazel::remote::execution::v2::OutputFile;
 
@@ -167,10 +167,7 @@ mod tests {
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH));
-        let options = DiskLruOptions {
-            max_bytes: 1 << 20,
-            sync_writes: false,
-        };
+        let options = small_options();
         let cluster = Arc::new(Switchable {
             inner: LocalActionCache::open(&dir.path().join("ac"), options, clock.clone()).unwrap(),
             down: false.into(),

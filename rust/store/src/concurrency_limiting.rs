@@ -100,6 +100,17 @@ impl BlobStore for ConcurrencyLimiting<dyn BlobStore> {
             Err(e) => vec![Err(e); blobs.len()],
         }
     }
+
+    async fn batch_read(
+        &self,
+        instance_name: &str,
+        digests: Vec<Digest>,
+    ) -> Vec<StoreResult<Bytes>> {
+        match self.permit().await {
+            Ok(_permit) => self.inner.batch_read(instance_name, digests).await,
+            Err(e) => vec![Err(e); digests.len()],
+        }
+    }
 }
 
 #[async_trait]
@@ -124,19 +135,14 @@ impl ActionCache for ConcurrencyLimiting<dyn ActionCache> {
 mod tests {
     use super::*;
     use crate::clock::SystemClock;
-    use crate::disk_lru::DiskLruOptions;
-    use crate::local_cas::LocalCas;
+    use crate::test_store::{local_cas, Counting};
     use clientd_digest::DigestFunction;
     use std::time::Duration;
 
     #[tokio::test]
     async fn make_local_forwards_and_waits_for_a_permit() {
         let dir = tempfile::tempdir().unwrap();
-        let options = DiskLruOptions {
-            max_bytes: 1 << 20,
-            sync_writes: false,
-        };
-        let inner = Arc::new(LocalCas::open(dir.path(), options, Arc::new(SystemClock)).unwrap());
+        let inner = Arc::new(local_cas(dir.path(), Arc::new(SystemClock)));
         let limited = ConcurrencyLimiting::<dyn BlobStore>::new(inner, Arc::new(Semaphore::new(1)));
         let data = Bytes::from_static(b"here");
         let digest = DigestFunction::Sha256.digest_of(&data);
@@ -154,5 +160,32 @@ mod tests {
         assert!(waiting.await.is_err(), "make_local ran without a permit");
         drop(stream);
         limited.make_local("i", &digest).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_batch_read_is_forwarded_as_one_and_waits_for_a_permit() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = Counting::open(dir.path(), Arc::new(SystemClock));
+        let limited =
+            ConcurrencyLimiting::<dyn BlobStore>::new(inner.clone(), Arc::new(Semaphore::new(1)));
+        let data = Bytes::from_static(b"here");
+        let digest = DigestFunction::Sha256.digest_of(&data);
+        limited
+            .write_bytes("i", &digest, data.clone())
+            .await
+            .unwrap();
+
+        let stream = limited.read("i", &digest, 0, None).await.unwrap();
+        let waiting = tokio::time::timeout(
+            Duration::from_millis(50),
+            limited.batch_read("i", vec![digest]),
+        );
+        assert!(waiting.await.is_err(), "batch_read ran without a permit");
+        drop(stream);
+        let read = limited.batch_read("i", vec![digest, digest]).await;
+        assert_eq!(read.len(), 2);
+        assert!(read.iter().all(|r| r.as_ref().unwrap() == &data));
+        assert_eq!(Counting::count(&inner.batch_reads), 1);
+        assert_eq!(Counting::count(&inner.reads), 1, "only the read above");
     }
 }

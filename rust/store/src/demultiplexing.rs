@@ -143,15 +143,12 @@ impl ActionCache for Demultiplexing {
 mod tests {
     use super::*;
     use crate::clock::SystemClock;
-    use crate::disk_lru::DiskLruOptions;
     use crate::local_ac::LocalActionCache;
     use crate::local_cas::LocalCas;
+    use crate::test_store::small_options;
 
     fn backend(dir: &std::path::Path) -> Backend {
-        let options = DiskLruOptions {
-            max_bytes: 1 << 20,
-            sync_writes: false,
-        };
+        let options = small_options();
         Backend {
             cas: Arc::new(
                 LocalCas::open(&dir.join("cas"), options, Arc::new(SystemClock)).unwrap(),

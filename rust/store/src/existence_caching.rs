@@ -125,6 +125,23 @@ impl BlobStore for ExistenceCaching {
         self.inner.make_local(instance_name, digest).await
     }
 
+    /// The inner store's batch read (a cluster's is a few BatchReadBlobs calls); what it sends is
+    /// known present from then on.
+    async fn batch_read(
+        &self,
+        instance_name: &str,
+        digests: Vec<Digest>,
+    ) -> Vec<StoreResult<Bytes>> {
+        let results = self.inner.batch_read(instance_name, digests.clone()).await;
+        let read = digests
+            .into_iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_ok())
+            .map(|(d, _)| d);
+        self.remember(instance_name, read);
+        results
+    }
+
     async fn known_present(&self, instance_name: &str, digest: &Digest) -> bool {
         let key = (Arc::<str>::from(instance_name), *digest);
         let now = self.clock.now();
@@ -177,59 +194,14 @@ impl BlobStore for ExistenceCaching {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
-    use crate::disk_lru::DiskLruOptions;
-    use crate::local_cas::LocalCas;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// The inner store, counting the digests it is asked about.
-    struct Counting {
-        inner: LocalCas,
-        asked: AtomicUsize,
-    }
-
-    #[async_trait]
-    impl BlobStore for Counting {
-        async fn find_missing(
-            &self,
-            instance: &str,
-            digests: &[Digest],
-        ) -> StoreResult<Vec<Digest>> {
-            self.asked.fetch_add(digests.len(), Ordering::SeqCst);
-            self.inner.find_missing(instance, digests).await
-        }
-        async fn read(
-            &self,
-            instance: &str,
-            digest: &Digest,
-            offset: u64,
-            limit: Option<u64>,
-        ) -> StoreResult<ByteStream> {
-            self.inner.read(instance, digest, offset, limit).await
-        }
-        async fn make_local(&self, instance: &str, digest: &Digest) -> StoreResult<()> {
-            self.inner.make_local(instance, digest).await
-        }
-        async fn begin_write(
-            &self,
-            instance: &str,
-            digest: &Digest,
-        ) -> StoreResult<Box<dyn BlobSink>> {
-            self.inner.begin_write(instance, digest).await
-        }
-    }
+    use crate::error::StoreError;
+    use crate::test_store::Counting;
 
     #[tokio::test]
     async fn present_blobs_are_trusted_until_the_ttl_per_instance_name() {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH));
-        let options = DiskLruOptions {
-            max_bytes: 1 << 20,
-            sync_writes: false,
-        };
-        let inner = Arc::new(Counting {
-            inner: LocalCas::open(dir.path(), options, clock.clone()).unwrap(),
-            asked: AtomicUsize::new(0),
-        });
+        let inner = Counting::open(dir.path(), clock.clone());
         let cache = ExistenceCaching::new(
             inner.clone(),
             NonZeroUsize::new(2).unwrap(),
@@ -246,7 +218,7 @@ mod tests {
         };
         let (a, a_data) = blob(1);
         let (b, _) = blob(2);
-        let asked = || inner.asked.load(Ordering::SeqCst);
+        let asked = || Counting::count(&inner.asked);
 
         // Written through the cache: known present without asking.
         cache.write_bytes("i", &a, a_data).await.unwrap();
@@ -268,5 +240,35 @@ mod tests {
         cache.write_bytes("i", &c, c_data).await.unwrap();
         assert!(cache.find_missing("j", &[a]).await.unwrap().is_empty());
         assert_eq!(asked(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_batch_read_is_the_inner_stores_and_what_it_sends_is_then_known_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH));
+        let inner = Counting::open(dir.path(), clock.clone());
+        let cache = ExistenceCaching::new(
+            inner.clone(),
+            NonZeroUsize::new(10).unwrap(),
+            Duration::from_secs(300),
+            clock,
+            Arc::new(Stats::default()),
+        );
+        let data = Bytes::from_static(b"in the cluster");
+        let present = clientd_digest::DigestFunction::Sha256.digest_of(&data);
+        let absent = clientd_digest::DigestFunction::Sha256.digest_of(b"absent");
+        inner
+            .inner
+            .write_bytes("i", &present, data.clone())
+            .await
+            .unwrap();
+
+        let read = cache.batch_read("i", vec![present, absent]).await;
+        assert_eq!(read[0].as_ref().unwrap(), &data);
+        assert!(matches!(read[1], Err(StoreError::NotFound(_))));
+        assert_eq!(Counting::count(&inner.batch_reads), 1);
+        assert_eq!(Counting::count(&inner.reads), 0, "not the per-blob default");
+        assert!(cache.known_present("i", &present).await);
+        assert!(!cache.known_present("i", &absent).await);
     }
 }

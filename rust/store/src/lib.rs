@@ -22,6 +22,8 @@ mod packed;
 mod read_caching;
 mod router;
 mod stats;
+#[cfg(test)]
+mod test_store;
 mod traits;
 mod tree;
 

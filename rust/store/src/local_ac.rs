@@ -152,18 +152,13 @@ fn decode(action: &Digest, data: &[u8]) -> Option<ActionResult> {
 mod tests {
     use super::*;
     use crate::clock::SystemClock;
-
-    fn options() -> DiskLruOptions {
-        DiskLruOptions {
-            max_bytes: 1 << 20,
-            sync_writes: false,
-        }
-    }
+    use crate::test_store::small_options;
 
     #[tokio::test]
     async fn namespaces_are_separate_and_updates_replace() {
         let dir = tempfile::tempdir().unwrap();
-        let ac = LocalActionCache::open(dir.path(), options(), Arc::new(SystemClock)).unwrap();
+        let ac =
+            LocalActionCache::open(dir.path(), small_options(), Arc::new(SystemClock)).unwrap();
         let action = DigestFunction::Sha256.digest_of(b"action");
         let one = ActionResult {
             exit_code: 1,
@@ -179,7 +174,8 @@ mod tests {
         ac.put("local/a", &action, &two).await.unwrap();
         assert_eq!(ac.get("local/a", &action).await.unwrap(), Some(two.clone()));
         drop(ac);
-        let ac = LocalActionCache::open(dir.path(), options(), Arc::new(SystemClock)).unwrap();
+        let ac =
+            LocalActionCache::open(dir.path(), small_options(), Arc::new(SystemClock)).unwrap();
         assert_eq!(ac.get("local/a", &action).await.unwrap(), Some(two));
     }
 
@@ -188,7 +184,8 @@ mod tests {
     #[tokio::test]
     async fn an_undecodable_entry_is_a_miss_either_way() {
         let dir = tempfile::tempdir().unwrap();
-        let ac = LocalActionCache::open(dir.path(), options(), Arc::new(SystemClock)).unwrap();
+        let ac =
+            LocalActionCache::open(dir.path(), small_options(), Arc::new(SystemClock)).unwrap();
         let action = DigestFunction::Sha256.digest_of(b"action");
         let result = ActionResult {
             exit_code: 3,

@@ -4,8 +4,10 @@
 //! the slow store once, however many readers want it at the same time, written into the fast store
 //! (which verifies hash and size, so a corrupt blob from the cluster is refused and not kept), and
 //! then served from there. The fetch runs in its own task: a reader that gives up does not cancel
-//! it for the others. Writes go to both stores; existence questions go to the slow store, which
-//! is the one remote execution reads from.
+//! it for the others. A batch read fetches what the fast store lacks in one batch read of the slow
+//! store (a cluster answers it in a few BatchReadBlobs calls, not a round trip per blob) and
+//! stores it in one batch write. Writes go to both stores; existence questions go to the slow
+//! store, which is the one remote execution reads from.
 
 use crate::context;
 use crate::error::{StoreError, StoreResult};
@@ -87,16 +89,26 @@ async fn copy(
     while let Some(chunk) = stream.next().await {
         sink.write(chunk?).await?;
     }
-    sink.commit().await.map_err(|e| match e {
+    sink.commit().await.map_err(refused_locally)?;
+    count_fetch(stats, digest);
+    Ok(())
+}
+
+/// The fast store's refusal of a fetched blob: a blob whose bytes do not match its digest is the
+/// cluster's fault, and is not kept.
+fn refused_locally(e: StoreError) -> StoreError {
+    match e {
         StoreError::InvalidArgument(m) => {
             StoreError::Internal(format!("the cluster sent a corrupt blob, not stored: {m}"))
         }
         e => e,
-    })?;
+    }
+}
+
+fn count_fetch(stats: &Stats, digest: &Digest) {
     Stats::add(&stats.upstream_fetches, 1);
     Stats::add(&stats.upstream_fetch_bytes, digest.size());
     context::count_fetched(digest.size());
-    Ok(())
 }
 
 #[async_trait]
@@ -126,6 +138,57 @@ impl BlobStore for ReadCaching {
         }
         self.fill(instance_name, digest).await?;
         self.fast.read(instance_name, digest, offset, limit).await
+    }
+
+    /// What the fast store has, and the rest fetched from the slow store in one batch read and
+    /// stored in the fast store in one batch write (which verifies each blob). Concurrent batches
+    /// missing the same blob may each fetch it; reads of one blob share a fetch.
+    async fn batch_read(
+        &self,
+        instance_name: &str,
+        digests: Vec<Digest>,
+    ) -> Vec<StoreResult<Bytes>> {
+        let mut results = self.fast.batch_read(instance_name, digests.clone()).await;
+        // Each blob the fast store lacks, once, and where it goes in the results.
+        let mut wanted: Vec<Digest> = Vec::new();
+        let mut slots: HashMap<Digest, Vec<usize>> = HashMap::new();
+        for (i, result) in results.iter().enumerate() {
+            if matches!(result, Err(StoreError::NotFound(_))) {
+                let places = slots.entry(digests[i]).or_default();
+                if places.is_empty() {
+                    wanted.push(digests[i]);
+                }
+                places.push(i);
+            }
+        }
+        let hits = digests.len() - slots.values().map(Vec::len).sum::<usize>();
+        Stats::add(&self.stats.local_hits, hits as u64);
+        if wanted.is_empty() {
+            return results;
+        }
+        let mut fetched: Vec<(Digest, Bytes)> = Vec::with_capacity(wanted.len());
+        for (digest, read) in wanted
+            .iter()
+            .zip(self.slow.batch_read(instance_name, wanted.clone()).await)
+        {
+            match read {
+                Ok(data) => fetched.push((*digest, data)),
+                Err(e) => slots[digest]
+                    .iter()
+                    .for_each(|&i| results[i] = Err(e.clone())),
+            }
+        }
+        let stored = self.fast.batch_write(instance_name, fetched.clone()).await;
+        for ((digest, data), stored) in fetched.into_iter().zip(stored) {
+            let result = stored.map(|()| data).map_err(refused_locally);
+            if result.is_ok() {
+                count_fetch(&self.stats, &digest);
+            }
+            slots[&digest]
+                .iter()
+                .for_each(|&i| results[i] = result.clone());
+        }
+        results
     }
 
     /// The local copy if there is one; otherwise fetched from the slow store into it, as a read
@@ -247,17 +310,45 @@ impl BlobSink for TeeSink {
 mod tests {
     use super::*;
     use crate::clock::SystemClock;
-    use crate::disk_lru::DiskLruOptions;
     use crate::local_cas::LocalCas;
+    use crate::test_store::{local_cas, Counting};
     use clientd_digest::DigestFunction;
+    use std::sync::atomic::Ordering;
 
     /// A local CAS in `dir`: the fast store, or (a stand-in for a cluster) the slow one.
     fn store(dir: &std::path::Path) -> Arc<LocalCas> {
-        let options = DiskLruOptions {
-            max_bytes: 1 << 20,
-            sync_writes: false,
-        };
-        Arc::new(LocalCas::open(dir, options, Arc::new(SystemClock)).unwrap())
+        Arc::new(local_cas(dir, Arc::new(SystemClock)))
+    }
+
+    /// A cluster that sends the wrong bytes for every blob of a batch.
+    struct Corrupting;
+
+    #[async_trait]
+    impl BlobStore for Corrupting {
+        async fn find_missing(&self, _: &str, digests: &[Digest]) -> StoreResult<Vec<Digest>> {
+            Ok(digests.to_vec())
+        }
+        async fn read(
+            &self,
+            _: &str,
+            d: &Digest,
+            _: u64,
+            _: Option<u64>,
+        ) -> StoreResult<ByteStream> {
+            Err(StoreError::blob_not_found(d))
+        }
+        async fn batch_read(&self, _: &str, digests: Vec<Digest>) -> Vec<StoreResult<Bytes>> {
+            digests
+                .iter()
+                .map(|_| Ok(Bytes::from_static(b"wrong")))
+                .collect()
+        }
+        async fn make_local(&self, _: &str, d: &Digest) -> StoreResult<()> {
+            Err(StoreError::blob_not_found(d))
+        }
+        async fn begin_write(&self, _: &str, d: &Digest) -> StoreResult<Box<dyn BlobSink>> {
+            Err(StoreError::Unimplemented(format!("no writes of {d} here")))
+        }
     }
 
     #[tokio::test]
@@ -296,5 +387,71 @@ mod tests {
             Err(StoreError::NotFound(_))
         ));
         assert!(!fast.contains("", &nowhere).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_batch_read_fetches_what_is_not_local_in_one_batch_read_of_the_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let fast = store(&dir.path().join("fast"));
+        let slow = Counting::open(&dir.path().join("slow"), Arc::new(SystemClock));
+        let stats = Arc::new(Stats::default());
+        let caching = ReadCaching::new(fast.clone(), slow.clone(), stats.clone());
+        let blob = |text: &'static str| {
+            let data = Bytes::from_static(text.as_bytes());
+            (DigestFunction::Sha256.digest_of(&data), data)
+        };
+        let (local, local_data) = blob("local");
+        let (b, b_data) = blob("only in the cluster: b");
+        let (c, c_data) = blob("only in the cluster: c");
+        let (nowhere, _) = blob("nowhere");
+        fast.write_bytes("c", &local, local_data.clone())
+            .await
+            .unwrap();
+        slow.inner
+            .write_bytes("c", &b, b_data.clone())
+            .await
+            .unwrap();
+        slow.inner
+            .write_bytes("c", &c, c_data.clone())
+            .await
+            .unwrap();
+
+        let read = caching.batch_read("c", vec![local, b, b, nowhere, c]).await;
+        assert_eq!(read[0].as_ref().unwrap(), &local_data);
+        assert_eq!(read[1].as_ref().unwrap(), &b_data);
+        assert_eq!(read[2].as_ref().unwrap(), &b_data);
+        assert!(
+            matches!(read[3], Err(StoreError::NotFound(_))),
+            "{:?}",
+            read[3]
+        );
+        assert_eq!(read[4].as_ref().unwrap(), &c_data);
+        assert_eq!(Counting::count(&slow.batch_reads), 1);
+        assert_eq!(Counting::count(&slow.reads), 0, "no read per blob");
+        assert_eq!(
+            stats.upstream_fetches.load(Ordering::Relaxed),
+            2,
+            "b once, and c"
+        );
+        assert_eq!(stats.local_hits.load(Ordering::Relaxed), 1);
+        // Local now.
+        assert_eq!(fast.read_bytes("", &b).await.unwrap(), b_data);
+        let again = caching.batch_read("c", vec![b, c]).await;
+        assert!(again.iter().all(Result::is_ok));
+        assert_eq!(Counting::count(&slow.batch_reads), 1);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_blob_in_a_batch_is_refused_and_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let fast = store(dir.path());
+        let caching = ReadCaching::new(fast.clone(), Arc::new(Corrupting), Default::default());
+        let digest = DigestFunction::Sha256.digest_of(b"right");
+        let read = caching.batch_read("c", vec![digest]).await;
+        match &read[0] {
+            Err(StoreError::Internal(m)) => assert!(m.contains("corrupt blob, not stored"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!fast.contains("", &digest).await.unwrap());
     }
 }

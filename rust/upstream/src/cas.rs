@@ -1,10 +1,11 @@
 //! A cluster's CAS and ByteStream as a [`BlobStore`].
 //!
-//! Small uploads go in BatchUpdateBlobs calls split to the cluster's batch limit; larger ones by
-//! ByteStream. Batch responses are matched by digest, or by position when the cluster leaves the
-//! digest empty (Bazel's remote worker does). Nothing here verifies hashes: the local CAS in front
-//! does that for reads, and the cluster for writes.
+//! Small uploads go in BatchUpdateBlobs calls split to the cluster's batch limit, and small
+//! batch reads in BatchReadBlobs calls; larger blobs by ByteStream (see [`crate::batch`]).
+//! Nothing here verifies hashes: the local CAS in front does that for reads, and the cluster for
+//! writes.
 
+use crate::batch::{self, Answers};
 use crate::cluster::{
     broken_connection_is_unavailable, digest_function_field, store_error, upstream_error, Cluster,
 };
@@ -25,10 +26,6 @@ use tonic::Status;
 
 /// Digests per FindMissingBlobs call: about 0.8 MB of request, far below the message limit.
 const FIND_MISSING_CHUNK: usize = 10_000;
-/// Batch calls in flight at once for one request.
-const BATCH_CALLS_IN_FLIGHT: usize = 4;
-/// Bytes a batch entry adds besides its data (digest, framing), so batches stay under the limit.
-const BATCH_ENTRY_OVERHEAD: u64 = 128;
 /// Chunks an upload may queue ahead of the network.
 const WRITE_QUEUE: usize = 4;
 
@@ -72,13 +69,7 @@ impl UpstreamCas {
             Ok(response) => response.into_inner().responses,
             Err(e) => return vec![Err(e); blobs.len()],
         };
-        let mut index: HashMap<(String, i64), Vec<usize>> = HashMap::new();
-        for (i, (digest, _)) in blobs.iter().enumerate() {
-            index
-                .entry((digest.hash_hex(), digest.size() as i64))
-                .or_default()
-                .push(i);
-        }
+        let answers = Answers::new(blobs.iter().map(|(digest, _)| digest));
         let mut results: Vec<StoreResult<()>> = vec![
             Err(StoreError::Internal(format!(
                 "{}: BatchUpdateBlobs: no response for this blob",
@@ -87,15 +78,7 @@ impl UpstreamCas {
             blobs.len()
         ];
         for (position, response) in responses.into_iter().enumerate() {
-            let slots = match &response.digest {
-                Some(d) if !d.hash.is_empty() => index
-                    .get(&(d.hash.to_ascii_lowercase(), d.size_bytes))
-                    .cloned()
-                    .unwrap_or_default(),
-                _ if position < blobs.len() => vec![position],
-                _ => vec![],
-            };
-            for slot in slots {
+            for slot in answers.slots(position, response.digest.as_ref()) {
                 results[slot] = match &response.status {
                     Some(status) if status.code != 0 => Err(upstream_error(
                         &self.cluster.describe(),
@@ -104,6 +87,62 @@ impl UpstreamCas {
                         &status.message,
                     )),
                     _ => Ok(()),
+                };
+            }
+        }
+        results
+    }
+
+    /// Sends one BatchReadBlobs call; one result per digest, in order.
+    async fn batch_read_call(
+        &self,
+        instance_name: &str,
+        function: DigestFunction,
+        digests: &[Digest],
+    ) -> Vec<StoreResult<Bytes>> {
+        let request = re::BatchReadBlobsRequest {
+            instance_name: instance_name.to_string(),
+            digests: digests.iter().map(Digest::to_proto).collect(),
+            acceptable_compressors: vec![],
+            digest_function: digest_function_field(function),
+        };
+        let response = self
+            .cluster
+            .store_call("BatchReadBlobs", || {
+                let mut client = self.cluster.cas_client();
+                let request = self.cluster.request(request.clone());
+                async move { client.batch_read_blobs(request).await }
+            })
+            .await;
+        let responses = match response {
+            Ok(response) => response.into_inner().responses,
+            Err(e) => return vec![Err(e); digests.len()],
+        };
+        let answers = Answers::new(digests);
+        let mut results: Vec<StoreResult<Bytes>> = vec![
+            Err(StoreError::Internal(format!(
+                "{}: BatchReadBlobs: no response for this blob",
+                self.cluster.describe()
+            )));
+            digests.len()
+        ];
+        for (position, response) in responses.into_iter().enumerate() {
+            for slot in answers.slots(position, response.digest.as_ref()) {
+                results[slot] = match &response.status {
+                    Some(status) if status.code != 0 => Err(upstream_error(
+                        &self.cluster.describe(),
+                        format_args!("BatchReadBlobs: blob {}", digests[slot]),
+                        status.code.into(),
+                        &status.message,
+                    )),
+                    // Only uncompressed data was asked for.
+                    _ if response.compressor != 0 => Err(StoreError::Internal(format!(
+                        "{}: BatchReadBlobs: blob {} came compressed ({}), which was not asked for",
+                        self.cluster.describe(),
+                        digests[slot],
+                        response.compressor
+                    ))),
+                    _ => Ok(response.data.clone()),
                 };
             }
         }
@@ -160,7 +199,7 @@ impl BlobStore for UpstreamCas {
                     })
                     .collect::<StoreResult<Vec<Digest>>>()
             })
-            .buffer_unordered(BATCH_CALLS_IN_FLIGHT)
+            .buffer_unordered(batch::CALLS_IN_FLIGHT)
             .try_collect()
             .await?;
         // In request order, as the trait promises.
@@ -231,7 +270,7 @@ impl BlobStore for UpstreamCas {
             .batch_limit(instance_name)
             .await
             .map_err(|s| store_error(&s))?;
-        if digest.size() + BATCH_ENTRY_OVERHEAD <= limit {
+        if batch::fits(digest, limit) {
             return Ok(Box::new(BufferedSink {
                 cas: UpstreamCas::new(self.cluster.clone()),
                 instance_name: instance_name.to_string(),
@@ -258,61 +297,45 @@ impl BlobStore for UpstreamCas {
             Ok(limit) => limit,
             Err(s) => return vec![Err(store_error(&s)); blobs.len()],
         };
-        // Greedy packing in request order; blobs too large for any batch go by ByteStream.
-        let mut groups: Vec<(DigestFunction, Vec<usize>)> = Vec::new();
-        let mut singles = Vec::new();
-        let mut current: Option<(DigestFunction, Vec<usize>, u64)> = None;
-        for (i, (digest, _)) in blobs.iter().enumerate() {
-            let cost = digest.size() + BATCH_ENTRY_OVERHEAD;
-            if cost > limit {
-                singles.push(i);
-                continue;
-            }
-            match &mut current {
-                Some((f, members, total)) if *f == digest.function() && *total + cost <= limit => {
-                    members.push(i);
-                    *total += cost;
-                }
-                _ => {
-                    if let Some((f, members, _)) = current.take() {
-                        groups.push((f, members));
-                    }
-                    current = Some((digest.function(), vec![i], cost));
-                }
-            }
-        }
-        if let Some((f, members, _)) = current {
-            groups.push((f, members));
-        }
         let blobs = &blobs;
-        let batched = stream::iter(groups)
-            .map(|(function, members)| async move {
-                let group: Vec<(Digest, Bytes)> =
-                    members.iter().map(|&i| blobs[i].clone()).collect();
-                let results = self.batch_update(instance_name, function, &group).await;
-                members.into_iter().zip(results).collect::<Vec<_>>()
-            })
-            .buffer_unordered(BATCH_CALLS_IN_FLIGHT)
-            .collect::<Vec<_>>();
-        let single = stream::iter(singles)
-            .map(|i| async move {
-                let (digest, data) = &blobs[i];
-                vec![(
-                    i,
-                    self.write_bytes(instance_name, digest, data.clone()).await,
-                )]
-            })
-            .buffer_unordered(BATCH_CALLS_IN_FLIGHT)
-            .collect::<Vec<_>>();
-        let (batched, single) = futures::join!(batched, single);
-        let mut results: Vec<Option<StoreResult<()>>> = vec![None; blobs.len()];
-        for (i, result) in batched.into_iter().chain(single).flatten() {
-            results[i] = Some(result);
-        }
-        results
-            .into_iter()
-            .map(|r| r.expect("every blob was sent"))
-            .collect()
+        batch::pack(blobs.iter().map(|(digest, _)| digest), limit)
+            .run(
+                blobs.len(),
+                |function, members| async move {
+                    let group: Vec<(Digest, Bytes)> =
+                        members.iter().map(|&i| blobs[i].clone()).collect();
+                    self.batch_update(instance_name, function, &group).await
+                },
+                |i| async move {
+                    let (digest, data) = &blobs[i];
+                    self.write_bytes(instance_name, digest, data.clone()).await
+                },
+            )
+            .await
+    }
+
+    /// Small blobs in BatchReadBlobs calls of up to the cluster's batch limit (a few round trips
+    /// for a whole tree level, not one per blob), larger ones by ByteStream.
+    async fn batch_read(
+        &self,
+        instance_name: &str,
+        digests: Vec<Digest>,
+    ) -> Vec<StoreResult<Bytes>> {
+        let limit = match self.cluster.batch_limit(instance_name).await {
+            Ok(limit) => limit,
+            Err(s) => return vec![Err(store_error(&s)); digests.len()],
+        };
+        let digests = &digests;
+        batch::pack(digests, limit)
+            .run(
+                digests.len(),
+                |function, members| async move {
+                    let group: Vec<Digest> = members.iter().map(|&i| digests[i]).collect();
+                    self.batch_read_call(instance_name, function, &group).await
+                },
+                |i| async move { self.read_bytes(instance_name, &digests[i]).await },
+            )
+            .await
     }
 }
 

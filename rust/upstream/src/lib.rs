@@ -8,6 +8,7 @@
 //! `clientd_store` compose in front of it; Execution is forwarded by [`Cluster::execute`].
 
 mod action_cache;
+mod batch;
 mod cas;
 mod cluster;
 mod endpoint;
