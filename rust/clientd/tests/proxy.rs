@@ -808,3 +808,73 @@ async fn a_batch_read_reaches_the_cluster_in_batch_reads_not_a_call_per_blob() {
     }
     assert_eq!(stats(&proxy).await["upstream_fetches"], 300);
 }
+
+#[tokio::test]
+async fn get_tree_through_a_cluster_reads_each_level_in_a_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        free.local_addr().unwrap().to_string()
+    };
+    let (upstream, proxy) = pair(dir.path(), &["--http-listen", &addr]);
+    // A root with 200 subdirectories, each with one of its own: three levels, 401 directories.
+    let encode = |d: &re::Directory| {
+        let bytes = prost::Message::encode_to_vec(d);
+        (sha256(&bytes), bytes)
+    };
+    let mut blobs = Vec::new();
+    let mut root = re::Directory::default();
+    for i in 0..200 {
+        let leaf = encode(&re::Directory {
+            symlinks: vec![re::SymlinkNode {
+                name: format!("link{i}"),
+                target: "x".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let middle = encode(&re::Directory {
+            directories: vec![re::DirectoryNode {
+                name: "leaf".into(),
+                digest: Some(leaf.0.to_proto()),
+            }],
+            ..Default::default()
+        });
+        root.directories.push(re::DirectoryNode {
+            name: format!("d{i:03}"),
+            digest: Some(middle.0.to_proto()),
+        });
+        blobs.extend([leaf, middle]);
+    }
+    let root = encode(&root);
+    blobs.push(root.clone());
+    let stored = upstream
+        .clients()
+        .await
+        .batch_update(UPSTREAM, &blobs)
+        .await;
+    assert!(stored.iter().all(|&code| code == 0), "{stored:?}");
+
+    let mut stream = proxy
+        .clients()
+        .await
+        .cas
+        .get_tree(re::GetTreeRequest {
+            instance_name: PROXIED.into(),
+            root_digest: Some(root.0.to_proto()),
+            page_size: 10_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut directories = 0;
+    while let Some(page) = stream.message().await.unwrap() {
+        directories += page.directories.len();
+    }
+    assert_eq!(directories, 401);
+    let page = metrics(&addr);
+    // The root, the middle level, the leaves: a call per level, not per directory.
+    assert_eq!(upstream_calls(&page, "BatchReadBlobs"), 3, "{page}");
+    assert_eq!(upstream_calls(&page, "ByteStream.Read"), 0, "{page}");
+}

@@ -202,6 +202,7 @@ impl ContentAddressableStorage for CasService {
             cas: self.cas.clone(),
             instance_name,
             queue: std::collections::VecDeque::from([root]),
+            read: Default::default(),
             seen: HashSet::from([root]),
             position: 0,
         };
@@ -263,11 +264,18 @@ impl ContentAddressableStorage for CasService {
     }
 }
 
+/// Directories a tree walk reads in one batch: a level of a wide tree at once (through a cluster,
+/// a few BatchReadBlobs calls instead of a round trip per directory).
+const WALK_BATCH: usize = 1000;
+
 /// Breadth-first walk over Directory messages in the CAS.
 struct TreeWalk {
     cas: Arc<dyn BlobStore>,
     instance_name: String,
+    /// Directories to read, in breadth-first order.
     queue: std::collections::VecDeque<Digest>,
+    /// The front of the queue, read in one batch and not yet produced.
+    read: std::collections::VecDeque<(Digest, Result<bytes::Bytes, StoreError>)>,
     seen: HashSet<Digest>,
     /// How many directories have been produced.
     position: usize,
@@ -275,8 +283,23 @@ struct TreeWalk {
 
 impl TreeWalk {
     async fn next(&mut self) -> Result<Option<re::Directory>, Status> {
-        while let Some(digest) = self.queue.pop_front() {
-            let data = match self.cas.read_bytes(&self.instance_name, &digest).await {
+        loop {
+            if self.read.is_empty() {
+                if self.queue.is_empty() {
+                    return Ok(None);
+                }
+                let batch: Vec<Digest> = {
+                    let n = self.queue.len().min(WALK_BATCH);
+                    self.queue.drain(..n).collect()
+                };
+                let data = self
+                    .cas
+                    .batch_read(&self.instance_name, batch.clone())
+                    .await;
+                self.read.extend(batch.into_iter().zip(data));
+            }
+            let (digest, data) = self.read.pop_front().expect("read above");
+            let data = match data {
                 Ok(data) => data,
                 Err(StoreError::NotFound(_)) => continue,
                 Err(e) => return Err(request::status(e)),
@@ -297,7 +320,6 @@ impl TreeWalk {
             self.position += 1;
             return Ok(Some(directory));
         }
-        Ok(None)
     }
 }
 
