@@ -723,6 +723,22 @@ async fn a_scrubbed_execute_whose_inputs_are_missing_is_forwarded_unscrubbed() {
     assert_eq!(stats(&proxy).await["scrub_failures"], 1);
 }
 
+/// [`pair`], the proxy with an HTTP listener (its address is the third value) for `/metrics`.
+fn pair_with_metrics(dir: &Path) -> (Daemon, Daemon, String) {
+    let addr = {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        free.local_addr().unwrap().to_string()
+    };
+    let (upstream, proxy) = pair(dir, &["--http-listen", &addr]);
+    (upstream, proxy, addr)
+}
+
+/// Stores `blobs` in the cluster daemon, by BatchUpdateBlobs.
+async fn store_in(upstream: &Daemon, blobs: &[(Digest, Vec<u8>)]) {
+    let stored = upstream.clients().await.batch_update(UPSTREAM, blobs).await;
+    assert!(stored.iter().all(|&code| code == 0), "{stored:?}");
+}
+
 /// The daemon's `/metrics` page, fetched from its HTTP listener at `addr`.
 fn metrics(addr: &str) -> String {
     use std::io::{Read, Write};
@@ -748,23 +764,14 @@ fn upstream_calls(page: &str, method: &str) -> u64 {
 #[tokio::test]
 async fn a_batch_read_reaches_the_cluster_in_batch_reads_not_a_call_per_blob() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = {
-        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        free.local_addr().unwrap().to_string()
-    };
-    let (upstream, proxy) = pair(dir.path(), &["--http-listen", &addr]);
+    let (upstream, proxy, addr) = pair_with_metrics(dir.path());
     let blobs: Vec<(Digest, Vec<u8>)> = (0..300)
         .map(|i| {
             let data = pseudo_random(1000 + i, 100 + i as usize);
             (sha256(&data), data)
         })
         .collect();
-    let stored = upstream
-        .clients()
-        .await
-        .batch_update(UPSTREAM, &blobs)
-        .await;
-    assert!(stored.iter().all(|&code| code == 0), "{stored:?}");
+    store_in(&upstream, &blobs).await;
     let absent = sha256(b"in no store");
     let mut digests: Vec<re::Digest> = blobs.iter().map(|(d, _)| d.to_proto()).collect();
     digests.push(absent.to_proto());
@@ -812,11 +819,7 @@ async fn a_batch_read_reaches_the_cluster_in_batch_reads_not_a_call_per_blob() {
 #[tokio::test]
 async fn get_tree_through_a_cluster_reads_each_level_in_a_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = {
-        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        free.local_addr().unwrap().to_string()
-    };
-    let (upstream, proxy) = pair(dir.path(), &["--http-listen", &addr]);
+    let (upstream, proxy, addr) = pair_with_metrics(dir.path());
     // A root with 200 subdirectories, each with one of its own: three levels, 401 directories.
     let encode = |d: &re::Directory| {
         let bytes = prost::Message::encode_to_vec(d);
@@ -848,12 +851,7 @@ async fn get_tree_through_a_cluster_reads_each_level_in_a_batch() {
     }
     let root = encode(&root);
     blobs.push(root.clone());
-    let stored = upstream
-        .clients()
-        .await
-        .batch_update(UPSTREAM, &blobs)
-        .await;
-    assert!(stored.iter().all(|&code| code == 0), "{stored:?}");
+    store_in(&upstream, &blobs).await;
 
     let mut stream = proxy
         .clients()
