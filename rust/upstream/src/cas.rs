@@ -15,9 +15,10 @@ use bytes::Bytes;
 use clientd_digest::{Digest, DigestFunction, ReadResource, WriteResource};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_proto::google::bytestream::{ReadRequest, WriteRequest, WriteResponse};
-use clientd_store::{BlobSink, BlobStore, ByteStream, StoreError, StoreResult};
+use clientd_store::{BlobSink, BlobStore, ByteStream, StoreError, StoreResult, BATCH_CONCURRENCY};
 use futures::{stream, StreamExt, TryStreamExt};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -31,11 +32,26 @@ const WRITE_QUEUE: usize = 4;
 
 pub struct UpstreamCas {
     cluster: Arc<Cluster>,
+    /// Whether the cluster answers BatchReadBlobs. Bazel's own remote worker does not
+    /// (UNIMPLEMENTED); then blobs are read one by one, and it is not asked again.
+    batch_reads: AtomicBool,
 }
 
 impl UpstreamCas {
     pub fn new(cluster: Arc<Cluster>) -> Self {
-        UpstreamCas { cluster }
+        UpstreamCas {
+            cluster,
+            batch_reads: AtomicBool::new(true),
+        }
+    }
+
+    /// Reads `digests` a blob at a time (ByteStream), a few at once.
+    async fn read_each(&self, instance_name: &str, digests: &[Digest]) -> Vec<StoreResult<Bytes>> {
+        stream::iter(digests.iter().copied())
+            .map(|digest| async move { self.read_bytes(instance_name, &digest).await })
+            .buffered(BATCH_CONCURRENCY)
+            .collect()
+            .await
     }
 
     /// Sends one BatchUpdateBlobs call; one result per blob, in order.
@@ -315,7 +331,8 @@ impl BlobStore for UpstreamCas {
     }
 
     /// Small blobs in BatchReadBlobs calls of up to the cluster's batch limit (a few round trips
-    /// for a whole tree level, not one per blob), larger ones by ByteStream.
+    /// for a whole tree level, not one per blob), larger ones by ByteStream; all by ByteStream
+    /// from a cluster without BatchReadBlobs.
     async fn batch_read(
         &self,
         instance_name: &str,
@@ -325,13 +342,28 @@ impl BlobStore for UpstreamCas {
             Ok(limit) => limit,
             Err(s) => return vec![Err(store_error(&s)); digests.len()],
         };
+        if !self.batch_reads.load(Ordering::Relaxed) {
+            return self.read_each(instance_name, &digests).await;
+        }
         let digests = &digests;
         batch::pack(digests, limit)
             .run(
                 digests.len(),
                 |function, members| async move {
                     let group: Vec<Digest> = members.iter().map(|&i| digests[i]).collect();
-                    self.batch_read_call(instance_name, function, &group).await
+                    let results = self.batch_read_call(instance_name, function, &group).await;
+                    let unimplemented =
+                        |r: &StoreResult<Bytes>| matches!(r, Err(StoreError::Unimplemented(_)));
+                    if !results.iter().all(unimplemented) {
+                        return results;
+                    }
+                    if self.batch_reads.swap(false, Ordering::Relaxed) {
+                        tracing::info!(
+                            "{}: no BatchReadBlobs (UNIMPLEMENTED); its blobs are read one by one",
+                            self.cluster.describe()
+                        );
+                    }
+                    self.read_each(instance_name, &group).await
                 },
                 |i| async move { self.read_bytes(instance_name, &digests[i]).await },
             )
