@@ -15,6 +15,7 @@ use bytes::Bytes;
 use clientd_digest::{Digest, DigestFunction, ReadResource, WriteResource};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_proto::google::bytestream::{ReadRequest, WriteRequest, WriteResponse};
+use clientd_proto::google::rpc::Status as RpcStatus;
 use clientd_store::{BlobSink, BlobStore, ByteStream, StoreError, StoreResult, BATCH_CONCURRENCY};
 use futures::{stream, StreamExt, TryStreamExt};
 use std::collections::HashMap;
@@ -81,32 +82,9 @@ impl UpstreamCas {
                 async move { client.batch_update_blobs(request).await }
             })
             .await;
-        let responses = match response {
-            Ok(response) => response.into_inner().responses,
-            Err(e) => return vec![Err(e); blobs.len()],
-        };
-        let answers = Answers::new(blobs.iter().map(|(digest, _)| digest));
-        let mut results: Vec<StoreResult<()>> = vec![
-            Err(StoreError::Internal(format!(
-                "{}: BatchUpdateBlobs: no response for this blob",
-                self.cluster.describe()
-            )));
-            blobs.len()
-        ];
-        for (position, response) in responses.into_iter().enumerate() {
-            for slot in answers.slots(position, response.digest.as_ref()) {
-                results[slot] = match &response.status {
-                    Some(status) if status.code != 0 => Err(upstream_error(
-                        &self.cluster.describe(),
-                        format_args!("BatchUpdateBlobs: blob {}", blobs[slot].0),
-                        status.code.into(),
-                        &status.message,
-                    )),
-                    _ => Ok(()),
-                };
-            }
-        }
-        results
+        let digests: Vec<Digest> = blobs.iter().map(|(digest, _)| *digest).collect();
+        let responses = response.map(|r| r.into_inner().responses);
+        self.answered("BatchUpdateBlobs", &digests, responses, |_, _| Ok(()))
     }
 
     /// Sends one BatchReadBlobs call; one result per digest, in order.
@@ -130,39 +108,81 @@ impl UpstreamCas {
                 async move { client.batch_read_blobs(request).await }
             })
             .await;
-        let responses = match response {
-            Ok(response) => response.into_inner().responses,
+        let responses = response.map(|r| r.into_inner().responses);
+        self.answered("BatchReadBlobs", digests, responses, |response, digest| {
+            // Only uncompressed data was asked for.
+            match response.compressor {
+                0 => Ok(response.data.clone()),
+                other => Err(StoreError::Internal(format!(
+                    "{}: BatchReadBlobs: blob {digest} came compressed ({other}), which was not \
+                     asked for",
+                    self.cluster.describe(),
+                ))),
+            }
+        })
+    }
+
+    /// One result per blob of a `method` batch call, from the call's response entries: each
+    /// entry answers the blobs [`Answers`] matches it to, with its status if that is not OK,
+    /// else with what `value` makes of it. Blobs no entry answers fail; so do all when the call
+    /// does.
+    fn answered<R: BatchEntry, T: Clone>(
+        &self,
+        method: &str,
+        digests: &[Digest],
+        responses: StoreResult<Vec<R>>,
+        value: impl Fn(&R, &Digest) -> StoreResult<T>,
+    ) -> Vec<StoreResult<T>> {
+        let responses = match responses {
+            Ok(responses) => responses,
             Err(e) => return vec![Err(e); digests.len()],
         };
         let answers = Answers::new(digests);
-        let mut results: Vec<StoreResult<Bytes>> = vec![
+        let mut results: Vec<StoreResult<T>> = vec![
             Err(StoreError::Internal(format!(
-                "{}: BatchReadBlobs: no response for this blob",
+                "{}: {method}: no response for this blob",
                 self.cluster.describe()
             )));
             digests.len()
         ];
-        for (position, response) in responses.into_iter().enumerate() {
-            for slot in answers.slots(position, response.digest.as_ref()) {
-                results[slot] = match &response.status {
+        for (position, response) in responses.iter().enumerate() {
+            for slot in answers.slots(position, response.digest()) {
+                results[slot] = match response.status() {
                     Some(status) if status.code != 0 => Err(upstream_error(
                         &self.cluster.describe(),
-                        format_args!("BatchReadBlobs: blob {}", digests[slot]),
+                        format_args!("{method}: blob {}", digests[slot]),
                         status.code.into(),
                         &status.message,
                     )),
-                    // Only uncompressed data was asked for.
-                    _ if response.compressor != 0 => Err(StoreError::Internal(format!(
-                        "{}: BatchReadBlobs: blob {} came compressed ({}), which was not asked for",
-                        self.cluster.describe(),
-                        digests[slot],
-                        response.compressor
-                    ))),
-                    _ => Ok(response.data.clone()),
+                    _ => value(response, &digests[slot]),
                 };
             }
         }
         results
+    }
+}
+
+/// A batch call's response entry: the blob it answers (if it says) and how that went.
+trait BatchEntry {
+    fn digest(&self) -> Option<&re::Digest>;
+    fn status(&self) -> Option<&RpcStatus>;
+}
+
+impl BatchEntry for re::batch_update_blobs_response::Response {
+    fn digest(&self) -> Option<&re::Digest> {
+        self.digest.as_ref()
+    }
+    fn status(&self) -> Option<&RpcStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl BatchEntry for re::batch_read_blobs_response::Response {
+    fn digest(&self) -> Option<&re::Digest> {
+        self.digest.as_ref()
+    }
+    fn status(&self) -> Option<&RpcStatus> {
+        self.status.as_ref()
     }
 }
 
