@@ -23,14 +23,6 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn signal(pid: i32, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 /// FindMissingBlobs of a digest nobody has, through the proxy: the cluster must answer it.
 async fn ask(clients: &mut Clients, round: usize, i: usize) -> (Result<(), Code>, Duration) {
     let digest = sha256(format!("never uploaded {round} {i}").as_bytes());
@@ -72,7 +64,7 @@ async fn main() {
         }
         let healthy_round = median(up);
 
-        signal(upstream.pid(), "-STOP");
+        upstream.pause();
         let (result, first) = ask(&mut clients, round, 0).await;
         assert_eq!(result, Err(Code::DeadlineExceeded));
         let mut down = Vec::new();
@@ -83,7 +75,7 @@ async fn main() {
         }
         let fast = median(down);
 
-        signal(upstream.pid(), "-CONT");
+        upstream.resume();
         let start = Instant::now();
         let mut i = 100;
         while ask(&mut clients, round, i).await.0.is_err() {

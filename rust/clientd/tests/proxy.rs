@@ -320,12 +320,11 @@ async fn a_hung_cluster_is_marked_down_and_comes_back() {
     // Past the existence-cache TTL: every answer about the cluster's contents is stale.
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
-    let signal = |name: &str| signal(&upstream, name);
     let timed = |start: Instant, most: Duration| {
         let took = start.elapsed();
         assert!(took < most, "took {took:?}");
     };
-    signal("-STOP");
+    upstream.pause();
     // The first call waits out the request timeout: DEADLINE_EXCEEDED naming the cluster.
     let start = Instant::now();
     let err = clients
@@ -349,11 +348,10 @@ async fn a_hung_cluster_is_marked_down_and_comes_back() {
     timed(start, Duration::from_secs(2));
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("is down"), "{err:?}");
+    // Larger than one request, so a streamed upload; made before the clock starts.
+    let upload = pseudo_random(42, 2 << 20);
     let start = Instant::now();
-    let err = clients
-        .write(PROXIED, &pseudo_random(42, 8 << 20), 1 << 20)
-        .await
-        .unwrap_err();
+    let err = clients.write(PROXIED, &upload, 1 << 20).await.unwrap_err();
     timed(start, Duration::from_secs(2));
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     let state = cluster_state(&proxy).await;
@@ -378,7 +376,7 @@ async fn a_hung_cluster_is_marked_down_and_comes_back() {
     assert_eq!(offline, result);
     assert_eq!(stats(&proxy).await["action_results_offline"], 1);
 
-    signal("-CONT");
+    upstream.resume();
     let start = Instant::now();
     while !cluster_state(&proxy).await.starts_with("up") {
         assert!(start.elapsed() < Duration::from_secs(10), "still down");
@@ -414,7 +412,7 @@ async fn a_fetch_that_stalls_or_breaks_mid_stream_is_unavailable() {
         up.write(UPSTREAM, blob, 1 << 20).await.unwrap();
     }
     let tmp = proxy.home.join("cache/clientd/cas/tmp");
-    for (blob, signal) in blobs.iter().zip(["-STOP", "-KILL"]) {
+    for (blob, fault) in blobs.iter().zip(["SIGSTOP", "SIGKILL"]) {
         let digest = sha256(blob);
         let mut clients = proxy.clients().await;
         let read = tokio::spawn(async move { clients.read(PROXIED, &digest, 0, 0).await });
@@ -430,7 +428,10 @@ async fn a_fetch_that_stalls_or_breaks_mid_stream_is_unavailable() {
             );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        self::signal(&upstream, signal);
+        match fault {
+            "SIGSTOP" => upstream.pause(),
+            _ => upstream.signal(libc::SIGKILL),
+        }
         let start = Instant::now();
         let err = read.await.unwrap().unwrap_err();
         assert!(
@@ -438,14 +439,14 @@ async fn a_fetch_that_stalls_or_breaks_mid_stream_is_unavailable() {
             "{:?}",
             start.elapsed()
         );
-        assert_eq!(err.code(), Code::Unavailable, "{signal}: {err:?}");
+        assert_eq!(err.code(), Code::Unavailable, "{fault}: {err:?}");
         assert!(
             !cas_file(&proxy, &digest).exists(),
-            "{signal}: a partial blob was kept"
+            "{fault}: a partial blob was kept"
         );
-        if signal == "-STOP" {
+        if fault == "SIGSTOP" {
             // Let it go on, and wait for the proxy's probe to find it answering again.
-            self::signal(&upstream, "-CONT");
+            upstream.resume();
             let start = Instant::now();
             while !cluster_state(&proxy).await.starts_with("up") {
                 assert!(start.elapsed() < Duration::from_secs(10), "still down");
@@ -453,15 +454,6 @@ async fn a_fetch_that_stalls_or_breaks_mid_stream_is_unavailable() {
             }
         }
     }
-}
-
-/// Sends `name` (`-STOP`, `-CONT`, `-KILL`) to a daemon.
-fn signal(daemon: &Daemon, name: &str) {
-    let status = std::process::Command::new("kill")
-        .args([name, &daemon.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {name}");
 }
 
 /// The proxy's only cluster's state, as `clientd stats` shows it.

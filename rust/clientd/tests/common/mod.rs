@@ -85,6 +85,32 @@ impl Daemon {
         child.wait().unwrap();
     }
 
+    /// SIGSTOP, returning once every thread of the daemon has stopped. The kernel wakes one thread
+    /// to take the signal, and that thread stops the others: until it runs, which on a loaded
+    /// machine can be a while after kill(2) returns, the others still answer calls.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+        let tasks = PathBuf::from(format!("/proc/{}/task", self.pid()));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !every_thread_stopped(&tasks) {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon's threads did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// SIGCONT: a paused daemon goes on.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// Sends `sig` to the daemon.
+    pub fn signal(&self, sig: i32) {
+        signal(self.pid(), sig);
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
@@ -102,6 +128,16 @@ impl Drop for Daemon {
 fn signal(pid: i32, sig: i32) {
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(pid, sig) };
+}
+
+/// Whether every thread under `/proc/PID/task` is in state T (stopped), from field 3 of its
+/// `stat`, which follows the command name in parentheses.
+fn every_thread_stopped(tasks: &Path) -> bool {
+    std::fs::read_dir(tasks).unwrap().all(|task| {
+        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap_or_default();
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('T'))
+    })
 }
 
 /// `clientd ARGS` with HOME and the XDG directories under `home`.
