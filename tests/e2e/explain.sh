@@ -164,14 +164,16 @@ else
     fail page_opens_input_blob "no blob link on the action page opens pkg/a.txt"
 fi
 # Pages that cannot be shown say why, with a status a script can act on: 400 for a request that
-# lacks what it must name, 404 for what is not there.
+# lacks what it must name or names it malformed (a blob the cache has, under an instance name with
+# a reserved segment), 404 for what is not there.
 page_status() { curl -s -o "$T/page_body" -w '%{http_code}' "$HTTP$1"; }
 got="$(page_status "/blob") $(page_status "/blob?instance=local&digest=md4/x/1") \
+$(page_status "/blob?instance=local/blobs&digest=${blob_url##*digest=}") \
 $(page_status "/invocation?id=no-such-invocation") $(page_status "/action?invocation=$INVOCATION&action=sha256/00/1")"
-if [ "$got" = "400 400 404 404" ] && grep -q "no action sha256/00/1 in invocation" "$T/page_body"; then
+if [ "$got" = "400 400 400 404 404" ] && grep -q "no action sha256/00/1 in invocation" "$T/page_body"; then
     pass page_refusals_have_their_status
 else
-    fail page_refusals_have_their_status "statuses $got (want 400 400 404 404); last body: $(head -c 300 "$T/page_body")"
+    fail page_refusals_have_their_status "statuses $got (want 400 400 400 404 404); last body: $(head -c 300 "$T/page_body")"
 fi
 if [ -n "${SCREENSHOTS:-}" ]; then
     mkdir -p "$SCREENSHOTS"

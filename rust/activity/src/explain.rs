@@ -5,7 +5,7 @@
 //! fields. Actions with the same differences are grouped, largest group first.
 
 use crate::log::{ActionRecord, Invocation, Traffic};
-use clientd_digest::{Digest, DigestFunction};
+use clientd_digest::{Digest, DigestFunction, InstanceName};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_store::{read_tree, BlobStore};
 use prost::Message;
@@ -43,6 +43,11 @@ pub fn parse_action(record: &ActionRecord) -> Option<Digest> {
     Digest::parse_joined(Some(function), rest, '/').ok()
 }
 
+/// The instance name a record was made under; None if the log's text is not one.
+pub fn parse_instance(record: &ActionRecord) -> Option<InstanceName> {
+    InstanceName::new(&record.instance).ok()
+}
+
 /// An action's Action and Command, as far as the CAS has them.
 pub struct Loaded {
     pub action: re::Action,
@@ -51,18 +56,12 @@ pub struct Loaded {
 
 /// A record's Action and Command from the CAS of its instance; None when either is not there.
 pub async fn load(store: &dyn BlobStore, record: &ActionRecord) -> Option<Loaded> {
-    let digest = parse_action(record)?;
-    let action =
-        re::Action::decode(store.read_bytes(&record.instance, &digest).await.ok()?).ok()?;
+    let (instance, digest) = (parse_instance(record)?, parse_action(record)?);
+    let action = re::Action::decode(store.read_bytes(&instance, &digest).await.ok()?).ok()?;
     let command_digest =
         Digest::from_proto(Some(digest.function()), action.command_digest.as_ref()?).ok()?;
-    let command = re::Command::decode(
-        store
-            .read_bytes(&record.instance, &command_digest)
-            .await
-            .ok()?,
-    )
-    .ok()?;
+    let command =
+        re::Command::decode(store.read_bytes(&instance, &command_digest).await.ok()?).ok()?;
     Some(Loaded { action, command })
 }
 
@@ -167,7 +166,7 @@ fn platform(platform: Option<&re::Platform>) -> BTreeMap<String, String> {
 /// None when the tree is not (wholly) in the CAS.
 pub async fn flatten(
     store: &dyn BlobStore,
-    instance: &str,
+    instance: &InstanceName,
     root: &Digest,
 ) -> Option<BTreeMap<String, (String, Option<Digest>)>> {
     let tree = read_tree(store, instance, root).await.ok()?;
@@ -213,9 +212,13 @@ async fn inputs_diff(
     let (Some(old_root), Some(new_root)) = (root(old.0, old.1), root(new.0, new.1)) else {
         return vec!["the input files changed (an input root digest is malformed)".into()];
     };
+    let (Some(old_instance), Some(new_instance)) = (parse_instance(old.0), parse_instance(new.0))
+    else {
+        return vec!["the input files changed (an instance name is malformed)".into()];
+    };
     let trees = (
-        flatten(store, &old.0.instance, &old_root).await,
-        flatten(store, &new.0.instance, &new_root).await,
+        flatten(store, &old_instance, &old_root).await,
+        flatten(store, &new_instance, &new_root).await,
     );
     let (Some(before), Some(after)) = trees else {
         return vec![

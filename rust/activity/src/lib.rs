@@ -5,6 +5,7 @@ mod explain;
 mod log;
 
 pub use explain::{
-    explain, explain_action, flatten, load, parse_action, Cause, ExplainError, Explanation, Loaded,
+    explain, explain_action, flatten, load, parse_action, parse_instance, Cause, ExplainError,
+    Explanation, Loaded,
 };
 pub use log::{action_key, ActionRecord, ActivityLog, Event, Invocation, Outcome, Traffic};

@@ -2,7 +2,7 @@
 //! Bazel ignores flags a command does not take, 7.0 and later), only flags the user's Bazel knows.
 
 use crate::version::BazelVersion;
-use clientd_digest::is_local_instance;
+use clientd_digest::InstanceName;
 use std::fmt::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,7 +26,7 @@ impl Connection {
 
     /// The flags for Bazel's HTTP cache client and `instance_name` (the URL's path: Bazel sends
     /// no instance name over HTTP).
-    fn http_cache(&self, instance_name: &str) -> Vec<String> {
+    fn http_cache(&self, instance_name: &InstanceName) -> Vec<String> {
         match self {
             Connection::Unix(path) => vec![
                 format!("--remote_cache=http://localhost/{instance_name}"),
@@ -49,7 +49,7 @@ pub struct FragmentOptions {
     /// and no activity record (HTTP requests carry no request metadata).
     pub http_cache: bool,
     /// `local/<name>` or `<cluster prefix>/<instance>`.
-    pub instance_name: String,
+    pub instance_name: InstanceName,
     /// For an instance name routed to a cluster: the cluster's `host:port` and the instance name
     /// it sees, for bytestream:// URIs that stay valid on other machines.
     pub cluster: Option<(String, String)>,
@@ -78,7 +78,7 @@ pub enum FragmentError {
         "instance {0:?} is the local cache, which cannot execute actions: use --cache-only, or an \
          instance name under a configured cluster"
     )]
-    LocalCannotExecute(String),
+    LocalCannotExecute(InstanceName),
     #[error(
         "with remote execution Bazel runs the actions --experimental_remote_scrubbing_config \
          matches locally (7.1 and later; 7.0 refuses the combination): give the file to the \
@@ -93,14 +93,14 @@ pub enum FragmentError {
         "--http: instance {0:?} is a cluster's; Bazel's HTTP cache protocol is served for the \
          local cache only (local/<name>), as it names blobs and actions by hash alone"
     )]
-    HttpForCluster(String),
+    HttpForCluster(InstanceName),
 }
 
 /// The fragment's text, or why the combination cannot work.
 pub fn fragment(options: &FragmentOptions) -> Result<String, FragmentError> {
     let bazel = options.bazel;
     let at_least = |(major, minor): (u32, u32)| bazel.at_least(major, minor);
-    if options.remote_execution && is_local_instance(&options.instance_name) {
+    if options.remote_execution && options.instance_name.is_local() {
         return Err(FragmentError::LocalCannotExecute(
             options.instance_name.clone(),
         ));
@@ -120,7 +120,7 @@ pub fn fragment(options: &FragmentOptions) -> Result<String, FragmentError> {
     let mut notes: Vec<String> = Vec::new();
     let service = options.connection.uri();
     if options.http_cache {
-        if options.remote_execution || !is_local_instance(&options.instance_name) {
+        if options.remote_execution || !options.instance_name.is_local() {
             return Err(FragmentError::HttpForCluster(options.instance_name.clone()));
         }
         flags.extend(options.connection.http_cache(&options.instance_name));
@@ -174,7 +174,7 @@ pub fn fragment(options: &FragmentOptions) -> Result<String, FragmentError> {
             path.display()
         ));
     }
-    let local_cache = !options.remote_execution && is_local_instance(&options.instance_name);
+    let local_cache = !options.remote_execution && options.instance_name.is_local();
     if local_cache && !options.http_cache && !at_least(OUTPUT_SERVICE) {
         notes.push(
             "Bazel's HTTP cache client costs it less time per action than its gRPC client \
@@ -223,7 +223,7 @@ mod tests {
             bazel: BazelVersion::parse(version).unwrap(),
             connection: Connection::Unix("/home/u/.cache/clientd/grpc".into()),
             http_cache: false,
-            instance_name: "mycluster.example.com/hello".into(),
+            instance_name: "mycluster.example.com/hello".parse().unwrap(),
             cluster: Some(("mycluster.example.com:443".into(), "hello".into())),
             remote_execution: true,
             mount: Some("/home/u/clientd".into()),
@@ -278,7 +278,7 @@ mod tests {
     #[test]
     fn cache_only_local_and_scrubbing() {
         let mut local = options("7.2.0");
-        local.instance_name = "local/myproject".into();
+        local.instance_name = "local/myproject".parse().unwrap();
         local.cluster = None;
         assert!(fragment(&local)
             .unwrap_err()
@@ -326,7 +326,7 @@ mod tests {
             flags(&fragment(&http_tcp).unwrap())[0],
             "common:clientd --remote_cache=http://127.0.0.1:8980/local/myproject"
         );
-        http.instance_name = "mycluster.example.com/hello".into();
+        http.instance_name = "mycluster.example.com/hello".parse().unwrap();
         assert!(fragment(&http)
             .unwrap_err()
             .to_string()

@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::daemon;
 use clap::Args;
 use clientd_bazelrc::{fragment, BazelVersion, Connection, FragmentOptions};
-use clientd_digest::{validate_instance_name, LOCAL_INSTANCE};
+use clientd_digest::{InstanceName, LOCAL_INSTANCE};
 use clientd_scrub::{scrub_config, Pattern, ScrubOptions, ScrubbingConfig};
 use clientd_store::Router;
 use clientd_upstream::Endpoint;
@@ -228,18 +228,16 @@ pub(crate) fn render(config: &Config, args: &BazelrcArgs) -> Result<String, Stri
                 .and_then(Path::file_name)
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "default".into());
-            format!("local/{name}")
+            format!("{LOCAL_INSTANCE}/{name}")
         }
     };
-    validate_instance_name(&instance).map_err(|e| format!("--instance: {e}"))?;
+    let instance = InstanceName::new(&instance).map_err(|e| format!("--instance: {e}"))?;
     let daemon = Daemon::find(config)?;
-    let mut routes: Vec<(String, Option<String>)> = vec![(LOCAL_INSTANCE.into(), None)];
-    routes.extend(
-        daemon
-            .clusters
-            .iter()
-            .map(|(prefix, endpoint)| (prefix.clone(), Some(endpoint.clone()))),
-    );
+    let mut routes: Vec<(InstanceName, Option<String>)> = vec![(InstanceName::local(), None)];
+    for (prefix, endpoint) in &daemon.clusters {
+        let prefix = InstanceName::new(prefix).map_err(|e| format!("the daemon's cluster: {e}"))?;
+        routes.push((prefix, Some(endpoint.clone())));
+    }
     let router = Router::new(routes);
     let (endpoint, rest) = router
         .route(&instance)

@@ -4,7 +4,7 @@
 //! cache under `$XDG_CACHE_HOME/clientd` with its socket at `$XDG_CACHE_HOME/clientd/grpc`.
 //! Unknown fields are refused, and errors name the file and the field's path.
 
-use clientd_digest::{is_local_instance, validate_instance_name};
+use clientd_digest::InstanceName;
 use clientd_upstream::Endpoint;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -353,8 +353,8 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         for (prefix, cluster) in &self.clusters {
             let field = format!("clusters.{prefix:?}");
-            validate_instance_name(prefix).map_err(|e| format!("{field}: {e}"))?;
-            if prefix.is_empty() || is_local_instance(prefix) {
+            let name = InstanceName::new(prefix).map_err(|e| format!("{field}: {e}"))?;
+            if name.is_empty() || name.is_local() {
                 return Err(format!(
                     "{field}: the prefix must be non-empty and not under `local`, which is the local cache"
                 ));

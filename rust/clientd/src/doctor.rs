@@ -6,7 +6,7 @@ use crate::bazelrc;
 use crate::config::Config;
 use crate::daemon;
 use crate::server::cluster_options;
-use clientd_digest::DigestFunction;
+use clientd_digest::{DigestFunction, InstanceName};
 use clientd_proto::clientd::v1 as pb;
 use clientd_upstream::{Cluster, RetryPolicy};
 use std::path::{Path, PathBuf};
@@ -231,7 +231,7 @@ async fn check_cluster(config: &Config, prefix: &str, endpoint: &str) -> Outcome
         Err(e) => return fail(e.to_string(), "fix the cluster's configuration"),
     };
     let start = Instant::now();
-    let answer = cluster.capabilities("").await;
+    let answer = cluster.capabilities(&InstanceName::default()).await;
     let latency = start.elapsed().as_millis();
     match answer {
         Ok(capabilities) => {

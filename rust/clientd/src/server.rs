@@ -3,7 +3,7 @@
 
 use crate::config::{ClusterConfig, Config};
 use clientd_activity::ActivityLog;
-use clientd_digest::{DigestFunction, LOCAL_INSTANCE};
+use clientd_digest::{DigestFunction, InstanceName};
 use clientd_grpc::{
     served_capabilities, split_tcp, split_unix, ActionCacheService, ByteStreamService,
     CapabilitiesService, CasService, Clusters, ExecutionService, ForwardHeadersLayer, Insight,
@@ -99,13 +99,13 @@ pub fn compose(config: &Config, clock: Arc<dyn Clock>) -> Result<Composition, St
     ));
     let stats = Arc::new(Stats::default());
     let mut stores = vec![(
-        LOCAL_INSTANCE.to_string(),
+        InstanceName::local(),
         Backend {
             cas: local_cas.clone(),
             action_cache: local_action_cache,
         },
     )];
-    let mut clusters = vec![(LOCAL_INSTANCE.to_string(), None)];
+    let mut clusters = vec![(InstanceName::local(), None)];
     for (prefix, cluster_config) in &config.clusters {
         let cluster = Arc::new(
             Cluster::new(cluster_options(prefix, cluster_config)?).map_err(|e| e.to_string())?,
@@ -140,8 +140,9 @@ pub fn compose(config: &Config, clock: Arc<dyn Clock>) -> Result<Composition, St
             )),
         };
         tracing::info!("{}: instance names {prefix}/...", cluster.describe());
+        let prefix = InstanceName::new(prefix).map_err(|e| format!("clusters.{prefix:?}: {e}"))?;
         stores.push((prefix.clone(), backend));
-        clusters.push((prefix.clone(), Some(cluster)));
+        clusters.push((prefix, Some(cluster)));
     }
     let stores = Arc::new(Demultiplexing::new(stores));
     let scrubbing = match &config.scrubbing_config {
@@ -451,11 +452,11 @@ struct FrontRouting {
 }
 
 impl Routing for FrontRouting {
-    fn serves(&self, instance_name: &str) -> bool {
+    fn serves(&self, instance_name: &InstanceName) -> bool {
         self.stores.route(instance_name).is_ok()
     }
 
-    fn digest_functions<'a>(&'a self, instance_name: &'a str) -> DigestFunctions<'a> {
+    fn digest_functions<'a>(&'a self, instance_name: &'a InstanceName) -> DigestFunctions<'a> {
         Box::pin(async move {
             let capabilities = served_capabilities(&self.clusters, instance_name)
                 .await

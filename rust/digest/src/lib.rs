@@ -17,6 +17,6 @@ pub use digest::{Digest, HashBytes};
 pub use error::{truncate, DigestError};
 pub use function::DigestFunction;
 pub use hasher::{Hasher, ReadRanges};
-pub use instance::{is_local_instance, validate_instance_name, LOCAL_INSTANCE, RESERVED_SEGMENTS};
+pub use instance::{InstanceName, LOCAL_INSTANCE, RESERVED_SEGMENTS};
 pub use map::{DigestMap, WordHasher};
 pub use resource::{Compressor, ReadResource, WriteResource};

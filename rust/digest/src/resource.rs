@@ -8,7 +8,7 @@ use crate::digest::Digest;
 use crate::error::truncate;
 use crate::error::DigestError;
 use crate::function::DigestFunction;
-use crate::instance::{validate_instance_name, RESERVED_SEGMENTS};
+use crate::instance::{InstanceName, RESERVED_SEGMENTS};
 
 /// Compressors of `compressed-blobs/` names (REAPI Compressor.Value, lowercase).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +43,7 @@ impl Compressor {
 /// A parsed read resource name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadResource {
-    pub instance_name: String,
+    pub instance_name: InstanceName,
     /// None for plain `blobs/`.
     pub compressor: Option<Compressor>,
     pub digest: Digest,
@@ -52,7 +52,7 @@ pub struct ReadResource {
 /// A parsed write resource name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteResource {
-    pub instance_name: String,
+    pub instance_name: InstanceName,
     pub uuid: String,
     pub compressor: Option<Compressor>,
     pub digest: Digest,
@@ -115,7 +115,7 @@ fn blob_part(compressor: Option<Compressor>, digest: &Digest) -> String {
     }
 }
 
-fn join(instance_name: &str, tail: &str) -> String {
+fn join(instance_name: &InstanceName, tail: &str) -> String {
     if instance_name.is_empty() {
         tail.to_string()
     } else {
@@ -159,7 +159,7 @@ impl<'a> Parser<'a> {
 
     /// Segments up to the first `blobs`, `uploads` or `compressed-blobs` form the instance name;
     /// other reserved segments in it are refused by name.
-    fn instance_name(&mut self) -> Result<String, DigestError> {
+    fn instance_name(&mut self) -> Result<InstanceName, DigestError> {
         let mut parts = Vec::new();
         while let Some(segment) = self.segments.peek() {
             if matches!(*segment, "blobs" | "uploads" | "compressed-blobs") {
@@ -174,9 +174,7 @@ impl<'a> Parser<'a> {
         if parts.iter().any(|p| p.is_empty()) {
             return Err(self.error("instance name has an empty path segment"));
         }
-        let instance_name = parts.join("/");
-        validate_instance_name(&instance_name).map_err(|e| self.error(e.to_string()))?;
-        Ok(instance_name)
+        InstanceName::new(&parts.join("/")).map_err(|e| self.error(e.to_string()))
     }
 
     /// `blobs/{function/}{hash}/{size}` or `compressed-blobs/{compressor}/{function/}{hash}/{size}`.
@@ -228,10 +226,10 @@ mod tests {
     #[test]
     fn read_names() {
         let r = ReadResource::parse(&format!("blobs/{H}/0")).unwrap();
-        assert_eq!(r.instance_name, "");
+        assert_eq!(r.instance_name.as_str(), "");
         assert_eq!(r.digest.function(), DigestFunction::Sha256);
         let r = ReadResource::parse(&format!("local/a/b/blobs/{H}/0")).unwrap();
-        assert_eq!(r.instance_name, "local/a/b");
+        assert_eq!(r.instance_name.as_str(), "local/a/b");
         assert_eq!(r.to_resource_name(), format!("local/a/b/blobs/{H}/0"));
         let r = ReadResource::parse(&format!("x/blobs/blake3/{H}/0")).unwrap();
         assert_eq!(r.digest.function(), DigestFunction::Blake3);
@@ -254,14 +252,14 @@ mod tests {
     fn write_names() {
         let w =
             WriteResource::parse(&format!("local/p/uploads/u-1/blobs/{H}/0/some/meta")).unwrap();
-        assert_eq!(w.instance_name, "local/p");
+        assert_eq!(w.instance_name.as_str(), "local/p");
         assert_eq!(w.uuid, "u-1");
         assert_eq!(
             w.to_resource_name(),
             format!("local/p/uploads/u-1/blobs/{H}/0")
         );
         let w = WriteResource::parse(&format!("uploads/u/compressed-blobs/zstd/{H}/0")).unwrap();
-        assert_eq!(w.instance_name, "");
+        assert_eq!(w.instance_name.as_str(), "");
         assert_eq!(w.compressor, Some(Compressor::Zstd));
     }
 

@@ -1,7 +1,7 @@
 use crate::activity::{request_metadata, Recorder};
 use crate::request;
 use clientd_activity::Outcome;
-use clientd_digest::{is_local_instance, truncate};
+use clientd_digest::truncate;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_store::{ActionCache, Stats};
 use re::action_cache_server::ActionCache as ActionCacheRpc;
@@ -35,7 +35,7 @@ impl ActionCacheRpc for ActionCacheService {
         let started = Instant::now();
         let metadata = request_metadata(request.metadata());
         let request = request.get_ref();
-        let instance_name = request::instance_name(&request.instance_name)?;
+        let instance_name = &request::instance_name(&request.instance_name)?;
         let function = request::digest_function(request.digest_function)?;
         let action = request::digest(function, request.action_digest.as_ref(), "action_digest")?;
         let record = |outcome, result| {
@@ -50,7 +50,7 @@ impl ActionCacheRpc for ActionCacheService {
         {
             Some(result) => {
                 Stats::add(&self.stats.action_cache_hits, 1);
-                let outcome = match is_local_instance(instance_name) {
+                let outcome = match instance_name.is_local() {
                     true => Outcome::LocalHit,
                     false => Outcome::ClusterHit,
                 };
@@ -62,7 +62,7 @@ impl ActionCacheRpc for ActionCacheService {
                 record(Outcome::Miss, None);
                 Status::not_found(format!(
                     "no action result for {action} in instance {:?}",
-                    truncate(instance_name)
+                    truncate(instance_name.as_str())
                 ))
             }),
         }
@@ -75,7 +75,7 @@ impl ActionCacheRpc for ActionCacheService {
         let started = Instant::now();
         let metadata = request_metadata(request.metadata());
         let request = request.into_inner();
-        let instance_name = request::instance_name(&request.instance_name)?;
+        let instance_name = &request::instance_name(&request.instance_name)?;
         let function = request::digest_function(request.digest_function)?;
         let action = request::digest(function, request.action_digest.as_ref(), "action_digest")?;
         let result = request

@@ -3,7 +3,7 @@
 //! read served (and fetched from clusters to serve them).
 
 use clientd_activity::{action_key, ActivityLog, Event, Outcome};
-use clientd_digest::Digest;
+use clientd_digest::{Digest, InstanceName};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_store::context::{self, REQUEST_METADATA};
 use prost::Message;
@@ -43,7 +43,7 @@ impl Recorder {
     pub(crate) fn record(
         &self,
         metadata: &re::RequestMetadata,
-        instance_name: &str,
+        instance_name: &InstanceName,
         action: &Digest,
         outcome: Outcome,
         started: Instant,
@@ -52,7 +52,7 @@ impl Recorder {
         let Some(log) = &self.0 else { return };
         log.record(Event {
             invocation: &metadata.tool_invocation_id,
-            instance: instance_name,
+            instance: instance_name.as_str(),
             action: action_key(action),
             target: &metadata.target_id,
             mnemonic: &metadata.action_mnemonic,

@@ -227,7 +227,6 @@ impl ByteStream for ByteStreamService {
         let request = request.into_inner();
         let resource = ReadResource::parse(&request.resource_name).map_err(invalid)?;
         identity_only(resource.compressor)?;
-        request::instance_name(&resource.instance_name)?;
         if request.read_offset < 0 {
             return Err(Status::out_of_range(format!(
                 "read_offset {} is negative",

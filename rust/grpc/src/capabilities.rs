@@ -1,6 +1,6 @@
 use crate::request;
 use crate::routes::Clusters;
-use clientd_digest::DigestFunction;
+use clientd_digest::{DigestFunction, InstanceName};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_proto::build::bazel::semver::SemVer;
 use re::capabilities_server::Capabilities;
@@ -37,7 +37,7 @@ impl Capabilities for CapabilitiesService {
         &self,
         request: Request<re::GetCapabilitiesRequest>,
     ) -> Result<Response<re::ServerCapabilities>, Status> {
-        let instance_name = request::instance_name(&request.get_ref().instance_name)?;
+        let instance_name = &request::instance_name(&request.get_ref().instance_name)?;
         Ok(Response::new(
             served_capabilities(&self.clusters, instance_name).await?,
         ))
@@ -48,12 +48,12 @@ impl Capabilities for CapabilitiesService {
 /// digest functions).
 pub async fn served_capabilities(
     clusters: &Clusters,
-    instance_name: &str,
+    instance_name: &InstanceName,
 ) -> Result<re::ServerCapabilities, Status> {
     let local = local_capabilities();
     match clusters.route(instance_name).map_err(request::status)? {
         (None, _) => Ok(local),
-        (Some(cluster), rest) => Ok(limit(cluster.capabilities(rest).await?, local)),
+        (Some(cluster), rest) => Ok(limit(cluster.capabilities(&rest).await?, local)),
     }
 }
 

@@ -1,7 +1,7 @@
 use crate::activity::Recorder;
 use crate::capabilities::MAX_BATCH_TOTAL_SIZE_BYTES;
 use crate::request;
-use clientd_digest::{truncate, Digest, DigestFunction};
+use clientd_digest::{truncate, Digest, DigestFunction, InstanceName};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_store::{BlobStore, Stats, StoreError};
 use futures::stream::{self, BoxStream, StreamExt};
@@ -64,7 +64,7 @@ impl ContentAddressableStorage for CasService {
         request: Request<re::FindMissingBlobsRequest>,
     ) -> Result<Response<re::FindMissingBlobsResponse>, Status> {
         let request = request.get_ref();
-        let instance_name = request::instance_name(&request.instance_name)?;
+        let instance_name = &request::instance_name(&request.instance_name)?;
         let function = request::digest_function(request.digest_function)?;
         let digests = parse_digests(function, &request.blob_digests)?;
         let missing = self
@@ -82,7 +82,7 @@ impl ContentAddressableStorage for CasService {
         request: Request<re::BatchUpdateBlobsRequest>,
     ) -> Result<Response<re::BatchUpdateBlobsResponse>, Status> {
         let request = request.into_inner();
-        let instance_name = request::instance_name(&request.instance_name)?;
+        let instance_name = &request::instance_name(&request.instance_name)?;
         let function = request::digest_function(request.digest_function)?;
         check_batch_total(request.requests.iter().map(|r| r.data.len() as u64))?;
         // Entries that fail validation get their status here; the rest are written as one batch.
@@ -141,7 +141,7 @@ impl ContentAddressableStorage for CasService {
     ) -> Result<Response<re::BatchReadBlobsResponse>, Status> {
         let mut tally = self.recorder.read_tally(request.metadata());
         let request = request.get_ref();
-        let instance_name = request::instance_name(&request.instance_name)?;
+        let instance_name = &request::instance_name(&request.instance_name)?;
         let function = request::digest_function(request.digest_function)?;
         let digests = parse_digests(function, &request.digests)?;
         check_batch_total(digests.iter().map(Digest::size))?;
@@ -181,7 +181,7 @@ impl ContentAddressableStorage for CasService {
         request: Request<re::GetTreeRequest>,
     ) -> Result<Response<Self::GetTreeStream>, Status> {
         let request = request.into_inner();
-        let instance_name = request::instance_name(&request.instance_name)?.to_string();
+        let instance_name = request::instance_name(&request.instance_name)?;
         let function = request::digest_function(request.digest_function)?;
         let root = request::digest(function, request.root_digest.as_ref(), "root_digest")?;
         let skip: usize = match request.page_token.as_str() {
@@ -271,7 +271,7 @@ const WALK_BATCH: usize = 1000;
 /// Breadth-first walk over Directory messages in the CAS.
 struct TreeWalk {
     cas: Arc<dyn BlobStore>,
-    instance_name: String,
+    instance_name: InstanceName,
     /// Directories to read, in breadth-first order.
     queue: std::collections::VecDeque<Digest>,
     /// The front of the queue, read in one batch and not yet produced.

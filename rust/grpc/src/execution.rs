@@ -13,7 +13,7 @@ use crate::request;
 use crate::routes::Clusters;
 use crate::scrubbing::{cached_operation, Scrubbing};
 use clientd_activity::Outcome;
-use clientd_digest::truncate;
+use clientd_digest::{truncate, InstanceName};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_proto::google::longrunning::{operation, Operation};
 use futures::stream::{BoxStream, StreamExt};
@@ -99,7 +99,7 @@ impl Execution for ExecutionService {
         let (metadata, _, mut request) = request.into_parts();
         let metadata = request_metadata(&metadata);
         let full_name = request.instance_name.clone();
-        let instance_name = request::instance_name(&full_name)?;
+        let instance_name = &request::instance_name(&full_name)?;
         let (prefix, cluster, rest) = self
             .clusters
             .route_with_prefix(instance_name)
@@ -108,7 +108,7 @@ impl Execution for ExecutionService {
             return Err(Status::unimplemented(format!(
                 "instance name {:?} is a local cache and cannot execute actions; \
                  use an instance name that routes to a cluster",
-                truncate(instance_name)
+                truncate(instance_name.as_str())
             )));
         };
         let prefix = prefix.to_string();
@@ -153,15 +153,14 @@ impl Execution for ExecutionService {
                 }
             }
         }
-        let cluster_instance = request.instance_name.clone();
         let operations = renamed(prefix, cluster.execute(request).await?);
         let operations = match scrubbed {
             Some((scrubbing, _, scrubbed)) => scrubbing.storing(
                 operations,
-                instance_name.to_string(),
+                instance_name.clone(),
                 scrubbed,
                 cluster.clone(),
-                cluster_instance,
+                rest,
             ),
             None => operations,
         };
@@ -170,7 +169,7 @@ impl Execution for ExecutionService {
         };
         // The final operation tells the record what happened.
         let recorder = self.recorder.clone();
-        let instance_name = instance_name.to_string();
+        let instance_name = instance_name.clone();
         Ok(Response::new(
             operations
                 .inspect(move |operation| {
@@ -204,9 +203,10 @@ impl Execution for ExecutionService {
             ))
         };
         let (prefix, name) = request.name.split_once(OPERATIONS).ok_or_else(not_ours)?;
+        let prefix = InstanceName::new(prefix).map_err(|_| not_ours())?;
         let cluster = self
             .clusters
-            .get(prefix)
+            .get(&prefix)
             .cloned()
             .flatten()
             .ok_or_else(not_ours)?;

@@ -1,15 +1,14 @@
 //! Request validation shared by the services, and the gRPC edge of the store's errors: a
 //! [`StoreError`] becomes a [`Status`] here, so the store itself needs no transport.
 
-use clientd_digest::{validate_instance_name, Digest, DigestFunction};
+use clientd_digest::{Digest, DigestFunction, InstanceName};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_store::StoreError;
 use tonic::Status;
 
 /// The instance name, refused with INVALID_ARGUMENT if malformed.
-pub fn instance_name(name: &str) -> Result<&str, Status> {
-    validate_instance_name(name).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    Ok(name)
+pub fn instance_name(name: &str) -> Result<InstanceName, Status> {
+    InstanceName::new(name).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 /// The request's `digest_function` field: None (infer from hash length) for UNKNOWN.

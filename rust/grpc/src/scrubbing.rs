@@ -9,7 +9,7 @@
 //! a message that does not decode) the action is forwarded unscrubbed, with a warning.
 
 use crate::execution::{execute_response, succeeded};
-use clientd_digest::Digest;
+use clientd_digest::{Digest, InstanceName};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_proto::google::longrunning::{operation, Operation};
 use clientd_proto::google::rpc;
@@ -79,7 +79,7 @@ impl Scrubbing {
     /// the call's RequestMetadata).
     pub(crate) async fn key(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         action: &Digest,
         metadata: &re::RequestMetadata,
     ) -> Option<Scrubbed> {
@@ -109,7 +109,7 @@ impl Scrubbing {
     /// A result stored under `key`: clientd's own first, then the instance's action cache.
     pub(crate) async fn lookup(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         scrubbed: &Scrubbed,
     ) -> Option<re::ActionResult> {
         let key = &scrubbed.key;
@@ -148,11 +148,11 @@ impl Scrubbing {
     /// its result.
     async fn store(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         scrubbed: &Scrubbed,
         result: &re::ActionResult,
         cluster: &Cluster,
-        cluster_instance: &str,
+        cluster_instance: &InstanceName,
     ) {
         tracing::info!(
             "{}: succeeded; stored under its scrubbed key",
@@ -204,10 +204,10 @@ impl Scrubbing {
     pub(crate) fn storing(
         self: Arc<Self>,
         operations: BoxStream<'static, Result<Operation, Status>>,
-        instance_name: String,
+        instance_name: InstanceName,
         scrubbed: Scrubbed,
         cluster: Arc<Cluster>,
-        cluster_instance: String,
+        cluster_instance: InstanceName,
     ) -> BoxStream<'static, Result<Operation, Status>> {
         let context = Arc::new((self, instance_name, scrubbed, cluster, cluster_instance));
         operations

@@ -7,7 +7,7 @@ use crate::locators;
 use crate::paths;
 use crate::service::status;
 use crate::state::{self, LastBuild};
-use clientd_digest::{truncate, Digest, DigestFunction};
+use clientd_digest::{truncate, Digest, DigestFunction, InstanceName};
 use clientd_proto::bazel_output_service as pb;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_proto::google::rpc::Status as RpcStatus;
@@ -36,7 +36,7 @@ pub(crate) struct Base {
 pub(crate) struct Build {
     pub(crate) output_base_id: String,
     pub(crate) build_id: String,
-    pub(crate) instance_name: Arc<str>,
+    pub(crate) instance_name: InstanceName,
     pub(crate) function: DigestFunction,
     pub(crate) aliases: Vec<(String, String)>,
     pub(crate) root: u64,
@@ -217,7 +217,7 @@ impl Shared {
     pub(crate) fn drop_foreign(
         &self,
         root: u64,
-        instance_name: &str,
+        instance_name: &InstanceName,
         function: DigestFunction,
     ) -> (Vec<String>, Vec<(String, Digest)>) {
         let mut kept = Vec::new();
@@ -227,7 +227,7 @@ impl Shared {
                 instance, digest, ..
             } = entry
             {
-                if &*instance != instance_name || digest.function() != function {
+                if &instance != instance_name || digest.function() != function {
                     let _ = self.vfs.remove_output(root, &path);
                     removed.push(path);
                     continue;
@@ -390,7 +390,7 @@ mod tests {
         let build = Build {
             output_base_id: id.into(),
             build_id: format!("{id}-build"),
-            instance_name: Arc::from("local"),
+            instance_name: InstanceName::local(),
             function: DigestFunction::Sha256,
             aliases: vec![("/exec/bazel-out".into(), ".".into())],
             root,

@@ -21,7 +21,8 @@ pub enum OutputsError {
         #[source]
         source: prost::DecodeError,
     },
-    /// A saved state naming a digest function clientd does not know.
+    /// A saved state naming a digest function clientd does not know, or an instance name that
+    /// does not check out.
     #[error("{}: {source}", path.display())]
     Function {
         path: PathBuf,

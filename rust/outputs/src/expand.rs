@@ -3,13 +3,12 @@
 
 use crate::paths;
 use crate::service::status;
-use clientd_digest::{Digest, DigestFunction};
+use clientd_digest::{Digest, DigestFunction, InstanceName};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_proto::google::rpc::Status as RpcStatus;
 use clientd_vfs::OutputEntry;
 use prost::Message;
 use std::collections::HashMap;
-use std::sync::Arc;
 use tonic::Code;
 
 /// The entries `tree_message` (blob `tree`, digests computed with `function`) stages at `path`:
@@ -22,7 +21,7 @@ pub(crate) fn expand(
     tree: &Digest,
     tree_message: re::Tree,
     function: DigestFunction,
-    instance: &Arc<str>,
+    instance: &InstanceName,
     expected_root: Option<&Digest>,
 ) -> Result<Vec<(String, OutputEntry)>, RpcStatus> {
     let root = tree_message.root.ok_or_else(|| {
@@ -151,7 +150,7 @@ mod tests {
         root: Option<&Digest>,
     ) -> Result<Vec<(String, OutputEntry)>, RpcStatus> {
         let digest = F.digest_of(&tree.encode_to_vec());
-        expand("out/t", &digest, tree, F, &Arc::from("local"), root)
+        expand("out/t", &digest, tree, F, &InstanceName::local(), root)
     }
 
     fn invalid(result: Result<Vec<(String, OutputEntry)>, RpcStatus>, says: &str) {
@@ -172,7 +171,7 @@ mod tests {
         let entries = expanded(tree, Some(&root)).unwrap();
         let blob = F.digest_of(b"data");
         let file = |executable| OutputEntry::CasFile {
-            instance: Arc::from("local"),
+            instance: InstanceName::local(),
             digest: blob,
             executable,
         };

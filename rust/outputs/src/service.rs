@@ -5,7 +5,7 @@ use crate::bases::{Build, Shared};
 use crate::error::OutputsError;
 use crate::locators::{self, Locator, LocatorError};
 use crate::paths;
-use clientd_digest::{truncate, validate_instance_name, Digest, DigestFunction};
+use clientd_digest::{truncate, Digest, DigestFunction, InstanceName};
 use clientd_proto::bazel_output_service as pb;
 use clientd_proto::google::rpc::Status as RpcStatus;
 use clientd_store::BlobStore;
@@ -101,7 +101,7 @@ impl OutputService {
     async fn drop_stale(
         &self,
         root: u64,
-        instance_name: Arc<str>,
+        instance_name: InstanceName,
         function: DigestFunction,
     ) -> Result<Vec<String>, Status> {
         let instance = instance_name.clone();
@@ -120,7 +120,7 @@ impl OutputService {
                         e.code().into(),
                         format!(
                             "checking staged outputs in {:?}: {e}",
-                            truncate(&instance_name)
+                            truncate(instance_name.as_str())
                         ),
                     )
                 })?;
@@ -181,7 +181,7 @@ impl BazelOutputService for OutputService {
             return Err(Status::invalid_argument("build_id is empty"));
         }
         let args = locators::start_build_args(request.args.as_ref()).map_err(invalid)?;
-        validate_instance_name(&args.instance_name)
+        let instance_name = InstanceName::new(&args.instance_name)
             .map_err(|e| Status::invalid_argument(format!("args.instance_name: {e}")))?;
         let function = DigestFunction::from_proto(args.digest_function)
             .map_err(invalid)?
@@ -202,7 +202,7 @@ impl BazelOutputService for OutputService {
             })
             .await??;
         let gone = self
-            .drop_stale(root, args.instance_name.as_str().into(), function)
+            .drop_stale(root, instance_name.clone(), function)
             .await?;
         if !gone.is_empty() {
             tracing::info!(
@@ -224,7 +224,7 @@ impl BazelOutputService for OutputService {
         let build = Build {
             output_base_id: id.clone(),
             build_id: request.build_id.clone(),
-            instance_name: args.instance_name.as_str().into(),
+            instance_name,
             function,
             aliases,
             root,

@@ -3,20 +3,19 @@
 //! `files/`, the pool of files Bazel's local actions wrote.
 
 use crate::error::OutputsError;
-use clientd_digest::{Digest, DigestFunction};
+use clientd_digest::{Digest, DigestFunction, InstanceName};
 use clientd_proto::clientd::v1::{output_path_state as pb, OutputPathState};
 use clientd_vfs::OutputEntry;
 use prost::Message;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
 
 /// The build an output path was last used for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LastBuild {
     pub build_id: String,
-    pub instance_name: Arc<str>,
+    pub instance_name: InstanceName,
     pub function: DigestFunction,
 }
 
@@ -26,9 +25,9 @@ pub fn save(
     last: &LastBuild,
     entries: &[(String, OutputEntry)],
 ) -> std::io::Result<()> {
-    let mut instance_names: Vec<Arc<str>> = Vec::new();
-    let mut instance_index: HashMap<Arc<str>, u32> = HashMap::new();
-    let mut index_of = |name: &Arc<str>| {
+    let mut instance_names: Vec<InstanceName> = Vec::new();
+    let mut instance_index: HashMap<InstanceName, u32> = HashMap::new();
+    let mut index_of = |name: &InstanceName| {
         *instance_index.entry(name.clone()).or_insert_with(|| {
             instance_names.push(name.clone());
             (instance_names.len() - 1) as u32
@@ -83,12 +82,18 @@ pub fn load(dir: &Path) -> Result<(LastBuild, Vec<(String, OutputEntry)>), Outpu
         source,
     })?;
     let function = DigestFunction::from_proto(state.digest_function)
-        .map_err(|source| OutputsError::Function { path, source })?
+        .map_err(|source| OutputsError::Function {
+            path: path.clone(),
+            source,
+        })?
         .unwrap_or(DigestFunction::Sha256);
-    let names: Vec<Arc<str>> = state
+    let instance_name = InstanceName::new(&state.instance_name)
+        .map_err(|source| OutputsError::Function { path, source })?;
+    // A name that does not check out drops its entries, as a malformed digest does.
+    let names: Vec<Option<InstanceName>> = state
         .instance_names
         .iter()
-        .map(|n| Arc::from(n.as_str()))
+        .map(|n| InstanceName::new(n).ok())
         .collect();
     let digest = |d: Option<&clientd_proto::build::bazel::remote::execution::v2::Digest>| {
         d.and_then(|d| Digest::from_proto(Some(function), d).ok())
@@ -100,7 +105,7 @@ pub fn load(dir: &Path) -> Result<(LastBuild, Vec<(String, OutputEntry)>), Outpu
             let kind = match entry.kind.as_ref()? {
                 pb::entry::Kind::Directory(_) => OutputEntry::Directory,
                 pb::entry::Kind::CasFile(file) => OutputEntry::CasFile {
-                    instance: names.get(file.instance as usize)?.clone(),
+                    instance: names.get(file.instance as usize)?.clone()?,
                     digest: digest(file.digest.as_ref())?,
                     executable: file.executable,
                 },
@@ -116,7 +121,7 @@ pub fn load(dir: &Path) -> Result<(LastBuild, Vec<(String, OutputEntry)>), Outpu
         .collect();
     let last = LastBuild {
         build_id: state.build_id,
-        instance_name: state.instance_name.into(),
+        instance_name,
         function,
     };
     Ok((last, entries))
@@ -132,7 +137,7 @@ mod tests {
         let digest = DigestFunction::Sha256.digest_of(b"x");
         let last = LastBuild {
             build_id: "b1".into(),
-            instance_name: "local/x".into(),
+            instance_name: "local/x".parse().unwrap(),
             function: DigestFunction::Sha256,
         };
         let entries = vec![
@@ -140,7 +145,7 @@ mod tests {
             (
                 "k8/a".to_string(),
                 OutputEntry::CasFile {
-                    instance: "local/x".into(),
+                    instance: "local/x".parse().unwrap(),
                     digest,
                     executable: true,
                 },

@@ -23,7 +23,7 @@ mod sizes;
 mod target;
 
 use bytes::{Bytes, BytesMut};
-use clientd_digest::{is_local_instance, Digest};
+use clientd_digest::Digest;
 use clientd_proto::build::bazel::remote::execution::v2::{ActionResult, Tree};
 use clientd_store::{ActionCache, BlobStore, Stats, StoreError};
 use clientd_upstream::Latency;
@@ -143,7 +143,7 @@ impl RestCache {
             Ok(target) => target,
             Err(e) => return (text(StatusCode::BAD_REQUEST, e.to_string()), None),
         };
-        if !is_local_instance(&target.instance) {
+        if !target.instance.is_local() {
             let refusal = text(
                 StatusCode::NOT_IMPLEMENTED,
                 format!(

@@ -1,7 +1,7 @@
 //! What a request names: `/<instance name>/ac/<hash>` or `/<instance name>/cas/<hash>`, as
 //! Bazel forms them from `--remote_cache=http://localhost/<instance name>`.
 
-use clientd_digest::{validate_instance_name, Digest, DigestError};
+use clientd_digest::{Digest, DigestError, InstanceName};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -14,7 +14,7 @@ pub(crate) enum Kind {
 /// key [`crate::sizes::Sizes`] finds the size under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Target {
-    pub instance: String,
+    pub instance: InstanceName,
     pub kind: Kind,
     pub name: Digest,
 }
@@ -51,10 +51,10 @@ pub(crate) fn parse(path: &str) -> Result<Target, PathError> {
         _ => return Err(shape()),
     };
     let instance = instance.strip_prefix('/').unwrap_or(instance);
-    validate_instance_name(instance).map_err(part)?;
+    let instance = InstanceName::new(instance).map_err(part)?;
     let name = Digest::parse(None, hash, 0).map_err(part)?;
     Ok(Target {
-        instance: instance.to_string(),
+        instance,
         kind,
         name,
     })
@@ -69,7 +69,7 @@ mod tests {
     #[test]
     fn instance_kind_and_hash() {
         let target = parse(&format!("/local/main/ac/{HASH}")).unwrap();
-        assert_eq!(target.instance, "local/main");
+        assert_eq!(target.instance.as_str(), "local/main");
         assert_eq!(target.kind, Kind::ActionCache);
         assert_eq!(
             (target.name.hash_hex(), target.name.size()),

@@ -2,7 +2,7 @@
 //! them: the local CAS, and the local action cache behind the completeness check.
 
 use super::*;
-use clientd_digest::DigestFunction;
+use clientd_digest::{DigestFunction, InstanceName};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_store::{
     CompletenessChecking, DiskLruOptions, LocalActionCache, LocalCas, SystemClock,
@@ -134,7 +134,7 @@ async fn blobs_put_verified_and_got_back_by_hash() {
         front
             .blobs
             .find_missing(
-                "local",
+                &InstanceName::local(),
                 &[Digest::from_raw(DigestFunction::Sha256, other.hash(), 5).unwrap()]
             )
             .await
@@ -320,7 +320,11 @@ async fn a_body_shorter_than_its_length_stores_nothing() {
         .handle(request("PUT", &path, Some(data.len()), short))
         .await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let missing = front.blobs.find_missing("local", &[digest]).await.unwrap();
+    let missing = front
+        .blobs
+        .find_missing(&InstanceName::local(), &[digest])
+        .await
+        .unwrap();
     assert_eq!(missing, [digest]);
 }
 

@@ -16,7 +16,7 @@
 
 use crate::config::Transform;
 use bytes::Bytes;
-use clientd_digest::{Digest, DigestFunction};
+use clientd_digest::{Digest, DigestFunction, InstanceName};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_store::{read_tree, BlobStore, StoreError, TreeError};
 use prost::Message;
@@ -60,7 +60,7 @@ pub struct ScrubbedAction {
 /// `do_not_cache`, which must never be answered from a cache.
 pub async fn scrub_action(
     store: &dyn BlobStore,
-    instance_name: &str,
+    instance_name: &InstanceName,
     action_digest: &Digest,
     transform: &Transform,
 ) -> Result<Option<ScrubbedAction>, ScrubError> {
@@ -115,7 +115,7 @@ fn push(
 
 async fn read<M: Message + Default>(
     store: &dyn BlobStore,
-    instance_name: &str,
+    instance_name: &InstanceName,
     digest: &Digest,
     what: &'static str,
 ) -> Result<M, ScrubError> {
@@ -225,7 +225,10 @@ mod tests {
         async fn put(&self, message: &impl Message) -> re::Digest {
             let bytes = Bytes::from(message.encode_to_vec());
             let digest = DigestFunction::Sha256.digest_of(&bytes);
-            self.store.write_bytes("", &digest, bytes).await.unwrap();
+            self.store
+                .write_bytes(&InstanceName::default(), &digest, bytes)
+                .await
+                .unwrap();
             digest.to_proto()
         }
 
@@ -305,7 +308,11 @@ mod tests {
 
     /// `action` with its Command replaced and its timeout set.
     async fn variant(cas: &Cas, action: &Digest, command: re::Command, timeout: i64) -> Digest {
-        let bytes = cas.store.read_bytes("", action).await.unwrap();
+        let bytes = cas
+            .store
+            .read_bytes(&InstanceName::default(), action)
+            .await
+            .unwrap();
         let mut action = re::Action::decode(bytes).unwrap();
         action.command_digest = Some(cas.put(&command).await);
         action.timeout = Some(clientd_proto::prost_types::Duration {
@@ -318,7 +325,7 @@ mod tests {
     async fn key(cas: &Cas, config: &str, action: &Digest) -> Digest {
         let config = ScrubbingConfig::parse(config).unwrap();
         let transform = &config.rule_for("", "").unwrap().transform;
-        scrub_action(&cas.store, "", action, transform)
+        scrub_action(&cas.store, &InstanceName::default(), action, transform)
             .await
             .unwrap()
             .unwrap()
@@ -369,7 +376,7 @@ mod tests {
         let base = cas.action("a", "v1", "s1", &["gen"]).await;
         let config = ScrubbingConfig::parse(STAMP).unwrap();
         let transform = &config.rule_for("", "").unwrap().transform;
-        let scrubbed = scrub_action(&cas.store, "", &base, transform)
+        let scrubbed = scrub_action(&cas.store, &InstanceName::default(), &base, transform)
             .await
             .unwrap()
             .unwrap();
@@ -416,12 +423,14 @@ mod tests {
             })
             .await;
         let uncached = Digest::from_proto(None, &uncached).unwrap();
-        assert!(scrub_action(&cas.store, "", &uncached, transform)
-            .await
-            .unwrap()
-            .is_none());
+        assert!(
+            scrub_action(&cas.store, &InstanceName::default(), &uncached, transform)
+                .await
+                .unwrap()
+                .is_none()
+        );
         let absent = DigestFunction::Sha256.digest_of(b"no such action");
-        let err = scrub_action(&cas.store, "", &absent, transform)
+        let err = scrub_action(&cas.store, &InstanceName::default(), &absent, transform)
             .await
             .unwrap_err();
         assert!(
@@ -431,8 +440,11 @@ mod tests {
         );
         let garbage = Bytes::from_static(b"\xff\xff\xff");
         let bad = DigestFunction::Sha256.digest_of(&garbage);
-        cas.store.write_bytes("", &bad, garbage).await.unwrap();
-        let err = scrub_action(&cas.store, "", &bad, transform)
+        cas.store
+            .write_bytes(&InstanceName::default(), &bad, garbage)
+            .await
+            .unwrap();
+        let err = scrub_action(&cas.store, &InstanceName::default(), &bad, transform)
             .await
             .unwrap_err();
         assert!(err.to_string().contains("is not a valid message"), "{err}");
@@ -446,9 +458,14 @@ mod tests {
             })
             .await;
         let missing_root = Digest::from_proto(None, &missing_root).unwrap();
-        let err = scrub_action(&cas.store, "", &missing_root, transform)
-            .await
-            .unwrap_err();
+        let err = scrub_action(
+            &cas.store,
+            &InstanceName::default(),
+            &missing_root,
+            transform,
+        )
+        .await
+        .unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("the input tree: cannot read the Directory"),

@@ -17,14 +17,14 @@ use crate::error::{StoreError, StoreResult};
 use crate::stats::Stats;
 use crate::traits::{ActionCache, BlobStore};
 use async_trait::async_trait;
-use clientd_digest::Digest;
+use clientd_digest::{Digest, InstanceName};
 use clientd_proto::build::bazel::remote::execution::v2::ActionResult;
 use lru::LruCache;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-type Remembered = LruCache<(Arc<str>, Digest), (Arc<ActionResult>, SystemTime)>;
+type Remembered = LruCache<(InstanceName, Digest), (Arc<ActionResult>, SystemTime)>;
 
 pub struct ActionResultCaching {
     inner: Arc<dyn ActionCache>,
@@ -57,7 +57,7 @@ impl ActionResultCaching {
     /// Whether every blob `result` names is in the local CAS (Bazel can download its outputs).
     async fn complete(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         action: &Digest,
         result: &ActionResult,
     ) -> StoreResult<bool> {
@@ -69,19 +69,23 @@ impl ActionResultCaching {
             .is_empty())
     }
 
-    fn remember(&self, instance_name: &str, action: &Digest, result: ActionResult) {
+    fn remember(&self, instance_name: &InstanceName, action: &Digest, result: ActionResult) {
         let until = self.clock.now() + self.ttl;
         self.results
             .lock()
             .unwrap()
-            .put((instance_name.into(), *action), (Arc::new(result), until));
+            .put((instance_name.clone(), *action), (Arc::new(result), until));
     }
 }
 
 #[async_trait]
 impl ActionCache for ActionResultCaching {
-    async fn get(&self, instance_name: &str, action: &Digest) -> StoreResult<Option<ActionResult>> {
-        let key = (Arc::<str>::from(instance_name), *action);
+    async fn get(
+        &self,
+        instance_name: &InstanceName,
+        action: &Digest,
+    ) -> StoreResult<Option<ActionResult>> {
+        let key = (instance_name.clone(), *action);
         let remembered = self.results.lock().unwrap().get(&key).cloned();
         let fresh = remembered
             .as_ref()
@@ -115,7 +119,7 @@ impl ActionCache for ActionResultCaching {
 
     async fn put(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         action: &Digest,
         result: &ActionResult,
     ) -> StoreResult<()> {
@@ -131,6 +135,7 @@ mod tests {
     use crate::clock::ManualClock;
     use crate::local_ac::LocalActionCache;
     use crate::local_cas::LocalCas;
+    use crate::test_store::name;
     use crate::test_store::small_options;
     use clientd_digest::DigestFunction;
     use clientd_proto::build::bazel::remote::execution::v2::OutputFile;
@@ -143,13 +148,22 @@ mod tests {
 
     #[async_trait]
     impl ActionCache for Switchable {
-        async fn get(&self, i: &str, action: &Digest) -> StoreResult<Option<ActionResult>> {
+        async fn get(
+            &self,
+            i: &InstanceName,
+            action: &Digest,
+        ) -> StoreResult<Option<ActionResult>> {
             if self.down.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(StoreError::Unavailable("cluster c: down".into()));
             }
             self.inner.get(i, action).await
         }
-        async fn put(&self, i: &str, action: &Digest, result: &ActionResult) -> StoreResult<()> {
+        async fn put(
+            &self,
+            i: &InstanceName,
+            action: &Digest,
+            result: &ActionResult,
+        ) -> StoreResult<()> {
             self.inner.put(i, action, result).await
         }
     }
@@ -220,7 +234,7 @@ mod tests {
         } = fixture();
         let (output, output_digest, result) = result_with(b"output");
         let action = DigestFunction::Sha256.digest_of(b"action");
-        caching.put("i", &action, &result).await.unwrap();
+        caching.put(&name("i"), &action, &result).await.unwrap();
         let local_hits = || {
             stats
                 .action_results_local
@@ -228,25 +242,28 @@ mod tests {
         };
         // Output not local: the cluster answers.
         assert_eq!(
-            caching.get("i", &action).await.unwrap(),
+            caching.get(&name("i"), &action).await.unwrap(),
             Some(result.clone())
         );
         assert_eq!(local_hits(), 0);
-        local.write_bytes("", &output_digest, output).await.unwrap();
+        local
+            .write_bytes(&InstanceName::default(), &output_digest, output)
+            .await
+            .unwrap();
         assert_eq!(
-            caching.get("i", &action).await.unwrap(),
+            caching.get(&name("i"), &action).await.unwrap(),
             Some(result.clone())
         );
         assert_eq!(local_hits(), 1);
         // Another instance name, or after the TTL: the cluster again (here: a miss).
-        assert_eq!(caching.get("j", &action).await.unwrap(), None);
+        assert_eq!(caching.get(&name("j"), &action).await.unwrap(), None);
         cluster_ac
-            .put("i", &action, &ActionResult::default())
+            .put(&name("i"), &action, &ActionResult::default())
             .await
             .unwrap();
         clock.advance(Duration::from_secs(301));
         assert_eq!(
-            caching.get("i", &action).await.unwrap(),
+            caching.get(&name("i"), &action).await.unwrap(),
             Some(ActionResult::default())
         );
         assert_eq!(local_hits(), 1);
@@ -269,24 +286,30 @@ mod tests {
             DigestFunction::Sha256.digest_of(b"built here"),
             DigestFunction::Sha256.digest_of(b"outputs not local"),
         );
-        caching.put("i", &built, &result).await.unwrap();
+        caching.put(&name("i"), &built, &result).await.unwrap();
         let (_, _, not_local) = result_with(b"never local");
-        caching.put("i", &elsewhere, &not_local).await.unwrap();
-        local.write_bytes("", &output_digest, output).await.unwrap();
+        caching
+            .put(&name("i"), &elsewhere, &not_local)
+            .await
+            .unwrap();
+        local
+            .write_bytes(&InstanceName::default(), &output_digest, output)
+            .await
+            .unwrap();
         clock.advance(Duration::from_secs(3600));
         cluster
             .down
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        assert_eq!(caching.get("i", &built).await.unwrap(), Some(result));
+        assert_eq!(caching.get(&name("i"), &built).await.unwrap(), Some(result));
         assert_eq!(
             stats
                 .action_results_offline
                 .load(std::sync::atomic::Ordering::SeqCst),
             1
         );
-        let err = caching.get("i", &elsewhere).await.unwrap_err();
+        let err = caching.get(&name("i"), &elsewhere).await.unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
         let never = DigestFunction::Sha256.digest_of(b"never built");
-        assert!(caching.get("i", &never).await.is_err());
+        assert!(caching.get(&name("i"), &never).await.is_err());
     }
 }

@@ -7,7 +7,7 @@
 use crate::error::StoreResult;
 use crate::traits::{ActionCache, BlobStore};
 use async_trait::async_trait;
-use clientd_digest::Digest;
+use clientd_digest::{Digest, InstanceName};
 use clientd_proto::build::bazel::remote::execution::v2::ActionResult;
 use std::sync::Arc;
 
@@ -46,7 +46,11 @@ pub(crate) fn referenced_digests(
 
 #[async_trait]
 impl ActionCache for CompletenessChecking {
-    async fn get(&self, instance_name: &str, action: &Digest) -> StoreResult<Option<ActionResult>> {
+    async fn get(
+        &self,
+        instance_name: &InstanceName,
+        action: &Digest,
+    ) -> StoreResult<Option<ActionResult>> {
         let Some(result) = self.inner.get(instance_name, action).await? else {
             return Ok(None);
         };
@@ -64,7 +68,7 @@ impl ActionCache for CompletenessChecking {
 
     async fn put(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         action: &Digest,
         result: &ActionResult,
     ) -> StoreResult<()> {

@@ -8,7 +8,7 @@ use crate::error::{StoreError, StoreResult};
 use crate::traits::{ActionCache, BlobSink, BlobStore, ByteStream, WrappedSink};
 use async_trait::async_trait;
 use bytes::Bytes;
-use clientd_digest::Digest;
+use clientd_digest::{Digest, InstanceName};
 use clientd_proto::build::bazel::remote::execution::v2::ActionResult;
 use futures::StreamExt;
 use std::sync::Arc;
@@ -39,7 +39,7 @@ impl<S: ?Sized> ConcurrencyLimiting<S> {
 impl BlobStore for ConcurrencyLimiting<dyn BlobStore> {
     async fn find_missing(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         digests: &[Digest],
     ) -> StoreResult<Vec<Digest>> {
         let _permit = self.permit().await?;
@@ -48,7 +48,7 @@ impl BlobStore for ConcurrencyLimiting<dyn BlobStore> {
 
     async fn read(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         digest: &Digest,
         offset: u64,
         limit: Option<u64>,
@@ -67,18 +67,18 @@ impl BlobStore for ConcurrencyLimiting<dyn BlobStore> {
             .boxed())
     }
 
-    async fn known_present(&self, instance_name: &str, digest: &Digest) -> bool {
+    async fn known_present(&self, instance_name: &InstanceName, digest: &Digest) -> bool {
         self.inner.known_present(instance_name, digest).await
     }
 
-    async fn make_local(&self, instance_name: &str, digest: &Digest) -> StoreResult<()> {
+    async fn make_local(&self, instance_name: &InstanceName, digest: &Digest) -> StoreResult<()> {
         let _permit = self.permit().await?;
         self.inner.make_local(instance_name, digest).await
     }
 
     async fn begin_write(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         digest: &Digest,
     ) -> StoreResult<Box<dyn BlobSink>> {
         let permit = self.permit().await?;
@@ -92,7 +92,7 @@ impl BlobStore for ConcurrencyLimiting<dyn BlobStore> {
 
     async fn batch_write(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         blobs: Vec<(Digest, Bytes)>,
     ) -> Vec<StoreResult<()>> {
         match self.permit().await {
@@ -103,7 +103,7 @@ impl BlobStore for ConcurrencyLimiting<dyn BlobStore> {
 
     async fn batch_read(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         digests: Vec<Digest>,
     ) -> Vec<StoreResult<Bytes>> {
         match self.permit().await {
@@ -115,14 +115,18 @@ impl BlobStore for ConcurrencyLimiting<dyn BlobStore> {
 
 #[async_trait]
 impl ActionCache for ConcurrencyLimiting<dyn ActionCache> {
-    async fn get(&self, instance_name: &str, action: &Digest) -> StoreResult<Option<ActionResult>> {
+    async fn get(
+        &self,
+        instance_name: &InstanceName,
+        action: &Digest,
+    ) -> StoreResult<Option<ActionResult>> {
         let _permit = self.permit().await?;
         self.inner.get(instance_name, action).await
     }
 
     async fn put(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         action: &Digest,
         result: &ActionResult,
     ) -> StoreResult<()> {
@@ -135,6 +139,7 @@ impl ActionCache for ConcurrencyLimiting<dyn ActionCache> {
 mod tests {
     use super::*;
     use crate::clock::SystemClock;
+    use crate::test_store::name;
     use crate::test_store::{local_cas, Counting};
     use clientd_digest::DigestFunction;
     use std::time::Duration;
@@ -146,20 +151,26 @@ mod tests {
         let limited = ConcurrencyLimiting::<dyn BlobStore>::new(inner, Arc::new(Semaphore::new(1)));
         let data = Bytes::from_static(b"here");
         let digest = DigestFunction::Sha256.digest_of(&data);
-        limited.write_bytes("i", &digest, data).await.unwrap();
-        limited.make_local("i", &digest).await.unwrap();
+        limited
+            .write_bytes(&name("i"), &digest, data)
+            .await
+            .unwrap();
+        limited.make_local(&name("i"), &digest).await.unwrap();
         let absent = DigestFunction::Sha256.digest_of(b"absent");
         assert!(matches!(
-            limited.make_local("i", &absent).await,
+            limited.make_local(&name("i"), &absent).await,
             Err(StoreError::NotFound(_))
         ));
         // A read in progress holds the only permit until its stream is dropped.
-        let stream = limited.read("i", &digest, 0, None).await.unwrap();
-        let waiting =
-            tokio::time::timeout(Duration::from_millis(50), limited.make_local("i", &digest));
+        let stream = limited.read(&name("i"), &digest, 0, None).await.unwrap();
+        let instance = name("i");
+        let waiting = tokio::time::timeout(
+            Duration::from_millis(50),
+            limited.make_local(&instance, &digest),
+        );
         assert!(waiting.await.is_err(), "make_local ran without a permit");
         drop(stream);
-        limited.make_local("i", &digest).await.unwrap();
+        limited.make_local(&name("i"), &digest).await.unwrap();
     }
 
     #[tokio::test]
@@ -171,18 +182,19 @@ mod tests {
         let data = Bytes::from_static(b"here");
         let digest = DigestFunction::Sha256.digest_of(&data);
         limited
-            .write_bytes("i", &digest, data.clone())
+            .write_bytes(&name("i"), &digest, data.clone())
             .await
             .unwrap();
 
-        let stream = limited.read("i", &digest, 0, None).await.unwrap();
+        let stream = limited.read(&name("i"), &digest, 0, None).await.unwrap();
+        let instance = name("i");
         let waiting = tokio::time::timeout(
             Duration::from_millis(50),
-            limited.batch_read("i", vec![digest]),
+            limited.batch_read(&instance, vec![digest]),
         );
         assert!(waiting.await.is_err(), "batch_read ran without a permit");
         drop(stream);
-        let read = limited.batch_read("i", vec![digest, digest]).await;
+        let read = limited.batch_read(&name("i"), vec![digest, digest]).await;
         assert_eq!(read.len(), 2);
         assert!(read.iter().all(|r| r.as_ref().unwrap() == &data));
         assert_eq!(Counting::count(&inner.batch_reads), 1);

@@ -11,13 +11,13 @@ use crate::stats::Stats;
 use crate::traits::{BlobSink, BlobStore, ByteStream, WrappedSink};
 use async_trait::async_trait;
 use bytes::Bytes;
-use clientd_digest::Digest;
+use clientd_digest::{Digest, InstanceName};
 use lru::LruCache;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-type Key = (Arc<str>, Digest);
+type Key = (InstanceName, Digest);
 
 pub struct ExistenceCaching {
     inner: Arc<dyn BlobStore>,
@@ -45,7 +45,7 @@ impl ExistenceCaching {
         }
     }
 
-    fn remember(&self, instance_name: &str, digests: impl IntoIterator<Item = Digest>) {
+    fn remember(&self, instance_name: &InstanceName, digests: impl IntoIterator<Item = Digest>) {
         remember(
             &self.present,
             instance_name,
@@ -57,14 +57,13 @@ impl ExistenceCaching {
 
 fn remember(
     present: &Mutex<LruCache<Key, SystemTime>>,
-    instance_name: &str,
+    instance_name: &InstanceName,
     digests: impl IntoIterator<Item = Digest>,
     until: SystemTime,
 ) {
-    let instance: Arc<str> = instance_name.into();
     let mut present = present.lock().unwrap();
     for digest in digests {
-        present.put((instance.clone(), digest), until);
+        present.put((instance_name.clone(), digest), until);
     }
 }
 
@@ -72,12 +71,12 @@ fn remember(
 impl BlobStore for ExistenceCaching {
     async fn find_missing(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         digests: &[Digest],
     ) -> StoreResult<Vec<Digest>> {
         let now = self.clock.now();
         let unknown: Vec<Digest> = {
-            let instance: Arc<str> = instance_name.into();
+            let instance = instance_name.clone();
             let mut present = self.present.lock().unwrap();
             digests
                 .iter()
@@ -113,7 +112,7 @@ impl BlobStore for ExistenceCaching {
 
     async fn read(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         digest: &Digest,
         offset: u64,
         limit: Option<u64>,
@@ -121,7 +120,7 @@ impl BlobStore for ExistenceCaching {
         self.inner.read(instance_name, digest, offset, limit).await
     }
 
-    async fn make_local(&self, instance_name: &str, digest: &Digest) -> StoreResult<()> {
+    async fn make_local(&self, instance_name: &InstanceName, digest: &Digest) -> StoreResult<()> {
         self.inner.make_local(instance_name, digest).await
     }
 
@@ -129,7 +128,7 @@ impl BlobStore for ExistenceCaching {
     /// known present from then on.
     async fn batch_read(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         digests: Vec<Digest>,
     ) -> Vec<StoreResult<Bytes>> {
         let results = self.inner.batch_read(instance_name, digests.clone()).await;
@@ -142,8 +141,8 @@ impl BlobStore for ExistenceCaching {
         results
     }
 
-    async fn known_present(&self, instance_name: &str, digest: &Digest) -> bool {
-        let key = (Arc::<str>::from(instance_name), *digest);
+    async fn known_present(&self, instance_name: &InstanceName, digest: &Digest) -> bool {
+        let key = (instance_name.clone(), *digest);
         let now = self.clock.now();
         let known = self
             .present
@@ -156,13 +155,12 @@ impl BlobStore for ExistenceCaching {
 
     async fn begin_write(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         digest: &Digest,
     ) -> StoreResult<Box<dyn BlobSink>> {
         let inner = self.inner.begin_write(instance_name, digest).await?;
         // Present once the cluster has accepted it.
-        let (present, instance, digest) =
-            (self.present.clone(), instance_name.to_string(), *digest);
+        let (present, instance, digest) = (self.present.clone(), instance_name.clone(), *digest);
         let until = self.clock.now() + self.ttl;
         Ok(Box::new(WrappedSink {
             inner,
@@ -175,7 +173,7 @@ impl BlobStore for ExistenceCaching {
 
     async fn batch_write(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         blobs: Vec<(Digest, Bytes)>,
     ) -> Vec<StoreResult<()>> {
         let digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
@@ -195,6 +193,7 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::error::StoreError;
+    use crate::test_store::name;
     use crate::test_store::Counting;
 
     #[tokio::test]
@@ -221,24 +220,43 @@ mod tests {
         let asked = || Counting::count(&inner.asked);
 
         // Written through the cache: known present without asking.
-        cache.write_bytes("i", &a, a_data).await.unwrap();
-        assert_eq!(cache.find_missing("i", &[a, b]).await.unwrap(), vec![b]);
+        cache.write_bytes(&name("i"), &a, a_data).await.unwrap();
+        assert_eq!(
+            cache.find_missing(&name("i"), &[a, b]).await.unwrap(),
+            vec![b]
+        );
         assert_eq!(asked(), 1);
-        assert!(cache.known_present("i", &a).await);
+        assert!(cache.known_present(&name("i"), &a).await);
         // Another instance name knows nothing yet.
-        assert!(cache.find_missing("j", &[a]).await.unwrap().is_empty());
+        assert!(cache
+            .find_missing(&name("j"), &[a])
+            .await
+            .unwrap()
+            .is_empty());
         assert_eq!(asked(), 2);
-        assert!(cache.find_missing("j", &[a]).await.unwrap().is_empty());
+        assert!(cache
+            .find_missing(&name("j"), &[a])
+            .await
+            .unwrap()
+            .is_empty());
         assert_eq!(asked(), 2);
         // After the TTL the cluster is asked again.
         clock.advance(Duration::from_secs(301));
-        assert!(!cache.known_present("i", &a).await);
-        assert!(cache.find_missing("i", &[a]).await.unwrap().is_empty());
+        assert!(!cache.known_present(&name("i"), &a).await);
+        assert!(cache
+            .find_missing(&name("i"), &[a])
+            .await
+            .unwrap()
+            .is_empty());
         assert_eq!(asked(), 3);
         // Bounded: a third entry evicts the least recently used ("j", a).
         let (c, c_data) = blob(3);
-        cache.write_bytes("i", &c, c_data).await.unwrap();
-        assert!(cache.find_missing("j", &[a]).await.unwrap().is_empty());
+        cache.write_bytes(&name("i"), &c, c_data).await.unwrap();
+        assert!(cache
+            .find_missing(&name("j"), &[a])
+            .await
+            .unwrap()
+            .is_empty());
         assert_eq!(asked(), 4);
     }
 
@@ -259,16 +277,16 @@ mod tests {
         let absent = clientd_digest::DigestFunction::Sha256.digest_of(b"absent");
         inner
             .inner
-            .write_bytes("i", &present, data.clone())
+            .write_bytes(&name("i"), &present, data.clone())
             .await
             .unwrap();
 
-        let read = cache.batch_read("i", vec![present, absent]).await;
+        let read = cache.batch_read(&name("i"), vec![present, absent]).await;
         assert_eq!(read[0].as_ref().unwrap(), &data);
         assert!(matches!(read[1], Err(StoreError::NotFound(_))));
         assert_eq!(Counting::count(&inner.batch_reads), 1);
         assert_eq!(Counting::count(&inner.reads), 0, "not the per-blob default");
-        assert!(cache.known_present("i", &present).await);
-        assert!(!cache.known_present("i", &absent).await);
+        assert!(cache.known_present(&name("i"), &present).await);
+        assert!(!cache.known_present(&name("i"), &absent).await);
     }
 }

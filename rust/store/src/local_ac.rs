@@ -7,7 +7,7 @@ use crate::local_cas::join_error;
 use crate::nowait::read_cached;
 use crate::traits::ActionCache;
 use async_trait::async_trait;
-use clientd_digest::{Digest, DigestFunction};
+use clientd_digest::{Digest, DigestFunction, InstanceName};
 use clientd_proto::build::bazel::remote::execution::v2::ActionResult;
 use prost::Message;
 use std::fs::File;
@@ -24,8 +24,8 @@ struct AcKey {
 }
 
 impl AcKey {
-    fn new(instance_name: &str, action: &Digest) -> Self {
-        let hash = DigestFunction::Sha256.digest_of(instance_name.as_bytes());
+    fn new(instance_name: &InstanceName, action: &Digest) -> Self {
+        let hash = DigestFunction::Sha256.digest_of(instance_name.as_str().as_bytes());
         let mut namespace = [0u8; 16];
         namespace.copy_from_slice(&hash.hash()[..16]);
         AcKey {
@@ -74,7 +74,11 @@ impl LocalActionCache {
 
 #[async_trait]
 impl ActionCache for LocalActionCache {
-    async fn get(&self, instance_name: &str, action: &Digest) -> StoreResult<Option<ActionResult>> {
+    async fn get(
+        &self,
+        instance_name: &InstanceName,
+        action: &Digest,
+    ) -> StoreResult<Option<ActionResult>> {
         let key = AcKey::new(instance_name, action);
         // A miss, or an entry in the page cache, is answered here: most lookups are one or the
         // other, and a blocking thread would cost more than the lookup.
@@ -107,7 +111,7 @@ impl ActionCache for LocalActionCache {
 
     async fn put(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         action: &Digest,
         result: &ActionResult,
     ) -> StoreResult<()> {
@@ -152,6 +156,7 @@ fn decode(action: &Digest, data: &[u8]) -> Option<ActionResult> {
 mod tests {
     use super::*;
     use crate::clock::SystemClock;
+    use crate::test_store::name;
     use crate::test_store::small_options;
 
     #[tokio::test]
@@ -168,15 +173,18 @@ mod tests {
             exit_code: 2,
             ..Default::default()
         };
-        ac.put("local/a", &action, &one).await.unwrap();
-        assert_eq!(ac.get("local/a", &action).await.unwrap(), Some(one));
-        assert_eq!(ac.get("local/b", &action).await.unwrap(), None);
-        ac.put("local/a", &action, &two).await.unwrap();
-        assert_eq!(ac.get("local/a", &action).await.unwrap(), Some(two.clone()));
+        ac.put(&name("local/a"), &action, &one).await.unwrap();
+        assert_eq!(ac.get(&name("local/a"), &action).await.unwrap(), Some(one));
+        assert_eq!(ac.get(&name("local/b"), &action).await.unwrap(), None);
+        ac.put(&name("local/a"), &action, &two).await.unwrap();
+        assert_eq!(
+            ac.get(&name("local/a"), &action).await.unwrap(),
+            Some(two.clone())
+        );
         drop(ac);
         let ac =
             LocalActionCache::open(dir.path(), small_options(), Arc::new(SystemClock)).unwrap();
-        assert_eq!(ac.get("local/a", &action).await.unwrap(), Some(two));
+        assert_eq!(ac.get(&name("local/a"), &action).await.unwrap(), Some(two));
     }
 
     /// An entry whose bytes do not decode is a miss, whether its bytes are in the page cache
@@ -191,14 +199,14 @@ mod tests {
             exit_code: 3,
             ..Default::default()
         };
-        ac.put("local", &action, &result).await.unwrap();
+        ac.put(&name("local"), &action, &result).await.unwrap();
         let path = dir
             .path()
             .join("entries")
-            .join(AcKey::new("local", &action).rel_path());
+            .join(AcKey::new(&InstanceName::local(), &action).rel_path());
         std::fs::write(&path, b"\xff\xff\xff not a message").unwrap();
-        assert_eq!(ac.get("local", &action).await.unwrap(), None);
+        assert_eq!(ac.get(&name("local"), &action).await.unwrap(), None);
         crate::nowait::drop_cached(&path);
-        assert_eq!(ac.get("local", &action).await.unwrap(), None);
+        assert_eq!(ac.get(&name("local"), &action).await.unwrap(), None);
     }
 }

@@ -15,7 +15,7 @@ use crate::stats::Stats;
 use crate::traits::{BlobSink, BlobStore, ByteStream};
 use async_trait::async_trait;
 use bytes::Bytes;
-use clientd_digest::Digest;
+use clientd_digest::{Digest, InstanceName};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -28,7 +28,7 @@ pub struct ReadCaching {
     slow: Arc<dyn BlobStore>,
     stats: Arc<Stats>,
     /// Fetches in progress, by instance name and digest.
-    fetches: Arc<Mutex<HashMap<(String, Digest), Fetch>>>,
+    fetches: Arc<Mutex<HashMap<(InstanceName, Digest), Fetch>>>,
 }
 
 impl ReadCaching {
@@ -43,8 +43,8 @@ impl ReadCaching {
 
     /// Makes sure the fast store has `digest`, fetching it from the slow store unless another
     /// reader already is.
-    async fn fill(&self, instance_name: &str, digest: &Digest) -> StoreResult<()> {
-        let key = (instance_name.to_string(), *digest);
+    async fn fill(&self, instance_name: &InstanceName, digest: &Digest) -> StoreResult<()> {
+        let key = (instance_name.clone(), *digest);
         let fetch = {
             let mut fetches = self.fetches.lock().unwrap();
             if let Some(fetch) = fetches.get(&key) {
@@ -80,7 +80,7 @@ impl ReadCaching {
 async fn copy(
     from: &dyn BlobStore,
     to: &dyn BlobStore,
-    instance_name: &str,
+    instance_name: &InstanceName,
     digest: &Digest,
     stats: &Stats,
 ) -> StoreResult<()> {
@@ -115,7 +115,7 @@ fn count_fetch(stats: &Stats, digest: &Digest) {
 impl BlobStore for ReadCaching {
     async fn find_missing(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         digests: &[Digest],
     ) -> StoreResult<Vec<Digest>> {
         self.slow.find_missing(instance_name, digests).await
@@ -123,7 +123,7 @@ impl BlobStore for ReadCaching {
 
     async fn read(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         digest: &Digest,
         offset: u64,
         limit: Option<u64>,
@@ -145,7 +145,7 @@ impl BlobStore for ReadCaching {
     /// missing the same blob may each fetch it; reads of one blob share a fetch.
     async fn batch_read(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         digests: Vec<Digest>,
     ) -> Vec<StoreResult<Bytes>> {
         let mut results = self.fast.batch_read(instance_name, digests.clone()).await;
@@ -193,20 +193,20 @@ impl BlobStore for ReadCaching {
 
     /// The local copy if there is one; otherwise fetched from the slow store into it, as a read
     /// would be (one fetch for concurrent callers).
-    async fn make_local(&self, instance_name: &str, digest: &Digest) -> StoreResult<()> {
+    async fn make_local(&self, instance_name: &InstanceName, digest: &Digest) -> StoreResult<()> {
         match self.fast.make_local(instance_name, digest).await {
             Err(StoreError::NotFound(_)) => self.fill(instance_name, digest).await,
             local => local,
         }
     }
 
-    async fn known_present(&self, instance_name: &str, digest: &Digest) -> bool {
+    async fn known_present(&self, instance_name: &InstanceName, digest: &Digest) -> bool {
         self.slow.known_present(instance_name, digest).await
     }
 
     async fn begin_write(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         digest: &Digest,
     ) -> StoreResult<Box<dyn BlobSink>> {
         let (fast, slow) = futures::try_join!(
@@ -223,7 +223,7 @@ impl BlobStore for ReadCaching {
 
     async fn batch_write(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         blobs: Vec<(Digest, Bytes)>,
     ) -> Vec<StoreResult<()>> {
         let (fast, slow) = futures::join!(
@@ -311,6 +311,7 @@ mod tests {
     use super::*;
     use crate::clock::SystemClock;
     use crate::local_cas::LocalCas;
+    use crate::test_store::name;
     use crate::test_store::{local_cas, Counting};
     use clientd_digest::DigestFunction;
     use std::sync::atomic::Ordering;
@@ -325,28 +326,40 @@ mod tests {
 
     #[async_trait]
     impl BlobStore for Corrupting {
-        async fn find_missing(&self, _: &str, digests: &[Digest]) -> StoreResult<Vec<Digest>> {
+        async fn find_missing(
+            &self,
+            _: &InstanceName,
+            digests: &[Digest],
+        ) -> StoreResult<Vec<Digest>> {
             Ok(digests.to_vec())
         }
         async fn read(
             &self,
-            _: &str,
+            _: &InstanceName,
             d: &Digest,
             _: u64,
             _: Option<u64>,
         ) -> StoreResult<ByteStream> {
             Err(StoreError::blob_not_found(d))
         }
-        async fn batch_read(&self, _: &str, digests: Vec<Digest>) -> Vec<StoreResult<Bytes>> {
+        async fn batch_read(
+            &self,
+            _: &InstanceName,
+            digests: Vec<Digest>,
+        ) -> Vec<StoreResult<Bytes>> {
             digests
                 .iter()
                 .map(|_| Ok(Bytes::from_static(b"wrong")))
                 .collect()
         }
-        async fn make_local(&self, _: &str, d: &Digest) -> StoreResult<()> {
+        async fn make_local(&self, _: &InstanceName, d: &Digest) -> StoreResult<()> {
             Err(StoreError::blob_not_found(d))
         }
-        async fn begin_write(&self, _: &str, d: &Digest) -> StoreResult<Box<dyn BlobSink>> {
+        async fn begin_write(
+            &self,
+            _: &InstanceName,
+            d: &Digest,
+        ) -> StoreResult<Box<dyn BlobSink>> {
             Err(StoreError::Unimplemented(format!("no writes of {d} here")))
         }
     }
@@ -362,31 +375,42 @@ mod tests {
         let caching = ReadCaching::new(fast.clone(), slow.clone(), stats.clone());
         let data = Bytes::from_static(b"only in the cluster");
         let digest = DigestFunction::Sha256.digest_of(&data);
-        slow.write_bytes("c", &digest, data.clone()).await.unwrap();
+        slow.write_bytes(&name("c"), &digest, data.clone())
+            .await
+            .unwrap();
 
         let fetched = || {
             stats
                 .upstream_fetches
                 .load(std::sync::atomic::Ordering::Relaxed)
         };
+        let instance = name("c");
         let (a, b) = futures::join!(
-            caching.make_local("c", &digest),
-            caching.make_local("c", &digest)
+            caching.make_local(&instance, &digest),
+            caching.make_local(&instance, &digest)
         );
         a.unwrap();
         b.unwrap();
-        assert_eq!(fast.read_bytes("", &digest).await.unwrap(), data);
+        assert_eq!(
+            fast.read_bytes(&InstanceName::default(), &digest)
+                .await
+                .unwrap(),
+            data
+        );
         assert_eq!(fetched(), 1, "one fetch for both callers");
         // Local now: nothing more is fetched.
-        caching.make_local("c", &digest).await.unwrap();
+        caching.make_local(&name("c"), &digest).await.unwrap();
         assert_eq!(fetched(), 1);
 
         let nowhere = DigestFunction::Sha256.digest_of(b"nowhere");
         assert!(matches!(
-            caching.make_local("c", &nowhere).await,
+            caching.make_local(&name("c"), &nowhere).await,
             Err(StoreError::NotFound(_))
         ));
-        assert!(!fast.contains("", &nowhere).await.unwrap());
+        assert!(!fast
+            .contains(&InstanceName::default(), &nowhere)
+            .await
+            .unwrap());
     }
 
     #[tokio::test]
@@ -404,19 +428,21 @@ mod tests {
         let (b, b_data) = blob("only in the cluster: b");
         let (c, c_data) = blob("only in the cluster: c");
         let (nowhere, _) = blob("nowhere");
-        fast.write_bytes("c", &local, local_data.clone())
+        fast.write_bytes(&name("c"), &local, local_data.clone())
             .await
             .unwrap();
         slow.inner
-            .write_bytes("c", &b, b_data.clone())
+            .write_bytes(&name("c"), &b, b_data.clone())
             .await
             .unwrap();
         slow.inner
-            .write_bytes("c", &c, c_data.clone())
+            .write_bytes(&name("c"), &c, c_data.clone())
             .await
             .unwrap();
 
-        let read = caching.batch_read("c", vec![local, b, b, nowhere, c]).await;
+        let read = caching
+            .batch_read(&name("c"), vec![local, b, b, nowhere, c])
+            .await;
         assert_eq!(read[0].as_ref().unwrap(), &local_data);
         assert_eq!(read[1].as_ref().unwrap(), &b_data);
         assert_eq!(read[2].as_ref().unwrap(), &b_data);
@@ -435,8 +461,11 @@ mod tests {
         );
         assert_eq!(stats.local_hits.load(Ordering::Relaxed), 1);
         // Local now.
-        assert_eq!(fast.read_bytes("", &b).await.unwrap(), b_data);
-        let again = caching.batch_read("c", vec![b, c]).await;
+        assert_eq!(
+            fast.read_bytes(&InstanceName::default(), &b).await.unwrap(),
+            b_data
+        );
+        let again = caching.batch_read(&name("c"), vec![b, c]).await;
         assert!(again.iter().all(Result::is_ok));
         assert_eq!(Counting::count(&slow.batch_reads), 1);
     }
@@ -447,11 +476,14 @@ mod tests {
         let fast = store(dir.path());
         let caching = ReadCaching::new(fast.clone(), Arc::new(Corrupting), Default::default());
         let digest = DigestFunction::Sha256.digest_of(b"right");
-        let read = caching.batch_read("c", vec![digest]).await;
+        let read = caching.batch_read(&name("c"), vec![digest]).await;
         match &read[0] {
             Err(StoreError::Internal(m)) => assert!(m.contains("corrupt blob, not stored"), "{m}"),
             other => panic!("{other:?}"),
         }
-        assert!(!fast.contains("", &digest).await.unwrap());
+        assert!(!fast
+            .contains(&InstanceName::default(), &digest)
+            .await
+            .unwrap());
     }
 }

@@ -1,4 +1,4 @@
-//! What the decorators' tests share: small, unsynced disk stores, and a local CAS that counts the
+//! What the decorators' tests share: instance names, small, unsynced disk stores, and a local CAS that counts the
 //! calls it gets, so a test can tell a forwarded call from the trait's default.
 
 use crate::disk_lru::DiskLruOptions;
@@ -8,10 +8,15 @@ use crate::traits::{BlobSink, BlobStore, ByteStream};
 use crate::Clock;
 use async_trait::async_trait;
 use bytes::Bytes;
-use clientd_digest::Digest;
+use clientd_digest::{Digest, InstanceName};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+/// A test's instance name.
+pub(crate) fn name(name: &str) -> InstanceName {
+    name.parse().unwrap()
+}
 
 /// 1 MiB, no fsync: enough for any test, and quick.
 pub(crate) fn small_options() -> DiskLruOptions {
@@ -52,14 +57,18 @@ impl Counting {
 
 #[async_trait]
 impl BlobStore for Counting {
-    async fn find_missing(&self, instance: &str, digests: &[Digest]) -> StoreResult<Vec<Digest>> {
+    async fn find_missing(
+        &self,
+        instance: &InstanceName,
+        digests: &[Digest],
+    ) -> StoreResult<Vec<Digest>> {
         self.asked.fetch_add(digests.len(), Ordering::SeqCst);
         self.inner.find_missing(instance, digests).await
     }
 
     async fn read(
         &self,
-        instance: &str,
+        instance: &InstanceName,
         digest: &Digest,
         offset: u64,
         limit: Option<u64>,
@@ -68,16 +77,24 @@ impl BlobStore for Counting {
         self.inner.read(instance, digest, offset, limit).await
     }
 
-    async fn batch_read(&self, instance: &str, digests: Vec<Digest>) -> Vec<StoreResult<Bytes>> {
+    async fn batch_read(
+        &self,
+        instance: &InstanceName,
+        digests: Vec<Digest>,
+    ) -> Vec<StoreResult<Bytes>> {
         self.batch_reads.fetch_add(1, Ordering::SeqCst);
         self.inner.batch_read(instance, digests).await
     }
 
-    async fn make_local(&self, instance: &str, digest: &Digest) -> StoreResult<()> {
+    async fn make_local(&self, instance: &InstanceName, digest: &Digest) -> StoreResult<()> {
         self.inner.make_local(instance, digest).await
     }
 
-    async fn begin_write(&self, instance: &str, digest: &Digest) -> StoreResult<Box<dyn BlobSink>> {
+    async fn begin_write(
+        &self,
+        instance: &InstanceName,
+        digest: &Digest,
+    ) -> StoreResult<Box<dyn BlobSink>> {
         self.inner.begin_write(instance, digest).await
     }
 }

@@ -1,7 +1,7 @@
 use crate::error::{StoreError, StoreResult};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use clientd_digest::Digest;
+use clientd_digest::{Digest, InstanceName};
 use clientd_proto::build::bazel::remote::execution::v2::ActionResult;
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -22,7 +22,7 @@ pub trait BlobStore: Send + Sync + 'static {
     /// used, so they are not evicted before the client that asked gets to them.
     async fn find_missing(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         digests: &[Digest],
     ) -> StoreResult<Vec<Digest>>;
 
@@ -30,7 +30,7 @@ pub trait BlobStore: Send + Sync + 'static {
     /// NOT_FOUND if the blob is absent, OUT_OF_RANGE if `offset` is past its end.
     async fn read(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         digest: &Digest,
         offset: u64,
         limit: Option<u64>,
@@ -40,12 +40,16 @@ pub trait BlobStore: Send + Sync + 'static {
     /// the hash and size; dropping the sink discards what was written.
     async fn begin_write(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         digest: &Digest,
     ) -> StoreResult<Box<dyn BlobSink>>;
 
     /// Reads a whole blob into memory; for small blobs such as Directory messages.
-    async fn read_bytes(&self, instance_name: &str, digest: &Digest) -> StoreResult<Bytes> {
+    async fn read_bytes(
+        &self,
+        instance_name: &InstanceName,
+        digest: &Digest,
+    ) -> StoreResult<Bytes> {
         let mut stream = self.read(instance_name, digest, 0, None).await?;
         let mut data = BytesMut::with_capacity(digest.size() as usize);
         while let Some(chunk) = stream.next().await {
@@ -58,7 +62,7 @@ pub trait BlobStore: Send + Sync + 'static {
     /// overrides it to read them all on one blocking thread.
     async fn batch_read(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         digests: Vec<Digest>,
     ) -> Vec<StoreResult<Bytes>> {
         futures::stream::iter(digests)
@@ -71,7 +75,7 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Writes a whole in-memory blob.
     async fn write_bytes(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         digest: &Digest,
         data: Bytes,
     ) -> StoreResult<()> {
@@ -84,7 +88,7 @@ pub trait BlobStore: Send + Sync + 'static {
     /// send whole batches in one round trip.
     async fn batch_write(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         blobs: Vec<(Digest, Bytes)>,
     ) -> Vec<StoreResult<()>> {
         futures::stream::iter(blobs)
@@ -99,12 +103,12 @@ pub trait BlobStore: Send + Sync + 'static {
     /// open the local copy: the file system does, to serve a cas/ file from the local disk.
     /// NOT_FOUND if nobody has it. Every store says what it does: a decorator forwards, a store
     /// with no local copy (a cluster's CAS) refuses.
-    async fn make_local(&self, instance_name: &str, digest: &Digest) -> StoreResult<()>;
+    async fn make_local(&self, instance_name: &InstanceName, digest: &Digest) -> StoreResult<()>;
 
     /// Whether the store knows it holds `digest` without asking anyone over the network. Uploads
     /// use it to finish early: asking a cluster would cost a round trip per upload, for blobs
     /// Bazel has just been told are missing.
-    async fn known_present(&self, instance_name: &str, digest: &Digest) -> bool {
+    async fn known_present(&self, instance_name: &InstanceName, digest: &Digest) -> bool {
         let _ = (instance_name, digest);
         false
     }
@@ -114,7 +118,7 @@ pub trait BlobStore: Send + Sync + 'static {
     /// default: a cluster's CAS is asked by hash and size).
     async fn digest_by_hash(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         name: &Digest,
     ) -> StoreResult<Option<Digest>> {
         let _ = (instance_name, name);
@@ -122,7 +126,7 @@ pub trait BlobStore: Send + Sync + 'static {
     }
 
     /// Whether one blob is present.
-    async fn contains(&self, instance_name: &str, digest: &Digest) -> StoreResult<bool> {
+    async fn contains(&self, instance_name: &InstanceName, digest: &Digest) -> StoreResult<bool> {
         Ok(self
             .find_missing(instance_name, std::slice::from_ref(digest))
             .await?
@@ -173,10 +177,14 @@ impl<K: Send> BlobSink for WrappedSink<K> {
 /// The action cache, one namespace per instance name.
 #[async_trait]
 pub trait ActionCache: Send + Sync + 'static {
-    async fn get(&self, instance_name: &str, action: &Digest) -> StoreResult<Option<ActionResult>>;
+    async fn get(
+        &self,
+        instance_name: &InstanceName,
+        action: &Digest,
+    ) -> StoreResult<Option<ActionResult>>;
     async fn put(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         action: &Digest,
         result: &ActionResult,
     ) -> StoreResult<()>;

@@ -3,7 +3,7 @@
 
 use crate::error::StoreError;
 use crate::traits::BlobStore;
-use clientd_digest::Digest;
+use clientd_digest::{Digest, InstanceName};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use prost::Message;
 use std::collections::HashMap;
@@ -32,7 +32,7 @@ pub enum TreeError {
 /// Every Directory of the tree under `root`, read a level at a time (one batch per level).
 pub async fn read_tree(
     store: &dyn BlobStore,
-    instance_name: &str,
+    instance_name: &InstanceName,
     root: &Digest,
 ) -> Result<HashMap<Digest, re::Directory>, TreeError> {
     let mut tree = HashMap::new();

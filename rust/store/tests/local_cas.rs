@@ -2,7 +2,7 @@
 //! eviction running, never expose a partial or wrong blob.
 
 use bytes::Bytes;
-use clientd_digest::{Digest, DigestFunction};
+use clientd_digest::{Digest, DigestFunction, InstanceName};
 use clientd_store::{BlobStore, DiskLruOptions, LocalCas, ManualClock, StoreError, SystemClock};
 use futures::StreamExt;
 use std::sync::Arc;
@@ -18,7 +18,10 @@ fn unsynced(max_bytes: u64) -> DiskLruOptions {
 
 /// The bytes a read of the blob streams back.
 async fn read(cas: &LocalCas, digest: &Digest, offset: u64, limit: Option<u64>) -> Vec<u8> {
-    let mut stream = cas.read("", digest, offset, limit).await.unwrap();
+    let mut stream = cas
+        .read(&InstanceName::default(), digest, offset, limit)
+        .await
+        .unwrap();
     let mut read = Vec::new();
     while let Some(chunk) = stream.next().await {
         read.extend_from_slice(&chunk.unwrap());
@@ -55,17 +58,20 @@ async fn concurrent_writers_and_readers_with_eviction() {
                 let (digest, data) = &digests[(worker * 7 + round * 13) % digests.len()];
                 if (worker + round) % 3 == 0 {
                     // Streamed write in uneven chunks.
-                    let mut sink = cas.begin_write("", digest).await.unwrap();
+                    let mut sink = cas
+                        .begin_write(&InstanceName::default(), digest)
+                        .await
+                        .unwrap();
                     for piece in data.chunks(4096 + worker) {
                         sink.write(Bytes::copy_from_slice(piece)).await.unwrap();
                     }
                     sink.commit().await.unwrap();
                 } else if round % 5 == 0 {
-                    cas.write_bytes("", digest, Bytes::from(data.clone()))
+                    cas.write_bytes(&InstanceName::default(), digest, Bytes::from(data.clone()))
                         .await
                         .unwrap();
                 } else {
-                    match cas.read("", digest, 0, None).await {
+                    match cas.read(&InstanceName::default(), digest, 0, None).await {
                         Ok(mut stream) => {
                             let mut got = Vec::new();
                             while let Some(chunk) = stream.next().await {
@@ -91,9 +97,17 @@ async fn concurrent_writers_and_readers_with_eviction() {
     assert!(bytes <= BOUND, "bound exceeded: {bytes}");
     // Every blob the index lists is on disk, whole.
     let all: Vec<Digest> = digests.iter().map(|(d, _)| *d).collect();
-    let missing = cas.find_missing("", &all).await.unwrap();
+    let missing = cas
+        .find_missing(&InstanceName::default(), &all)
+        .await
+        .unwrap();
     for (digest, data) in digests.iter().filter(|(d, _)| !missing.contains(d)) {
-        assert_eq!(&cas.read_bytes("", digest).await.unwrap()[..], &data[..]);
+        assert_eq!(
+            &cas.read_bytes(&InstanceName::default(), digest)
+                .await
+                .unwrap()[..],
+            &data[..]
+        );
     }
 }
 
@@ -107,20 +121,42 @@ async fn offsets_limits_and_the_empty_blob() {
     let cas = LocalCas::open(dir.path(), options, Arc::new(SystemClock)).unwrap();
     let data = blob(1);
     let digest = DigestFunction::Sha256.digest_of(&data);
-    cas.write_bytes("", &digest, Bytes::from(data.clone()))
+    cas.write_bytes(&InstanceName::default(), &digest, Bytes::from(data.clone()))
         .await
         .unwrap();
-    let mut stream = cas.read("", &digest, 10, Some(5)).await.unwrap();
+    let mut stream = cas
+        .read(&InstanceName::default(), &digest, 10, Some(5))
+        .await
+        .unwrap();
     assert_eq!(&stream.next().await.unwrap().unwrap()[..], &data[10..15]);
     assert!(stream.next().await.is_none());
-    let past = cas.read("", &digest, data.len() as u64 + 1, None).await;
+    let past = cas
+        .read(
+            &InstanceName::default(),
+            &digest,
+            data.len() as u64 + 1,
+            None,
+        )
+        .await;
     assert!(matches!(past, Err(StoreError::OutOfRange(_))));
     let empty = Digest::empty(DigestFunction::Sha256);
-    assert!(cas.find_missing("", &[empty]).await.unwrap().is_empty());
-    assert!(cas.read_bytes("", &empty).await.unwrap().is_empty());
+    assert!(cas
+        .find_missing(&InstanceName::default(), &[empty])
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(cas
+        .read_bytes(&InstanceName::default(), &empty)
+        .await
+        .unwrap()
+        .is_empty());
     let wrong = DigestFunction::Sha256.digest_of(b"expected");
     let err = cas
-        .write_bytes("", &wrong, Bytes::from_static(b"actual!!"))
+        .write_bytes(
+            &InstanceName::default(),
+            &wrong,
+            Bytes::from_static(b"actual!!"),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::InvalidArgument(_)), "{err:?}");
@@ -142,7 +178,7 @@ async fn large_blob_in_chunks_and_read_from_an_offset() {
         let cas = &cas;
         let data = &data;
         async move {
-            let mut sink = cas.begin_write("", &digest).await?;
+            let mut sink = cas.begin_write(&InstanceName::default(), &digest).await?;
             for chunk in data.chunks(1 << 20) {
                 sink.write(Bytes::copy_from_slice(chunk)).await?;
             }
@@ -159,7 +195,12 @@ async fn large_blob_in_chunks_and_read_from_an_offset() {
     let wrong = DigestFunction::Sha256.digest_of(&wrong);
     let err = upload(wrong).await.unwrap_err();
     assert!(matches!(err, StoreError::InvalidArgument(_)), "{err:?}");
-    assert_eq!(cas.find_missing("", &[wrong]).await.unwrap(), vec![wrong]);
+    assert_eq!(
+        cas.find_missing(&InstanceName::default(), &[wrong])
+            .await
+            .unwrap(),
+        vec![wrong]
+    );
 }
 
 /// Uploads as Bazel sends them, in WriteRequests of 16 KiB, at the sizes where the way a blob is
@@ -187,7 +228,7 @@ async fn uploads_in_16_kib_requests_at_every_size_the_layout_turns_on() {
         let upload = |digest: Digest, data: Vec<u8>| {
             let cas = &cas;
             async move {
-                let mut sink = cas.begin_write("", &digest).await?;
+                let mut sink = cas.begin_write(&InstanceName::default(), &digest).await?;
                 for chunk in data.chunks(16 * KIB) {
                     sink.write(Bytes::copy_from_slice(chunk)).await?;
                 }
@@ -211,7 +252,9 @@ async fn uploads_in_16_kib_requests_at_every_size_the_layout_turns_on() {
             "{size}: {err:?}"
         );
         assert_eq!(
-            cas.find_missing("", &[wrong_digest]).await.unwrap(),
+            cas.find_missing(&InstanceName::default(), &[wrong_digest])
+                .await
+                .unwrap(),
             vec![wrong_digest]
         );
 
@@ -223,7 +266,10 @@ async fn uploads_in_16_kib_requests_at_every_size_the_layout_turns_on() {
             "{size}: {err:?}"
         );
 
-        let mut abandoned = cas.begin_write("", &wrong_digest).await.unwrap();
+        let mut abandoned = cas
+            .begin_write(&InstanceName::default(), &wrong_digest)
+            .await
+            .unwrap();
         abandoned
             .write(Bytes::copy_from_slice(&data[..size / 2]))
             .await
@@ -262,7 +308,9 @@ async fn batch_write_stores_each_blob_with_its_own_outcome() {
     blobs[150].1 = Bytes::from_static(b"not these bytes");
     blobs[7] = (DigestFunction::Sha256.digest_of(b""), Bytes::new());
     blobs[299] = blobs[3].clone();
-    let outcomes = cas.batch_write("", blobs.clone()).await;
+    let outcomes = cas
+        .batch_write(&InstanceName::default(), blobs.clone())
+        .await;
     assert_eq!(outcomes.len(), blobs.len());
     for (i, outcome) in outcomes.iter().enumerate() {
         if i == 150 {
@@ -275,9 +323,19 @@ async fn batch_write_stores_each_blob_with_its_own_outcome() {
         }
     }
     let digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
-    assert_eq!(cas.find_missing("", &digests).await.unwrap(), vec![wrong]);
+    assert_eq!(
+        cas.find_missing(&InstanceName::default(), &digests)
+            .await
+            .unwrap(),
+        vec![wrong]
+    );
     for (digest, data) in blobs.iter().filter(|(d, _)| *d != wrong) {
-        assert_eq!(&cas.read_bytes("", digest).await.unwrap(), data);
+        assert_eq!(
+            &cas.read_bytes(&InstanceName::default(), digest)
+                .await
+                .unwrap(),
+            data
+        );
     }
 }
 
@@ -293,14 +351,18 @@ async fn batch_read_returns_each_blob_in_order() {
         .map(|data| (DigestFunction::Sha256.digest_of(&data), data))
         .collect();
     for (digest, data) in &blobs {
-        cas.write_bytes("", digest, data.clone()).await.unwrap();
+        cas.write_bytes(&InstanceName::default(), digest, data.clone())
+            .await
+            .unwrap();
     }
     let absent = DigestFunction::Sha256.digest_of(b"never written");
     let empty = DigestFunction::Sha256.digest_of(b"");
     let mut digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
     digests.insert(10, absent);
     digests.push(empty);
-    let read = cas.batch_read("", digests.clone()).await;
+    let read = cas
+        .batch_read(&InstanceName::default(), digests.clone())
+        .await;
     assert_eq!(read.len(), digests.len());
     assert!(
         matches!(read[10], Err(StoreError::NotFound(_))),
@@ -326,17 +388,27 @@ async fn sha256tree_blobs_are_verified_and_namespaced() {
         let mut data = blob(1);
         data.resize(len, 7);
         let digest = tree.digest_of(&data);
-        let mut sink = cas.begin_write("", &digest).await.unwrap();
+        let mut sink = cas
+            .begin_write(&InstanceName::default(), &digest)
+            .await
+            .unwrap();
         for piece in data.chunks(1000) {
             sink.write(Bytes::copy_from_slice(piece)).await.unwrap();
         }
         sink.commit().await.unwrap();
-        assert_eq!(cas.read_bytes("", &digest).await.unwrap(), data);
+        assert_eq!(
+            cas.read_bytes(&InstanceName::default(), &digest)
+                .await
+                .unwrap(),
+            data
+        );
         // The SHA-256 hex of the same bytes, as a SHA256TREE digest, does not verify (beyond
         // one chunk the hashes differ).
         let plain = DigestFunction::Sha256.digest_of(&data);
         let wrong = Digest::parse(Some(tree), &plain.hash_hex(), plain.size()).unwrap();
-        let written = cas.write_bytes("", &wrong, Bytes::from(data.clone())).await;
+        let written = cas
+            .write_bytes(&InstanceName::default(), &wrong, Bytes::from(data.clone()))
+            .await;
         if len > 1024 {
             assert!(
                 matches!(written, Err(StoreError::InvalidArgument(_))),
@@ -345,7 +417,9 @@ async fn sha256tree_blobs_are_verified_and_namespaced() {
         }
         if len > 0 {
             assert!(
-                !cas.contains("", &plain).await.unwrap(),
+                !cas.contains(&InstanceName::default(), &plain)
+                    .await
+                    .unwrap(),
                 "{len}: not a SHA-256 blob"
             );
         }
@@ -388,7 +462,7 @@ async fn the_bound_holds_on_the_disk_for_small_and_larger_blobs() {
         let mut data: Vec<u8> = (0..len).map(|j| (i as usize * 31 + j * 17) as u8).collect();
         data[..8].copy_from_slice(&i.to_le_bytes());
         let digest = DigestFunction::Sha256.digest_of(&data);
-        cas.write_bytes("", &digest, Bytes::from(data))
+        cas.write_bytes(&InstanceName::default(), &digest, Bytes::from(data))
             .await
             .unwrap();
         let (_, counted) = cas.usage();
@@ -412,7 +486,10 @@ async fn packed_blobs_are_found_while_they_are_indexed() {
         .collect();
     {
         let cas = LocalCas::open(dir.path(), options, Arc::new(SystemClock)).unwrap();
-        for result in cas.batch_write("", blobs.clone()).await {
+        for result in cas
+            .batch_write(&InstanceName::default(), blobs.clone())
+            .await
+        {
             result.unwrap();
         }
     }
@@ -425,12 +502,24 @@ async fn packed_blobs_are_found_while_they_are_indexed() {
         let (digest, data) = &blobs[blobs.len() - 1 - i];
         match i {
             0 => assert!(
-                cas.find_missing("", &digests).await.unwrap().is_empty(),
+                cas.find_missing(&InstanceName::default(), &digests)
+                    .await
+                    .unwrap()
+                    .is_empty(),
                 "{check}"
             ),
-            1 => assert_eq!(&cas.read_bytes("", digest).await.unwrap(), data, "{check}"),
+            1 => assert_eq!(
+                &cas.read_bytes(&InstanceName::default(), digest)
+                    .await
+                    .unwrap(),
+                data,
+                "{check}"
+            ),
             _ => {
-                let mut end = cas.read("", digest, digest.size(), None).await.unwrap();
+                let mut end = cas
+                    .read(&InstanceName::default(), digest, digest.size(), None)
+                    .await
+                    .unwrap();
                 assert!(end.next().await.is_none(), "{check}");
             }
         }
@@ -450,7 +539,10 @@ fn blobs_of(seed: u64, count: u64, len: usize) -> Vec<(Digest, Bytes)> {
 
 async fn store_all(cas: &LocalCas, blobs: &[(Digest, Bytes)]) {
     for batch in blobs.chunks(64) {
-        for result in cas.batch_write("", batch.to_vec()).await {
+        for result in cas
+            .batch_write(&InstanceName::default(), batch.to_vec())
+            .await
+        {
             result.unwrap();
         }
         let (_, counted) = cas.usage();
@@ -460,7 +552,12 @@ async fn store_all(cas: &LocalCas, blobs: &[(Digest, Bytes)]) {
 
 async fn present(cas: &LocalCas, blobs: &[(Digest, Bytes)]) -> usize {
     let digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
-    digests.len() - cas.find_missing("", &digests).await.unwrap().len()
+    digests.len()
+        - cas
+            .find_missing(&InstanceName::default(), &digests)
+            .await
+            .unwrap()
+            .len()
 }
 
 /// One bound over both layouts: small blobs alone get (nearly) all of it, and when both hold
@@ -523,7 +620,10 @@ async fn racing_writers_past_the_packed_budget_lose_nothing() {
                 let mut written = Vec::new();
                 for batch in 0..30u64 {
                     let blobs = blobs_of(w << 32 | batch << 8, 40, 9000);
-                    for result in cas.batch_write("", blobs.clone()).await {
+                    for result in cas
+                        .batch_write(&InstanceName::default(), blobs.clone())
+                        .await
+                    {
                         result.unwrap();
                     }
                     written.extend(blobs);
@@ -553,7 +653,10 @@ async fn after_a_restart_reads_copy_nothing_while_the_files_leave_budget_unused(
     {
         let cas = LocalCas::open(dir.path(), unsynced(64 << 20), Arc::new(SystemClock)).unwrap();
         for batch in blobs.chunks(100) {
-            for result in cas.batch_write("", batch.to_vec()).await {
+            for result in cas
+                .batch_write(&InstanceName::default(), batch.to_vec())
+                .await
+            {
                 result.unwrap();
             }
         }
@@ -583,11 +686,14 @@ async fn blobs_are_found_by_hash_alone_in_both_layouts_and_after_a_restart() {
             store_all(&cas, &large).await;
         }
         for (digest, _) in small.iter().chain(&large) {
-            let found = cas.digest_by_hash("", &by_hash(digest)).await.unwrap();
+            let found = cas
+                .digest_by_hash(&InstanceName::default(), &by_hash(digest))
+                .await
+                .unwrap();
             assert_eq!(found, Some(*digest), "restart: {restart}");
         }
         let found = cas
-            .digest_by_hash("", &by_hash(&absent[0].0))
+            .digest_by_hash(&InstanceName::default(), &by_hash(&absent[0].0))
             .await
             .unwrap();
         assert_eq!(found, None);
@@ -603,13 +709,20 @@ async fn make_local_answers_for_what_is_here_in_either_layout_and_nothing_else()
     for data in [&small, &large] {
         let digest = DigestFunction::Sha256.digest_of(data);
         assert!(matches!(
-            cas.make_local("", &digest).await,
+            cas.make_local(&InstanceName::default(), &digest).await,
             Err(StoreError::NotFound(_))
         ));
-        cas.write_bytes("", &digest, data.clone()).await.unwrap();
-        cas.make_local("", &digest).await.unwrap();
+        cas.write_bytes(&InstanceName::default(), &digest, data.clone())
+            .await
+            .unwrap();
+        cas.make_local(&InstanceName::default(), &digest)
+            .await
+            .unwrap();
     }
-    cas.make_local("", &Digest::empty(DigestFunction::Sha256))
-        .await
-        .unwrap();
+    cas.make_local(
+        &InstanceName::default(),
+        &Digest::empty(DigestFunction::Sha256),
+    )
+    .await
+    .unwrap();
 }

@@ -2,7 +2,7 @@
 
 use crate::cluster::{digest_function_field, Cluster};
 use async_trait::async_trait;
-use clientd_digest::Digest;
+use clientd_digest::{Digest, InstanceName};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_store::{ActionCache, StoreError, StoreResult};
 use std::sync::Arc;
@@ -21,7 +21,7 @@ impl UpstreamActionCache {
 impl ActionCache for UpstreamActionCache {
     async fn get(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         action: &Digest,
     ) -> StoreResult<Option<re::ActionResult>> {
         let request = re::GetActionResultRequest {
@@ -47,7 +47,7 @@ impl ActionCache for UpstreamActionCache {
 
     async fn put(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         action: &Digest,
         result: &re::ActionResult,
     ) -> StoreResult<()> {

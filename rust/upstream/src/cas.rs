@@ -12,7 +12,7 @@ use crate::cluster::{
 use crate::health::Watch;
 use async_trait::async_trait;
 use bytes::Bytes;
-use clientd_digest::{Digest, DigestFunction, ReadResource, WriteResource};
+use clientd_digest::{Digest, DigestFunction, InstanceName, ReadResource, WriteResource};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_proto::google::bytestream::{ReadRequest, WriteRequest, WriteResponse};
 use clientd_proto::google::rpc::Status as RpcStatus;
@@ -47,7 +47,11 @@ impl UpstreamCas {
     }
 
     /// Reads `digests` a blob at a time (ByteStream), a few at once.
-    async fn read_each(&self, instance_name: &str, digests: &[Digest]) -> Vec<StoreResult<Bytes>> {
+    async fn read_each(
+        &self,
+        instance_name: &InstanceName,
+        digests: &[Digest],
+    ) -> Vec<StoreResult<Bytes>> {
         stream::iter(digests.iter().copied())
             .map(|digest| async move { self.read_bytes(instance_name, &digest).await })
             .buffered(BATCH_CONCURRENCY)
@@ -58,7 +62,7 @@ impl UpstreamCas {
     /// Sends one BatchUpdateBlobs call; one result per blob, in order.
     async fn batch_update(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         function: DigestFunction,
         blobs: &[(Digest, Bytes)],
     ) -> Vec<StoreResult<()>> {
@@ -90,7 +94,7 @@ impl UpstreamCas {
     /// Sends one BatchReadBlobs call; one result per digest, in order.
     async fn batch_read_call(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         function: DigestFunction,
         digests: &[Digest],
     ) -> Vec<StoreResult<Bytes>> {
@@ -190,7 +194,7 @@ impl BatchEntry for re::batch_read_blobs_response::Response {
 impl BlobStore for UpstreamCas {
     async fn find_missing(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         digests: &[Digest],
     ) -> StoreResult<Vec<Digest>> {
         let mut by_function: HashMap<DigestFunction, Vec<Digest>> = HashMap::new();
@@ -248,7 +252,7 @@ impl BlobStore for UpstreamCas {
     }
 
     /// A cluster's CAS keeps no local copy: read caching in front of it does.
-    async fn make_local(&self, _instance_name: &str, digest: &Digest) -> StoreResult<()> {
+    async fn make_local(&self, _instance_name: &InstanceName, digest: &Digest) -> StoreResult<()> {
         Err(StoreError::Unimplemented(format!(
             "{}: cannot make blob {digest} local: no local CAS in front of it",
             self.cluster.describe()
@@ -257,7 +261,7 @@ impl BlobStore for UpstreamCas {
 
     async fn read(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         digest: &Digest,
         offset: u64,
         limit: Option<u64>,
@@ -266,7 +270,7 @@ impl BlobStore for UpstreamCas {
             return Ok(stream::empty().boxed());
         }
         let resource_name = ReadResource {
-            instance_name: instance_name.to_string(),
+            instance_name: instance_name.clone(),
             compressor: None,
             digest: *digest,
         }
@@ -298,7 +302,7 @@ impl BlobStore for UpstreamCas {
 
     async fn begin_write(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         digest: &Digest,
     ) -> StoreResult<Box<dyn BlobSink>> {
         let limit = self
@@ -309,7 +313,7 @@ impl BlobStore for UpstreamCas {
         if batch::fits(digest, limit) {
             return Ok(Box::new(BufferedSink {
                 cas: UpstreamCas::new(self.cluster.clone()),
-                instance_name: instance_name.to_string(),
+                instance_name: instance_name.clone(),
                 digest: *digest,
                 data: bytes::BytesMut::new(),
             }));
@@ -326,7 +330,7 @@ impl BlobStore for UpstreamCas {
 
     async fn batch_write(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         blobs: Vec<(Digest, Bytes)>,
     ) -> Vec<StoreResult<()>> {
         let limit = match self.cluster.batch_limit(instance_name).await {
@@ -355,7 +359,7 @@ impl BlobStore for UpstreamCas {
     /// from a cluster without BatchReadBlobs.
     async fn batch_read(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         digests: Vec<Digest>,
     ) -> Vec<StoreResult<Bytes>> {
         let limit = match self.cluster.batch_limit(instance_name).await {
@@ -394,7 +398,7 @@ impl BlobStore for UpstreamCas {
 /// A small upload, held in memory and sent in one BatchUpdateBlobs call at commit.
 struct BufferedSink {
     cas: UpstreamCas,
-    instance_name: String,
+    instance_name: InstanceName,
     digest: Digest,
     data: bytes::BytesMut,
 }
@@ -438,9 +442,9 @@ struct ByteStreamSink {
 }
 
 impl ByteStreamSink {
-    fn start(cluster: &Arc<Cluster>, instance_name: &str, digest: &Digest) -> Self {
+    fn start(cluster: &Arc<Cluster>, instance_name: &InstanceName, digest: &Digest) -> Self {
         let resource_name = WriteResource {
-            instance_name: instance_name.to_string(),
+            instance_name: instance_name.clone(),
             uuid: uuid::Uuid::new_v4().to_string(),
             compressor: None,
             digest: *digest,

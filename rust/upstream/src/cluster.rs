@@ -4,7 +4,7 @@ use crate::endpoint::{ConfigError, Endpoint};
 use crate::health::Watch;
 use crate::latency::Latency;
 use crate::retry::RetryPolicy;
-use clientd_digest::DigestFunction;
+use clientd_digest::{DigestFunction, InstanceName};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_proto::google::bytestream::byte_stream_client::ByteStreamClient;
 use clientd_proto::google::longrunning::Operation;
@@ -112,7 +112,7 @@ pub struct Cluster {
     /// Capabilities by (stripped) instance name, fetched once.
     /// Not held across the call: concurrent first askers each ask (the answers are equal), and
     /// none waits behind another's slow call.
-    capabilities: Mutex<HashMap<String, re::ServerCapabilities>>,
+    capabilities: Mutex<HashMap<InstanceName, re::ServerCapabilities>>,
     /// Whether it answers; calls fail at once while it does not.
     watch: Watch,
     /// How long its calls take.
@@ -379,7 +379,7 @@ impl Cluster {
     /// The cluster's capabilities for `instance_name`, asked once and remembered.
     pub async fn capabilities(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
     ) -> Result<re::ServerCapabilities, Status> {
         if let Some(capabilities) = self.capabilities.lock().unwrap().get(instance_name) {
             return Ok(capabilities.clone());
@@ -397,13 +397,13 @@ impl Cluster {
         self.capabilities
             .lock()
             .unwrap()
-            .insert(instance_name.to_string(), capabilities.clone());
+            .insert(instance_name.clone(), capabilities.clone());
         Ok(capabilities)
     }
 
     /// The most blob bytes one batch call to this cluster may carry: its own limit, and never
     /// more than clientd's, so that requests stay well under the message size.
-    pub async fn batch_limit(&self, instance_name: &str) -> Result<u64, Status> {
+    pub async fn batch_limit(&self, instance_name: &InstanceName) -> Result<u64, Status> {
         let advertised = self
             .capabilities(instance_name)
             .await?

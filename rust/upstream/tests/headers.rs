@@ -2,6 +2,7 @@
 //! credentials when no client call is in progress. The cluster here is a recording Capabilities
 //! server on a UNIX socket (a stand-in for this one module; the daemon's tests use real peers).
 
+use clientd_digest::InstanceName;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_store::context::{self, RequestContext};
 use clientd_upstream::{Cluster, ClusterOptions, Endpoint, RetryPolicy};
@@ -75,15 +76,15 @@ async fn forwarded_static_and_remembered_headers_reach_the_cluster() {
         BinaryMetadataValue::from_bytes(&bazel.encode_to_vec()),
     );
     client.headers = metadata.into_headers();
-    context::scope(client, cluster.capabilities("a"))
+    context::scope(client, cluster.capabilities(&name("a")))
         .await
         .unwrap();
     assert!(cluster.has_credentials());
 
     // Background work (no client call): the remembered credentials, clientd's own metadata.
-    cluster.capabilities("b").await.unwrap();
+    cluster.capabilities(&name("b")).await.unwrap();
     // Capabilities are remembered per instance name: no third call.
-    cluster.capabilities("a").await.unwrap();
+    cluster.capabilities(&name("a")).await.unwrap();
 
     let seen = recorder.0.lock().unwrap().clone();
     assert_eq!(seen.len(), 2);
@@ -106,7 +107,10 @@ async fn forwarded_static_and_remembered_headers_reach_the_cluster() {
 async fn a_cluster_that_is_down_is_named_in_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(Endpoint::Unix(dir.path().join("absent.sock")));
-    let err = cluster.capabilities("").await.unwrap_err();
+    let err = cluster
+        .capabilities(&InstanceName::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
     assert!(
         err.message().starts_with("cluster c.example.com (unix:")
@@ -115,4 +119,9 @@ async fn a_cluster_that_is_down_is_named_in_the_error() {
         "{}",
         err.message()
     );
+}
+
+/// A test's instance name.
+fn name(name: &str) -> InstanceName {
+    name.parse().unwrap()
 }

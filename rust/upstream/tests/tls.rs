@@ -1,6 +1,7 @@
 //! `grpcs://` clusters: verified against a given CA file, and refused when the certificate is not
 //! trusted. The cluster is a tonic Capabilities server with a certificate made for the test.
 
+use clientd_digest::InstanceName;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_upstream::{Cluster, ClusterOptions, Endpoint, RetryPolicy};
 use re::capabilities_server::{Capabilities, CapabilitiesServer};
@@ -59,7 +60,10 @@ async fn grpcs_verifies_the_server_against_the_configured_ca() {
     let endpoint = format!("grpcs://localhost:{port}");
 
     let trusted = cluster(&endpoint, Some(ca_file));
-    let capabilities = trusted.capabilities("").await.unwrap();
+    let capabilities = trusted
+        .capabilities(&InstanceName::default())
+        .await
+        .unwrap();
     assert_eq!(
         capabilities
             .cache_capabilities
@@ -70,7 +74,10 @@ async fn grpcs_verifies_the_server_against_the_configured_ca() {
 
     // The system's roots do not know the test's certificate.
     let untrusted = cluster(&endpoint, None);
-    let err = untrusted.capabilities("").await.unwrap_err();
+    let err = untrusted
+        .capabilities(&InstanceName::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     assert!(
         err.message()

@@ -9,7 +9,7 @@
 
 use crate::attr::{Errno, VfsResult};
 use crate::command;
-use clientd_digest::{Digest, DigestFunction, RESERVED_SEGMENTS};
+use clientd_digest::{Digest, DigestFunction, InstanceName};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_store::{BlobStore, LocalBlob, LocalCas, StoreError};
 use futures::future::BoxFuture;
@@ -55,23 +55,23 @@ impl Kind {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum CasNode {
     /// `cas/` itself (empty) or an instance-name prefix being spelled out.
-    Instance(Arc<str>),
-    Blobs(Arc<str>),
-    Function(Arc<str>, DigestFunction),
-    KindDir(Arc<str>, DigestFunction, Kind),
+    Instance(InstanceName),
+    Blobs(InstanceName),
+    Function(InstanceName, DigestFunction),
+    KindDir(InstanceName, DigestFunction, Kind),
     File {
-        instance: Arc<str>,
+        instance: InstanceName,
         digest: Digest,
         executable: bool,
     },
     /// A REv2 Directory (from `directory/`, or a subdirectory of one).
     Directory {
-        instance: Arc<str>,
+        instance: InstanceName,
         digest: Digest,
     },
     /// A directory inside a REv2 Tree (`tree/<digest>` is its root).
     TreeDir {
-        instance: Arc<str>,
+        instance: InstanceName,
         tree: Digest,
         dir: Digest,
     },
@@ -113,17 +113,17 @@ const MESSAGE_CACHE: usize = 10_000;
 const TREE_CACHE: usize = 64;
 
 /// Parsed messages by instance name and digest.
-type MessageCache<T> = LruCache<(Arc<str>, Digest), Arc<T>>;
+type MessageCache<T> = LruCache<(InstanceName, Digest), Arc<T>>;
 
 /// What the gRPC front serves: cas/ resolves no other instance names, so a path there names what
 /// a gRPC call with that name would read, and `blobs/` lists what Capabilities would offer.
 pub trait Routing: Send + Sync {
     /// Whether the front serves an instance name (it routes to the local cache or a cluster).
-    fn serves(&self, instance_name: &str) -> bool;
+    fn serves(&self, instance_name: &InstanceName) -> bool;
     /// The digest functions offered for an instance name the front serves (for a cluster, those
     /// its Capabilities offer that clientd supports); None when that cannot be known now (the
     /// cluster does not answer).
-    fn digest_functions<'a>(&'a self, instance_name: &'a str) -> DigestFunctions<'a>;
+    fn digest_functions<'a>(&'a self, instance_name: &'a InstanceName) -> DigestFunctions<'a>;
 }
 
 /// What [`Routing::digest_functions`] returns.
@@ -136,11 +136,11 @@ pub type DigestFunctions<'a> = BoxFuture<'a, Option<Vec<DigestFunction>>>;
 pub struct LocalRouting;
 
 impl Routing for LocalRouting {
-    fn serves(&self, instance_name: &str) -> bool {
-        clientd_digest::is_local_instance(instance_name)
+    fn serves(&self, instance_name: &InstanceName) -> bool {
+        instance_name.is_local()
     }
 
-    fn digest_functions<'a>(&'a self, _instance_name: &'a str) -> DigestFunctions<'a> {
+    fn digest_functions<'a>(&'a self, _instance_name: &'a InstanceName) -> DigestFunctions<'a> {
         Box::pin(async { Some(DigestFunction::ALL.to_vec()) })
     }
 }
@@ -205,7 +205,11 @@ impl CasView {
         }
     }
 
-    async fn message<M: Message + Default>(&self, instance: &str, digest: &Digest) -> VfsResult<M> {
+    async fn message<M: Message + Default>(
+        &self,
+        instance: &InstanceName,
+        digest: &Digest,
+    ) -> VfsResult<M> {
         let data = self
             .bounded("reading", digest, self.stores.read_bytes(instance, digest))
             .await?;
@@ -217,7 +221,7 @@ impl CasView {
 
     async fn directory(
         &self,
-        instance: &Arc<str>,
+        instance: &InstanceName,
         digest: &Digest,
     ) -> VfsResult<Arc<re::Directory>> {
         let key = (instance.clone(), *digest);
@@ -229,7 +233,7 @@ impl CasView {
         Ok(dir)
     }
 
-    async fn tree(&self, instance: &Arc<str>, digest: &Digest) -> VfsResult<Arc<ParsedTree>> {
+    async fn tree(&self, instance: &InstanceName, digest: &Digest) -> VfsResult<Arc<ParsedTree>> {
         let key = (instance.clone(), *digest);
         if let Some(tree) = self.trees.lock().unwrap().get(&key) {
             return Ok(tree.clone());
@@ -251,7 +255,7 @@ impl CasView {
     }
 
     /// Whether a blob exists: the local CAS first, then the instance's store.
-    async fn exists(&self, instance: &str, digest: &Digest) -> VfsResult<bool> {
+    async fn exists(&self, instance: &InstanceName, digest: &Digest) -> VfsResult<bool> {
         if digest.is_empty_blob() || self.local.known_present(instance, digest).await {
             return Ok(true);
         }
@@ -315,19 +319,14 @@ impl CasView {
                         false => Err(Errno::NOENT),
                     });
                 }
-                if name.is_empty()
-                    || name == "."
-                    || name == ".."
-                    || RESERVED_SEGMENTS.contains(&name)
-                {
-                    return Some(Err(Errno::NOENT));
-                }
                 let instance = if prefix.is_empty() {
                     name.to_string()
                 } else {
                     format!("{prefix}/{name}")
                 };
-                Ok(CasNode::Instance(instance.into()))
+                InstanceName::new(&instance)
+                    .map(CasNode::Instance)
+                    .map_err(|_| Errno::NOENT)
             }
             CasNode::Blobs(instance) => DigestFunction::from_name(name)
                 .map(|f| CasNode::Function(instance.clone(), f))
@@ -393,7 +392,12 @@ impl CasView {
         }
     }
 
-    async fn blob(&self, instance: &Arc<str>, digest: Digest, kind: Kind) -> VfsResult<CasNode> {
+    async fn blob(
+        &self,
+        instance: &InstanceName,
+        digest: Digest,
+        kind: Kind,
+    ) -> VfsResult<CasNode> {
         match kind {
             Kind::File | Kind::Executable => {
                 if !self.exists(instance, &digest).await? {

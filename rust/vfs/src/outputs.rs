@@ -6,7 +6,7 @@ use crate::attr::{Errno, VfsResult};
 use crate::cas::CasNode;
 use crate::fs::{check_name, Node, Table, Vfs, OUTPUTS_ROOT};
 use crate::scratch::{Meta, Pool, ScratchNode};
-use clientd_digest::{Digest, DigestFunction};
+use clientd_digest::{Digest, DigestFunction, InstanceName};
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::sync::Arc;
@@ -17,7 +17,7 @@ pub enum OutputEntry {
     Directory,
     /// A CAS blob, read from the instance name's store when opened.
     CasFile {
-        instance: Arc<str>,
+        instance: InstanceName,
         digest: Digest,
         executable: bool,
     },

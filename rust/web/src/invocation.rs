@@ -8,9 +8,9 @@ use crate::error::PageError;
 use crate::page::{bar, encode, escape, frame};
 use crate::Web;
 use clientd_activity::{
-    explain_action, flatten, load, parse_action, ExplainError, Invocation, Outcome,
+    explain_action, flatten, load, parse_action, parse_instance, ExplainError, Invocation, Outcome,
 };
-use clientd_digest::{Digest, DigestFunction};
+use clientd_digest::{Digest, DigestFunction, InstanceName};
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -36,10 +36,10 @@ fn outcome_name(outcome: Outcome) -> &'static str {
 }
 
 /// A link to a blob through this listener.
-fn blob_link(instance: &str, digest: &Digest, text: &str) -> String {
+fn blob_link(instance: &InstanceName, digest: &Digest, text: &str) -> String {
     format!(
         "<a href=\"/blob?instance={}&amp;digest={}/{}/{}\">{}</a>",
-        encode(instance),
+        encode(instance.as_str()),
         digest.function().name(),
         digest.hash_hex(),
         digest.size(),
@@ -192,7 +192,8 @@ pub async fn action(web: &Web, query: &HashMap<String, String>) -> Result<String
         .ok_or_else(|| PageError::not_found(format!("no action {key} in invocation {id:?}")))?;
     let digest = parse_action(record)
         .ok_or_else(|| PageError::not_found("a malformed action digest in the record"))?;
-    let instance = &record.instance;
+    let instance = &parse_instance(record)
+        .ok_or_else(|| PageError::not_found("a malformed instance name in the record"))?;
     let mut out = format!(
         "<table><tr><td>target</td><td>{}</td></tr><tr><td>mnemonic</td><td>{}</td></tr>\
          <tr><td>outcome</td><td>{}</td></tr><tr><td>instance</td><td>{}</td></tr>\
@@ -200,7 +201,7 @@ pub async fn action(web: &Web, query: &HashMap<String, String>) -> Result<String
         escape(&record.target),
         escape(&record.mnemonic),
         outcome_name(record.outcome),
-        escape(instance),
+        escape(instance.as_str()),
         blob_link(instance, &digest, &digest.to_string()),
     );
     let loaded = load(&*web.blobs, record).await;
@@ -287,7 +288,7 @@ pub async fn action(web: &Web, query: &HashMap<String, String>) -> Result<String
 }
 
 /// The action's result, as the instance's action cache has it.
-async fn outputs(web: &Web, instance: &str, digest: &Digest) -> String {
+async fn outputs(web: &Web, instance: &InstanceName, digest: &Digest) -> String {
     let result = match web.results.get(instance, digest).await {
         Ok(Some(result)) => result,
         Ok(None) => return "<h2>Outputs</h2><p>No result in the action cache.</p>".into(),
@@ -349,12 +350,13 @@ pub async fn blob(
     let function =
         DigestFunction::from_name(function).ok_or_else(|| bad("unknown digest function".into()))?;
     let digest = Digest::parse_joined(Some(function), rest, '/').map_err(|e| bad(e.to_string()))?;
+    let instance = InstanceName::new(instance).map_err(|e| bad(e.to_string()))?;
     if digest.size() > MAX_BLOB_BYTES {
         return Err(bad(format!(
             "{digest} is larger than {MAX_BLOB_BYTES} bytes: read it in cas/"
         )));
     }
-    let bytes = web.blobs.read_bytes(instance, &digest).await?.to_vec();
+    let bytes = web.blobs.read_bytes(&instance, &digest).await?.to_vec();
     let content_type = match std::str::from_utf8(&bytes) {
         Ok(_) => "text/plain; charset=utf-8",
         Err(_) => "application/octet-stream",

@@ -103,7 +103,10 @@ fn serve(lenient: bool) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("grpc");
     let listener = UnixListener::bind(&path).unwrap();
-    let clusters: Arc<Clusters> = Arc::new(clientd_store::Router::new([("local".into(), None)]));
+    let clusters: Arc<Clusters> = Arc::new(clientd_store::Router::new([(
+        clientd_digest::InstanceName::local(),
+        None,
+    )]));
     let router = tonic::transport::Server::builder()
         .add_service(CapabilitiesServer::new(CapabilitiesService::new(clusters)));
     tokio::spawn(async move {

@@ -12,7 +12,7 @@ use crate::packed::{Packed, PACKED_MAX_BLOB};
 use crate::traits::{mismatch, BlobSink, BlobStore, ByteStream};
 use async_trait::async_trait;
 use bytes::Bytes;
-use clientd_digest::{Digest, DigestFunction};
+use clientd_digest::{Digest, DigestFunction, InstanceName};
 use futures::StreamExt;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -165,7 +165,7 @@ impl LocalCas {
 impl BlobStore for LocalCas {
     async fn digest_by_hash(
         &self,
-        _instance_name: &str,
+        _instance_name: &InstanceName,
         name: &Digest,
     ) -> StoreResult<Option<Digest>> {
         if name.is_empty_blob() {
@@ -177,12 +177,12 @@ impl BlobStore for LocalCas {
             .map_err(join_error)
     }
 
-    async fn known_present(&self, instance_name: &str, digest: &Digest) -> bool {
+    async fn known_present(&self, instance_name: &InstanceName, digest: &Digest) -> bool {
         self.contains(instance_name, digest).await.unwrap_or(false)
     }
 
     /// Local already, or nowhere.
-    async fn make_local(&self, instance_name: &str, digest: &Digest) -> StoreResult<()> {
+    async fn make_local(&self, instance_name: &InstanceName, digest: &Digest) -> StoreResult<()> {
         match self.contains(instance_name, digest).await? {
             true => Ok(()),
             false => Err(StoreError::blob_not_found(digest)),
@@ -191,7 +191,7 @@ impl BlobStore for LocalCas {
 
     async fn find_missing(
         &self,
-        _instance_name: &str,
+        _instance_name: &InstanceName,
         digests: &[Digest],
     ) -> StoreResult<Vec<Digest>> {
         // Asked before the quick pass: a blob that pass misses because the work at start had not
@@ -221,7 +221,7 @@ impl BlobStore for LocalCas {
 
     async fn read(
         &self,
-        _instance_name: &str,
+        _instance_name: &InstanceName,
         digest: &Digest,
         offset: u64,
         limit: Option<u64>,
@@ -235,7 +235,7 @@ impl BlobStore for LocalCas {
         if len == 0 {
             // Present or not, asked as FindMissingBlobs asks (waiting for the index at start).
             if self
-                .find_missing("", std::slice::from_ref(digest))
+                .find_missing(&InstanceName::default(), std::slice::from_ref(digest))
                 .await?
                 .is_empty()
             {
@@ -279,7 +279,7 @@ impl BlobStore for LocalCas {
 
     async fn begin_write(
         &self,
-        _instance_name: &str,
+        _instance_name: &InstanceName,
         digest: &Digest,
     ) -> StoreResult<Box<dyn BlobSink>> {
         if packs(digest) {
@@ -309,12 +309,14 @@ impl BlobStore for LocalCas {
 
     async fn write_bytes(
         &self,
-        _instance_name: &str,
+        _instance_name: &InstanceName,
         digest: &Digest,
         data: Bytes,
     ) -> StoreResult<()> {
         if packs(digest) {
-            let mut results = self.batch_write("", vec![(*digest, data)]).await;
+            let mut results = self
+                .batch_write(&InstanceName::default(), vec![(*digest, data)])
+                .await;
             return results.pop().expect("one result per blob");
         }
         let (blobs, bound) = (self.blobs.clone(), self.bound.clone());
@@ -335,7 +337,7 @@ impl BlobStore for LocalCas {
     /// one sync for the lot (group commit); larger ones are stored a file each.
     async fn batch_write(
         &self,
-        instance_name: &str,
+        instance_name: &InstanceName,
         blobs: Vec<(Digest, Bytes)>,
     ) -> Vec<StoreResult<()>> {
         let n = blobs.len();
@@ -378,7 +380,7 @@ impl BlobStore for LocalCas {
     /// buffer of its size.
     async fn batch_read(
         &self,
-        _instance_name: &str,
+        _instance_name: &InstanceName,
         digests: Vec<Digest>,
     ) -> Vec<StoreResult<Bytes>> {
         let (blobs, packed) = (self.blobs.clone(), self.packed.clone());

@@ -20,6 +20,7 @@ use crate::attr::{
 use crate::cas::{CasNode, CasView};
 use crate::locked::Locked;
 use crate::scratch::{Meta, Pool, ScratchNode};
+use clientd_digest::InstanceName;
 use handles::Handle;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
@@ -97,7 +98,10 @@ impl Vfs {
             links: 1,
         };
         entries.insert(ROOT, fixed(Node::Root));
-        entries.insert(CAS_ROOT, fixed(Node::Cas(CasNode::Instance("".into()))));
+        entries.insert(
+            CAS_ROOT,
+            fixed(Node::Cas(CasNode::Instance(InstanceName::default()))),
+        );
         entries.insert(
             SCRATCH_ROOT,
             fixed(Node::Scratch(ScratchNode::Dir {

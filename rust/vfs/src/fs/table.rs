@@ -5,6 +5,7 @@ use super::{Entry, Node, CAS_ROOT, FIRST_DYNAMIC};
 use crate::attr::{Errno, VfsResult};
 use crate::cas::CasNode;
 use crate::scratch::{Meta, Pool, PoolFile, ScratchNode};
+use clientd_digest::InstanceName;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::sync::Arc;
@@ -25,7 +26,7 @@ impl Table {
     pub(super) fn new(entries: HashMap<u64, Entry>) -> Self {
         Table {
             entries,
-            cas_index: HashMap::from([(CasNode::Instance("".into()), CAS_ROOT)]),
+            cas_index: HashMap::from([(CasNode::Instance(InstanceName::default()), CAS_ROOT)]),
             next: FIRST_DYNAMIC,
             dropped_files: Vec::new(),
         }

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::cas::{DigestFunctions, LocalRouting, Routing};
-use clientd_digest::DigestFunction;
+use clientd_digest::{DigestFunction, InstanceName};
 use clientd_store::{BlobStore, DiskLruOptions, LocalCas, SystemClock};
 use std::time::Duration;
 
@@ -42,7 +42,10 @@ async fn cas_serves_only_routable_instance_names() {
     let (vfs, local) = vfs(dir.path(), 1 << 20);
     let data = bytes::Bytes::from_static(b"content");
     let digest = clientd_digest::DigestFunction::Sha256.digest_of(&data);
-    local.write_bytes("", &digest, data).await.unwrap();
+    local
+        .write_bytes(&InstanceName::default(), &digest, data)
+        .await
+        .unwrap();
     let nosuch = vfs.lookup(CAS_ROOT, name("nosuch")).await.unwrap().ino;
     let x = vfs.lookup(nosuch, name("x")).await.unwrap().ino;
     assert_eq!(vfs.lookup(x, name("blobs")).await.err(), Some(Errno::NOENT));
@@ -63,11 +66,11 @@ async fn cas_serves_only_routable_instance_names() {
 async fn blobs_lists_the_offered_digest_functions() {
     struct Offers;
     impl Routing for Offers {
-        fn serves(&self, _name: &str) -> bool {
+        fn serves(&self, _name: &InstanceName) -> bool {
             true
         }
-        fn digest_functions<'a>(&'a self, name: &'a str) -> DigestFunctions<'a> {
-            Box::pin(async move { (name == "one").then(|| vec![DigestFunction::Sha256]) })
+        fn digest_functions<'a>(&'a self, name: &'a InstanceName) -> DigestFunctions<'a> {
+            Box::pin(async move { (name.as_str() == "one").then(|| vec![DigestFunction::Sha256]) })
         }
     }
     let dir = tempfile::tempdir().unwrap();

@@ -254,6 +254,7 @@ mod tests {
     use super::*;
     use crate::fs::tests::{name, vfs};
     use crate::fs::{CAS_ROOT, SCRATCH_ROOT};
+    use clientd_digest::InstanceName;
     use clientd_store::BlobStore;
 
     #[tokio::test]
@@ -351,7 +352,10 @@ mod tests {
         let (vfs, local) = vfs(dir.path(), 1 << 20);
         let data = bytes::Bytes::from_static(b"content");
         let digest = clientd_digest::DigestFunction::Sha256.digest_of(&data);
-        local.write_bytes("", &digest, data).await.unwrap();
+        local
+            .write_bytes(&InstanceName::default(), &digest, data)
+            .await
+            .unwrap();
         let mut ino = CAS_ROOT;
         for part in ["local", "blobs", "sha256", "file"] {
             ino = vfs.lookup(ino, name(part)).await.unwrap().ino;
