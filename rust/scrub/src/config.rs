@@ -7,18 +7,74 @@
 //! an action was built for a tool, so `kind` and `match_tools: false` are refused rather than
 //! ignored; `match_tools: true` is what clientd does anyway.
 
-use crate::textproto::{self, Field, Value};
+use crate::textproto::{self, Field, SyntaxError, Value};
 use fancy_regex::Regex;
 use std::path::Path;
 use thiserror::Error;
 
-/// Why a scrubbing configuration cannot be used. The message names the file, the line, the
-/// rule (1-based, in file order) and the field.
+/// Why a scrubbing configuration file cannot be used; the message names the file.
 #[derive(Debug, Error)]
-#[error("scrubbing config {file}: {message}")]
-pub struct ConfigError {
-    pub file: String,
-    pub message: String,
+pub enum ConfigError {
+    #[error("scrubbing config {file}: cannot read it: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("scrubbing config {file}: {source}")]
+    Invalid {
+        file: String,
+        #[source]
+        source: ParseError,
+    },
+}
+
+/// What is wrong in a configuration's text. Each names the line, and the rule (1-based, in file
+/// order) and field where there is one.
+#[derive(Debug, Error)]
+pub enum ParseError {
+    #[error(transparent)]
+    Syntax(#[from] SyntaxError),
+    #[error("rule {number}: {source}")]
+    InRule {
+        number: usize,
+        #[source]
+        source: Box<ParseError>,
+    },
+    #[error("line {line}: {message} has no field {name:?} (it has: {known})")]
+    UnknownField {
+        line: usize,
+        message: &'static str,
+        name: String,
+        known: &'static str,
+    },
+    #[error("line {line}: {name} is a message: write {name} {{ ... }}")]
+    NotMessage { line: usize, name: String },
+    #[error("line {line}: {name} takes a quoted string")]
+    NotString { line: usize, name: String },
+    #[error("line {line}: {name} is given twice (it is not repeated)")]
+    Twice { line: usize, name: String },
+    #[error("line {line}: {field}: {pattern:?} is not a valid regular expression: {error}")]
+    Regex {
+        line: usize,
+        /// `matcher.label`, `transform.omitted_inputs`, ...
+        field: String,
+        pattern: String,
+        error: Box<fancy_regex::Error>,
+    },
+    #[error(
+        "line {line}: matcher.kind: clientd cannot match on the rule kind: Bazel does not send it \
+         with remote calls. Match the label or mnemonic instead"
+    )]
+    Kind { line: usize },
+    #[error(
+        "line {line}: matcher.match_tools: clientd cannot tell actions built for tools from others \
+         (Bazel does not send the configuration kind), so it applies every rule to both, as \
+         match_tools: true does. Remove the field, or narrow the label and mnemonic instead"
+    )]
+    ToolsUnmatched { line: usize },
+    #[error("line {line}: matcher.match_tools: takes true or false")]
+    NotBool { line: usize },
 }
 
 /// The rules, in file order; the last one that matches an action applies (as in Bazel).
@@ -57,22 +113,27 @@ pub struct Transform {
 }
 
 impl Pattern {
-    fn compile(source: &str, regex: &str) -> Result<Self, String> {
+    /// `regex` (made from `source`) compiled; an error names `field`, on `field`'s line.
+    fn compile(source: &str, regex: &str, field: &Field, within: &str) -> Result<Self, ParseError> {
         Ok(Pattern {
             source: source.to_string(),
-            regex: Regex::new(regex)
-                .map_err(|e| format!("{source:?} is not a valid regular expression: {e}"))?,
+            regex: Regex::new(regex).map_err(|error| ParseError::Regex {
+                line: field.line,
+                field: format!("{within}.{}", field.name),
+                pattern: source.to_string(),
+                error: Box::new(error),
+            })?,
         })
     }
 
     /// A regex that must match a whole string, as Java's `Matcher.matches()` does.
-    fn whole(source: &str) -> Result<Self, String> {
-        Self::compile(source, &format!(r"\A(?:{source})\z"))
+    fn whole(source: &str, field: &Field, within: &str) -> Result<Self, ParseError> {
+        Self::compile(source, &format!(r"\A(?:{source})\z"), field, within)
     }
 
     /// A regex that may match anywhere, as Java's `Matcher.find()` does.
-    fn anywhere(source: &str) -> Result<Self, String> {
-        Self::compile(source, source)
+    fn anywhere(source: &str, field: &Field, within: &str) -> Result<Self, ParseError> {
+        Self::compile(source, source, field, within)
     }
 
     fn is_match(&self, text: &str) -> bool {
@@ -108,23 +169,26 @@ impl Rule {
 impl ScrubbingConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             file: file.clone(),
-            message: format!("cannot read it: {e}"),
+            source,
         })?;
-        Self::parse(&text).map_err(|message| ConfigError { file, message })
+        Self::parse(&text).map_err(|source| ConfigError::Invalid { file, source })
     }
 
     /// The configuration in `text`, or what is wrong with it.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let fields = textproto::parse(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        let fields = textproto::parse(text)?;
         let mut rules = Vec::new();
         for field in fields {
             match field.name.as_str() {
                 "rules" => {
                     let number = rules.len() + 1;
                     let fields = message(&field)?;
-                    rules.push(rule(number, fields).map_err(|e| format!("rule {number}: {e}"))?);
+                    rules.push(rule(number, fields).map_err(|source| ParseError::InRule {
+                        number,
+                        source: Box::new(source),
+                    })?);
                 }
                 _ => return Err(unknown(&field, "Config", "rules")),
             }
@@ -143,46 +207,48 @@ impl ScrubbingConfig {
     }
 }
 
-fn unknown(field: &Field, message: &str, known: &str) -> String {
-    format!(
-        "line {}: {message} has no field {:?} (it has: {known})",
-        field.line, field.name
-    )
-}
-
-fn message(field: &Field) -> Result<&[Field], String> {
-    match &field.value {
-        Value::Message(fields) => Ok(fields),
-        _ => Err(format!(
-            "line {}: {} is a message: write {} {{ ... }}",
-            field.line, field.name, field.name
-        )),
+fn unknown(field: &Field, message: &'static str, known: &'static str) -> ParseError {
+    ParseError::UnknownField {
+        line: field.line,
+        message,
+        name: field.name.clone(),
+        known,
     }
 }
 
-fn string(field: &Field) -> Result<&str, String> {
+fn message(field: &Field) -> Result<&[Field], ParseError> {
+    match &field.value {
+        Value::Message(fields) => Ok(fields),
+        _ => Err(ParseError::NotMessage {
+            line: field.line,
+            name: field.name.clone(),
+        }),
+    }
+}
+
+fn string(field: &Field) -> Result<&str, ParseError> {
     match &field.value {
         Value::String(s) => Ok(s),
-        _ => Err(format!(
-            "line {}: {} takes a quoted string",
-            field.line, field.name
-        )),
+        _ => Err(ParseError::NotString {
+            line: field.line,
+            name: field.name.clone(),
+        }),
     }
 }
 
 /// Proto3 text format refuses a singular field given twice; so does clientd.
-fn once<'a>(seen: &mut Vec<&'a str>, field: &'a Field) -> Result<(), String> {
+fn once<'a>(seen: &mut Vec<&'a str>, field: &'a Field) -> Result<(), ParseError> {
     if seen.contains(&field.name.as_str()) {
-        return Err(format!(
-            "line {}: {} is given twice (it is not repeated)",
-            field.line, field.name
-        ));
+        return Err(ParseError::Twice {
+            line: field.line,
+            name: field.name.clone(),
+        });
     }
     seen.push(&field.name);
     Ok(())
 }
 
-fn rule(number: usize, fields: &[Field]) -> Result<Rule, String> {
+fn rule(number: usize, fields: &[Field]) -> Result<Rule, ParseError> {
     let mut rule = Rule {
         number,
         label: None,
@@ -201,18 +267,18 @@ fn rule(number: usize, fields: &[Field]) -> Result<Rule, String> {
     Ok(rule)
 }
 
-fn matcher(rule: &mut Rule, fields: &[Field]) -> Result<(), String> {
+fn matcher(rule: &mut Rule, fields: &[Field]) -> Result<(), ParseError> {
     let mut seen = Vec::new();
     for field in fields {
         once(&mut seen, field)?;
-        let at = |e: String| format!("line {}: matcher.{}: {e}", field.line, field.name);
+        let line = field.line;
         match field.name.as_str() {
             "label" | "mnemonic" => {
                 let pattern = string(field)?;
                 // Empty matches everything, as in Bazel.
                 let regex = match pattern {
                     "" => None,
-                    _ => Some(Pattern::whole(pattern).map_err(at)?),
+                    _ => Some(Pattern::whole(pattern, field, "matcher")?),
                 };
                 if field.name == "label" {
                     rule.label = regex;
@@ -222,25 +288,15 @@ fn matcher(rule: &mut Rule, fields: &[Field]) -> Result<(), String> {
             }
             "kind" => {
                 if !string(field)?.is_empty() {
-                    return Err(at(
-                        "clientd cannot match on the rule kind: Bazel does not \
-                                   send it with remote calls. Match the label or mnemonic instead"
-                            .into(),
-                    ));
+                    return Err(ParseError::Kind { line });
                 }
             }
             "match_tools" => match &field.value {
                 Value::Word(w) if matches!(w.as_str(), "true" | "True" | "t" | "1") => {}
                 Value::Word(w) if matches!(w.as_str(), "false" | "False" | "f" | "0") => {
-                    return Err(at(
-                        "clientd cannot tell actions built for tools from others (Bazel \
-                                   does not send the configuration kind), so it applies every \
-                                   rule to both, as match_tools: true does. Remove the field, or \
-                                   narrow the label and mnemonic instead"
-                            .into(),
-                    ));
+                    return Err(ParseError::ToolsUnmatched { line });
                 }
-                _ => return Err(at("takes true or false".into())),
+                _ => return Err(ParseError::NotBool { line }),
             },
             _ => {
                 return Err(unknown(
@@ -254,22 +310,25 @@ fn matcher(rule: &mut Rule, fields: &[Field]) -> Result<(), String> {
     Ok(())
 }
 
-fn transform(fields: &[Field]) -> Result<Transform, String> {
+fn transform(fields: &[Field]) -> Result<Transform, ParseError> {
     let mut transform = Transform::default();
     let mut seen = Vec::new();
     for field in fields {
-        let at = |e: String| format!("line {}: transform.{}: {e}", field.line, field.name);
         match field.name.as_str() {
-            "omitted_inputs" => transform
-                .omitted_inputs
-                .push(Pattern::whole(string(field)?).map_err(at)?),
+            "omitted_inputs" => {
+                transform
+                    .omitted_inputs
+                    .push(Pattern::whole(string(field)?, field, "transform")?)
+            }
             "arg_replacements" => {
                 let (mut source, mut target) = (None, String::new());
                 let mut seen = Vec::new();
                 for part in message(field)? {
                     once(&mut seen, part)?;
                     match part.name.as_str() {
-                        "source" => source = Some(Pattern::anywhere(string(part)?).map_err(at)?),
+                        "source" => {
+                            source = Some(Pattern::anywhere(string(part)?, field, "transform")?)
+                        }
                         "target" => target = string(part)?.to_string(),
                         _ => return Err(unknown(part, "Replacement", "source, target")),
                     }
@@ -277,7 +336,7 @@ fn transform(fields: &[Field]) -> Result<Transform, String> {
                 // Bazel compiles an absent source as the empty regex, which matches at 0.
                 let source = match source {
                     Some(source) => source,
-                    None => Pattern::anywhere("").map_err(at)?,
+                    None => Pattern::anywhere("", field, "transform")?,
                 };
                 transform.arg_replacements.push((source, target));
             }
@@ -419,7 +478,7 @@ mod tests {
             ),
         ];
         for (text, want) in cases {
-            let err = ScrubbingConfig::parse(text).unwrap_err();
+            let err = ScrubbingConfig::parse(text).unwrap_err().to_string();
             assert!(err.contains(want), "{text}: {err}");
         }
     }

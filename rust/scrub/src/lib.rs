@@ -9,6 +9,7 @@ mod generate;
 pub mod key;
 mod textproto;
 
-pub use config::{ConfigError, Pattern, Rule, ScrubbingConfig, Transform};
+pub use config::{ConfigError, ParseError, Pattern, Rule, ScrubbingConfig, Transform};
 pub use generate::{scrub_config, GenerateError, ScrubOptions};
 pub use key::{scrub_action, ScrubError, ScrubbedAction};
+pub use textproto::SyntaxError;
