@@ -93,3 +93,51 @@ async fn blobs_lists_the_offered_digest_functions() {
     assert_eq!(listed, vec![OsString::from("sha256")]);
     assert_eq!(blobs("down").await.err(), Some(Errno::IO));
 }
+
+/// A wide Directory lists every entry with its kind, files, subdirectories and symlinks alike
+/// (each made from its own node: finding each name again made a listing quadratic).
+#[tokio::test]
+async fn a_wide_directory_lists_every_entry() {
+    use clientd_proto::build::bazel::remote::execution::v2 as re;
+    let dir = tempfile::tempdir().unwrap();
+    let (vfs, local) = vfs(dir.path(), 1 << 20);
+    let instance = InstanceName::local();
+    let empty = DigestFunction::Sha256.digest_of(b"");
+    let empty_dir = DigestFunction::Sha256.digest_of(&[]);
+    let message = re::Directory {
+        files: (0..5_000)
+            .map(|i| re::FileNode {
+                name: format!("f{i:05}"),
+                digest: Some(empty.to_proto()),
+                ..Default::default()
+            })
+            .collect(),
+        directories: vec![re::DirectoryNode {
+            name: "sub".into(),
+            digest: Some(empty_dir.to_proto()),
+        }],
+        symlinks: vec![re::SymlinkNode {
+            name: "link".into(),
+            target: "f00000".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let bytes = bytes::Bytes::from(prost::Message::encode_to_vec(&message));
+    let digest = DigestFunction::Sha256.digest_of(&bytes);
+    local.write_bytes(&instance, &digest, bytes).await.unwrap();
+    let mut ino = CAS_ROOT;
+    for part in ["local", "blobs", "sha256", "directory", &digest.file_name()] {
+        ino = vfs.lookup(ino, name(part)).await.unwrap().ino;
+    }
+    let listed = vfs.readdir(ino).await.unwrap();
+    let kinds = |kind: FileKind| listed.iter().filter(|e| e.1 == kind).count();
+    assert_eq!(
+        (
+            kinds(FileKind::File),
+            kinds(FileKind::Directory),
+            kinds(FileKind::Symlink)
+        ),
+        (5_000, 1, 1)
+    );
+}
