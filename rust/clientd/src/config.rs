@@ -230,8 +230,12 @@ pub struct ExistenceCacheConfig {
     /// without asking again (results only while their outputs are in the local CAS).
     /// Example: `300`.
     pub ttl_seconds: u64,
-    /// Digests (and, separately, action results) remembered per cluster. Example: `1000000`.
+    /// Digests remembered present per cluster. Example: `1000000`.
     pub max_entries: usize,
+    /// Bytes of action results remembered per cluster (their encoded size and a little for each),
+    /// for rebuilds soon after and for offline mode; the least recently used go first.
+    /// Example: `67108864`.
+    pub max_action_result_bytes: usize,
 }
 
 impl Default for ExistenceCacheConfig {
@@ -239,6 +243,7 @@ impl Default for ExistenceCacheConfig {
         ExistenceCacheConfig {
             ttl_seconds: 300,
             max_entries: 1_000_000,
+            max_action_result_bytes: 64 << 20,
         }
     }
 }

@@ -133,7 +133,7 @@ pub fn compose(config: &Config, clock: Arc<dyn Clock>) -> Result<Composition, St
             action_cache: Arc::new(ActionResultCaching::new(
                 Arc::new(ConcurrencyLimiting::new(upstream_action_cache, permits)),
                 local_cas.clone(),
-                max_entries,
+                config.existence_cache.max_action_result_bytes,
                 ttl,
                 clock.clone(),
                 stats.clone(),

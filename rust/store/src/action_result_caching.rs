@@ -7,7 +7,8 @@
 //! outputs. A cluster's action cache stays the authority: uploads go through to it, and after
 //! `ttl` the cluster is asked again.
 //!
-//! Offline mode: a result past its `ttl` is kept (the LRU bounds them), and served when the
+//! Offline mode: a result past its `ttl` is kept (a bound on their bytes drops the least recently
+//! used), and served when the
 //! cluster does not answer (UNAVAILABLE or DEADLINE_EXCEEDED: down, hung, the VPN dropped) as long
 //! as its blobs are all local, so a developer keeps getting cache hits for what was built before.
 
@@ -20,11 +21,47 @@ use async_trait::async_trait;
 use clientd_digest::{Digest, InstanceName};
 use clientd_proto::build::bazel::remote::execution::v2::ActionResult;
 use lru::LruCache;
-use std::num::NonZeroUsize;
+use prost::Message;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-type Remembered = LruCache<(InstanceName, Digest), (Arc<ActionResult>, SystemTime)>;
+/// What one remembered result is counted as, beyond its encoded size: the key, the map's entry
+/// and the message's allocations, roughly.
+const ENTRY_OVERHEAD: usize = 256;
+
+/// The results remembered, least recently used dropped first once they add up to more than
+/// `max_bytes`. Bounded by bytes, not by count: a result can name thousands of outputs.
+struct Remembered {
+    lru: LruCache<(InstanceName, Digest), (Arc<ActionResult>, SystemTime, usize)>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl Remembered {
+    fn get(&mut self, key: &(InstanceName, Digest)) -> Option<(Arc<ActionResult>, SystemTime)> {
+        self.lru
+            .get(key)
+            .map(|(result, until, _)| (result.clone(), *until))
+    }
+
+    fn put(&mut self, key: (InstanceName, Digest), result: ActionResult, until: SystemTime) {
+        let cost = result.encoded_len() + ENTRY_OVERHEAD;
+        if let Some((_, _, old)) = self.lru.pop(&key) {
+            self.bytes -= old;
+        }
+        if cost > self.max_bytes {
+            return;
+        }
+        self.lru.put(key, (Arc::new(result), until, cost));
+        self.bytes += cost;
+        while self.bytes > self.max_bytes {
+            let Some((_, (_, _, dropped))) = self.lru.pop_lru() else {
+                break;
+            };
+            self.bytes -= dropped;
+        }
+    }
+}
 
 pub struct ActionResultCaching {
     inner: Arc<dyn ActionCache>,
@@ -39,7 +76,7 @@ impl ActionResultCaching {
     pub fn new(
         inner: Arc<dyn ActionCache>,
         local_cas: Arc<dyn BlobStore>,
-        max_entries: NonZeroUsize,
+        max_bytes: usize,
         ttl: Duration,
         clock: Arc<dyn Clock>,
         stats: Arc<Stats>,
@@ -50,7 +87,11 @@ impl ActionResultCaching {
             ttl,
             clock,
             stats,
-            results: Mutex::new(LruCache::new(max_entries)),
+            results: Mutex::new(Remembered {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+                max_bytes,
+            }),
         }
     }
 
@@ -74,7 +115,7 @@ impl ActionResultCaching {
         self.results
             .lock()
             .unwrap()
-            .put((instance_name.clone(), *action), (Arc::new(result), until));
+            .put((instance_name.clone(), *action), result, until);
     }
 }
 
@@ -86,7 +127,7 @@ impl ActionCache for ActionResultCaching {
         action: &Digest,
     ) -> StoreResult<Option<ActionResult>> {
         let key = (instance_name.clone(), *action);
-        let remembered = self.results.lock().unwrap().get(&key).cloned();
+        let remembered = self.results.lock().unwrap().get(&key);
         let fresh = remembered
             .as_ref()
             .is_some_and(|(_, until)| *until > self.clock.now());
@@ -192,7 +233,7 @@ mod tests {
         let caching = ActionResultCaching::new(
             cluster.clone(),
             local.clone(),
-            NonZeroUsize::new(10).unwrap(),
+            1 << 20,
             Duration::from_secs(300),
             clock.clone(),
             stats.clone(),
@@ -311,5 +352,38 @@ mod tests {
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
         let never = DigestFunction::Sha256.digest_of(b"never built");
         assert!(caching.get(&name("i"), &never).await.is_err());
+    }
+
+    #[test]
+    fn remembered_results_are_bounded_by_their_bytes() {
+        let result = |i: usize, outputs: usize| ActionResult {
+            output_files: (0..outputs)
+                .map(|j| OutputFile {
+                    path: format!("out{i}-{j}"),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let cost = result(0, 1).encoded_len() + ENTRY_OVERHEAD;
+        let mut remembered = Remembered {
+            lru: LruCache::unbounded(),
+            bytes: 0,
+            max_bytes: 3 * cost,
+        };
+        let key = |i: usize| (name("i"), DigestFunction::Sha256.digest_of(&[i as u8]));
+        let until = SystemTime::UNIX_EPOCH;
+        for i in 0..10 {
+            remembered.put(key(i), result(i, 1), until);
+            assert!(remembered.bytes <= 3 * cost);
+        }
+        let kept = |r: &mut Remembered, i| r.get(&key(i)).is_some();
+        assert!((7..10).all(|i| kept(&mut remembered, i)));
+        assert!(!kept(&mut remembered, 6), "the least recently used went");
+        // A result larger than the whole bound is not kept; it displaces only its own key.
+        remembered.put(key(9), result(9, 1000), until);
+        assert!(!kept(&mut remembered, 9));
+        assert!(kept(&mut remembered, 8) && kept(&mut remembered, 7));
+        assert_eq!(remembered.bytes, 2 * cost);
     }
 }
