@@ -547,20 +547,25 @@ impl CasView {
             CasNode::File {
                 instance, digest, ..
             } => {
-                if let Some(blob) = self.local_blob(digest)? {
+                if let Some(blob) = self.local_blob(digest).await? {
                     return Ok(blob);
                 }
                 let fill = self.stores.make_local(instance, digest);
                 self.bounded("fetching", digest, fill).await?;
-                self.local_blob(digest)?.ok_or(Errno::IO)
+                self.local_blob(digest).await?.ok_or(Errno::IO)
             }
             _ => Err(Errno::ISDIR),
         }
     }
 
-    /// A handle on the blob in the local CAS: its file, or (a packed small blob) its bytes.
-    fn local_blob(&self, digest: &Digest) -> VfsResult<Option<CasHandle>> {
-        let blob = self.local.open_local(digest).map_err(|e| errno(&e))?;
+    /// A handle on the blob in the local CAS: its file, or (a packed small blob) its bytes. On a
+    /// blocking thread: it opens a file, or reads (and the first time verifies) a packed blob.
+    async fn local_blob(&self, digest: &Digest) -> VfsResult<Option<CasHandle>> {
+        let (local, digest) = (self.local.clone(), *digest);
+        let blob = tokio::task::spawn_blocking(move || local.open_local(&digest))
+            .await
+            .map_err(|_| Errno::IO)?
+            .map_err(|e| errno(&e))?;
         Ok(blob.map(|blob| match blob {
             LocalBlob::File(file) => CasHandle::Local(Arc::new(file)),
             LocalBlob::Bytes(data) => CasHandle::Bytes(Arc::from(&data[..])),

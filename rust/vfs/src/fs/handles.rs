@@ -3,7 +3,7 @@
 use super::{Node, Vfs};
 use crate::attr::{Errno, VfsResult};
 use crate::cas::{CasHandle, CasNode};
-use crate::scratch::{self, OpenFile, ScratchNode};
+use crate::scratch::{self, OpenFile, PoolFile, ScratchNode};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -22,27 +22,44 @@ impl Vfs {
     }
 
     /// Opens a file; `write` and `truncate` only succeed in scratch/. A scratch file is opened
-    /// and truncated after the table's lock is let go: the kernel holds a reference to `ino`
-    /// while it opens it, so the node and its storage stay meanwhile.
+    /// and truncated after the table's lock is let go, on a blocking thread (truncating a large
+    /// file frees its blocks): the kernel holds a reference to `ino` while it opens it, so the
+    /// node and its storage stay meanwhile.
     pub async fn open(&self, ino: u64, write: bool, truncate: bool) -> VfsResult<u64> {
-        let cas = {
+        // What to open, found under the table's lock.
+        enum Opened {
+            Scratch(Arc<PoolFile>),
+            Cas(CasNode),
+        }
+        let node = {
             let table = self.table();
             match &table.get(ino)?.node {
-                Node::Scratch(ScratchNode::File { file, .. }) => {
-                    let file = file.clone();
-                    drop(table);
-                    let open = file.open(write || truncate)?;
-                    if truncate {
-                        open.set_len(0)?;
-                        self.table().changed(ino);
-                    }
-                    return Ok(self.add_handle(Handle::Scratch(Arc::new(open))));
+                Node::Scratch(ScratchNode::File { file, .. }) => Opened::Scratch(file.clone()),
+                Node::Cas(cas @ (CasNode::File { .. } | CasNode::Command { .. })) => {
+                    Opened::Cas(cas.clone())
                 }
-                Node::Cas(cas @ (CasNode::File { .. } | CasNode::Command { .. })) => cas.clone(),
                 Node::Cas(CasNode::Symlink(_)) | Node::Scratch(ScratchNode::Symlink { .. }) => {
                     return Err(Errno::INVAL)
                 }
                 _ => return Err(Errno::ISDIR),
+            }
+        };
+        let cas = match node {
+            Opened::Cas(cas) => cas,
+            Opened::Scratch(file) => {
+                let open = tokio::task::spawn_blocking(move || {
+                    let open = file.open(write || truncate)?;
+                    if truncate {
+                        open.set_len(0)?;
+                    }
+                    Ok::<_, Errno>(open)
+                })
+                .await
+                .map_err(|_| Errno::IO)??;
+                if truncate {
+                    self.table().changed(ino);
+                }
+                return Ok(self.add_handle(Handle::Scratch(Arc::new(open))));
             }
         };
         if write || truncate {
