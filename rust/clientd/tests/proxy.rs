@@ -7,7 +7,10 @@ mod common;
 use clientd_digest::Digest;
 use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_proto::clientd::v1 as pb;
-use common::{pseudo_random, sha256, write_name, write_requests, Clients, Daemon};
+use common::{
+    metrics, pseudo_random, sha256, three_level_tree, upstream_calls, write_name, write_requests,
+    Clients, Daemon,
+};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -731,28 +734,6 @@ async fn store_in(upstream: &Daemon, blobs: &[(Digest, Vec<u8>)]) {
     assert!(stored.iter().all(|&code| code == 0), "{stored:?}");
 }
 
-/// The daemon's `/metrics` page, fetched from its HTTP listener at `addr`.
-fn metrics(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut page = String::new();
-    stream.read_to_string(&mut page).unwrap();
-    page
-}
-
-/// How many calls of `method` the daemon made to its cluster, from `/metrics`.
-fn upstream_calls(page: &str, method: &str) -> u64 {
-    let series = format!(
-        "clientd_upstream_request_duration_seconds_count{{cluster=\"up.example.com\",method=\"{method}\"}} "
-    );
-    page.lines()
-        .find_map(|line| line.strip_prefix(&series))
-        .map_or(0, |n| n.parse().unwrap())
-}
-
 #[tokio::test]
 async fn a_batch_read_reaches_the_cluster_in_batch_reads_not_a_call_per_blob() {
     let dir = tempfile::tempdir().unwrap();
@@ -813,36 +794,7 @@ async fn get_tree_through_a_cluster_reads_each_level_in_a_batch() {
     let dir = tempfile::tempdir().unwrap();
     let (upstream, proxy, addr) = pair_with_metrics(dir.path());
     // A root with 200 subdirectories, each with one of its own: three levels, 401 directories.
-    let encode = |d: &re::Directory| {
-        let bytes = prost::Message::encode_to_vec(d);
-        (sha256(&bytes), bytes)
-    };
-    let mut blobs = Vec::new();
-    let mut root = re::Directory::default();
-    for i in 0..200 {
-        let leaf = encode(&re::Directory {
-            symlinks: vec![re::SymlinkNode {
-                name: format!("link{i}"),
-                target: "x".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        });
-        let middle = encode(&re::Directory {
-            directories: vec![re::DirectoryNode {
-                name: "leaf".into(),
-                digest: Some(leaf.0.to_proto()),
-            }],
-            ..Default::default()
-        });
-        root.directories.push(re::DirectoryNode {
-            name: format!("d{i:03}"),
-            digest: Some(middle.0.to_proto()),
-        });
-        blobs.extend([leaf, middle]);
-    }
-    let root = encode(&root);
-    blobs.push(root.clone());
+    let (root, blobs) = three_level_tree("", 200);
     store_in(&upstream, &blobs).await;
 
     let mut stream = proxy
@@ -851,7 +803,7 @@ async fn get_tree_through_a_cluster_reads_each_level_in_a_batch() {
         .cas
         .get_tree(re::GetTreeRequest {
             instance_name: PROXIED.into(),
-            root_digest: Some(root.0.to_proto()),
+            root_digest: Some(root.to_proto()),
             page_size: 10_000,
             ..Default::default()
         })

@@ -639,3 +639,62 @@ pub fn bench_dir() -> tempfile::TempDir {
     )
     .unwrap()
 }
+
+/// The daemon's `/metrics` page, fetched from its HTTP listener at `addr`.
+pub fn metrics(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut page = String::new();
+    stream.read_to_string(&mut page).unwrap();
+    page
+}
+
+/// How many calls of `method` the daemon made to its cluster `up.example.com`, from `/metrics`.
+pub fn upstream_calls(page: &str, method: &str) -> u64 {
+    let series = format!(
+        "clientd_upstream_request_duration_seconds_count{{cluster=\"up.example.com\",method=\"{method}\"}} "
+    );
+    page.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// A Directory tree of three levels: a root with `width` subdirectories, each holding one
+/// directory with a symlink (named after `tag` and its position, so that trees of different tags
+/// share nothing). The root's digest, and every Directory as (digest, bytes).
+pub fn three_level_tree(tag: &str, width: usize) -> (Digest, Vec<(Digest, Vec<u8>)>) {
+    let encode = |d: &re::Directory| {
+        let bytes = prost::Message::encode_to_vec(d);
+        (sha256(&bytes), bytes)
+    };
+    let mut blobs = Vec::new();
+    let mut root = re::Directory::default();
+    for i in 0..width {
+        let leaf = encode(&re::Directory {
+            symlinks: vec![re::SymlinkNode {
+                name: format!("{tag}link{i}"),
+                target: "x".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let middle = encode(&re::Directory {
+            directories: vec![re::DirectoryNode {
+                name: "leaf".into(),
+                digest: Some(leaf.0.to_proto()),
+            }],
+            ..Default::default()
+        });
+        root.directories.push(re::DirectoryNode {
+            name: format!("d{i:03}"),
+            digest: Some(middle.0.to_proto()),
+        });
+        blobs.extend([leaf, middle]);
+    }
+    let root = encode(&root);
+    blobs.push(root.clone());
+    (root.0, blobs)
+}
