@@ -10,6 +10,7 @@ use clientd_proto::build::bazel::remote::execution::v2 as re;
 use clientd_store::{read_tree, BlobStore};
 use prost::Message;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// Input-file differences listed per action before the rest are counted.
 const MAX_LISTED_INPUTS: usize = 5;
@@ -298,7 +299,7 @@ pub enum ExplainError {
 }
 
 /// Where invocation `id` (the most recent one when None) is in the record.
-fn position(invocations: &[Invocation], id: Option<&str>) -> Result<usize, ExplainError> {
+fn position(invocations: &[Arc<Invocation>], id: Option<&str>) -> Result<usize, ExplainError> {
     match id {
         Some(id) => invocations
             .iter()
@@ -314,7 +315,7 @@ fn position(invocations: &[Invocation], id: Option<&str>) -> Result<usize, Expla
 type Earlier<'a> = HashMap<(&'a str, &'a str), Vec<&'a ActionRecord>>;
 
 /// The actions up to invocation `position`, by (target, mnemonic), newest first.
-fn earlier(invocations: &[Invocation], position: usize) -> Earlier<'_> {
+fn earlier(invocations: &[Arc<Invocation>], position: usize) -> Earlier<'_> {
     let mut earlier: Earlier = HashMap::new();
     for record in invocations[..=position]
         .iter()
@@ -331,7 +332,7 @@ fn earlier(invocations: &[Invocation], position: usize) -> Earlier<'_> {
 
 /// Why one action of invocation `id` missed: its reasons (empty for a hit).
 pub async fn explain_action(
-    invocations: &[Invocation],
+    invocations: &[Arc<Invocation>],
     id: &str,
     action: &str,
     store: &dyn BlobStore,
@@ -355,7 +356,7 @@ pub async fn explain_action(
 /// The explanation of invocation `id` (the most recent one when None), from the record's
 /// invocations (oldest first) and the CAS.
 pub async fn explain(
-    invocations: &[Invocation],
+    invocations: &[Arc<Invocation>],
     id: Option<&str>,
     store: &dyn BlobStore,
 ) -> Result<Explanation, ExplainError> {
@@ -429,7 +430,7 @@ mod tests {
         assert_eq!(position(&[], None), Err(ExplainError::EmptyRecord));
         let mut one = Invocation::default();
         one.id = "first".into();
-        let record = [one];
+        let record = [Arc::new(one)];
         assert_eq!(position(&record, None), Ok(0));
         assert_eq!(position(&record, Some("first")), Ok(0));
         let missing = position(&record, Some("other")).unwrap_err();

@@ -3,6 +3,7 @@
 
 mod explain;
 mod log;
+mod writer;
 
 pub use explain::{
     explain, explain_action, flatten, load, parse_action, parse_instance, Cause, ExplainError,

@@ -3,12 +3,13 @@
 //! per invocation (each line an action's latest state; the last line for an action wins), and
 //! with no blob contents in it: digests, labels, mnemonics, outcomes, times and sizes.
 
+use crate::writer::{Header, Writer};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What happened to an action, as clientd saw it.
@@ -144,18 +145,13 @@ pub struct Event<'a> {
     pub output_bytes: u64,
 }
 
+/// The record in memory, and its files (written in order by a thread of their own).
 pub struct ActivityLog {
-    dir: PathBuf,
     max_invocations: usize,
-    inner: Mutex<Inner>,
-}
-
-#[derive(Default)]
-struct Inner {
-    /// Oldest first.
-    invocations: VecDeque<Invocation>,
-    /// The file of the invocation written last, kept open.
-    file: Option<(String, File)>,
+    /// Oldest first. Shared with readers (the pages, `clientd explain`): an invocation being
+    /// read while the build records into it is copied then, not on every read.
+    invocations: Mutex<VecDeque<Arc<Invocation>>>,
+    writer: Writer,
 }
 
 fn now() -> u64 {
@@ -168,33 +164,6 @@ fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
-}
-
-/// A file name for an invocation id: UUIDs as they are, anything else hashed.
-fn file_name(id: &str) -> String {
-    let safe = !id.is_empty()
-        && id.len() <= 100
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    match safe {
-        true => format!("{id}.jsonl"),
-        false => {
-            let digest = clientd_digest::DigestFunction::Sha256.digest_of(id.as_bytes());
-            format!("{}.jsonl", &digest.hash_hex()[..32])
-        }
-    }
-}
-
-/// The first line of a file is the invocation's header.
-#[derive(Serialize, Deserialize)]
-struct Header {
-    invocation: String,
-    /// Seconds since the epoch.
-    started: u64,
-    /// Microseconds since the epoch (absent in files written before it was added).
-    #[serde(default)]
-    started_micros: u64,
 }
 
 fn load(path: &Path) -> Option<Invocation> {
@@ -231,24 +200,18 @@ impl ActivityLog {
             .collect();
         invocations.sort_by_key(|i| i.started_micros);
         let log = ActivityLog {
-            dir: dir.to_path_buf(),
             max_invocations: max_invocations.max(1),
-            inner: Mutex::new(Inner {
-                invocations: invocations.into(),
-                file: None,
-            }),
+            invocations: Mutex::new(invocations.into_iter().map(Arc::new).collect()),
+            writer: Writer::start(dir.to_path_buf())?,
         };
-        log.evict(&mut log.inner.lock().unwrap());
+        log.evict(&mut log.invocations.lock().unwrap());
         Ok(log)
     }
 
-    fn evict(&self, inner: &mut Inner) {
-        while inner.invocations.len() > self.max_invocations {
-            if let Some(old) = inner.invocations.pop_front() {
-                if matches!(&inner.file, Some((open, _)) if *open == old.id) {
-                    inner.file = None;
-                }
-                let _ = std::fs::remove_file(self.dir.join(file_name(&old.id)));
+    fn evict(&self, invocations: &mut VecDeque<Arc<Invocation>>) {
+        while invocations.len() > self.max_invocations {
+            if let Some(old) = invocations.pop_front() {
+                self.writer.remove(&old.id);
             }
         }
     }
@@ -270,12 +233,13 @@ impl ActivityLog {
             output_bytes: event.output_bytes,
             at: now(),
         };
-        let mut inner = self.inner.lock().unwrap();
-        let invocation = self.invocation(&mut inner, event.invocation);
+        let mut invocations = self.invocations.lock().unwrap();
+        let invocation = self.invocation(&mut invocations, event.invocation);
         invocation.apply(record);
-        let line = invocation.actions[invocation.index[&key]].clone();
-        let started = invocation.started_micros;
-        self.append(&mut inner, event.invocation, started, &line);
+        let line = line(&invocation.actions[invocation.index[&key]]);
+        // Sent under the lock, so that an action's lines reach the file in the order applied.
+        self.writer
+            .append(event.invocation, invocation.started_micros, line);
     }
 
     /// Adds a read's bytes to its invocation's [`Traffic`] (reads without an invocation are not
@@ -284,81 +248,50 @@ impl ActivityLog {
         if invocation.is_empty() || served == 0 {
             return;
         }
-        let mut inner = self.inner.lock().unwrap();
-        let record = self.invocation(&mut inner, invocation);
+        let mut invocations = self.invocations.lock().unwrap();
+        let record = self.invocation(&mut invocations, invocation);
         record.traffic.served += served;
         record.traffic.fetched += fetched;
-        let (line, started) = (
-            TrafficLine {
-                traffic: record.traffic,
-            },
-            record.started_micros,
-        );
-        self.append(&mut inner, invocation, started, &line);
+        let totals = line(&TrafficLine {
+            traffic: record.traffic,
+        });
+        self.writer
+            .append(invocation, record.started_micros, totals);
     }
 
     /// The invocation `id`, added (evicting the oldest beyond the bound) when it is new.
-    fn invocation<'a>(&self, inner: &'a mut Inner, id: &str) -> &'a mut Invocation {
-        if !inner.invocations.iter().any(|i| i.id == id) {
-            inner
-                .invocations
-                .push_back(Invocation::new(id, now_micros()));
-            self.evict(inner);
+    fn invocation<'a>(
+        &self,
+        invocations: &'a mut VecDeque<Arc<Invocation>>,
+        id: &str,
+    ) -> &'a mut Invocation {
+        if !invocations.iter().any(|i| i.id == id) {
+            invocations.push_back(Arc::new(Invocation::new(id, now_micros())));
+            self.evict(invocations);
         }
-        inner
-            .invocations
+        let invocation = invocations
             .iter_mut()
             .find(|i| i.id == id)
-            .expect("present")
-    }
-
-    /// Appends a line to invocation `id`'s file; a failure is logged (the record must not fail a
-    /// build).
-    fn append(&self, inner: &mut Inner, id: &str, started_micros: u64, line: &impl Serialize) {
-        if let Err(e) = self.try_append(inner, id, started_micros, line) {
-            tracing::warn!("activity record in {}: {e}", self.dir.display());
-        }
-    }
-
-    /// Appends a line (an action's current state, or the traffic totals) to its invocation's
-    /// file (the header first, for a new file).
-    fn try_append(
-        &self,
-        inner: &mut Inner,
-        id: &str,
-        started_micros: u64,
-        record: &impl Serialize,
-    ) -> std::io::Result<()> {
-        if !matches!(&inner.file, Some((open, _)) if open == id) {
-            let path = self.dir.join(file_name(id));
-            let fresh = !path.exists();
-            let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
-            if fresh {
-                let header = Header {
-                    invocation: id.to_string(),
-                    started: started_micros / 1_000_000,
-                    started_micros,
-                };
-                writeln!(file, "{}", serde_json::to_string(&header)?)?;
-            }
-            inner.file = Some((id.to_string(), file));
-        }
-        let (_, file) = inner.file.as_mut().expect("opened above");
-        let mut line = serde_json::to_vec(record)?;
-        line.push(b'\n');
-        file.write_all(&line)
+            .expect("present");
+        Arc::make_mut(invocation)
     }
 
     /// The invocations kept, oldest first.
-    pub fn invocations(&self) -> Vec<Invocation> {
-        self.inner
-            .lock()
-            .unwrap()
-            .invocations
-            .iter()
-            .cloned()
-            .collect()
+    pub fn invocations(&self) -> Vec<Arc<Invocation>> {
+        self.invocations.lock().unwrap().iter().cloned().collect()
     }
+
+    /// Waits until every line recorded so far is in its file: the daemon does before it exits.
+    pub fn flush(&self) {
+        self.writer.flush();
+    }
+}
+
+/// A JSON line of the record's file.
+fn line(record: &impl Serialize) -> Vec<u8> {
+    let mut line = serde_json::to_vec(record).expect("records serialize");
+    line.push(b'\n');
+    line
 }
 
 /// How a record names an action: `<function>/<hash>/<size>`.
@@ -374,6 +307,7 @@ pub fn action_key(digest: &clientd_digest::Digest) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn event<'a>(invocation: &'a str, action: &str, outcome: Outcome) -> Event<'a> {
         Event {
@@ -414,10 +348,13 @@ mod tests {
         log.traffic("", 10, 0); // no invocation: not recorded
         check(&log);
         assert_eq!(log.invocations()[0].actions[0].micros, 20, "time adds up");
-        drop(log);
-        // A torn last line (a crash mid-write) is skipped.
+        drop(log); // its writer writes what it was sent, then stops
+                   // A torn last line (a crash mid-write) is skipped.
         let file = dir.path().join("inv-1.jsonl");
-        let mut f = OpenOptions::new().append(true).open(&file).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap();
         f.write_all(b"{\"action\":\"sha256/dd").unwrap();
         check(&ActivityLog::open(dir.path(), 5).unwrap());
     }
@@ -430,9 +367,10 @@ mod tests {
             log.record(event(id, "sha256/aa/1", Outcome::Miss));
         }
         let ids = |log: &ActivityLog| -> Vec<String> {
-            log.invocations().into_iter().map(|i| i.id).collect()
+            log.invocations().iter().map(|i| i.id.clone()).collect()
         };
         assert_eq!(ids(&log), ["two", "three"]);
+        log.flush();
         // Invocations a second apart or less keep their order across a restart.
         assert_eq!(
             ids(&ActivityLog::open(dir.path(), 2).unwrap()),
@@ -441,6 +379,7 @@ mod tests {
         assert!(!dir.path().join("one.jsonl").exists());
         // Ids that are not file-name safe are hashed into one.
         log.record(event("../../etc/passwd", "sha256/aa/1", Outcome::Miss));
+        log.flush();
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())

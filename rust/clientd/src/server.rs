@@ -419,6 +419,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
         tracing::warn!("calls still running after {SHUTDOWN_GRACE:?}; exiting anyway");
     }
     let _ = fs::remove_file(&socket);
+    if let Some(activity) = composition.activity.clone() {
+        let _ = tokio::task::spawn_blocking(move || activity.flush()).await;
+    }
     log_stats(&composition.stats);
     Ok(())
 }
