@@ -37,6 +37,14 @@ impl Histogram {
     }
 }
 
+/// The most method names kept apart; calls of any further ones are counted under [`OTHER`].
+/// Names come from requests (the front times whatever path a client sends), so they are bounded
+/// here, not by trusting clients: the services have about 30 methods in all.
+pub const MAX_METHODS: usize = 64;
+
+/// Where calls of methods beyond [`MAX_METHODS`] are counted.
+pub const OTHER: &str = "other";
+
 /// Histograms by method name.
 #[derive(Debug, Default)]
 pub struct Latency(Mutex<BTreeMap<String, Histogram>>);
@@ -44,14 +52,18 @@ pub struct Latency(Mutex<BTreeMap<String, Histogram>>);
 impl Latency {
     pub fn observe(&self, method: &str, elapsed: Duration) {
         let mut methods = self.0.lock().unwrap();
-        match methods.get_mut(method) {
-            Some(histogram) => histogram.observe(elapsed),
-            None => {
-                let mut histogram = Histogram::default();
-                histogram.observe(elapsed);
-                methods.insert(method.to_string(), histogram);
-            }
+        if let Some(histogram) = methods.get_mut(method) {
+            return histogram.observe(elapsed);
         }
+        // One place is left for OTHER.
+        let name = match methods.len() < MAX_METHODS - 1 {
+            true => method,
+            false => OTHER,
+        };
+        methods
+            .entry(name.to_string())
+            .or_default()
+            .observe(elapsed);
     }
 
     /// Every method's histogram so far.
@@ -83,5 +95,25 @@ mod tests {
         assert_eq!(h.buckets[8], 2); // <= 50 ms
         assert_eq!(h.buckets[15], 2); // <= 10 s: the 20 s call is only in +Inf (count)
         assert!((h.sum_seconds - 20.0308).abs() < 1e-6);
+    }
+
+    #[test]
+    fn method_names_are_bounded() {
+        let latency = Latency::default();
+        for i in 0..MAX_METHODS + 10 {
+            latency.observe(&format!("Method{i}"), Duration::from_millis(1));
+        }
+        latency.observe("Method0", Duration::from_millis(1));
+        let snapshot = latency.snapshot();
+        assert_eq!(snapshot.len(), MAX_METHODS);
+        let count = |name: &str| {
+            snapshot
+                .iter()
+                .find(|(m, _)| m == name)
+                .map(|(_, h)| h.count)
+        };
+        assert_eq!(count("Method0"), Some(2));
+        // The first MAX_METHODS - 1 names, then everything else together.
+        assert_eq!(count(OTHER), Some(11));
     }
 }
