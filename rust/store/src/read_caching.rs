@@ -54,17 +54,19 @@ impl ReadCaching {
                 let (fast, slow, stats) =
                     (self.fast.clone(), self.slow.clone(), self.stats.clone());
                 let (instance_name, digest) = key.clone();
+                let (fetches_ref, done_key) = (self.fetches.clone(), key.clone());
+                // The fetch forgets itself when it ends, whether or not anyone still waits for
+                // it (readers that give up drop their futures). It cannot end before it is
+                // inserted below: its removal waits for this lock.
                 let task = context::spawn(async move {
-                    copy(&*slow, &*fast, &instance_name, &digest, &stats).await
-                });
-                let fetches_ref = self.fetches.clone();
-                let done_key = key.clone();
-                let fetch = async move {
-                    let result = task.await.unwrap_or_else(|e| {
-                        Err(StoreError::Internal(format!("fetch task failed: {e}")))
-                    });
+                    let result = copy(&*slow, &*fast, &instance_name, &digest, &stats).await;
                     fetches_ref.lock().unwrap().remove(&done_key);
                     result
+                });
+                let fetch = async move {
+                    task.await.unwrap_or_else(|e| {
+                        Err(StoreError::Internal(format!("fetch task failed: {e}")))
+                    })
                 }
                 .boxed()
                 .shared();
@@ -315,6 +317,7 @@ mod tests {
     use crate::test_store::{local_cas, Counting};
     use clientd_digest::DigestFunction;
     use std::sync::atomic::Ordering;
+    use std::time::Duration;
 
     /// A local CAS in `dir`: the fast store, or (a stand-in for a cluster) the slow one.
     fn store(dir: &std::path::Path) -> Arc<LocalCas> {
@@ -411,6 +414,45 @@ mod tests {
             .contains(&InstanceName::default(), &nowhere)
             .await
             .unwrap());
+    }
+
+    /// A fetch goes on when every reader gives up (it was already under way, and the blob will
+    /// be wanted again), and is forgotten when it ends: it used to stay in the map of fetches
+    /// in progress, once per blob whose readers all gave up.
+    #[tokio::test]
+    async fn a_fetch_whose_readers_gave_up_completes_and_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fast, slow) = (
+            store(&dir.path().join("fast")),
+            store(&dir.path().join("slow")),
+        );
+        let caching = ReadCaching::new(fast.clone(), slow.clone(), Arc::new(Stats::default()));
+        let data = Bytes::from_static(b"only in the cluster");
+        let digest = DigestFunction::Sha256.digest_of(&data);
+        slow.write_bytes(&name("c"), &digest, data).await.unwrap();
+        let instance = name("c");
+        // Polled until its fetch is under way (the local CAS is asked first, on a blocking
+        // thread), then given up on.
+        let mut reading = Box::pin(caching.make_local(&instance, &digest));
+        loop {
+            assert!(futures::poll!(&mut reading).is_pending());
+            if !caching.fetches.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        drop(reading);
+        let start = std::time::Instant::now();
+        while !fast.contains(&instance, &digest).await.unwrap()
+            || !caching.fetches.lock().unwrap().is_empty()
+        {
+            let in_progress = caching.fetches.lock().unwrap().len();
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{in_progress} fetches in progress"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     #[tokio::test]
