@@ -270,20 +270,28 @@ impl Shared {
                     format!("{path}: reading tree {tree}: {e}"),
                 ),
             })?;
-        let tree_message = re::Tree::decode(bytes).map_err(|e| {
-            status(
-                Code::InvalidArgument,
-                format!("{path}: {tree} is not a Tree: {e}"),
+        // Decoding and hashing every Directory of a tree (up to max_tree_size_bytes) is work
+        // for a blocking thread.
+        let (path, tree, expected_root) = (path.to_string(), *tree, expected_root.copied());
+        let (function, instance) = (build.function, build.instance_name.clone());
+        tokio::task::spawn_blocking(move || {
+            let tree_message = re::Tree::decode(bytes).map_err(|e| {
+                status(
+                    Code::InvalidArgument,
+                    format!("{path}: {tree} is not a Tree: {e}"),
+                )
+            })?;
+            expand::expand(
+                &path,
+                &tree,
+                tree_message,
+                function,
+                &instance,
+                expected_root.as_ref(),
             )
-        })?;
-        expand::expand(
-            path,
-            tree,
-            tree_message,
-            build.function,
-            &build.instance_name,
-            expected_root,
-        )
+        })
+        .await
+        .unwrap_or_else(|e| Err(status(Code::Internal, format!("expanding a tree: {e}"))))
     }
 
     /// Forgets output base `id`: its tree, its files and its saved state.

@@ -107,6 +107,27 @@ struct ParsedTree {
     dirs: HashMap<Digest, Arc<re::Directory>>,
 }
 
+impl ParsedTree {
+    /// The Tree message `data` (blob `digest`), its Directories by digest.
+    fn parse(digest: &Digest, data: bytes::Bytes) -> VfsResult<ParsedTree> {
+        let message = re::Tree::decode(data).map_err(|e| {
+            tracing::warn!("cas/: {digest} is not a valid message: {e}");
+            Errno::INVAL
+        })?;
+        let function = digest.function();
+        let digest_of = |dir: &re::Directory| function.digest_of(&dir.encode_to_vec());
+        let root_message = message.root.ok_or(Errno::INVAL)?;
+        let root = digest_of(&root_message);
+        let mut dirs: HashMap<Digest, Arc<re::Directory>> = message
+            .children
+            .into_iter()
+            .map(|child| (digest_of(&child), Arc::new(child)))
+            .collect();
+        dirs.insert(root, Arc::new(root_message));
+        Ok(ParsedTree { root, dirs })
+    }
+}
+
 /// Parsed messages kept in memory, so listing a directory does not re-read and re-decode it.
 const MESSAGE_CACHE: usize = 10_000;
 /// Trees are larger; fewer are kept.
@@ -238,18 +259,15 @@ impl CasView {
         if let Some(tree) = self.trees.lock().unwrap().get(&key) {
             return Ok(tree.clone());
         }
-        let message = self.message::<re::Tree>(instance, digest).await?;
-        let function = digest.function();
-        let digest_of = |dir: &re::Directory| function.digest_of(&dir.encode_to_vec());
-        let root_message = message.root.ok_or(Errno::INVAL)?;
-        let root = digest_of(&root_message);
-        let mut dirs: HashMap<Digest, Arc<re::Directory>> = message
-            .children
-            .into_iter()
-            .map(|child| (digest_of(&child), Arc::new(child)))
-            .collect();
-        dirs.insert(root, Arc::new(root_message));
-        let tree = Arc::new(ParsedTree { root, dirs });
+        let data = self
+            .bounded("reading", digest, self.stores.read_bytes(instance, digest))
+            .await?;
+        // Decoding and hashing every Directory of a tree is work for a blocking thread.
+        let digest = *digest;
+        let tree = tokio::task::spawn_blocking(move || ParsedTree::parse(&digest, data))
+            .await
+            .map_err(|_| Errno::IO)??;
+        let tree = Arc::new(tree);
         self.trees.lock().unwrap().put(key, tree.clone());
         Ok(tree)
     }
