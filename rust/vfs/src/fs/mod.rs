@@ -321,7 +321,7 @@ impl Vfs {
                     c if c.is_dir() => FileKind::Directory,
                     _ => FileKind::File,
                 };
-                (table.intern(child), kind, name.into())
+                (table.intern_listed(child), kind, name.into())
             })
             .collect())
     }

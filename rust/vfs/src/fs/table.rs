@@ -6,15 +6,22 @@ use crate::attr::{Errno, VfsResult};
 use crate::cas::CasNode;
 use crate::scratch::{Meta, Pool, PoolFile, ScratchNode};
 use clientd_digest::InstanceName;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::sync::Arc;
+
+/// The most cas/ nodes that listings keep interned without a lookup (fewer in tests, to reach).
+const MAX_LISTED: usize = if cfg!(test) { 1_000 } else { 100_000 };
 
 pub(crate) struct Table {
     pub(crate) entries: HashMap<u64, Entry>,
     /// cas/ nodes reached by path are interned: the same path is the same inode while it is
     /// known. Staged outputs are not: each is its own node.
     cas_index: HashMap<CasNode, u64>,
+    /// cas/ nodes interned by listings, oldest first. The kernel takes no reference to what a
+    /// listing names (only lookups are forgotten later), so beyond [`MAX_LISTED`] the oldest are
+    /// collected unless a lookup holds them: a later lookup interns them again.
+    listed: VecDeque<u64>,
     next: u64,
     /// Storage of file nodes collected while the table is locked, removed once it is not (see
     /// [`Locked`]).
@@ -27,6 +34,7 @@ impl Table {
         Table {
             entries,
             cas_index: HashMap::from([(CasNode::Instance(InstanceName::default()), CAS_ROOT)]),
+            listed: VecDeque::new(),
             next: FIRST_DYNAMIC,
             dropped_files: Vec::new(),
         }
@@ -63,6 +71,21 @@ impl Table {
                 ino
             }
         }
+    }
+
+    /// [`Table::intern`] for a listing: see [`Table::listed`].
+    pub(super) fn intern_listed(&mut self, node: CasNode) -> u64 {
+        let before = self.next;
+        let ino = self.intern(node);
+        if ino >= before {
+            self.listed.push_back(ino);
+            while self.listed.len() > MAX_LISTED {
+                if let Some(old) = self.listed.pop_front() {
+                    self.collect(old);
+                }
+            }
+        }
+        ino
     }
 
     /// Drops a dynamic node nobody refers to any more; a file's storage goes with it.

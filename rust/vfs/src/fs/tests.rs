@@ -95,20 +95,25 @@ async fn blobs_lists_the_offered_digest_functions() {
 }
 
 /// A wide Directory lists every entry with its kind, files, subdirectories and symlinks alike
-/// (each made from its own node: finding each name again made a listing quadratic).
+/// (each made from its own node: finding each name again made a listing quadratic), and what
+/// listings intern without a lookup is bounded.
 #[tokio::test]
 async fn a_wide_directory_lists_every_entry() {
     use clientd_proto::build::bazel::remote::execution::v2 as re;
     let dir = tempfile::tempdir().unwrap();
     let (vfs, local) = vfs(dir.path(), 1 << 20);
     let instance = InstanceName::local();
-    let empty = DigestFunction::Sha256.digest_of(b"");
     let empty_dir = DigestFunction::Sha256.digest_of(&[]);
     let message = re::Directory {
-        files: (0..5_000)
+        files: (0..5_000u32)
             .map(|i| re::FileNode {
                 name: format!("f{i:05}"),
-                digest: Some(empty.to_proto()),
+                // Distinct blobs (they need not exist to be listed): distinct nodes.
+                digest: Some(
+                    DigestFunction::Sha256
+                        .digest_of(&i.to_le_bytes())
+                        .to_proto(),
+                ),
                 ..Default::default()
             })
             .collect(),
@@ -140,4 +145,10 @@ async fn a_wide_directory_lists_every_entry() {
         ),
         (5_000, 1, 1)
     );
+    let interned = vfs.table().entries.len();
+    assert!((1_000..1_100).contains(&interned), "{interned} nodes");
+    // A node a lookup holds keeps its inode however many listings come after.
+    let held = vfs.lookup(ino, name("f04999")).await.unwrap().ino;
+    let _ = vfs.readdir(ino).await.unwrap();
+    assert_eq!(vfs.lookup(ino, name("f04999")).await.unwrap().ino, held);
 }
