@@ -726,3 +726,37 @@ async fn make_local_answers_for_what_is_here_in_either_layout_and_nothing_else()
     .await
     .unwrap();
 }
+
+/// open_local_now opens what open_local would, a packed blob and a file alike, once it can do so
+/// without waiting (a packed blob is hashed at its first read, on a thread that may wait); absent
+/// blobs of a file's size are answered too.
+#[tokio::test]
+async fn open_local_now_opens_what_open_local_would() {
+    use clientd_store::LocalBlob;
+    let dir = tempfile::tempdir().unwrap();
+    let cas = LocalCas::open(dir.path(), unsynced(64 << 20), Arc::new(SystemClock)).unwrap();
+    let (small, large) = (Bytes::from(blob(1)[..300].to_vec()), Bytes::from(blob(2)));
+    let digests =
+        [small.clone(), large.clone()].map(|data| DigestFunction::Sha256.digest_of(&data));
+    for (digest, data) in digests.iter().zip([small.clone(), large.clone()]) {
+        cas.write_bytes(&InstanceName::default(), digest, data)
+            .await
+            .unwrap();
+    }
+    let bytes_of = |blob: LocalBlob| match blob {
+        LocalBlob::Bytes(data) => data.to_vec(),
+        LocalBlob::File(file) => {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut &file, &mut data).unwrap();
+            data
+        }
+    };
+    for (digest, data) in digests.iter().zip([small, large]) {
+        let blocking = cas.open_local(digest).unwrap().unwrap();
+        assert_eq!(bytes_of(blocking), data);
+        let now = cas.open_local_now(digest).expect("no wait once read");
+        assert_eq!(bytes_of(now.unwrap()), data);
+    }
+    let absent = DigestFunction::Sha256.digest_of(&blob(3));
+    assert!(matches!(cas.open_local_now(&absent), Some(None)));
+}

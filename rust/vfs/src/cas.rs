@@ -576,14 +576,20 @@ impl CasView {
         }
     }
 
-    /// A handle on the blob in the local CAS: its file, or (a packed small blob) its bytes. On a
-    /// blocking thread: it opens a file, or reads (and the first time verifies) a packed blob.
+    /// A handle on the blob in the local CAS: its file, or (a packed small blob) its bytes. At
+    /// once when that needs no wait, else on a blocking thread: opening a file whose path is not
+    /// cached, or reading (and the first time verifying) a packed blob, can wait for the disk.
     async fn local_blob(&self, digest: &Digest) -> VfsResult<Option<CasHandle>> {
-        let (local, digest) = (self.local.clone(), *digest);
-        let blob = tokio::task::spawn_blocking(move || local.open_local(&digest))
-            .await
-            .map_err(|_| Errno::IO)?
-            .map_err(|e| errno(&e))?;
+        let blob = match self.local.open_local_now(digest) {
+            Some(blob) => blob,
+            None => {
+                let (local, digest) = (self.local.clone(), *digest);
+                tokio::task::spawn_blocking(move || local.open_local(&digest))
+                    .await
+                    .map_err(|_| Errno::IO)?
+                    .map_err(|e| errno(&e))?
+            }
+        };
         Ok(blob.map(|blob| match blob {
             LocalBlob::File(file) => CasHandle::Local(Arc::new(file)),
             LocalBlob::Bytes(data) => CasHandle::Bytes(Arc::from(&data[..])),

@@ -138,6 +138,20 @@ impl LocalCas {
         Ok(self.blobs.open_file(digest)?.map(LocalBlob::File))
     }
 
+    /// [`LocalCas::open_local`] if it can be done without waiting for the disk (a packed blob
+    /// verified and in the page cache, or a file whose path the kernel has cached); None when
+    /// it cannot, and `open_local` answers, on a thread that may wait. Some(None): absent.
+    pub fn open_local_now(&self, digest: &Digest) -> Option<Option<LocalBlob>> {
+        if packs(digest) {
+            // None from read_now is also "absent": open_local tells.
+            return self
+                .packed
+                .read_now(digest, 0, digest.size())
+                .map(|data| Some(LocalBlob::Bytes(data)));
+        }
+        Some(self.blobs.open_file_now(digest)?.map(LocalBlob::File))
+    }
+
     /// Whether the blob is here, without blocking on anything (index lookups; a packed blob not
     /// indexed yet at start counts as absent).
     pub fn has(&self, digest: &Digest) -> bool {
