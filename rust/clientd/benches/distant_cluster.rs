@@ -138,21 +138,7 @@ async fn read_each(clients: &Clients, blobs: &[(Digest, Vec<u8>)]) -> Duration {
 
 async fn get_tree(clients: &mut Clients, root: &Digest, directories: usize) -> Duration {
     let start = Instant::now();
-    let mut stream = clients
-        .cas
-        .get_tree(re::GetTreeRequest {
-            instance_name: PROXIED.into(),
-            root_digest: Some(root.to_proto()),
-            page_size: 10_000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut seen = 0;
-    while let Some(page) = stream.message().await.unwrap() {
-        seen += page.directories.len();
-    }
+    let seen = clients.tree_directories(PROXIED, root).await;
     let took = start.elapsed();
     assert_eq!(seen, directories);
     took

@@ -797,26 +797,12 @@ async fn get_tree_through_a_cluster_reads_each_level_in_a_batch() {
     let (root, blobs) = three_level_tree("", 200);
     store_in(&upstream, &blobs).await;
 
-    let mut stream = proxy
-        .clients()
-        .await
-        .cas
-        .get_tree(re::GetTreeRequest {
-            instance_name: PROXIED.into(),
-            root_digest: Some(root.to_proto()),
-            page_size: 10_000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut directories = 0;
-    while let Some(page) = stream.message().await.unwrap() {
-        directories += page.directories.len();
-    }
+    let directories = proxy.clients().await.tree_directories(PROXIED, &root).await;
     assert_eq!(directories, 401);
     let page = metrics(&addr);
-    // The root, the middle level, the leaves: a call per level, not per directory.
+    // The root, the middle level, the leaves: a call per level, not per directory; and no
+    // question first whether the root exists.
     assert_eq!(upstream_calls(&page, "BatchReadBlobs"), 3, "{page}");
     assert_eq!(upstream_calls(&page, "ByteStream.Read"), 0, "{page}");
+    assert_eq!(upstream_calls(&page, "FindMissingBlobs"), 0, "{page}");
 }

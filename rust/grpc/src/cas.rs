@@ -198,23 +198,26 @@ impl ContentAddressableStorage for CasService {
             0 => DEFAULT_TREE_PAGE,
             n => n as usize,
         };
+        // The root must exist; everything below it that is missing is omitted, as REAPI says.
+        // It is read here, where its absence can still be the call's status, and the walk starts
+        // from it: asking whether it exists first cost a round trip more through a cluster.
+        let first = self
+            .cas
+            .batch_read(&instance_name, vec![root])
+            .await
+            .pop()
+            .expect("an answer per digest");
+        if let Err(e) = &first {
+            return Err(request::status(e.clone()));
+        }
         let walk = TreeWalk {
             cas: self.cas.clone(),
             instance_name,
-            queue: std::collections::VecDeque::from([root]),
-            read: Default::default(),
+            queue: Default::default(),
+            read: std::collections::VecDeque::from([(root, first)]),
             seen: HashSet::from([root]),
             position: 0,
         };
-        // The root must exist; everything below it that is missing is omitted, as REAPI says.
-        if !self
-            .cas
-            .contains(&walk.instance_name, &root)
-            .await
-            .map_err(request::status)?
-        {
-            return Err(request::status(StoreError::blob_not_found(&root)));
-        }
         let pages = stream::unfold(Some(walk), move |walk| async move {
             let mut walk = walk?;
             let mut directories = Vec::new();

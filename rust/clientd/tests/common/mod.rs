@@ -341,6 +341,26 @@ impl Clients {
             .collect()
     }
 
+    /// GetTree of `root`, in pages of up to 10,000: how many directories it streams.
+    pub async fn tree_directories(&mut self, instance: &str, root: &Digest) -> usize {
+        let mut stream = self
+            .cas
+            .get_tree(re::GetTreeRequest {
+                instance_name: instance.into(),
+                root_digest: Some(root.to_proto()),
+                page_size: 10_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut directories = 0;
+        while let Some(page) = stream.message().await.unwrap() {
+            directories += page.directories.len();
+        }
+        directories
+    }
+
     pub async fn batch_update(&mut self, instance: &str, blobs: &[(Digest, Vec<u8>)]) -> Vec<i32> {
         self.batch_update_in(instance, None, blobs).await
     }
