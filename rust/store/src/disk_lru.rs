@@ -446,6 +446,13 @@ impl<K: DiskKey> DiskLru<K> {
         present
     }
 
+    /// [`DiskLru::contains`] from the index alone, for callers that must not wait for the file
+    /// system; None while the scan at start runs (absent keys are then looked for on disk).
+    pub fn contains_now(&self, keys: &[K]) -> Option<Vec<bool>> {
+        // Once over, the scan stays over: contains then asks the index alone.
+        (!self.loading()).then(|| self.contains(keys))
+    }
+
     /// Removes an entry from the index only (its file is already gone).
     fn forget(&self, key: &K) {
         let mut index = self.index.lock().unwrap();
@@ -849,6 +856,20 @@ mod tests {
         fs::remove_file(dir.path().join("entries/d/a")).unwrap();
         assert!(read(&store, "a").is_none());
         assert_eq!(store.usage(), (0, 0));
+    }
+
+    /// contains_now answers from the index once the scan at start is over, and leaves the
+    /// question to contains (which looks on disk) while it runs.
+    #[test]
+    fn contains_now_answers_from_the_index_once_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = opened(DiskLru::<Name>::open(dir.path(), options(100), clock()).unwrap());
+        put(&store, "a", b"xyz").unwrap();
+        let keys = [Name("a".into()), Name("b".into())];
+        assert_eq!(store.contains_now(&keys), Some(vec![true, false]));
+        store.loading.store(true, Ordering::Release);
+        assert_eq!(store.contains_now(&keys), None);
+        assert_eq!(store.contains(&keys), vec![true, false]);
     }
 
     /// What open_file would open, opened without a blocking thread; absent entries answered

@@ -152,12 +152,15 @@ impl LocalCas {
         Some(self.blobs.open_file_now(digest)?.map(LocalBlob::File))
     }
 
-    /// Whether the blob is here, without blocking on anything (index lookups; a packed blob not
-    /// indexed yet at start counts as absent).
+    /// Whether the blob is here, without blocking on anything (index lookups; a blob not indexed
+    /// yet at start counts as absent).
     pub fn has(&self, digest: &Digest) -> bool {
         digest.is_empty_blob()
             || (packs(digest) && self.packed.contains_now(digest))
-            || self.blobs.contains(std::slice::from_ref(digest))[0]
+            || self
+                .blobs
+                .contains_now(std::slice::from_ref(digest))
+                .is_some_and(|present| present[0])
     }
 
     /// Number of blobs and the bytes they occupy.
@@ -211,7 +214,17 @@ impl BlobStore for LocalCas {
         // Asked before the quick pass: a blob that pass misses because the work at start had not
         // reached it then must get the slow one, even if that work has ended since.
         let settling = self.packed.settling();
-        let present = self.blobs.contains(digests);
+        let present = match self.blobs.contains_now(digests) {
+            Some(present) => present,
+            // The scan at start runs: digests the index lacks are looked for on disk, a file
+            // open each, on a blocking thread.
+            None => {
+                let (blobs, digests) = (self.blobs.clone(), digests.to_vec());
+                tokio::task::spawn_blocking(move || blobs.contains(&digests))
+                    .await
+                    .map_err(join_error)?
+            }
+        };
         let mut missing: Vec<Digest> = digests
             .iter()
             .zip(present)
