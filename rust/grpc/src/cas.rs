@@ -206,15 +206,13 @@ impl ContentAddressableStorage for CasService {
             .batch_read(&instance_name, vec![root])
             .await
             .pop()
-            .expect("an answer per digest");
-        if let Err(e) = &first {
-            return Err(request::status(e.clone()));
-        }
+            .expect("an answer per digest")
+            .map_err(request::status)?;
         let walk = TreeWalk {
             cas: self.cas.clone(),
             instance_name,
             queue: Default::default(),
-            read: std::collections::VecDeque::from([(root, first)]),
+            read: std::collections::VecDeque::from([(root, Ok(first))]),
             seen: HashSet::from([root]),
             position: 0,
         };
