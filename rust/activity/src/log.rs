@@ -348,8 +348,9 @@ mod tests {
         log.traffic("", 10, 0); // no invocation: not recorded
         check(&log);
         assert_eq!(log.invocations()[0].actions[0].micros, 20, "time adds up");
-        drop(log); // its writer writes what it was sent, then stops
-                   // A torn last line (a crash mid-write) is skipped.
+        // Dropped, its writer writes what it was sent, then stops.
+        drop(log);
+        // A torn last line (a crash mid-write) is skipped.
         let file = dir.path().join("inv-1.jsonl");
         let mut f = std::fs::OpenOptions::new()
             .append(true)

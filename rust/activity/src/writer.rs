@@ -151,7 +151,7 @@ impl Files {
 }
 
 /// A file name for an invocation id: UUIDs as they are, anything else hashed.
-pub(crate) fn file_name(id: &str) -> String {
+fn file_name(id: &str) -> String {
     let safe = !id.is_empty()
         && id.len() <= 100
         && id
