@@ -21,10 +21,16 @@ pub enum OutputsError {
         #[source]
         source: prost::DecodeError,
     },
-    /// A saved state naming a digest function clientd does not know, or an instance name that
-    /// does not check out.
+    /// A saved state naming a digest function clientd does not know.
     #[error("{}: {source}", path.display())]
     Function {
+        path: PathBuf,
+        #[source]
+        source: DigestError,
+    },
+    /// A saved state whose instance name does not check out.
+    #[error("{}: {source}", path.display())]
+    InstanceName {
         path: PathBuf,
         #[source]
         source: DigestError,

@@ -88,7 +88,7 @@ pub fn load(dir: &Path) -> Result<(LastBuild, Vec<(String, OutputEntry)>), Outpu
         })?
         .unwrap_or(DigestFunction::Sha256);
     let instance_name = InstanceName::new(&state.instance_name)
-        .map_err(|source| OutputsError::Function { path, source })?;
+        .map_err(|source| OutputsError::InstanceName { path, source })?;
     // A name that does not check out drops its entries, as a malformed digest does.
     let names: Vec<Option<InstanceName>> = state
         .instance_names
