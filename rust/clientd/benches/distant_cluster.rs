@@ -144,11 +144,6 @@ async fn get_tree(clients: &mut Clients, root: &Digest, directories: usize) -> D
     took
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 /// The proxy's cluster calls since `before`, by method.
 fn calls_since(before: &str, after: &str) -> String {
     ["BatchReadBlobs", "ByteStream.Read", "FindMissingBlobs"]

@@ -18,11 +18,6 @@ use tonic::Code;
 const TIMEOUT: Duration = Duration::from_secs(2);
 const FAST_CALLS: usize = 20;
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 /// FindMissingBlobs of a digest nobody has, through the proxy: the cluster must answer it.
 async fn ask(clients: &mut Clients, round: usize, i: usize) -> (Result<(), Code>, Duration) {
     let digest = sha256(format!("never uploaded {round} {i}").as_bytes());

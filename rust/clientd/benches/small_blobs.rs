@@ -114,11 +114,6 @@ fn file_reads(dir: &Path, digests: &[Digest]) -> Duration {
     start.elapsed()
 }
 
-fn median(mut times: Vec<Duration>) -> Duration {
-    times.sort();
-    times[times.len() / 2]
-}
-
 #[tokio::main]
 async fn main() {
     let dir = bench_dir();

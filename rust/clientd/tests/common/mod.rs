@@ -651,6 +651,12 @@ pub fn env_number(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The middle of a benchmark's timings (the upper one of two middles).
+pub fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
 /// A benchmark's working directory, removed at the end: under BENCH_DIR if set (to measure
 /// another disk), else under cargo's target directory.
 pub fn bench_dir() -> tempfile::TempDir {
